@@ -1,0 +1,90 @@
+//! The error type of the nsdb crate.
+
+use std::net::IpAddr;
+
+/// Everything that can go wrong talking to NSDB.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NsdbError {
+    /// The client could not connect to any endpoint.
+    #[error("cannot connect to etcd at {endpoints}")]
+    Connect {
+        endpoints: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// An etcd request failed.
+    #[error("etcd {op} on {key} failed")]
+    Etcd {
+        op: &'static str,
+        key: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// A stored value is not valid JSON for its record kind.
+    #[error("corrupt record at {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    /// A stored value was written by a newer (or unknown) schema.
+    #[error(
+        "record at {key} has unsupported schema version {version} (this build reads {supported})"
+    )]
+    UnsupportedSchema {
+        key: String,
+        version: u64,
+        supported: u64,
+    },
+    /// A record could not be serialized.
+    #[error("cannot encode record {key}")]
+    Encode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A key does not belong to the NSDB layout.
+    #[error("key {key} is not an NSDB record key")]
+    InvalidKey { key: String },
+    /// A compare-and-swap lost: the record changed (or appeared/disappeared) since it was read.
+    #[error("version conflict on {key}: expected version {expected}")]
+    VersionConflict { key: String, expected: i64 },
+    /// A multi-op transaction's conditions were not met.
+    #[error("transaction conditions failed on {keys:?}")]
+    TxnConditionFailed { keys: Vec<String> },
+    /// A tunnel key type or index does not fit its field.
+    #[error("tunnel key type {ty} / index {index} out of range (type <= 7, index < 2^20)")]
+    TunnelKeyOutOfRange { ty: u32, index: u32 },
+    /// No free address or key is left in a pool.
+    #[error("pool {pool} is exhausted")]
+    Exhausted { pool: String },
+    /// A bridge has no subnet of the requested family to allocate from.
+    #[error("bridge {bridge} has no {family} subnet")]
+    NoSubnet {
+        bridge: String,
+        family: &'static str,
+    },
+    /// The bridge an allocation refers to does not exist.
+    #[error("bridge {bridge} not found")]
+    BridgeNotFound { bridge: String },
+    /// A lease or key is held by another owner and cannot be released by this one.
+    #[error("{key} is owned by {holder}, not {owner}")]
+    NotOwner {
+        key: String,
+        holder: String,
+        owner: String,
+    },
+    /// The requested address is outside the bridge's subnet or reserved.
+    #[error("address {ip} is not allocatable on bridge {bridge}: {reason}")]
+    AddressNotAllocatable {
+        bridge: String,
+        ip: IpAddr,
+        reason: &'static str,
+    },
+    /// Allocation kept losing races for too long.
+    #[error("allocation in {pool} gave up after {attempts} contended attempts")]
+    Contended { pool: String, attempts: u32 },
+    /// The watch cache task has stopped.
+    #[error("watch cache on {prefix} has stopped")]
+    CacheStopped { prefix: String },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = NsdbError> = std::result::Result<T, E>;
