@@ -1,0 +1,672 @@
+//! Generic netlink transport: one `NETLINK_GENERIC` socket (neli's `NlSocket`), message framing,
+//! request/ACK and dump exchanges, batched requests, and the netlink attribute helpers the
+//! datapath families share.
+//!
+//! Messages are built and parsed here as plain bytes (`nlmsghdr` + `genlmsghdr` + payload);
+//! the OVS payloads (flow keys, masks, actions) come from the codec modules.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use neli::consts::socket::{Msg, NlFamily};
+use neli::socket::NlSocket;
+use neli::utils::Groups;
+
+/// `NLMSG_ERROR`: an error or an ACK.
+pub const NLMSG_ERROR: u16 = 2;
+/// `NLMSG_DONE`: the end of a dump.
+pub const NLMSG_DONE: u16 = 3;
+/// `NLMSG_OVERRUN`.
+pub const NLMSG_OVERRUN: u16 = 4;
+
+/// `NLM_F_REQUEST`.
+pub const NLM_F_REQUEST: u16 = 0x1;
+/// `NLM_F_MULTI`.
+pub const NLM_F_MULTI: u16 = 0x2;
+/// `NLM_F_ACK`.
+pub const NLM_F_ACK: u16 = 0x4;
+/// `NLM_F_ECHO`.
+pub const NLM_F_ECHO: u16 = 0x8;
+/// `NLM_F_DUMP` (`NLM_F_ROOT | NLM_F_MATCH`).
+pub const NLM_F_DUMP: u16 = 0x300;
+/// `NLM_F_REPLACE`.
+pub const NLM_F_REPLACE: u16 = 0x100;
+/// `NLM_F_EXCL`.
+pub const NLM_F_EXCL: u16 = 0x200;
+/// `NLM_F_CREATE`.
+pub const NLM_F_CREATE: u16 = 0x400;
+
+/// Size of `struct nlmsghdr`.
+pub const NLMSG_HDRLEN: usize = 16;
+/// Size of `struct genlmsghdr`.
+pub const GENL_HDRLEN: usize = 4;
+/// Size of `struct nlattr`.
+pub const NLA_HDRLEN: usize = 4;
+/// `NLA_F_NESTED`.
+pub const NLA_F_NESTED: u16 = 1 << 15;
+/// `NLA_F_NET_BYTEORDER`.
+pub const NLA_F_NET_BYTEORDER: u16 = 1 << 14;
+/// Mask of the attribute type bits.
+pub const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | NLA_F_NET_BYTEORDER);
+
+/// Receive buffer of one `recv`: a whole upcall with a 64 KiB packet, its key and its
+/// userdata, or one multi-message dump skb, always fits.
+pub const RECV_BUF_LEN: usize = 128 * 1024;
+/// `SO_RCVBUF` requested for every socket. The kernel caps it at `net.core.rmem_max`
+/// (and doubles it); the default of 208 KiB would hold only a few 64 KiB upcalls.
+pub const SOCKET_RCVBUF: usize = 4 * 1024 * 1024;
+/// Requests per batch before the ACKs are collected: the ACKs of one batch must fit in the
+/// socket's receive buffer even when `rmem_max` keeps it at its default.
+pub const BATCH_MAX: usize = 128;
+
+/// An error of the netlink transport.
+#[derive(Debug, thiserror::Error)]
+pub enum SockError {
+    /// A socket system call failed.
+    #[error("netlink {op} failed")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The system error.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel answered a request with an error.
+    #[error("{what}: kernel returned {errno} ({})", io::Error::from_raw_os_error(*errno))]
+    Kernel {
+        /// The request, e.g. "OVS_FLOW_CMD_NEW".
+        what: String,
+        /// The positive errno.
+        errno: i32,
+    },
+    /// The kernel sent something that does not parse.
+    #[error("malformed netlink message: {0}")]
+    Malformed(String),
+    /// A generic netlink family is not registered (the module is not loaded and could not be).
+    #[error("generic netlink family {family} is not available (is openvswitch.ko loaded?)")]
+    NoFamily {
+        /// The family name.
+        family: String,
+    },
+    /// A multicast group of a family does not exist.
+    #[error("generic netlink family {family} has no multicast group {group}")]
+    NoGroup {
+        /// The family name.
+        family: String,
+        /// The group name.
+        group: String,
+    },
+    /// A received message was larger than the receive buffer.
+    #[error("netlink message of {len} bytes truncated to {cap}")]
+    Truncated {
+        /// Its real length.
+        len: usize,
+        /// The buffer length.
+        cap: usize,
+    },
+}
+
+impl SockError {
+    /// The errno of a kernel error, if this is one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            SockError::Kernel { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+}
+
+/// The result type of this module.
+pub type Result<T, E = SockError> = std::result::Result<T, E>;
+
+/// One received generic netlink message, its headers decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenlMsg {
+    /// `nlmsg_type`: the family id.
+    pub family: u16,
+    /// `nlmsg_flags`.
+    pub flags: u16,
+    /// `nlmsg_seq`.
+    pub seq: u32,
+    /// `nlmsg_pid`.
+    pub pid: u32,
+    /// `genlmsghdr.cmd`.
+    pub cmd: u8,
+    /// `genlmsghdr.version`.
+    pub version: u8,
+    /// Everything after the `genlmsghdr`: for the OVS families a 4-byte `ovs_header`
+    /// followed by attributes.
+    pub payload: Vec<u8>,
+}
+
+/// A raw netlink message: type, flags, seq and the bytes after `nlmsghdr`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawMsg<'a> {
+    /// `nlmsg_type`.
+    pub ty: u16,
+    /// `nlmsg_flags`.
+    pub flags: u16,
+    /// `nlmsg_seq`.
+    pub seq: u32,
+    /// `nlmsg_pid`.
+    pub pid: u32,
+    /// The message body.
+    pub body: &'a [u8],
+}
+
+/// Splits a datagram into netlink messages.
+pub fn split_msgs(mut buf: &[u8]) -> Result<Vec<RawMsg<'_>>> {
+    let mut out = Vec::new();
+    while buf.len() >= NLMSG_HDRLEN {
+        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len < NLMSG_HDRLEN || len > buf.len() {
+            return Err(SockError::Malformed(format!(
+                "nlmsg_len {len} with {} bytes left",
+                buf.len()
+            )));
+        }
+        out.push(RawMsg {
+            ty: u16::from_ne_bytes([buf[4], buf[5]]),
+            flags: u16::from_ne_bytes([buf[6], buf[7]]),
+            seq: u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]),
+            pid: u32::from_ne_bytes([buf[12], buf[13], buf[14], buf[15]]),
+            body: &buf[NLMSG_HDRLEN..len],
+        });
+        buf = &buf[align4(len).min(buf.len())..];
+    }
+    Ok(out)
+}
+
+impl GenlMsg {
+    /// Decodes a raw message of a generic netlink family.
+    pub fn from_raw(m: &RawMsg<'_>) -> Result<Self> {
+        if m.body.len() < GENL_HDRLEN {
+            return Err(SockError::Malformed(format!(
+                "generic netlink message of family {} has {} bytes, less than genlmsghdr",
+                m.ty,
+                m.body.len()
+            )));
+        }
+        Ok(GenlMsg {
+            family: m.ty,
+            flags: m.flags,
+            seq: m.seq,
+            pid: m.pid,
+            cmd: m.body[0],
+            version: m.body[1],
+            payload: m.body[GENL_HDRLEN..].to_vec(),
+        })
+    }
+}
+
+/// Rounds up to the netlink alignment of 4 bytes.
+pub const fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// Appends a whole generic netlink request to `out`.
+pub fn put_genl_msg(
+    out: &mut Vec<u8>,
+    family: u16,
+    flags: u16,
+    seq: u32,
+    cmd: u8,
+    version: u8,
+    payload: &[u8],
+) {
+    let len = NLMSG_HDRLEN + GENL_HDRLEN + payload.len();
+    out.extend_from_slice(&(len as u32).to_ne_bytes());
+    out.extend_from_slice(&family.to_ne_bytes());
+    out.extend_from_slice(&(flags | NLM_F_REQUEST).to_ne_bytes());
+    out.extend_from_slice(&seq.to_ne_bytes());
+    out.extend_from_slice(&0u32.to_ne_bytes());
+    out.extend_from_slice(&[cmd, version, 0, 0]);
+    out.extend_from_slice(payload);
+    out.resize(align4(out.len()), 0);
+}
+
+/// Writes netlink attributes into a byte buffer.
+#[derive(Debug, Default, Clone)]
+pub struct AttrWriter {
+    /// The bytes written so far.
+    pub buf: Vec<u8>,
+}
+
+impl AttrWriter {
+    /// An empty writer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// A writer that starts with `prefix` (e.g. an `ovs_header`).
+    pub fn with_prefix(prefix: &[u8]) -> Self {
+        AttrWriter {
+            buf: prefix.to_vec(),
+        }
+    }
+    /// Appends one attribute.
+    pub fn put(&mut self, ty: u16, data: &[u8]) -> &mut Self {
+        let len = NLA_HDRLEN + data.len();
+        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(data);
+        self.buf.resize(align4(self.buf.len()), 0);
+        self
+    }
+    /// Appends a nested attribute whose contents are already encoded.
+    pub fn put_nested(&mut self, ty: u16, inner: &[u8]) -> &mut Self {
+        self.put(ty | NLA_F_NESTED, inner)
+    }
+    /// Appends a `u32` attribute (host byte order).
+    pub fn put_u32(&mut self, ty: u16, v: u32) -> &mut Self {
+        self.put(ty, &v.to_ne_bytes())
+    }
+    /// Appends a `u16` attribute (host byte order).
+    pub fn put_u16(&mut self, ty: u16, v: u16) -> &mut Self {
+        self.put(ty, &v.to_ne_bytes())
+    }
+    /// Appends a NUL-terminated string attribute.
+    pub fn put_str(&mut self, ty: u16, s: &str) -> &mut Self {
+        let mut v = s.as_bytes().to_vec();
+        v.push(0);
+        self.put(ty, &v)
+    }
+    /// Appends a flag (empty) attribute.
+    pub fn put_flag(&mut self, ty: u16) -> &mut Self {
+        self.put(ty, &[])
+    }
+    /// The encoded bytes.
+    pub fn finish(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+/// Iterates over the attributes of a buffer as `(type, payload)`, type without the
+/// `NLA_F_NESTED`/`NLA_F_NET_BYTEORDER` bits. A malformed tail ends with an error item.
+pub fn attrs(buf: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8])>> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        if rest.len() < NLA_HDRLEN {
+            return None;
+        }
+        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
+        let ty = u16::from_ne_bytes([rest[2], rest[3]]) & NLA_TYPE_MASK;
+        if len < NLA_HDRLEN || len > rest.len() {
+            let err = SockError::Malformed(format!(
+                "attribute type {ty} length {len} with {} bytes left",
+                rest.len()
+            ));
+            rest = &[];
+            return Some(Err(err));
+        }
+        let data = &rest[NLA_HDRLEN..len];
+        rest = &rest[align4(len).min(rest.len())..];
+        Some(Ok((ty, data)))
+    })
+}
+
+/// Collects the attributes of a buffer into a table indexed by type (the last one wins).
+pub fn attr_table(buf: &[u8], max: u16) -> Result<Vec<Option<&[u8]>>> {
+    let mut t = vec![None; usize::from(max) + 1];
+    for a in attrs(buf) {
+        let (ty, data) = a?;
+        if let Some(slot) = t.get_mut(usize::from(ty)) {
+            *slot = Some(data);
+        }
+    }
+    Ok(t)
+}
+
+/// Reads a `u32` attribute payload.
+pub fn get_u32(what: &str, d: &[u8]) -> Result<u32> {
+    <[u8; 4]>::try_from(d)
+        .map(u32::from_ne_bytes)
+        .map_err(|_| SockError::Malformed(format!("invalid {what} length {}", d.len())))
+}
+
+/// Reads a `u64` attribute payload.
+pub fn get_u64(what: &str, d: &[u8]) -> Result<u64> {
+    <[u8; 8]>::try_from(d)
+        .map(u64::from_ne_bytes)
+        .map_err(|_| SockError::Malformed(format!("invalid {what} length {}", d.len())))
+}
+
+/// Reads a `u16` attribute payload.
+pub fn get_u16(what: &str, d: &[u8]) -> Result<u16> {
+    <[u8; 2]>::try_from(d)
+        .map(u16::from_ne_bytes)
+        .map_err(|_| SockError::Malformed(format!("invalid {what} length {}", d.len())))
+}
+
+/// Reads a NUL-terminated string attribute payload.
+pub fn get_str(what: &str, d: &[u8]) -> Result<String> {
+    let end = d.iter().position(|&b| b == 0).unwrap_or(d.len());
+    String::from_utf8(d[..end].to_vec())
+        .map_err(|_| SockError::Malformed(format!("{what} is not UTF-8")))
+}
+
+/// A generic netlink socket with its own sequence numbers and receive buffer.
+///
+/// It is not shared between threads: open one per thread (or per batch of work).
+pub struct GenlSocket {
+    sock: NlSocket,
+    pid: u32,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for GenlSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenlSocket")
+            .field("pid", &self.pid)
+            .field("seq", &self.seq)
+            .finish()
+    }
+}
+
+impl GenlSocket {
+    /// Opens a blocking `NETLINK_GENERIC` socket in the calling thread's network namespace,
+    /// with a kernel-assigned port id and a receive buffer raised towards `SOCKET_RCVBUF`.
+    pub fn open() -> Result<Self> {
+        let io = |op| move |source| SockError::Io { op, source };
+        let sock = NlSocket::connect(NlFamily::Generic, None, Groups::empty())
+            .map_err(io("socket/bind"))?;
+        sock.block().map_err(io("fcntl"))?;
+        sock.set_recv_buffer_size(SOCKET_RCVBUF)
+            .map_err(io("setsockopt(SO_RCVBUF)"))?;
+        // Without strict checking a dump request with attributes is accepted as it always was.
+        let pid = sock.pid().map_err(io("getsockname"))?;
+        Ok(GenlSocket {
+            sock,
+            pid,
+            seq: 1,
+            buf: vec![0; RECV_BUF_LEN],
+        })
+    }
+
+    /// The netlink port id the kernel assigned; upcalls are unicast to it.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Joins a multicast group by id.
+    pub fn join_group(&self, group: u32) -> Result<()> {
+        self.sock
+            .add_mcast_membership(Groups::new_groups(&[group]))
+            .map_err(|source| SockError::Io {
+                op: "setsockopt(NETLINK_ADD_MEMBERSHIP)",
+                source,
+            })
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        self.seq
+    }
+
+    /// Sends raw bytes (one or more complete messages).
+    pub fn send_raw(&self, bytes: &[u8]) -> Result<()> {
+        let n = self
+            .sock
+            .send(bytes, Msg::empty())
+            .map_err(|source| SockError::Io { op: "send", source })?;
+        if n != bytes.len() {
+            return Err(SockError::Malformed(format!(
+                "short netlink send: {n} of {} bytes",
+                bytes.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Receives one datagram into the socket's buffer and returns it. `EINTR` is retried.
+    pub fn recv_raw(&mut self) -> Result<&[u8]> {
+        loop {
+            match self.sock.recv(&mut self.buf[..], Msg::TRUNC) {
+                Ok((n, _)) => {
+                    if n > self.buf.len() {
+                        return Err(SockError::Truncated {
+                            len: n,
+                            cap: self.buf.len(),
+                        });
+                    }
+                    return Ok(&self.buf[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => return Err(SockError::Io { op: "recv", source }),
+            }
+        }
+    }
+
+    /// Receives one datagram if one arrives before `deadline`. The socket is switched to
+    /// non-blocking mode meanwhile and polled with short sleeps, which keeps this module free
+    /// of `unsafe` (no `poll(2)` binding); the blocking [`GenlSocket::recv_raw`] is the fast path.
+    pub fn recv_raw_until(&mut self, deadline: Instant) -> Result<Option<&[u8]>> {
+        let io = |op| move |source| SockError::Io { op, source };
+        self.sock.nonblock().map_err(io("fcntl"))?;
+        let mut n = None;
+        let mut res = Ok(());
+        loop {
+            match self.sock.recv(&mut self.buf[..], Msg::TRUNC) {
+                Ok((len, _)) => {
+                    n = Some(len);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(source) => {
+                    res = Err(SockError::Io { op: "recv", source });
+                    break;
+                }
+            }
+        }
+        self.sock.block().map_err(io("fcntl"))?;
+        res?;
+        match n {
+            None => Ok(None),
+            Some(len) if len > self.buf.len() => Err(SockError::Truncated {
+                len,
+                cap: self.buf.len(),
+            }),
+            Some(len) => Ok(Some(&self.buf[..len])),
+        }
+    }
+
+    /// Sends one request and waits for its answer: the reply messages (if the command
+    /// produces any) after the kernel's ACK. `what` names the request in errors.
+    pub fn request(
+        &mut self,
+        what: &str,
+        family: u16,
+        cmd: u8,
+        version: u8,
+        flags: u16,
+        payload: &[u8],
+    ) -> Result<Vec<GenlMsg>> {
+        let seq = self.next_seq();
+        let mut out = Vec::with_capacity(NLMSG_HDRLEN + GENL_HDRLEN + payload.len());
+        put_genl_msg(
+            &mut out,
+            family,
+            flags | NLM_F_ACK,
+            seq,
+            cmd,
+            version,
+            payload,
+        );
+        self.send_raw(&out)?;
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut replies = Vec::new();
+        loop {
+            let pid = self.pid;
+            let buf = self.recv_raw()?;
+            let msgs = split_msgs(buf)?;
+            let mut done = false;
+            for m in &msgs {
+                if m.seq != seq || (m.pid != 0 && m.pid != pid) {
+                    // A stale answer to an earlier request that timed out on our side,
+                    // or a notification: not ours.
+                    continue;
+                }
+                match m.ty {
+                    NLMSG_ERROR => {
+                        let errno = ack_errno(m)?;
+                        if errno != 0 {
+                            return Err(SockError::Kernel {
+                                what: what.to_string(),
+                                errno,
+                            });
+                        }
+                        done = true;
+                    }
+                    NLMSG_DONE => {
+                        // A dump ends with DONE; its payload may carry an error.
+                        if m.body.len() >= 4 {
+                            let e =
+                                i32::from_ne_bytes([m.body[0], m.body[1], m.body[2], m.body[3]]);
+                            if e < 0 {
+                                return Err(SockError::Kernel {
+                                    what: what.to_string(),
+                                    errno: -e,
+                                });
+                            }
+                        }
+                        done = true;
+                    }
+                    NLMSG_OVERRUN => {
+                        return Err(SockError::Malformed(format!("{what}: NLMSG_OVERRUN")));
+                    }
+                    t if t == family => {
+                        replies.push(GenlMsg::from_raw(m)?);
+                        if !dump && m.flags & NLM_F_MULTI == 0 {
+                            // A plain reply is followed by the ACK we asked for.
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if done {
+                return Ok(replies);
+            }
+        }
+    }
+
+    /// Sends many requests of one family, [`BATCH_MAX`] per `send`, each with `NLM_F_ACK`, and
+    /// collects one result per request in order: `Ok(())` or the kernel's error. Replies
+    /// (when a command produces one) are discarded.
+    pub fn batch(
+        &mut self,
+        family: u16,
+        version: u8,
+        reqs: &[(u8, u16, Vec<u8>)],
+    ) -> Result<Vec<Result<(), i32>>> {
+        let mut results = Vec::with_capacity(reqs.len());
+        let mut out = Vec::new();
+        for chunk in reqs.chunks(BATCH_MAX) {
+            out.clear();
+            let first = self.seq.wrapping_add(1);
+            for (cmd, flags, payload) in chunk {
+                let seq = self.next_seq();
+                put_genl_msg(
+                    &mut out,
+                    family,
+                    flags | NLM_F_ACK,
+                    seq,
+                    *cmd,
+                    version,
+                    payload,
+                );
+            }
+            self.send_raw(&out)?;
+            let mut got: Vec<Option<Result<(), i32>>> = vec![None; chunk.len()];
+            let mut pending = chunk.len();
+            while pending > 0 {
+                let buf = self.recv_raw()?;
+                for m in split_msgs(buf)? {
+                    if m.ty != NLMSG_ERROR {
+                        continue;
+                    }
+                    let idx = m.seq.wrapping_sub(first) as usize;
+                    let Some(slot) = got.get_mut(idx) else {
+                        continue;
+                    };
+                    if slot.is_none() {
+                        let errno = ack_errno(&m)?;
+                        *slot = Some(if errno == 0 { Ok(()) } else { Err(errno) });
+                        pending -= 1;
+                    }
+                }
+            }
+            results.extend(got.into_iter().map(|r| r.unwrap_or(Err(libc::EIO))));
+        }
+        Ok(results)
+    }
+}
+
+impl AsRawFd for GenlSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+/// The errno (positive, 0 for an ACK) carried by an `NLMSG_ERROR` message.
+fn ack_errno(m: &RawMsg<'_>) -> Result<i32> {
+    if m.body.len() < 4 {
+        return Err(SockError::Malformed("short NLMSG_ERROR".into()));
+    }
+    let e = i32::from_ne_bytes([m.body[0], m.body[1], m.body[2], m.body[3]]);
+    Ok(-e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attrs_round_trip_and_alignment() {
+        let mut w = AttrWriter::new();
+        w.put_u32(1, 7)
+            .put_str(2, "dp0")
+            .put_flag(3)
+            .put(4, &[1, 2, 3]);
+        let b = w.finish();
+        assert_eq!(b.len() % 4, 0);
+        let t = attr_table(&b, 4).unwrap();
+        assert_eq!(get_u32("a", t[1].unwrap()).unwrap(), 7);
+        assert_eq!(get_str("b", t[2].unwrap()).unwrap(), "dp0");
+        assert_eq!(t[3], Some(&[][..]));
+        assert_eq!(t[4], Some(&[1u8, 2, 3][..]));
+    }
+
+    #[test]
+    fn malformed_attributes_are_errors_not_panics() {
+        // length field larger than the buffer
+        let bad = [200u8, 0, 1, 0, 0, 0];
+        assert!(attrs(&bad).any(|a| a.is_err()));
+        // length below the header size
+        let bad = [2u8, 0, 1, 0];
+        assert!(attrs(&bad).any(|a| a.is_err()));
+        assert!(get_u32("x", &[1, 2]).is_err());
+        assert!(split_msgs(&[40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn request_framing() {
+        let mut out = Vec::new();
+        put_genl_msg(&mut out, 0x1a, NLM_F_ACK, 9, 3, 2, &[0, 0, 0, 0, 5]);
+        assert_eq!(out.len(), 28);
+        let msgs = split_msgs(&out).unwrap();
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].ty, 0x1a);
+        assert_eq!(msgs[0].flags, NLM_F_ACK | NLM_F_REQUEST);
+        assert_eq!(msgs[0].seq, 9);
+        let g = GenlMsg::from_raw(&msgs[0]).unwrap();
+        assert_eq!((g.cmd, g.version), (3, 2));
+        assert_eq!(g.payload, vec![0, 0, 0, 0, 5]);
+    }
+}
