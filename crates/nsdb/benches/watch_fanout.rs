@@ -1,0 +1,108 @@
+//! Benchmark: how long 10 watch caches take to see 10,000 writes, as a ratio of the time
+//! etcd itself takes to accept those writes, both measured in the same run on a local etcd.
+//!
+//! Run: `cargo bench -p nsdb --bench watch_fanout` (set WEFT_BENCH_WRITES / WEFT_BENCH_CACHES
+//! to change the sizes).
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use nsdb::testing::Etcd;
+use nsdb::*;
+
+const IN_FLIGHT: usize = 32;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn port(i: usize) -> Port {
+    Port {
+        id: format!("p{i:06}"),
+        device: DeviceRef::Bridge("b1".into()),
+        kind: PortKind::Exterior,
+        mac: MacAddr::local_from_name(&i.to_string()),
+        addresses: vec![
+            format!("10.{}.{}.{}/32", i >> 16, (i >> 8) & 255, i & 255)
+                .parse()
+                .unwrap(),
+        ],
+        tunnel_key: i as u32,
+        inbound_chain: None,
+        outbound_chain: None,
+        admin_up: true,
+        labels: Default::default(),
+    }
+}
+
+/// Writes `n` ports with `IN_FLIGHT` requests in flight; returns the elapsed time and
+/// the highest revision written.
+async fn write_all(db: &Nsdb, n: usize, tag: usize) -> (Duration, i64) {
+    let t0 = Instant::now();
+    let revs: Vec<i64> = futures::stream::iter(0..n)
+        .map(|i| {
+            let db = db.clone();
+            async move {
+                let mut p = port(i);
+                p.labels.insert("round".into(), tag.to_string());
+                db.put(&p).await.expect("bench write failed")
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    (t0.elapsed(), revs.into_iter().max().unwrap_or(0))
+}
+
+fn main() {
+    let writes = env_or("WEFT_BENCH_WRITES", 10_000);
+    let caches = env_or("WEFT_BENCH_CACHES", 10);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        let etcd = Etcd::start();
+        let db = etcd.client().await;
+
+        // Warm up the connection and etcd, then measure raw writes with no watcher.
+        write_all(&db, 500, 0).await;
+        db.delete_everything().await.unwrap();
+        let (raw, _) = write_all(&db, writes, 1).await;
+        db.delete_everything().await.unwrap();
+
+        // The same writes again, now with `caches` watch caches on their own connections.
+        let mut cs = Vec::new();
+        for _ in 0..caches {
+            let c = etcd.client().await;
+            cs.push(WatchCache::start(c).await);
+        }
+        let t0 = Instant::now();
+        let (written, last) = write_all(&db, writes, 2).await;
+        for c in &cs {
+            let snap = c.wait_for_revision(last).await.unwrap();
+            assert_eq!(snap.list::<Port>().count(), writes, "cache missed writes");
+        }
+        let seen = t0.elapsed();
+
+        let ratio = seen.as_secs_f64() / raw.as_secs_f64();
+        println!("watch_fanout: {writes} writes, {caches} caches, {IN_FLIGHT} writes in flight");
+        println!(
+            "  raw etcd writes (no watchers):        {:>8.1} ms ({:.0} writes/s)",
+            raw.as_secs_f64() * 1e3,
+            writes as f64 / raw.as_secs_f64()
+        );
+        println!(
+            "  writes with {caches} caches watching:      {:>8.1} ms",
+            written.as_secs_f64() * 1e3
+        );
+        println!(
+            "  until all {caches} caches saw every write: {:>8.1} ms",
+            seen.as_secs_f64() * 1e3
+        );
+        println!("  ratio (all caches saw / raw writes):  {ratio:>8.2}");
+    });
+}

@@ -1,0 +1,490 @@
+//! The typed etcd client: get, list, put, delete, compare-and-swap and transactions
+//! over [`Record`]s.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, TxnOp, TxnOpResponse,
+};
+use tracing::{error, warn};
+
+use crate::alloc::PoolState;
+use crate::codec;
+use crate::error::{NsdbError, Result};
+use crate::keys::{self, Kind, ROOT};
+use crate::metrics;
+use crate::records::{AnyRecord, Record};
+
+/// Page size for listing, so large prefixes stay below gRPC message limits.
+const PAGE: i64 = 500;
+
+/// A record with its version (the etcd `mod_revision` of its key).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<R> {
+    pub record: R,
+    /// The etcd mod_revision: pass it to `put_if_version` to update only this version.
+    pub version: i64,
+}
+
+/// Records of one kind, all read at one revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed<R> {
+    pub records: Vec<Versioned<R>>,
+    /// The store revision the list was read at.
+    pub revision: i64,
+}
+
+/// A raw list of a prefix at one revision (values undecoded).
+#[derive(Debug, Clone)]
+pub(crate) struct RawList {
+    pub revision: i64,
+    pub kvs: Vec<KeyValue>,
+}
+
+/// A handle to NSDB. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct Nsdb {
+    client: Client,
+    endpoints: Arc<Vec<String>>,
+    pub(crate) pools: Arc<Mutex<HashMap<String, PoolState>>>,
+}
+
+impl std::fmt::Debug for Nsdb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nsdb")
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+impl Nsdb {
+    /// Connects to etcd. The connection is lazy and reconnects by itself: requests made
+    /// while etcd is away fail with [`NsdbError::Etcd`] and succeed again once it is back.
+    pub async fn connect<E: AsRef<str>>(endpoints: &[E]) -> Result<Self> {
+        let eps: Vec<String> = endpoints.iter().map(|e| e.as_ref().to_owned()).collect();
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(10))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true);
+        let client =
+            Client::connect(&eps, Some(opts))
+                .await
+                .map_err(|source| NsdbError::Connect {
+                    endpoints: eps.join(","),
+                    source,
+                })?;
+        Ok(Nsdb {
+            client,
+            endpoints: Arc::new(eps),
+            pools: Arc::default(),
+        })
+    }
+
+    /// The endpoints this client was connected to.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// The underlying etcd client, for operations this crate does not wrap.
+    pub fn etcd(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Reads one record. A value that does not decode is an error here (unlike `list`).
+    pub async fn get<R: Record>(&self, id: &str) -> Result<Option<Versioned<R>>> {
+        keys::validate_id(R::KIND, id)?;
+        let key = R::KIND.key(id);
+        let resp = self
+            .client
+            .clone()
+            .get(key.as_str(), None)
+            .await
+            .map_err(|source| NsdbError::Etcd {
+                op: "get",
+                key: key.clone(),
+                source,
+            })?;
+        match resp.kvs().first() {
+            None => Ok(None),
+            Some(kv) => Ok(Some(Versioned {
+                record: codec::decode(&key, kv.value())?,
+                version: kv.mod_revision(),
+            })),
+        }
+    }
+
+    /// Lists every record of one kind at one revision. Corrupt values are skipped,
+    /// logged and counted in `weft_nsdb_corrupt_records_total`.
+    pub async fn list<R: Record>(&self) -> Result<Listed<R>> {
+        let raw = self.list_raw(&R::prefix()).await?;
+        let mut records = Vec::with_capacity(raw.kvs.len());
+        for kv in &raw.kvs {
+            let key = String::from_utf8_lossy(kv.key());
+            match codec::decode::<R>(&key, kv.value()) {
+                Ok(record) => records.push(Versioned {
+                    record,
+                    version: kv.mod_revision(),
+                }),
+                Err(err) => skip_corrupt(&key, &err),
+            }
+        }
+        Ok(Listed {
+            records,
+            revision: raw.revision,
+        })
+    }
+
+    /// Lists every record of every kind at one revision, with their versions.
+    /// Corrupt values are skipped, logged and counted.
+    pub async fn list_all(&self) -> Result<(i64, Vec<(AnyRecord, i64)>)> {
+        let raw = self.list_raw(ROOT).await?;
+        let mut out = Vec::with_capacity(raw.kvs.len());
+        for kv in &raw.kvs {
+            if let Some(r) = decode_kv(kv) {
+                out.push(r);
+            }
+        }
+        Ok((raw.revision, out))
+    }
+
+    /// Lists a prefix page by page, all pages at the revision of the first one.
+    pub(crate) async fn list_raw(&self, prefix: &str) -> Result<RawList> {
+        let end = prefix_end(prefix);
+        let mut from = prefix.as_bytes().to_vec();
+        let mut revision = 0;
+        let mut kvs = Vec::new();
+        loop {
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if revision > 0 {
+                opts = opts.with_revision(revision);
+            }
+            let mut resp = self
+                .client
+                .clone()
+                .get(from.clone(), Some(opts))
+                .await
+                .map_err(|source| NsdbError::Etcd {
+                    op: "list",
+                    key: prefix.to_owned(),
+                    source,
+                })?;
+            if revision == 0 {
+                revision = resp.header().map_or(0, |h| h.revision());
+            }
+            let more = resp.more();
+            let page = resp.take_kvs();
+            if let Some(last) = page.last() {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            let empty = page.is_empty();
+            kvs.extend(page);
+            if !more || empty {
+                return Ok(RawList { revision, kvs });
+            }
+        }
+    }
+
+    /// Writes a record unconditionally. Returns its new version.
+    pub async fn put<R: Record>(&self, record: &R) -> Result<i64> {
+        self.txn().put(record).commit().await
+    }
+
+    /// Writes a record only if its current version is `expected` (0: only if it does
+    /// not exist). Returns the new version, or [`NsdbError::VersionConflict`].
+    pub async fn put_if_version<R: Record>(&self, record: &R, expected: i64) -> Result<i64> {
+        let key = record.key();
+        match self.txn().put_if_version(record, expected).commit().await {
+            Err(NsdbError::TxnConditionFailed { .. }) => {
+                Err(NsdbError::VersionConflict { key, expected })
+            }
+            other => other,
+        }
+    }
+
+    /// Creates a record only if its key is free. Returns its version.
+    pub async fn create<R: Record>(&self, record: &R) -> Result<i64> {
+        self.put_if_version(record, 0).await
+    }
+
+    /// Deletes a record. Returns whether it existed.
+    pub async fn delete<R: Record>(&self, id: &str) -> Result<bool> {
+        keys::validate_id(R::KIND, id)?;
+        let key = R::KIND.key(id);
+        let resp = self
+            .client
+            .clone()
+            .delete(key.as_str(), None)
+            .await
+            .map_err(|source| NsdbError::Etcd {
+                op: "delete",
+                key,
+                source,
+            })?;
+        Ok(resp.deleted() > 0)
+    }
+
+    /// Deletes a record only if its current version is `expected`.
+    pub async fn delete_if_version<R: Record>(&self, id: &str, expected: i64) -> Result<()> {
+        let key = R::KIND.key(id);
+        match self
+            .txn()
+            .delete_if_version::<R>(id, expected)
+            .commit()
+            .await
+        {
+            Err(NsdbError::TxnConditionFailed { .. }) => {
+                Err(NsdbError::VersionConflict { key, expected })
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Starts a multi-op transaction.
+    pub fn txn(&self) -> Txn {
+        Txn {
+            client: self.client.clone(),
+            compares: Vec::new(),
+            ops: Vec::new(),
+            compared: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Writes a raw value at a key, bypassing encoding. For tools and tests that
+    /// need to store something that is not a valid record.
+    pub async fn put_raw(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<i64> {
+        let resp = self
+            .client
+            .clone()
+            .put(key, value, None)
+            .await
+            .map_err(|source| NsdbError::Etcd {
+                op: "put",
+                key: key.to_owned(),
+                source,
+            })?;
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
+    /// Deletes every key under `/weft/v1/`. Returns how many were deleted.
+    pub async fn delete_everything(&self) -> Result<i64> {
+        let resp = self
+            .client
+            .clone()
+            .delete(ROOT, Some(etcd_client::DeleteOptions::new().with_prefix()))
+            .await
+            .map_err(|source| NsdbError::Etcd {
+                op: "delete",
+                key: ROOT.to_owned(),
+                source,
+            })?;
+        Ok(resp.deleted())
+    }
+
+    /// Compacts the etcd history up to `revision`.
+    pub async fn compact(&self, revision: i64) -> Result<()> {
+        self.client
+            .clone()
+            .compact(revision, None)
+            .await
+            .map_err(|source| NsdbError::Etcd {
+                op: "compact",
+                key: revision.to_string(),
+                source,
+            })?;
+        Ok(())
+    }
+}
+
+/// Decodes a listed or watched key-value; logs and counts corrupt values.
+pub(crate) fn decode_kv(kv: &KeyValue) -> Option<(AnyRecord, i64)> {
+    let key = String::from_utf8_lossy(kv.key());
+    match keys::parse(&key) {
+        Err(_) => {
+            warn!(%key, "ignoring key outside the NSDB layout");
+            None
+        }
+        Ok(_) => match codec::decode_any(&key, kv.value()) {
+            Ok(r) => Some((r, kv.mod_revision())),
+            Err(err) => {
+                skip_corrupt(&key, &err);
+                None
+            }
+        },
+    }
+}
+
+fn skip_corrupt(key: &str, err: &NsdbError) {
+    metrics::inc_corrupt();
+    error!(%key, %err, "skipping corrupt NSDB record");
+}
+
+/// A multi-op transaction: conditions on record versions, then puts and deletes that
+/// are applied all together or not at all.
+#[must_use = "a transaction does nothing until committed"]
+pub struct Txn {
+    client: Client,
+    compares: Vec<Compare>,
+    ops: Vec<TxnOp>,
+    compared: Vec<String>,
+    error: Option<NsdbError>,
+}
+
+impl std::fmt::Debug for Txn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Txn")
+            .field("compared", &self.compared)
+            .field("ops", &self.ops.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Txn {
+    fn fail(mut self, err: NsdbError) -> Self {
+        self.error.get_or_insert(err);
+        self
+    }
+
+    /// Puts a record.
+    pub fn put<R: Record>(mut self, record: &R) -> Self {
+        if let Err(e) = keys::validate_id(R::KIND, &record.id()) {
+            return self.fail(e);
+        }
+        match codec::encode(record) {
+            Ok(v) => {
+                self.ops.push(TxnOp::put(record.key(), v, None));
+                self
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Puts a record if its version is `expected` (0: if it does not exist).
+    pub fn put_if_version<R: Record>(self, record: &R, expected: i64) -> Self {
+        self.require_version::<R>(&record.id(), expected)
+            .put(record)
+    }
+
+    /// Creates a record if its key is free.
+    pub fn create<R: Record>(self, record: &R) -> Self {
+        self.put_if_version(record, 0)
+    }
+
+    /// Deletes a record (no error if absent).
+    pub fn delete<R: Record>(mut self, id: &str) -> Self {
+        if let Err(e) = keys::validate_id(R::KIND, id) {
+            return self.fail(e);
+        }
+        self.ops.push(TxnOp::delete(R::KIND.key(id), None));
+        self
+    }
+
+    /// Deletes a record if its version is `expected`.
+    pub fn delete_if_version<R: Record>(self, id: &str, expected: i64) -> Self {
+        self.require_version::<R>(id, expected).delete::<R>(id)
+    }
+
+    /// Requires a record to be at `expected` version (0: absent) without writing it.
+    pub fn require_version<R: Record>(self, id: &str, expected: i64) -> Self {
+        self.require_key_version(R::KIND, id, expected)
+    }
+
+    /// Requires a record to be absent.
+    pub fn require_absent<R: Record>(self, id: &str) -> Self {
+        self.require_version::<R>(id, 0)
+    }
+
+    fn require_key_version(mut self, kind: Kind, id: &str, expected: i64) -> Self {
+        if let Err(e) = keys::validate_id(kind, id) {
+            return self.fail(e);
+        }
+        let key = kind.key(id);
+        self.compares.push(Compare::mod_revision(
+            key.as_str(),
+            CompareOp::Equal,
+            expected,
+        ));
+        self.compared.push(key);
+        self
+    }
+
+    /// The number of conditions queued.
+    pub fn condition_count(&self) -> usize {
+        self.compares.len()
+    }
+
+    /// The number of operations queued.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether no operation is queued.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Commits. Returns the revision of the transaction, or
+    /// [`NsdbError::TxnConditionFailed`] naming the compared keys.
+    pub async fn commit(mut self) -> Result<i64> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let key = self
+            .compared
+            .first()
+            .cloned()
+            .or_else(|| self.ops.first().map(|_| "txn".to_owned()))
+            .unwrap_or_default();
+        let txn = etcd_client::Txn::new()
+            .when(std::mem::take(&mut self.compares))
+            .and_then(std::mem::take(&mut self.ops));
+        let resp = self
+            .client
+            .txn(txn)
+            .await
+            .map_err(|source| NsdbError::Etcd {
+                op: "txn",
+                key,
+                source,
+            })?;
+        if !resp.succeeded() {
+            return Err(NsdbError::TxnConditionFailed {
+                keys: self.compared,
+            });
+        }
+        let rev = resp.header().map_or(0, |h| h.revision());
+        debug_assert!(
+            resp.op_responses()
+                .iter()
+                .all(|r| matches!(r, TxnOpResponse::Put(_) | TxnOpResponse::Delete(_)))
+        );
+        Ok(rev)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_increments_last_byte() {
+        assert_eq!(prefix_end("/weft/v1/"), b"/weft/v10".to_vec());
+        assert_eq!(prefix_end("/weft/v1/ports/"), b"/weft/v1/ports0".to_vec());
+    }
+}
