@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# e2e/kernel-tests.sh [FILTER...]
+#
+# Builds the kernel test binaries (crates/odp/tests/kernel*.rs) and weftctl on the host, boots
+# the guest once (e2e/vm.sh) and runs every one of their ignored tests inside it, one thread
+# at a time. Fails if any test fails, if the guest cannot boot, or if no test ran at all.
+# FILTER arguments are passed to the test binaries (substring match on test names).
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+
+if [ "${1:-}" = --in-guest ]; then
+  # Inside the guest: $2 is the directory with the list of binaries, the rest are filters.
+  shift; list=$1; shift
+  modprobe -a openvswitch vxlan geneve veth || { echo "kernel-tests: modprobe failed" >&2; exit 1; }
+  total=0; failed=0
+  while read -r bin; do
+    echo "==> $(basename "$bin") (in the guest, kernel $(uname -r))"
+    out=$(mktemp)
+    set +e
+    "$bin" --ignored --test-threads=1 "$@" 2>&1 | tee "$out"
+    rc=${PIPESTATUS[0]}
+    set -e
+    n=$(sed -n 's/^test result: .* \([0-9][0-9]*\) passed; \([0-9][0-9]*\) failed.*/\1 \2/p' "$out" | awk '{p+=$1; f+=$2} END {print p+f}')
+    total=$((total + ${n:-0}))
+    [ "$rc" = 0 ] || failed=$((failed + 1))
+    rm -f "$out"
+  done <"$list"
+  echo "==> kernel tests: $total ran, $failed binaries failed"
+  [ "$failed" = 0 ] || exit 1
+  [ "$total" -gt 0 ] || { echo "kernel-tests: no test ran" >&2; exit 1; }
+  exit 0
+fi
+
+cd "$ROOT"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+CARGO=${CARGO:-cargo}
+echo "==> building weftctl and the kernel test binaries" >&2
+$CARGO build --locked -p weft-agent --bin weftctl >&2
+WEFT_CTL_BIN=$CARGO_TARGET_DIR/debug/weftctl
+[ -x "$WEFT_CTL_BIN" ] || { echo "kernel-tests: weftctl was not built at $WEFT_CTL_BIN" >&2; exit 1; }
+tests=()
+for f in crates/odp/tests/kernel*.rs; do
+  [ -f "$f" ] && tests+=(--test "$(basename "$f" .rs)")
+done
+[ ${#tests[@]} -gt 0 ] || { echo "kernel-tests: no crates/odp/tests/kernel*.rs" >&2; exit 1; }
+work=$(mktemp -d "${TMPDIR:-/tmp}/weft-kernel-tests.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+$CARGO test --locked -p odp "${tests[@]}" --no-run --message-format=json |
+  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' >"$work/bins"
+[ -s "$work/bins" ] || { echo "kernel-tests: cargo produced no test binary" >&2; exit 1; }
+export WEFT_CTL_BIN
+exec "$HERE/vm.sh" "$HERE/kernel-tests.sh" --in-guest "$work/bins" "$@"

@@ -1,0 +1,10 @@
+# Kernel datapath tests: built on the host, run inside one QEMU guest with Debian's kernel.
+# Included by the top-level Makefile.
+
+KERNEL_TEST_ARGS ?=
+
+kernel-test:
+	e2e/kernel-tests.sh $(KERNEL_TEST_ARGS)
+
+kernel-bench:
+	e2e/kernel-bench.sh
