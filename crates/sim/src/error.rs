@@ -1,0 +1,82 @@
+//! The errors of compiling a topology snapshot.
+
+use thiserror::Error;
+
+/// A problem found while compiling NSDB records into a [`crate::Topology`].
+///
+/// Only [`SimError::UnknownLocalHost`] fails the compile. The others name a record that
+/// refers to something missing or malformed; that record is left out of the snapshot and
+/// the error is kept in [`crate::Topology::problems`], because NSDB is written record by
+/// record and a snapshot may be caught between two writes.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SimError {
+    /// The local host id is not among the host records.
+    #[error("local host {host} has no host record")]
+    UnknownLocalHost {
+        /// The host id.
+        host: String,
+    },
+    /// A port refers to a device that does not exist.
+    #[error("port {port} refers to missing device {device}")]
+    PortDeviceMissing {
+        /// The port id.
+        port: String,
+        /// The device id.
+        device: String,
+    },
+    /// An interior port's peer is missing or does not point back.
+    #[error("interior port {port} has a bad peer {peer}: {reason}")]
+    BadPeer {
+        /// The port id.
+        port: String,
+        /// The peer port id.
+        peer: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A chain reference (from a port, device or jump rule) names no chain.
+    #[error("{owner} refers to missing chain {chain}")]
+    ChainMissing {
+        /// The object holding the reference.
+        owner: String,
+        /// The chain id.
+        chain: String,
+    },
+    /// A route's router or egress port is missing or not on that router.
+    #[error("route {route} is unusable: {reason}")]
+    BadRoute {
+        /// The route id.
+        route: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A binding names a host or port that does not exist.
+    #[error("binding of port {port} to host {host} is unusable: {reason}")]
+    BadBinding {
+        /// The port id.
+        port: String,
+        /// The host id.
+        host: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// Two ports share a tunnel key.
+    #[error("tunnel key {key:#x} is used by both {first} and {second}")]
+    DuplicateTunnelKey {
+        /// The key.
+        key: u32,
+        /// The port that keeps it.
+        first: String,
+        /// The port left out.
+        second: String,
+    },
+    /// A feature the simulation does not model (for example IPv6 VIPs).
+    #[error("{object}: {what} is not supported")]
+    Unsupported {
+        /// The object id.
+        object: String,
+        /// What is unsupported.
+        what: &'static str,
+    },
+}

@@ -1,0 +1,589 @@
+//! Builders for tests and benchmarks: small topologies (`Topology::test().bridge(..)...`)
+//! made of real NSDB records and compiled like any snapshot, and packets to walk through them.
+//!
+//! Conventions: hosts `h1` (local, 192.168.0.1) and `h2` (192.168.0.2); the tunnel vport is
+//! datapath port 1; local vports get datapath ports 2, 3, ... in creation order; every port
+//! and device gets the next tunnel key (1, 2, ...), and a port's MAC is `02:00:00:00:<key>`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::{IpNet, Ipv4Net};
+use nsdb::{
+    Bridge, Chain, DeviceRef, DnatRule, Host, LoadBalancer, MacAddr, Member, Port, PortBinding,
+    PortKind, Protocol, Route, Router, Rule, RuleAction, Snat, TunnelType, Vip,
+};
+
+use crate::fields::{Fields, ethertype, proto};
+use crate::topology::{LABEL_NEXT_HOP_MAC, LocalDatapath, RecordSet, Topology};
+
+/// The tunnel vport's datapath number in fixtures.
+pub const TUNNEL_PORT: u32 = 1;
+
+/// A topology under construction.
+#[derive(Debug, Clone)]
+pub struct TopoBuilder {
+    /// The records built so far.
+    pub records: RecordSet,
+    dp_ports: BTreeMap<String, u32>,
+    next_key: u32,
+    next_dp: u32,
+}
+
+impl Topology {
+    /// Starts a test topology with hosts `h1` (local) and `h2`.
+    pub fn test() -> TopoBuilder {
+        let mut b = TopoBuilder {
+            records: RecordSet::default(),
+            dp_ports: BTreeMap::new(),
+            next_key: 1,
+            next_dp: 2,
+        };
+        b = b.host("h1", "192.168.0.1").host("h2", "192.168.0.2");
+        b
+    }
+}
+
+/// A rule with no conditions and `action`; set conditions with struct update syntax.
+pub fn rule(id: &str, action: RuleAction) -> Rule {
+    Rule {
+        id: id.to_owned(),
+        src: None,
+        dst: None,
+        inv_src: false,
+        inv_dst: false,
+        protocol: None,
+        src_ports: None,
+        dst_ports: None,
+        icmp_type: None,
+        icmp_code: None,
+        ct_state: None,
+        action,
+    }
+}
+
+/// The MAC fixtures give the object with tunnel key `key`.
+pub fn mac_of_key(key: u32) -> [u8; 6] {
+    let k = key.to_be_bytes();
+    [2, 0, 0, k[1], k[2], k[3]]
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().expect("fixture prefix")
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("fixture address")
+}
+
+impl TopoBuilder {
+    fn key(&mut self) -> u32 {
+        let k = self.next_key;
+        self.next_key += 1;
+        k
+    }
+
+    /// Adds a host.
+    pub fn host(mut self, id: &str, underlay: &str) -> Self {
+        self.records.hosts.push(Host {
+            id: id.into(),
+            underlay_ip: ip(underlay),
+            tunnel: TunnelType::Vxlan,
+            tunnel_udp_port: 4789,
+            mtu: 1500,
+        });
+        self
+    }
+
+    /// Adds a bridge.
+    pub fn bridge(mut self, id: &str) -> Self {
+        let tunnel_key = self.key();
+        self.records.bridges.push(Bridge {
+            id: id.into(),
+            name: id.into(),
+            tunnel_key,
+            subnet_v4: None,
+            subnet_v6: None,
+            gateway_v4: None,
+            mtu: 1500,
+            vlan: None,
+            excluded_ips: vec![],
+            inbound_chain: None,
+            outbound_chain: None,
+        });
+        self
+    }
+
+    /// Sets a bridge's VLAN.
+    pub fn vlan(mut self, bridge: &str, vlan: u16) -> Self {
+        self.bridge_mut(bridge).vlan = Some(vlan);
+        self
+    }
+
+    fn bridge_mut(&mut self, id: &str) -> &mut Bridge {
+        self.records
+            .bridges
+            .iter_mut()
+            .find(|b| b.id == id)
+            .expect("fixture bridge")
+    }
+
+    fn router_mut(&mut self, id: &str) -> &mut Router {
+        self.records
+            .routers
+            .iter_mut()
+            .find(|b| b.id == id)
+            .expect("fixture router")
+    }
+
+    fn port_mut(&mut self, id: &str) -> &mut Port {
+        self.records
+            .ports
+            .iter_mut()
+            .find(|b| b.id == id)
+            .expect("fixture port")
+    }
+
+    fn add_port(&mut self, id: &str, device: DeviceRef, kind: PortKind, addr: Option<&str>) -> u32 {
+        let key = self.key();
+        self.records.ports.push(Port {
+            id: id.into(),
+            device,
+            kind,
+            mac: MacAddr(mac_of_key(key)),
+            addresses: addr.map(net).into_iter().collect(),
+            tunnel_key: key,
+            inbound_chain: None,
+            outbound_chain: None,
+            admin_up: true,
+            labels: BTreeMap::new(),
+        });
+        key
+    }
+
+    fn bind(&mut self, port: &str, host: &str) {
+        let vport = format!("wf-{port}");
+        self.records.bindings.push(PortBinding {
+            port: port.into(),
+            host: host.into(),
+            vport: vport.clone(),
+        });
+        if host == "h1" {
+            self.dp_ports.insert(vport, self.next_dp);
+            self.next_dp += 1;
+        }
+    }
+
+    /// Adds an exterior port with address `addr` (a bare IPv4 address) bound to local host `h1`.
+    pub fn port(self, id: &str, bridge: &str, addr: &str) -> Self {
+        self.port_on(id, bridge, addr, "h1")
+    }
+
+    /// Adds an exterior port bound to `host`.
+    pub fn port_on(mut self, id: &str, bridge: &str, addr: &str, host: &str) -> Self {
+        let a = format!("{addr}/32");
+        self.add_port(
+            id,
+            DeviceRef::Bridge(bridge.into()),
+            PortKind::Exterior,
+            Some(&a),
+        );
+        self.bind(id, host);
+        self
+    }
+
+    /// Adds a router.
+    pub fn router(mut self, id: &str) -> Self {
+        let tunnel_key = self.key();
+        self.records.routers.push(Router {
+            id: id.into(),
+            name: id.into(),
+            tunnel_key,
+            inbound_chain: None,
+            outbound_chain: None,
+            snat: None,
+            dnat: vec![],
+        });
+        self
+    }
+
+    /// Links `router` to `bridge`: router port `<router>-<bridge>` with address `cidr`
+    /// (e.g. `10.0.1.1/24`), bridge port `<bridge>-<router>`, and the connected route
+    /// `<router>-<bridge>-net`.
+    pub fn link(mut self, router: &str, bridge: &str, cidr: &str) -> Self {
+        let rp = format!("{router}-{bridge}");
+        let bp = format!("{bridge}-{router}");
+        self.add_port(
+            &rp,
+            DeviceRef::Router(router.into()),
+            PortKind::Interior { peer: bp.clone() },
+            Some(cidr),
+        );
+        self.add_port(
+            &bp,
+            DeviceRef::Bridge(bridge.into()),
+            PortKind::Interior { peer: rp.clone() },
+            None,
+        );
+        let n: Ipv4Net = cidr.parse().expect("fixture cidr");
+        self.records.routes.push(Route {
+            id: format!("{rp}-net"),
+            router: router.into(),
+            dst: IpNet::V4(n.trunc()),
+            next_hop: None,
+            port: rp,
+            weight: 1,
+        });
+        self
+    }
+
+    /// Links two routers with a point-to-point pair of interior ports `<a>-<b>` and `<b>-<a>`.
+    pub fn router_link(mut self, a: &str, b: &str, a_cidr: &str, b_cidr: &str) -> Self {
+        let ap = format!("{a}-{b}");
+        let bp = format!("{b}-{a}");
+        self.add_port(
+            &ap,
+            DeviceRef::Router(a.into()),
+            PortKind::Interior { peer: bp.clone() },
+            Some(a_cidr),
+        );
+        self.add_port(
+            &bp,
+            DeviceRef::Router(b.into()),
+            PortKind::Interior { peer: ap.clone() },
+            Some(b_cidr),
+        );
+        self
+    }
+
+    /// Adds a route.
+    pub fn route(
+        mut self,
+        id: &str,
+        router: &str,
+        dst: &str,
+        next_hop: Option<&str>,
+        port: &str,
+        weight: u32,
+    ) -> Self {
+        self.records.routes.push(Route {
+            id: id.into(),
+            router: router.into(),
+            dst: net(dst),
+            next_hop: next_hop.map(ip),
+            port: port.into(),
+            weight,
+        });
+        self
+    }
+
+    /// Adds an uplink port `id` on `router` with address `cidr`, bound to `h1`, whose external
+    /// next hop has MAC `gw_mac`.
+    pub fn uplink(mut self, router: &str, id: &str, cidr: &str, gw_mac: &str) -> Self {
+        self.add_port(
+            id,
+            DeviceRef::Router(router.into()),
+            PortKind::Uplink,
+            Some(cidr),
+        );
+        self.port_mut(id)
+            .labels
+            .insert(LABEL_NEXT_HOP_MAC.into(), gw_mac.into());
+        self.bind(id, "h1");
+        self
+    }
+
+    /// Adds a chain.
+    pub fn chain(mut self, id: &str, default: RuleAction, rules: Vec<Rule>) -> Self {
+        self.records.chains.push(Chain {
+            id: id.into(),
+            name: id.into(),
+            rules,
+            default_action: default,
+        });
+        self
+    }
+
+    /// Sets a port's inbound and outbound chains.
+    pub fn port_chains(
+        mut self,
+        port: &str,
+        inbound: Option<&str>,
+        outbound: Option<&str>,
+    ) -> Self {
+        let p = self.port_mut(port);
+        p.inbound_chain = inbound.map(Into::into);
+        p.outbound_chain = outbound.map(Into::into);
+        self
+    }
+
+    /// Sets a bridge's inbound and outbound chains.
+    pub fn bridge_chains(
+        mut self,
+        id: &str,
+        inbound: Option<&str>,
+        outbound: Option<&str>,
+    ) -> Self {
+        let b = self.bridge_mut(id);
+        b.inbound_chain = inbound.map(Into::into);
+        b.outbound_chain = outbound.map(Into::into);
+        self
+    }
+
+    /// Sets a router's inbound and outbound chains.
+    pub fn router_chains(
+        mut self,
+        id: &str,
+        inbound: Option<&str>,
+        outbound: Option<&str>,
+    ) -> Self {
+        let r = self.router_mut(id);
+        r.inbound_chain = inbound.map(Into::into);
+        r.outbound_chain = outbound.map(Into::into);
+        self
+    }
+
+    /// Adds a load balancer with one VIP. Members are `(ip, port, weight, healthy)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn vip(
+        mut self,
+        lb: &str,
+        router: Option<&str>,
+        vip: &str,
+        protocol: Protocol,
+        port: u16,
+        members: &[(&str, u16, u32, bool)],
+        session_affinity: bool,
+    ) -> Self {
+        self.records.load_balancers.push(LoadBalancer {
+            id: lb.into(),
+            name: lb.into(),
+            router: router.map(Into::into),
+            vips: vec![Vip {
+                ip: ip(vip),
+                protocol,
+                port,
+                members: members
+                    .iter()
+                    .map(|(i, p, w, h)| Member {
+                        ip: ip(i),
+                        port: *p,
+                        weight: *w,
+                        healthy: *h,
+                    })
+                    .collect(),
+                session_affinity,
+            }],
+        });
+        self
+    }
+
+    /// Sets a router's SNAT on its uplink.
+    pub fn snat(
+        mut self,
+        router: &str,
+        uplink: &str,
+        addresses: &[&str],
+        ports: (u16, u16),
+    ) -> Self {
+        self.router_mut(router).snat = Some(Snat {
+            port: uplink.into(),
+            addresses: addresses
+                .iter()
+                .map(|a| a.parse().expect("fixture"))
+                .collect(),
+            port_range: ports,
+        });
+        self
+    }
+
+    /// Adds a DNAT rule to a router.
+    pub fn dnat(mut self, router: &str, rule: DnatRule) -> Self {
+        self.router_mut(router).dnat.push(rule);
+        self
+    }
+
+    /// Sets a port administratively down.
+    pub fn down(mut self, port: &str) -> Self {
+        self.port_mut(port).admin_up = false;
+        self
+    }
+
+    /// The local datapath the fixture describes.
+    pub fn datapath(&self) -> LocalDatapath {
+        LocalDatapath {
+            tunnel_port: TUNNEL_PORT,
+            vports: self.dp_ports.clone(),
+        }
+    }
+
+    /// The datapath port number of a local port.
+    pub fn dp(&self, port: &str) -> u32 {
+        self.dp_ports[&format!("wf-{port}")]
+    }
+
+    /// The MAC of a port.
+    pub fn mac(&self, port: &str) -> [u8; 6] {
+        self.records
+            .ports
+            .iter()
+            .find(|p| p.id == port)
+            .expect("fixture port")
+            .mac
+            .0
+    }
+
+    /// The tunnel key of a port.
+    pub fn key_of(&self, port: &str) -> u32 {
+        self.records
+            .ports
+            .iter()
+            .find(|p| p.id == port)
+            .expect("fixture port")
+            .tunnel_key
+    }
+
+    /// Compiles the topology as seen from `h1`.
+    pub fn build(&self) -> Topology {
+        self.build_for("h1", &self.datapath())
+    }
+
+    /// Compiles the topology as seen from `host` with datapath `dp`.
+    pub fn build_for(&self, host: &str, dp: &LocalDatapath) -> Topology {
+        let t = Topology::compile(&self.records, host, dp).expect("fixture compiles");
+        assert!(
+            t.problems().is_empty(),
+            "fixture problems: {:?}",
+            t.problems()
+        );
+        t
+    }
+}
+
+/// Packet builders. Addresses are text for readability.
+pub mod pkt {
+    use super::*;
+
+    fn v4(s: &str) -> u32 {
+        u32::from(s.parse::<Ipv4Addr>().expect("fixture address"))
+    }
+
+    /// An IPv4 packet with protocol `p` and ports (or ICMP type/code) `sp`, `dp`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ipv4(
+        in_port: u32,
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+        src: &str,
+        dst: &str,
+        p: u8,
+        sp: u16,
+        dp: u16,
+    ) -> Fields {
+        Fields {
+            in_port,
+            eth_src: src_mac,
+            eth_dst: dst_mac,
+            eth_type: ethertype::IPV4,
+            ipv4_src: v4(src),
+            ipv4_dst: v4(dst),
+            ip_proto: p,
+            ip_ttl: 64,
+            tp_src: sp,
+            tp_dst: dp,
+            ..Fields::default()
+        }
+    }
+
+    /// A TCP packet.
+    pub fn tcp(
+        in_port: u32,
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+        src: &str,
+        dst: &str,
+        sp: u16,
+        dp: u16,
+    ) -> Fields {
+        ipv4(in_port, src_mac, dst_mac, src, dst, proto::TCP, sp, dp)
+    }
+
+    /// A UDP packet.
+    pub fn udp(
+        in_port: u32,
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+        src: &str,
+        dst: &str,
+        sp: u16,
+        dp: u16,
+    ) -> Fields {
+        ipv4(in_port, src_mac, dst_mac, src, dst, proto::UDP, sp, dp)
+    }
+
+    /// An ICMP echo request.
+    pub fn ping(in_port: u32, src_mac: [u8; 6], dst_mac: [u8; 6], src: &str, dst: &str) -> Fields {
+        ipv4(in_port, src_mac, dst_mac, src, dst, proto::ICMP, 8, 0)
+    }
+
+    /// A broadcast ARP request from `sip` for `tip`.
+    pub fn arp_request(in_port: u32, src_mac: [u8; 6], sip: &str, tip: &str) -> Fields {
+        Fields {
+            in_port,
+            eth_src: src_mac,
+            eth_dst: [0xff; 6],
+            eth_type: ethertype::ARP,
+            arp_op: 1,
+            arp_sip: v4(sip),
+            arp_tip: v4(tip),
+            arp_sha: src_mac,
+            ..Fields::default()
+        }
+    }
+
+    /// A well-formed frame for IPv4 fields (ICMP echo with an 8-byte payload, TCP with
+    /// SYN, UDP with 4 payload bytes), so generated replies can quote or echo it.
+    pub fn frame(f: &Fields) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&f.eth_dst);
+        out.extend_from_slice(&f.eth_src);
+        out.extend_from_slice(&ethertype::IPV4.to_be_bytes());
+        let l4: Vec<u8> = match f.ip_proto {
+            proto::ICMP => {
+                let mut v = vec![f.tp_src as u8, f.tp_dst as u8, 0, 0, 0x12, 0x34, 0, 1];
+                v.extend_from_slice(b"weftping");
+                let c = crate::packets::checksum(&v);
+                v[2..4].copy_from_slice(&c.to_be_bytes());
+                v
+            }
+            proto::TCP => {
+                let mut v = Vec::new();
+                v.extend_from_slice(&f.tp_src.to_be_bytes());
+                v.extend_from_slice(&f.tp_dst.to_be_bytes());
+                v.extend_from_slice(&1000u32.to_be_bytes());
+                v.extend_from_slice(&0u32.to_be_bytes());
+                v.extend_from_slice(&[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+                v
+            }
+            _ => {
+                let mut v = Vec::new();
+                v.extend_from_slice(&f.tp_src.to_be_bytes());
+                v.extend_from_slice(&f.tp_dst.to_be_bytes());
+                v.extend_from_slice(&12u16.to_be_bytes());
+                v.extend_from_slice(&[0, 0, 1, 2, 3, 4]);
+                v
+            }
+        };
+        let total = (20 + l4.len()) as u16;
+        let mut ip = vec![0x45, 0];
+        ip.extend_from_slice(&total.to_be_bytes());
+        ip.extend_from_slice(&[0, 0, 0x40, 0, f.ip_ttl, f.ip_proto, 0, 0]);
+        ip.extend_from_slice(&f.ipv4_src.to_be_bytes());
+        ip.extend_from_slice(&f.ipv4_dst.to_be_bytes());
+        let c = crate::packets::checksum(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        out.extend_from_slice(&ip);
+        out.extend_from_slice(&l4);
+        out
+    }
+}

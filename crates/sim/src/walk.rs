@@ -1,0 +1,1163 @@
+//! The walk: one packet through ports, bridges, routers, load balancers and rule chains,
+//! recording every header bit it reads (the megaflow mask) and every object it touches (tags).
+//!
+//! # Passes and conntrack
+//! A packet may cross the datapath several times, separated by `ct(...)` and `recirc(id)`:
+//! - `recirc_id == 0`: the first pass. When the walk needs connection state (a rule that
+//!   matches on it, a VIP, a DNAT rule, or an ingress port whose chains are stateful or that
+//!   is a NAT uplink), it stops and emits `ct(zone=<ingress port zone>,nat),recirc(1)`. The
+//!   `nat` flag applies the reverse translation of existing connections before anything else.
+//! - [`RECIRC_CT`]: the walk restarts from the ingress port with `ct_state` known. At the end,
+//!   a `+new` connection is committed in the ingress zone.
+//! - [`RECIRC_NAT`]: after a VIP or DNAT rule chose a destination, the walk emitted
+//!   `ct(commit,zone,nat(dst=...)),recirc(2)`; it restarts with the translated header.
+//! - [`RECIRC_DELIVERY`]` | key`: the stage of the destination port with that tunnel key,
+//!   after `ct(zone=<its zone>,nat)`. It runs that port's outbound chain, commits new
+//!   connections (with source NAT on a SNAT uplink) and outputs. Packets arriving from the
+//!   tunnel start this stage; local deliveries end their walk in it.
+//!
+//! Every port's own host thus passes both directions of the port's traffic through the
+//! port's zone: replies at ingress, forward traffic at delivery (DESIGN.md decision 4).
+//!
+//! # Flooding policy
+//! Unknown unicast and broadcast are sent only to the bridge's exterior ports bound to this
+//! host (never into the tunnel, never to routers). ARP requests for addresses the bridge
+//! knows are answered by the simulation; other ARP requests are flooded locally. Remote
+//! endpoints are always known to NSDB, so nothing needs flooding across hosts. Flooded copies
+//! pass the bridge's outbound chain and each port's outbound chain; rules that match on
+//! connection state do not match flooded copies.
+
+use crate::acl::{ActC, CtC, NetC, RuleC};
+use crate::fields::{Fields, PacketContext, VLAN_CFI, ct, ethertype, proto};
+use crate::hash::{five_tuple, mix64};
+use crate::lpm::AddrBits;
+use crate::packets;
+use crate::result::{Delivery, DropReason, Emit, Simulation, Verdict};
+use crate::tag::Tag;
+use crate::topology::{Dev, GLOBAL, Idx, Loc, PKind, Target, Topology};
+
+/// At most this many devices (bridges and routers) per walk, as in MidoNet.
+pub const MAX_DEVICES: u32 = 12;
+/// At most this many nested chain jumps.
+pub const MAX_JUMPS: usize = 16;
+/// At most this many rule evaluations per walk.
+pub const MAX_RULE_STEPS: u32 = 20_000;
+
+/// Recirculation id of the pass after the ingress port's conntrack lookup.
+pub const RECIRC_CT: u32 = 1;
+/// Recirculation id of the pass after a VIP or DNAT translation.
+pub const RECIRC_NAT: u32 = 2;
+/// Flag of the delivery stage's recirculation id; the low 24 bits are the port's tunnel key.
+pub const RECIRC_DELIVERY: u32 = 0x4000_0000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    First,
+    Tracked,
+    Nat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CtMode {
+    /// State known (or obtainable by stopping the pass).
+    Normal,
+    /// Flooded copies: rules on state never match.
+    Unavailable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Abort {
+    NeedCt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    Accept,
+    Drop,
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Enter the device of this port through it.
+    Ingress(Idx),
+    /// Leave a device through this port.
+    Egress(Idx),
+    Stop,
+}
+
+type R<T> = Result<T, Abort>;
+
+/// Simulates one packet into `sim`, reusing its buffers.
+pub fn simulate_into(t: &Topology, ctx: &PacketContext<'_>, sim: &mut Simulation) {
+    sim.reset();
+    let mut w = Walker {
+        t,
+        pkt: ctx.fields,
+        orig: ctx.fields,
+        bytes: ctx.packet,
+        read: Fields::default(),
+        wrote_eth: false,
+        wrote_ttl: false,
+        pop_vlan: false,
+        sim,
+        devices: 0,
+        rule_steps: 0,
+        in_port: Idx::MAX,
+        pass: Pass::First,
+        ct_mode: CtMode::Normal,
+    };
+    w.run();
+    let mut mask = w.read;
+    let orig = w.orig;
+    if orig.is_ipv4() && (mask.ipv4_src | mask.ipv4_dst != 0 || mask.ip_proto | mask.ip_ttl != 0) {
+        // As OVS does: an IPv4 match also matches the fragment type.
+        mask.ip_frag = !0;
+    }
+    sim.fields_mask = mask;
+    crate::odpconv::mask_into(&orig, &mask, &mut sim.mask);
+    sim.tags.sort_unstable();
+    sim.tags.dedup();
+    if !sim.emit.is_empty() {
+        sim.install = false;
+    }
+}
+
+/// Simulates one packet into a fresh result.
+pub fn simulate(t: &Topology, ctx: &PacketContext<'_>) -> Simulation {
+    let mut s = Simulation::new();
+    simulate_into(t, ctx, &mut s);
+    s
+}
+
+struct Walker<'t, 's> {
+    t: &'t Topology,
+    pkt: Fields,
+    orig: Fields,
+    bytes: &'t [u8],
+    read: Fields,
+    wrote_eth: bool,
+    wrote_ttl: bool,
+    pop_vlan: bool,
+    sim: &'s mut Simulation,
+    devices: u32,
+    rule_steps: u32,
+    in_port: Idx,
+    pass: Pass,
+    ct_mode: CtMode,
+}
+
+macro_rules! note {
+    ($w:expr, $($arg:tt)*) => {
+        if $w.sim.trace_enabled {
+            $w.sim.note(format_args!($($arg)*));
+        }
+    };
+}
+
+fn mac_str(m: [u8; 6]) -> nsdb::MacAddr {
+    nsdb::MacAddr(m)
+}
+
+impl Walker<'_, '_> {
+    // ---- reads: each records the bits it looked at ----
+    fn r_eth_dst(&mut self) -> [u8; 6] {
+        if !self.wrote_eth {
+            self.read.eth_dst = [0xff; 6];
+        }
+        self.pkt.eth_dst
+    }
+    fn r_eth_type(&mut self) -> u16 {
+        self.read.eth_type = !0;
+        self.pkt.eth_type
+    }
+    fn r_vlan(&mut self) -> u16 {
+        self.read.vlan_tci = !0;
+        self.pkt.vlan_tci
+    }
+    fn r_proto(&mut self) -> u8 {
+        self.read.ip_proto = !0;
+        self.pkt.ip_proto
+    }
+    fn r_ttl(&mut self) -> u8 {
+        if !self.wrote_ttl {
+            self.read.ip_ttl = !0;
+        }
+        self.pkt.ip_ttl
+    }
+    fn r_frag(&mut self) -> u8 {
+        self.read.ip_frag = !0;
+        self.pkt.ip_frag
+    }
+    fn r_tp_src(&mut self) -> u16 {
+        self.read.tp_src = !0;
+        self.pkt.tp_src
+    }
+    fn r_tp_dst(&mut self) -> u16 {
+        self.read.tp_dst = !0;
+        self.pkt.tp_dst
+    }
+    fn r_dst_bits(&mut self, bits: u8) -> u32 {
+        self.read.ipv4_dst |= u32::prefix_mask(bits);
+        self.pkt.ipv4_dst
+    }
+    fn r_src_bits(&mut self, bits: u8) -> u32 {
+        self.read.ipv4_src |= u32::prefix_mask(bits);
+        self.pkt.ipv4_src
+    }
+    fn r_ct(&mut self, bits: u32) -> u32 {
+        self.read.ct_state |= bits;
+        self.pkt.ct_state
+    }
+    fn tag(&mut self, t: Tag) {
+        self.sim.tags.push(t);
+    }
+    fn stop(&mut self, v: Verdict) -> Next {
+        self.sim.verdict = v;
+        Next::Stop
+    }
+    fn drop_(&mut self, why: DropReason) -> Next {
+        note!(self, "drop: {why:?}");
+        self.sim.actions.clear();
+        self.stop(Verdict::Drop(why))
+    }
+    fn ct_tracked(&self) -> bool {
+        self.pass != Pass::First
+    }
+    fn in_zone(&self) -> u16 {
+        self.t.ports[self.in_port as usize].zone
+    }
+    fn in_dp(&self) -> u32 {
+        self.orig.in_port
+    }
+
+    fn run(&mut self) {
+        self.read.recirc_id = !0;
+        let f = self.pkt;
+        if f.recirc_id & RECIRC_DELIVERY != 0 {
+            self.delivery_pass(f.recirc_id & 0x00ff_ffff);
+            return;
+        }
+        self.read.in_port = !0;
+        if f.in_port == self.t.tunnel_port {
+            if f.recirc_id != 0 {
+                self.drop_(DropReason::UnknownRecirc);
+                return;
+            }
+            self.read.tun_id = !0;
+            self.tunnel_ingress((f.tun_id & 0x00ff_ffff) as u32, f.tun_id > 0x00ff_ffff);
+            return;
+        }
+        let Some(&p) = self.t.port_by_dp.get(&f.in_port) else {
+            note!(
+                self,
+                "datapath port {} is not a known local port",
+                f.in_port
+            );
+            self.drop_(DropReason::UnknownInPort);
+            return;
+        };
+        self.pass = match f.recirc_id {
+            0 => Pass::First,
+            RECIRC_CT => Pass::Tracked,
+            RECIRC_NAT => Pass::Nat,
+            _ => {
+                self.drop_(DropReason::UnknownRecirc);
+                return;
+            }
+        };
+        self.in_port = p;
+        match self.walk(p) {
+            Ok(()) => {}
+            Err(Abort::NeedCt) => {
+                let zone = self.in_zone();
+                note!(self, "conntrack needed: ct(zone={zone},nat), recirculate");
+                self.sim.actions.clear();
+                self.sim.actions.push(odp::Action::Ct(crate::odpconv::ct(
+                    false,
+                    zone,
+                    crate::odpconv::NatSpec::Reverse,
+                )));
+                self.sim.actions.push(odp::Action::Recirc(RECIRC_CT));
+                self.sim.emit.clear();
+                self.sim.verdict = Verdict::Recirculate;
+            }
+        }
+    }
+
+    /// The ingress walk from exterior/uplink port `p`.
+    fn walk(&mut self, p: Idx) -> R<()> {
+        let port = &self.t.ports[p as usize];
+        note!(self, "ingress port {} (pass {:?})", port.id, self.pass);
+        if port.ct_ingress && !self.ct_tracked() {
+            self.tag(port.tag);
+            return Err(Abort::NeedCt);
+        }
+        let mut next = Next::Ingress(p);
+        loop {
+            next = match next {
+                Next::Stop => return Ok(()),
+                Next::Ingress(q) => self.port_ingress(q)?,
+                Next::Egress(q) => self.port_egress(q)?,
+            };
+        }
+    }
+
+    /// A packet enters the device of port `p` through `p`.
+    fn port_ingress(&mut self, p: Idx) -> R<Next> {
+        let t = self.t;
+        let port = &t.ports[p as usize];
+        self.tag(port.tag);
+        if !port.admin_up {
+            note!(self, "port {} is down", port.id);
+            return Ok(self.drop_(DropReason::PortDown));
+        }
+        if let Some(c) = port.in_chain {
+            match self.chain(c, &port.id)? {
+                Decision::Accept => {}
+                Decision::Drop => return Ok(self.drop_(DropReason::Acl)),
+                Decision::Reject => return Ok(self.reject()),
+            }
+        }
+        // Global VIPs apply as soon as the packet enters the virtual network.
+        if p == self.in_port
+            && self.devices == 0
+            && self.t.has_global_vips
+            && let Some(n) = self.try_nat(GLOBAL)?
+        {
+            return Ok(n);
+        }
+        self.devices += 1;
+        if self.devices > MAX_DEVICES {
+            note!(self, "more than {MAX_DEVICES} devices: loop");
+            return Ok(self.drop_(DropReason::LoopDetected));
+        }
+        match port.dev {
+            Dev::Bridge(b) => self.bridge(b, p),
+            Dev::Router(r) => self.router(r, p),
+        }
+    }
+
+    /// A packet leaves a device through port `q`.
+    fn port_egress(&mut self, q: Idx) -> R<Next> {
+        let t = self.t;
+        let port = &t.ports[q as usize];
+        self.tag(port.tag);
+        if !port.admin_up {
+            note!(self, "port {} is down", port.id);
+            return Ok(self.drop_(DropReason::PortDown));
+        }
+        match port.kind {
+            PKind::Interior(peer) => {
+                if let Some(c) = port.out_chain {
+                    match self.chain(c, &port.id)? {
+                        Decision::Accept => {}
+                        Decision::Drop => return Ok(self.drop_(DropReason::Acl)),
+                        Decision::Reject => return Ok(self.reject()),
+                    }
+                }
+                note!(
+                    self,
+                    "port {} -> peer {}",
+                    port.id,
+                    t.ports[peer as usize].id
+                );
+                Ok(Next::Ingress(peer))
+            }
+            PKind::Exterior | PKind::Uplink => Ok(self.output_to(q)),
+        }
+    }
+
+    // ---- chains ----
+
+    fn chain(&mut self, top: Idx, owner: &str) -> R<Decision> {
+        let t = self.t;
+        let mut stack: [(Idx, u32); MAX_JUMPS] = [(0, 0); MAX_JUMPS];
+        let mut sp = 0usize;
+        let (mut c, mut i) = (top, 0u32);
+        self.tag(t.chains[c as usize].tag);
+        note!(self, "  chain {} (of {owner})", t.chains[c as usize].id);
+        loop {
+            let chain = &t.chains[c as usize];
+            let (action, rule_id) = if (i as usize) < chain.rules.len() {
+                let rule = &chain.rules[i as usize];
+                i += 1;
+                self.rule_steps += 1;
+                if self.rule_steps > MAX_RULE_STEPS {
+                    note!(self, "  rule budget exhausted");
+                    return Ok(Decision::Drop);
+                }
+                if !self.rule_matches(rule)? {
+                    continue;
+                }
+                (rule.action, rule.id.as_str())
+            } else {
+                (chain.default, "<default>")
+            };
+            note!(self, "    rule {rule_id}: {action:?}");
+            let at_end = rule_id == "<default>";
+            match action {
+                ActC::Accept => return Ok(Decision::Accept),
+                ActC::Drop => return Ok(Decision::Drop),
+                ActC::Reject => return Ok(Decision::Reject),
+                ActC::Continue if !at_end => {}
+                ActC::Continue | ActC::Return => loop {
+                    // Back to the caller; a caller whose default action jumped is at its
+                    // end, so keep returning.
+                    if sp == 0 {
+                        return Ok(Decision::Accept);
+                    }
+                    sp -= 1;
+                    (c, i) = stack[sp];
+                    if i != u32::MAX {
+                        break;
+                    }
+                },
+                ActC::Jump(target) => {
+                    if sp == MAX_JUMPS {
+                        note!(self, "  jump depth exceeded");
+                        return Ok(Decision::Drop);
+                    }
+                    stack[sp] = (c, if at_end { u32::MAX } else { i });
+                    sp += 1;
+                    c = target;
+                    i = 0;
+                    self.tag(t.chains[c as usize].tag);
+                    note!(self, "  jump to chain {}", t.chains[c as usize].id);
+                }
+            }
+        }
+    }
+
+    fn net_match(&mut self, n: NetC, src: bool) -> bool {
+        match n {
+            NetC::V4(net, len) => {
+                if !self.pkt.is_ipv4() {
+                    return false;
+                }
+                let v = if src {
+                    self.r_src_bits(len)
+                } else {
+                    self.r_dst_bits(len)
+                };
+                v & u32::prefix_mask(len) == net
+            }
+            NetC::V6(net, len) => {
+                if self.pkt.eth_type != ethertype::IPV6 {
+                    return false;
+                }
+                let m = u128::prefix_mask(len);
+                let v = if src {
+                    self.read.ipv6_src |= m;
+                    self.pkt.ipv6_src
+                } else {
+                    self.read.ipv6_dst |= m;
+                    self.pkt.ipv6_dst
+                };
+                v & m == net
+            }
+        }
+    }
+
+    fn rule_matches(&mut self, r: &RuleC) -> R<bool> {
+        if r.needs_ip() {
+            let et = self.r_eth_type();
+            let v4 = et == ethertype::IPV4;
+            if !v4 && et != ethertype::IPV6 {
+                return Ok(false);
+            }
+            if let Some(p) = r.proto
+                && self.r_proto() != p
+            {
+                return Ok(false);
+            }
+            if let Some(n) = r.src
+                && self.net_match(n, true) == r.inv_src
+            {
+                return Ok(false);
+            }
+            if let Some(n) = r.dst
+                && self.net_match(n, false) == r.inv_dst
+            {
+                return Ok(false);
+            }
+            if r.src_ports.is_some() || r.dst_ports.is_some() {
+                let p = self.r_proto();
+                if !matches!(p, proto::TCP | proto::UDP | proto::SCTP) || self.r_frag() == 2 {
+                    return Ok(false);
+                }
+                if let Some((lo, hi)) = r.src_ports {
+                    let v = self.r_tp_src();
+                    if v < lo || v > hi {
+                        return Ok(false);
+                    }
+                }
+                if let Some((lo, hi)) = r.dst_ports {
+                    let v = self.r_tp_dst();
+                    if v < lo || v > hi {
+                        return Ok(false);
+                    }
+                }
+            }
+            if r.icmp_type.is_some() || r.icmp_code.is_some() {
+                let want = if v4 { proto::ICMP } else { proto::ICMPV6 };
+                if self.r_proto() != want {
+                    return Ok(false);
+                }
+                if let Some(ty) = r.icmp_type
+                    && self.r_tp_src() != u16::from(ty)
+                {
+                    return Ok(false);
+                }
+                if let Some(code) = r.icmp_code
+                    && self.r_tp_dst() != u16::from(code)
+                {
+                    return Ok(false);
+                }
+            }
+        }
+        if let Some(CtC { mask, value }) = r.ct {
+            if self.ct_mode == CtMode::Unavailable {
+                return Ok(false);
+            }
+            if !self.ct_tracked() {
+                return Err(Abort::NeedCt);
+            }
+            if self.r_ct(mask) & mask != value {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    // ---- bridge ----
+
+    fn bridge(&mut self, b: Idx, from: Idx) -> R<Next> {
+        let t = self.t;
+        let br = &t.bridges[b as usize];
+        self.tag(br.tag);
+        note!(self, "bridge {}", br.id);
+        if !matches!(t.ports[from as usize].kind, PKind::Interior(_)) {
+            // Frames from an exterior port: untagged, or tagged with the bridge's VLAN.
+            let tci = self.r_vlan();
+            if tci & VLAN_CFI != 0 {
+                if br.vlan == Some(tci & 0x0fff) {
+                    self.pop_vlan = true;
+                } else {
+                    note!(self, "  vlan {} is not the bridge's", tci & 0x0fff);
+                    return Ok(self.drop_(DropReason::VlanMismatch));
+                }
+            }
+        }
+        if let Some(c) = br.in_chain {
+            match self.chain(c, &br.id)? {
+                Decision::Accept => {}
+                Decision::Drop => return Ok(self.drop_(DropReason::Acl)),
+                Decision::Reject => return Ok(self.reject()),
+            }
+        }
+        let dst = self.r_eth_dst();
+        if dst[0] & 1 != 0 {
+            if self.r_eth_type() == ethertype::ARP {
+                self.read.arp_op = !0;
+                if self.pkt.arp_op == 1 {
+                    self.read.arp_tip = !0;
+                    let tip = self.pkt.arp_tip;
+                    self.tag(Tag::ip_in(br.tag, std::net::IpAddr::V4(tip.into())));
+                    if let Some(&mac) = t.arp_table.get(&(b, tip)) {
+                        note!(
+                            self,
+                            "  ARP who-has {} answered: {}",
+                            std::net::Ipv4Addr::from(tip),
+                            mac_str(mac)
+                        );
+                        let pkt = packets::arp_reply(&self.orig, mac);
+                        let port = self.in_dp();
+                        self.sim.emit.push(Emit { port, packet: pkt });
+                        return Ok(self.stop(Verdict::Consumed));
+                    }
+                }
+            }
+            return Ok(self.flood(b, from));
+        }
+        self.tag(Tag::mac_in(br.tag, dst));
+        match t.mac_table.get(&(b, dst)) {
+            Some(&q) if q == from => {
+                note!(self, "  {} is the ingress port", mac_str(dst));
+                Ok(self.drop_(DropReason::Hairpin))
+            }
+            Some(&q) => {
+                note!(
+                    self,
+                    "  {} -> port {}",
+                    mac_str(dst),
+                    t.ports[q as usize].id
+                );
+                if let Some(c) = br.out_chain {
+                    match self.chain(c, &br.id)? {
+                        Decision::Accept => {}
+                        Decision::Drop => return Ok(self.drop_(DropReason::Acl)),
+                        Decision::Reject => return Ok(self.reject()),
+                    }
+                }
+                Ok(Next::Egress(q))
+            }
+            None => {
+                note!(self, "  {} unknown", mac_str(dst));
+                Ok(self.flood(b, from))
+            }
+        }
+    }
+
+    fn flood(&mut self, b: Idx, from: Idx) -> Next {
+        let t = self.t;
+        let br = &t.bridges[b as usize];
+        note!(self, "  flood to local ports");
+        let saved = self.ct_mode;
+        self.ct_mode = CtMode::Unavailable;
+        if let Some(c) = br.out_chain {
+            match self.chain(c, &br.id) {
+                Ok(Decision::Accept) => {}
+                _ => {
+                    self.ct_mode = saved;
+                    return self.drop_(DropReason::Acl);
+                }
+            }
+        }
+        self.begin_output();
+        let mut any = false;
+        for &q in &br.flood {
+            if q == from {
+                continue;
+            }
+            let port = &t.ports[q as usize];
+            self.tag(port.tag);
+            if let Some(c) = port.out_chain
+                && !matches!(self.chain(c, &port.id), Ok(Decision::Accept))
+            {
+                continue;
+            }
+            if let Loc::Local(dp) = port.loc {
+                note!(self, "  flood copy to {}", port.id);
+                self.sim.actions.push(odp::Action::Output(dp));
+                any = true;
+            }
+        }
+        self.ct_mode = saved;
+        if !any {
+            self.sim.actions.clear();
+        }
+        self.stop(Verdict::Flood)
+    }
+
+    // ---- router ----
+
+    fn router(&mut self, r: Idx, from: Idx) -> R<Next> {
+        let t = self.t;
+        let rt = &t.routers[r as usize];
+        let fport = &t.ports[from as usize];
+        self.tag(rt.tag);
+        note!(self, "router {}", rt.id);
+        if let Some(c) = rt.in_chain {
+            match self.chain(c, &rt.id)? {
+                Decision::Accept => {}
+                Decision::Drop => return Ok(self.drop_(DropReason::Acl)),
+                Decision::Reject => return Ok(self.reject()),
+            }
+        }
+        let et = self.r_eth_type();
+        if et == ethertype::ARP {
+            self.read.arp_op = !0;
+            self.read.arp_tip = !0;
+            let tip = self.pkt.arp_tip;
+            self.tag(Tag::ip_in(rt.tag, std::net::IpAddr::V4(tip.into())));
+            if self.pkt.arp_op == 1 && fport.v4.iter().any(|(a, _)| *a == tip) {
+                note!(self, "  ARP for router address answered");
+                let pkt = packets::arp_reply(&self.orig, fport.mac);
+                let port = self.in_dp();
+                self.sim.emit.push(Emit { port, packet: pkt });
+                return Ok(self.stop(Verdict::Consumed));
+            }
+            return Ok(self.drop_(DropReason::ToRouter));
+        }
+        if et != ethertype::IPV4 {
+            note!(self, "  ethertype {et:#06x} is not routed");
+            return Ok(self.drop_(DropReason::Unsupported));
+        }
+        let dmac = self.r_eth_dst();
+        if dmac != fport.mac {
+            note!(
+                self,
+                "  frame for {} is not for port {}",
+                mac_str(dmac),
+                fport.id
+            );
+            return Ok(self.drop_(DropReason::NotForRouter));
+        }
+        if let Some(n) = self.try_nat(r)? {
+            return Ok(n);
+        }
+        let ttl = self.r_ttl();
+        if ttl <= 1 {
+            note!(self, "  TTL {ttl} expires");
+            self.icmp_error(11, 0, from);
+            return Ok(self.stop(Verdict::Drop(DropReason::TtlExceeded)));
+        }
+        let (hit, bits) = rt.lpm.lookup(self.pkt.ipv4_dst);
+        let dst = self.r_dst_bits(bits);
+        let group = match hit {
+            None => {
+                note!(self, "  no route to {}", std::net::Ipv4Addr::from(dst));
+                self.icmp_error(3, 0, from);
+                return Ok(self.stop(Verdict::Drop(DropReason::NoRoute)));
+            }
+            Some((Target::Local(p), _)) => {
+                self.tag(Tag::ip_in(rt.tag, std::net::IpAddr::V4(dst.into())));
+                let _ = p;
+                if self.r_proto() == proto::ICMP && self.r_tp_src() == 8 {
+                    note!(self, "  echo request to router address answered");
+                    if let Some(pkt) = packets::icmp_echo_reply(&self.orig, self.bytes) {
+                        let port = self.in_dp();
+                        self.sim.emit.push(Emit { port, packet: pkt });
+                        return Ok(self.stop(Verdict::Consumed));
+                    }
+                }
+                return Ok(self.drop_(DropReason::ToRouter));
+            }
+            Some((Target::Group(g), _)) => &rt.groups[g as usize],
+        };
+        let route_idx = if group.routes.len() == 1 {
+            group.routes[0].0
+        } else {
+            // ECMP: a deterministic hash of the 5-tuple, weighted.
+            let h = self.flow_hash(false);
+            let pick = (h % u64::from(group.total.max(1))) as u32;
+            group
+                .routes
+                .iter()
+                .find(|(_, cum)| pick < *cum)
+                .map(|(r, _)| *r)
+                .unwrap_or(group.routes[0].0)
+        };
+        let route = &t.routes[route_idx as usize];
+        self.tag(route.tag);
+        note!(
+            self,
+            "  route {} via port {}",
+            route.id,
+            t.ports[route.port as usize].id
+        );
+        let q = route.port;
+        let qport = &t.ports[q as usize];
+        let nh = match route.next_hop {
+            Some(a) => a,
+            None => self.r_dst_bits(32),
+        };
+        let nh_mac = match qport.kind {
+            PKind::Interior(peer) => {
+                let pp = &t.ports[peer as usize];
+                match pp.dev {
+                    Dev::Router(_) => Some(pp.mac),
+                    Dev::Bridge(b2) => {
+                        self.tag(Tag::ip_in(
+                            t.bridges[b2 as usize].tag,
+                            std::net::IpAddr::V4(nh.into()),
+                        ));
+                        t.arp_table.get(&(b2, nh)).copied()
+                    }
+                }
+            }
+            PKind::Exterior | PKind::Uplink => qport.next_hop_mac,
+        };
+        let Some(nh_mac) = nh_mac else {
+            note!(
+                self,
+                "  next hop {} has no known MAC",
+                std::net::Ipv4Addr::from(nh)
+            );
+            self.icmp_error(3, 1, from);
+            return Ok(self.stop(Verdict::Drop(DropReason::NextHopUnknown)));
+        };
+        self.pkt.eth_src = qport.mac;
+        self.pkt.eth_dst = nh_mac;
+        self.wrote_eth = true;
+        self.pkt.ip_ttl = ttl - 1;
+        self.wrote_ttl = true;
+        if let Some(c) = rt.out_chain {
+            match self.chain(c, &rt.id)? {
+                Decision::Accept => {}
+                Decision::Drop => return Ok(self.drop_(DropReason::Acl)),
+                Decision::Reject => return Ok(self.reject()),
+            }
+        }
+        Ok(Next::Egress(q))
+    }
+
+    fn flow_hash(&mut self, affinity: bool) -> u64 {
+        let src = self.r_src_bits(32);
+        if affinity {
+            return mix64(u64::from(src));
+        }
+        let dst = self.r_dst_bits(32);
+        let p = self.r_proto();
+        let (sp, dp) = if matches!(p, proto::TCP | proto::UDP | proto::SCTP) {
+            (self.r_tp_src(), self.r_tp_dst())
+        } else {
+            (0, 0)
+        };
+        five_tuple(u128::from(src), u128::from(dst), p, sp, dp)
+    }
+
+    /// VIPs and DNAT rules of `scope` (a router, or [`GLOBAL`]). Returns `Some(Stop)` when
+    /// the packet was translated (or rejected).
+    fn try_nat(&mut self, scope: Idx) -> R<Option<Next>> {
+        let t = self.t;
+        if !self.pkt.is_ipv4() {
+            // Reading eth_type here is what makes the decision valid for the megaflow.
+            self.r_eth_type();
+            return Ok(None);
+        }
+        self.r_eth_type();
+        let table = if scope == GLOBAL {
+            &t.global_nat_ips
+        } else {
+            &t.routers[scope as usize].nat_ips
+        };
+        if table.is_empty() {
+            return Ok(None);
+        }
+        let (hit, bits) = table.lookup(self.pkt.ipv4_dst);
+        let dst = self.r_dst_bits(bits);
+        if hit.is_none() {
+            return Ok(None);
+        }
+        let p = self.r_proto();
+        let l4 = matches!(p, proto::TCP | proto::UDP | proto::SCTP);
+        let dport = if l4 { self.r_tp_dst() } else { 0 };
+        if let Some(&v) = t.vip_index.get(&(scope, dst, p, dport)) {
+            let vip = &t.vips[v as usize];
+            self.tag(vip.lb_tag);
+            note!(
+                self,
+                "  VIP {}:{} ({} healthy members)",
+                std::net::Ipv4Addr::from(vip.ip),
+                vip.port,
+                vip.members.len()
+            );
+            if !self.ct_tracked() {
+                return Err(Abort::NeedCt);
+            }
+            if self.pass == Pass::Nat {
+                return Ok(Some(self.drop_(DropReason::NatLoop)));
+            }
+            if vip.members.is_empty() {
+                note!(self, "  no healthy member: reject");
+                return Ok(Some(self.reject()));
+            }
+            let h = self.flow_hash(vip.affinity);
+            let pick = (h % u64::from(vip.total.max(1))) as u32;
+            let m = vip
+                .members
+                .iter()
+                .find(|m| pick < m.cum)
+                .unwrap_or(&vip.members[0]);
+            note!(
+                self,
+                "  member {}:{}",
+                std::net::Ipv4Addr::from(m.ip),
+                m.port
+            );
+            self.nat_dst(m.ip, Some(m.port));
+            return Ok(Some(Next::Stop));
+        }
+        if scope != GLOBAL {
+            for d in &t.routers[scope as usize].dnat {
+                if d.external != dst {
+                    continue;
+                }
+                if let Some(dp) = d.proto
+                    && dp != p
+                {
+                    continue;
+                }
+                if let Some(ep) = d.ext_port
+                    && (!l4 || ep != dport)
+                {
+                    continue;
+                }
+                self.tag(Tag::ip_in(
+                    t.routers[scope as usize].tag,
+                    std::net::IpAddr::V4(dst.into()),
+                ));
+                if !self.ct_tracked() {
+                    return Err(Abort::NeedCt);
+                }
+                if self.pass == Pass::Nat {
+                    return Ok(Some(self.drop_(DropReason::NatLoop)));
+                }
+                note!(
+                    self,
+                    "  DNAT {} -> {}",
+                    std::net::Ipv4Addr::from(dst),
+                    std::net::Ipv4Addr::from(d.internal)
+                );
+                self.nat_dst(d.internal, if l4 { d.int_port } else { None });
+                return Ok(Some(Next::Stop));
+            }
+        }
+        Ok(None)
+    }
+
+    fn nat_dst(&mut self, ip: u32, port: Option<u16>) {
+        let zone = self.in_zone();
+        self.sim.actions.clear();
+        self.sim.actions.push(odp::Action::Ct(crate::odpconv::ct(
+            true,
+            zone,
+            crate::odpconv::NatSpec::Dst { ip, port },
+        )));
+        self.sim.actions.push(odp::Action::Recirc(RECIRC_NAT));
+        self.sim.verdict = Verdict::Recirculate;
+    }
+
+    // ---- generated packets ----
+
+    fn reject(&mut self) -> Next {
+        self.sim.actions.clear();
+        let pkt = if self.pkt.is_ipv4() && self.pkt.ip_proto == proto::TCP {
+            self.read.ip_proto = !0;
+            packets::tcp_rst(&self.orig, self.bytes)
+        } else if self.pkt.is_ipv4() {
+            self.read.ip_proto = !0;
+            packets::icmp_error(&self.orig, self.bytes, 3, 3, self.orig.ipv4_dst)
+        } else {
+            None
+        };
+        self.read.eth_type = !0;
+        note!(self, "reject");
+        if let Some(packet) = pkt {
+            let port = self.in_dp();
+            self.sim.emit.push(Emit { port, packet });
+        }
+        self.stop(Verdict::Rejected)
+    }
+
+    fn icmp_error(&mut self, ty: u8, code: u8, router_port: Idx) {
+        self.sim.actions.clear();
+        let port = &self.t.ports[router_port as usize];
+        let Some(&(src, _)) = port.v4.first() else {
+            return;
+        };
+        if let Some(packet) = packets::icmp_error(&self.orig, self.bytes, ty, code, src) {
+            let port = self.in_dp();
+            self.sim.emit.push(Emit { port, packet });
+        }
+    }
+
+    // ---- output ----
+
+    /// Actions common to every output of a forwarded packet: commit of a new connection in
+    /// the ingress zone (first tracked pass only) and the header rewrites.
+    fn begin_output(&mut self) {
+        self.sim.actions.clear();
+        if self.pass == Pass::Tracked && self.in_port != Idx::MAX {
+            let st = self.r_ct(ct::NEW);
+            if st & ct::NEW != 0 {
+                let zone = self.in_zone();
+                self.sim.actions.push(odp::Action::Ct(crate::odpconv::ct(
+                    true,
+                    zone,
+                    crate::odpconv::NatSpec::None,
+                )));
+            }
+        }
+        if self.pop_vlan {
+            self.sim.actions.push(odp::Action::PopVlan);
+        }
+        if self.wrote_eth {
+            self.sim
+                .actions
+                .push(crate::odpconv::set_eth(self.pkt.eth_src, self.pkt.eth_dst));
+        }
+        if self.wrote_ttl {
+            self.sim
+                .actions
+                .push(crate::odpconv::set_ttl(self.pkt.ip_ttl));
+        }
+    }
+
+    fn output_to(&mut self, q: Idx) -> Next {
+        let t = self.t;
+        let port = &t.ports[q as usize];
+        match port.loc {
+            Loc::Local(dp) => {
+                if port.ct_delivery {
+                    self.begin_output();
+                    note!(
+                        self,
+                        "deliver to local port {} through zone {}",
+                        port.id,
+                        port.zone
+                    );
+                    self.sim.actions.push(odp::Action::Ct(crate::odpconv::ct(
+                        false,
+                        port.zone,
+                        crate::odpconv::NatSpec::Reverse,
+                    )));
+                    self.sim
+                        .actions
+                        .push(odp::Action::Recirc(RECIRC_DELIVERY | port.tunnel_key));
+                    return self.stop(Verdict::Forward);
+                }
+                if let Some(c) = port.out_chain {
+                    match self.chain(c, &port.id) {
+                        Ok(Decision::Accept) => {}
+                        Ok(Decision::Reject) => return self.reject(),
+                        _ => return self.drop_(DropReason::Acl),
+                    }
+                }
+                self.begin_output();
+                note!(
+                    self,
+                    "output to local port {} (datapath port {dp})",
+                    port.id
+                );
+                self.sim.actions.push(odp::Action::Output(dp));
+                self.stop(Verdict::Forward)
+            }
+            Loc::Remote(h) => {
+                let host = &t.hosts[h as usize];
+                self.tag(host.tag);
+                self.begin_output();
+                note!(
+                    self,
+                    "tunnel to port {} on host {} (key {:#x})",
+                    port.id,
+                    host.id,
+                    port.tunnel_key
+                );
+                self.sim.actions.push(crate::odpconv::set_tunnel(
+                    port.tunnel_key,
+                    host.underlay,
+                    host.udp_port,
+                ));
+                self.sim.actions.push(odp::Action::Output(t.tunnel_port));
+                self.sim.delivery = Some(Delivery {
+                    tun_id: port.tunnel_key,
+                    host: host.underlay,
+                    zone: port.zone,
+                    conntrack: port.ct_delivery,
+                });
+                self.stop(Verdict::Forward)
+            }
+            Loc::LocalDetached | Loc::Unbound => {
+                note!(
+                    self,
+                    "port {} has no datapath port here or elsewhere",
+                    port.id
+                );
+                self.drop_(DropReason::PortUnbound)
+            }
+        }
+    }
+
+    /// A packet from the tunnel for the port with `key` (first pass).
+    fn tunnel_ingress(&mut self, key: u32, bad: bool) {
+        let t = self.t;
+        let q = if bad {
+            None
+        } else {
+            t.port_by_key.get(&key).copied()
+        };
+        let Some(q) = q else {
+            note!(self, "tunnel key {key:#x} names no port");
+            self.drop_(DropReason::UnknownTunnelKey);
+            return;
+        };
+        let port = &t.ports[q as usize];
+        self.tag(port.tag);
+        let Loc::Local(dp) = port.loc else {
+            note!(self, "port {} is not local", port.id);
+            self.drop_(DropReason::PortUnbound);
+            return;
+        };
+        if !port.admin_up {
+            self.drop_(DropReason::PortDown);
+            return;
+        }
+        if port.ct_delivery {
+            note!(self, "delivery to {} through zone {}", port.id, port.zone);
+            self.sim.actions.push(odp::Action::Ct(crate::odpconv::ct(
+                false,
+                port.zone,
+                crate::odpconv::NatSpec::Reverse,
+            )));
+            self.sim
+                .actions
+                .push(odp::Action::Recirc(RECIRC_DELIVERY | port.tunnel_key));
+            self.sim.verdict = Verdict::Forward;
+            return;
+        }
+        self.ct_mode = CtMode::Unavailable;
+        if let Some(c) = port.out_chain
+            && !matches!(self.chain(c, &port.id), Ok(Decision::Accept))
+        {
+            self.drop_(DropReason::Acl);
+            return;
+        }
+        note!(self, "delivery to {} (datapath port {dp})", port.id);
+        self.sim.actions.push(odp::Action::Output(dp));
+        self.sim.verdict = Verdict::Forward;
+    }
+
+    /// The delivery stage after `ct(zone,nat)`: outbound chain, commit, output.
+    fn delivery_pass(&mut self, key: u32) {
+        let t = self.t;
+        let Some(&q) = t.port_by_key.get(&key) else {
+            self.drop_(DropReason::UnknownTunnelKey);
+            return;
+        };
+        let port = &t.ports[q as usize];
+        self.tag(port.tag);
+        let Loc::Local(dp) = port.loc else {
+            self.drop_(DropReason::PortUnbound);
+            return;
+        };
+        if !port.admin_up {
+            self.drop_(DropReason::PortDown);
+            return;
+        }
+        note!(
+            self,
+            "delivery stage of port {} (zone {})",
+            port.id,
+            port.zone
+        );
+        self.pass = Pass::Tracked;
+        if let Some(c) = port.out_chain {
+            match self.chain(c, &port.id) {
+                Ok(Decision::Accept) => {}
+                _ => {
+                    self.drop_(DropReason::Acl);
+                    return;
+                }
+            }
+        }
+        let st = self.r_ct(ct::NEW);
+        if st & ct::NEW != 0 {
+            let nat = match &port.snat {
+                Some(s) => crate::odpconv::NatSpec::Src {
+                    min: s.min,
+                    max: s.max,
+                    ports: s.ports,
+                },
+                None => crate::odpconv::NatSpec::None,
+            };
+            self.sim
+                .actions
+                .push(odp::Action::Ct(crate::odpconv::ct(true, port.zone, nat)));
+        }
+        self.sim.actions.push(odp::Action::Output(dp));
+        self.sim.verdict = Verdict::Forward;
+    }
+}
