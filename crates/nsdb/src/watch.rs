@@ -149,16 +149,17 @@ impl Shared {
     fn publish(&self, snapshot: Snapshot, changes: Vec<Change>, resync: bool) {
         let snapshot = Arc::new(snapshot);
         let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
-        self.snapshot.send_replace(snapshot.clone());
-        if changes.is_empty() {
-            return;
+        // Subscribers get the update before the snapshot is visible to readers, so one
+        // who sees a snapshot also finds its changes already queued.
+        if !changes.is_empty() {
+            let update = Arc::new(Update {
+                snapshot: snapshot.clone(),
+                changes,
+                resync,
+            });
+            subs.retain(|s| s.send(update.clone()).is_ok());
         }
-        let update = Arc::new(Update {
-            snapshot,
-            changes,
-            resync,
-        });
-        subs.retain(|s| s.send(update.clone()).is_ok());
+        self.snapshot.send_replace(snapshot);
     }
 }
 
@@ -208,24 +209,31 @@ impl WatchCache {
             }
         };
         info!(%prefix, revision = first.revision, records = first.len(), "NSDB cache loaded");
-        Self::start_from(nsdb, prefix, first)
+        Self::start_from(nsdb, prefix, first).0
     }
 
     /// Starts from a snapshot taken earlier (for example one kept across a restart) and
     /// catches up from its revision: by watch events if etcd still has that history,
     /// otherwise by a re-list whose differences are emitted as changes.
-    pub fn start_from(nsdb: Nsdb, prefix: &str, snapshot: Snapshot) -> WatchCache {
+    /// Returns the cache and a subscription whose first update follows `snapshot`.
+    pub fn start_from(
+        nsdb: Nsdb,
+        prefix: &str,
+        snapshot: Snapshot,
+    ) -> (WatchCache, mpsc::UnboundedReceiver<Arc<Update>>) {
         let (tx, _) = watch::channel(Arc::new(snapshot.clone()));
+        let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             snapshot: tx,
-            subscribers: Mutex::new(Vec::new()),
+            subscribers: Mutex::new(vec![sub_tx]),
         });
         let task = tokio::spawn(run(nsdb, prefix.to_owned(), shared.clone(), snapshot));
-        WatchCache {
+        let cache = WatchCache {
             prefix: prefix.to_owned(),
             shared,
             task,
-        }
+        };
+        (cache, sub_rx)
     }
 
     /// The current snapshot.
