@@ -110,6 +110,8 @@ pub struct Ct {
     pub nat: Option<Nat>,
     /// `OVS_CT_ATTR_EVENTMASK`.
     pub eventmask: Option<u32>,
+    /// Conntrack attributes this crate does not model, kept verbatim.
+    pub other: Vec<RawAttr>,
 }
 
 /// One datapath action.

@@ -35,7 +35,6 @@ pub enum Error {
     },
 }
 
-#[allow(dead_code)] // the wire codec uses these
 impl Error {
     pub(crate) fn decode(attr: &'static str, reason: impl Into<String>) -> Self {
         Error::Decode {

@@ -69,7 +69,7 @@ pub const VLAN_CFI: u16 = 0x1000;
 /// unchanged so unknown attributes survive a decode/encode round trip.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct RawAttr {
-    /// Netlink attribute type (without the nested/byte-order flag bits).
+    /// Netlink attribute type as it was received (flag bits included).
     pub kind: u16,
     /// Payload, without padding.
     pub data: Vec<u8>,

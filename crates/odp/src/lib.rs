@@ -5,20 +5,21 @@
 //! modules and sends the messages built here.
 
 pub mod action;
+pub mod codec;
 pub mod error;
 pub mod flow;
 pub mod key;
+pub mod msg;
+pub mod nla;
+pub mod parse;
 pub mod text;
 
 pub use action::{Action, Ct, Nat, NatKind, SetKey, Userspace};
+pub use codec::{decode_actions, decode_key, encode_actions, encode_key};
 pub use error::{Error, Result};
 pub use flow::{ActionsDisplay, Flow, FlowStats, MatchDisplay};
+pub use parse::{parse_actions, parse_flow, parse_match};
 pub use key::{
     CtTupleIpv4, CtTupleIpv6, FlowKey, FlowMask, GeneveOpts, KeyArp, KeyEthernet, KeyIcmp,
     KeyIpv4, KeyIpv6, KeyNd, KeyPorts, Mac, RawAttr, TunnelKey,
 };
-
-pub mod dpif;
-pub mod families;
-pub mod sock;
-pub mod upcall;
