@@ -121,22 +121,22 @@ pub(crate) fn mask_into(pkt: &Fields, m: &Fields, out: &mut FlowKey) {
     if m.ct_zone != 0 {
         out.ct_zone = Some(m.ct_zone);
     }
-    if m.eth_src != [0; 6] || m.eth_dst != [0; 6] {
-        out.eth = Some(KeyEthernet {
-            src: m.eth_src,
-            dst: m.eth_dst,
-        });
-    }
+    // Always present: an all-zero Ethernet mask says "wildcarded" explicitly.
+    out.eth = Some(KeyEthernet {
+        src: m.eth_src,
+        dst: m.eth_dst,
+    });
     if m.vlan_tci != 0 {
         out.vlan = Some(m.vlan_tci);
     }
     let l3 = any_l3(m);
-    if pkt.vlan_tci & VLAN_CFI != 0 && (m.eth_type != 0 || l3) {
+    if pkt.vlan_tci & VLAN_CFI != 0 && (m.vlan_tci != 0 || m.eth_type != 0 || l3) {
         // With a tag the outer ethertype is the TPID and the rest sits in encap().
         out.eth_type = Some(0xffff);
-        out.vlan = Some(0xffff);
+        out.vlan = Some(m.vlan_tci | VLAN_CFI);
+        // Never empty: an empty mask would mean "exact" to readers of the mask.
         let mut inner = FlowKey {
-            eth_type: (m.eth_type != 0).then_some(m.eth_type),
+            eth_type: Some(m.eth_type),
             ..FlowKey::default()
         };
         if l3 {

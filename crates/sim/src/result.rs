@@ -152,6 +152,30 @@ impl Simulation {
         }
     }
 
+    /// The datapath flow for the packet with fields `pkt` that produced this result: its key
+    /// masked (as the kernel stores it), the mask and the actions.
+    pub fn flow(&self, pkt: &Fields) -> odp::Flow {
+        let m = &self.fields_mask;
+        let mut k = pkt.masked(m);
+        // Keep what decides which attributes exist; their values only print where masked.
+        k.eth_type = pkt.eth_type;
+        k.vlan_tci |= pkt.vlan_tci & crate::fields::VLAN_CFI;
+        k.ip_proto = pkt.ip_proto;
+        k.ip_frag = pkt.ip_frag;
+        k.tun_id = pkt.tun_id & m.tun_id;
+        odp::Flow {
+            key: k.to_key(),
+            mask: self.mask.clone(),
+            actions: self.actions.clone(),
+            ..odp::Flow::default()
+        }
+    }
+
+    /// The match of [`Simulation::flow`] in `ovs-dpctl` text.
+    pub fn match_text(&self, pkt: &Fields) -> String {
+        self.flow(pkt).match_text()
+    }
+
     /// The actions in `ovs-dpctl` text (`drop` when empty).
     pub fn actions_text(&self) -> String {
         odp::ActionsDisplay(&self.actions).to_string()

@@ -1,0 +1,80 @@
+//! Shared helpers of the table-driven tests: run a row, compare actions and mask as
+//! `ovs-dpctl` text, tags as a set, and the verdict.
+
+#![allow(dead_code)]
+
+use sim::{Fields, PacketContext, Simulation, Tag, Topology, Verdict, simulate_into};
+
+/// One row: a packet and what the walk must produce.
+pub struct Row {
+    pub name: &'static str,
+    pub pkt: Fields,
+    /// Pass the frame's bytes (for replies that echo or quote it).
+    pub bytes: Vec<u8>,
+    pub actions: &'static str,
+    pub mask: &'static str,
+    pub tags: Vec<Tag>,
+    pub verdict: Verdict,
+}
+
+pub fn run(t: &Topology, f: Fields, bytes: &[u8]) -> Simulation {
+    let mut s = Simulation::traced();
+    simulate_into(t, &PacketContext::with_packet(f, bytes), &mut s);
+    s
+}
+
+pub fn mask_text(f: &Fields, s: &Simulation) -> String {
+    s.match_text(f)
+}
+
+/// Runs every row and fails with all mismatches listed.
+pub fn check(t: &Topology, rows: &[Row]) {
+    let mut failures = Vec::new();
+    for r in rows {
+        let s = run(t, r.pkt, &r.bytes);
+        let actions = s.actions_text();
+        let mask = mask_text(&r.pkt, &s);
+        let mut want_tags = r.tags.clone();
+        want_tags.sort();
+        want_tags.dedup();
+        let mut errs = Vec::new();
+        if actions != r.actions {
+            errs.push(format!(
+                "  actions: got {actions}\n           want {}",
+                r.actions
+            ));
+        }
+        if mask != r.mask {
+            errs.push(format!("  mask:    got {mask}\n           want {}", r.mask));
+        }
+        if s.tags != want_tags {
+            errs.push(format!(
+                "  tags:    got {:?}\n           want {:?}",
+                s.tags, want_tags
+            ));
+        }
+        if s.verdict != r.verdict {
+            errs.push(format!(
+                "  verdict: got {:?} want {:?}",
+                s.verdict, r.verdict
+            ));
+        }
+        if !errs.is_empty() {
+            failures.push(format!(
+                "row {:?}:\n{}\n  trace:\n{}",
+                r.name,
+                errs.join("\n"),
+                s.trace
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Parses an Ethernet+IPv4 frame's ICMP type and code.
+pub fn icmp_type_code(frame: &[u8]) -> (u8, u8) {
+    assert_eq!(&frame[12..14], &[0x08, 0x00], "IPv4 frame");
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    assert_eq!(frame[14 + 9], 1, "ICMP");
+    (frame[14 + ihl], frame[14 + ihl + 1])
+}
