@@ -3,9 +3,31 @@
 
 #![allow(dead_code)]
 
+use sim::fixtures::TopoBuilder;
 use sim::{Fields, PacketContext, Simulation, Tag, Topology, Verdict, simulate_into};
 
+/// b1 (p1, p2 local; p3 on h2) and b2 (p4 local), joined by router r1.
+/// Keys: b1=1 b2=2 p1=3 p2=4 p3=5 p4=6 r1=7 r1-b1=8 b1-r1=9 r1-b2=10 b2-r1=11.
+/// Datapath ports: p1=2 p2=3 p4=4, tunnel=1.
+pub fn two_bridges() -> TopoBuilder {
+    Topology::test()
+        .bridge("b1")
+        .bridge("b2")
+        .port("p1", "b1", "10.0.1.11")
+        .port("p2", "b1", "10.0.1.12")
+        .port_on("p3", "b1", "10.0.1.13", "h2")
+        .port("p4", "b2", "10.0.2.14")
+        .router("r1")
+        .link("r1", "b1", "10.0.1.1/24")
+        .link("r1", "b2", "10.0.2.1/24")
+}
+
+pub fn ip(s: &str) -> std::net::IpAddr {
+    s.parse().unwrap()
+}
+
 /// One row: a packet and what the walk must produce.
+#[derive(Debug)]
 pub struct Row {
     pub name: &'static str,
     pub pkt: Fields,

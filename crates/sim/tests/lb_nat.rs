@@ -1,0 +1,390 @@
+//! Table-driven tests of load balancing and NAT: VIPs translated with
+//! `ct(commit,zone,nat(dst=member))` and recirculation, SNAT at the uplink's delivery stage,
+//! DNAT (floating IPs) at the uplink's ingress.
+
+mod common;
+
+use common::{Row, check, run, two_bridges};
+use nsdb::{DnatRule, Protocol};
+use sim::fixtures::pkt;
+use sim::{DropReason, Fields, RECIRC_CT, RECIRC_DELIVERY, RECIRC_NAT, Tag, Verdict};
+
+const TRK: u32 = 0x20;
+const NEW: u32 = 0x01;
+const EST: u32 = 0x02;
+
+fn ct(f: Fields, recirc: u32, st: u32) -> Fields {
+    Fields {
+        recirc_id: recirc,
+        ct_state: st,
+        ..f
+    }
+}
+
+fn v4(s: &str) -> u32 {
+    u32::from(s.parse::<std::net::Ipv4Addr>().unwrap())
+}
+
+#[test]
+fn vip_translates_to_a_healthy_member() {
+    // p5 (key 12, datapath port 5) joins b2 as a second member.
+    let b = two_bridges()
+        .port("p5", "b2", "10.0.2.15")
+        .vip(
+            "lb1",
+            Some("r1"),
+            "10.96.0.10",
+            Protocol::Tcp,
+            80,
+            &[("10.0.2.14", 8080, 1, true), ("10.0.2.15", 8080, 1, false)],
+            false,
+        )
+        .vip(
+            "lb-empty",
+            Some("r1"),
+            "10.96.0.11",
+            Protocol::Tcp,
+            80,
+            &[("10.0.2.14", 8080, 1, false)],
+            false,
+        );
+    let t = b.build();
+    let (p1, gw) = (b.mac("p1"), b.mac("r1-b1"));
+    let to_vip = pkt::tcp(2, p1, gw, "10.0.1.11", "10.96.0.10", 40000, 80);
+    let mut to_member = ct(to_vip, RECIRC_NAT, TRK | NEW | 0x80);
+    to_member.ipv4_dst = v4("10.0.2.14");
+    to_member.tp_dst = 8080;
+    let router = vec![
+        Tag::port("p1"),
+        Tag::device("b1"),
+        Tag::mac("b1", gw),
+        Tag::port("b1-r1"),
+        Tag::port("r1-b1"),
+        Tag::device("r1"),
+    ];
+    let with = |extra: Vec<Tag>| {
+        let mut v = router.clone();
+        v.extend(extra);
+        v
+    };
+    let rows = vec![
+        Row {
+            name: "first pass: the VIP needs connection state",
+            pkt: to_vip,
+            bytes: vec![],
+            actions: "ct(zone=3,nat),recirc(0x1)",
+            mask: "recirc_id(0),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x0800),ipv4(dst=10.96.0.10,proto=6,frag=no),tcp(dst=80)",
+            tags: with(vec![Tag::lb("lb1")]),
+            verdict: Verdict::Recirculate,
+        },
+        Row {
+            name: "new connection: DNAT to the only healthy member, committed in the client's zone",
+            pkt: ct(to_vip, RECIRC_CT, TRK | NEW),
+            bytes: vec![],
+            actions: "ct(commit,zone=3,nat(dst=10.0.2.14:8080)),recirc(0x2)",
+            mask: "recirc_id(0x1),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x0800),ipv4(src=10.0.1.11,dst=10.96.0.10,proto=6,frag=no),tcp(src=40000,dst=80)",
+            tags: with(vec![Tag::lb("lb1")]),
+            verdict: Verdict::Recirculate,
+        },
+        Row {
+            name: "after NAT: routed to the member, delivered through the member's zone",
+            pkt: to_member,
+            bytes: vec![],
+            actions: "set(eth(src=02:00:00:00:00:0a,dst=02:00:00:00:00:06)),set(ipv4(ttl=63)),ct(zone=6,nat),recirc(0x40000006)",
+            mask: "recirc_id(0x2),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x0800),ipv4(dst=10.0.2.14,ttl=64,frag=no)",
+            tags: with(vec![
+                Tag::route("r1-b2-net"),
+                Tag::ip("b2", "10.0.2.14".parse().unwrap()),
+                Tag::port("r1-b2"),
+                Tag::port("b2-r1"),
+                Tag::device("b2"),
+                Tag::mac("b2", b.mac("p4")),
+                Tag::port("p4"),
+            ]),
+            verdict: Verdict::Forward,
+        },
+        Row {
+            name: "member's delivery stage, new: committed in its zone and output",
+            pkt: ct(to_member, RECIRC_DELIVERY | 6, TRK | NEW),
+            bytes: vec![],
+            actions: "ct(commit,zone=6),4",
+            mask: "recirc_id(0x40000006),ct_state(+new),eth()",
+            tags: vec![Tag::port("p4")],
+            verdict: Verdict::Forward,
+        },
+        Row {
+            name: "a VIP without healthy members rejects",
+            pkt: ct(
+                Fields {
+                    ipv4_dst: v4("10.96.0.11"),
+                    ..to_vip
+                },
+                RECIRC_CT,
+                TRK | NEW,
+            ),
+            bytes: vec![],
+            actions: "drop",
+            mask: "recirc_id(0x1),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x0800),ipv4(dst=10.96.0.11,proto=6,frag=no),tcp(dst=80)",
+            tags: with(vec![Tag::lb("lb-empty")]),
+            verdict: Verdict::Rejected,
+        },
+    ];
+    check(&t, &rows);
+}
+
+#[test]
+fn eight_member_pool_spreads_by_weight_and_affinity_sticks() {
+    let members: Vec<(String, u16, u32, bool)> = (0..8)
+        .map(|i| {
+            (
+                format!("10.0.2.{}", 100 + i),
+                8080,
+                if i == 0 { 4 } else { 1 },
+                true,
+            )
+        })
+        .collect();
+    let m: Vec<(&str, u16, u32, bool)> = members
+        .iter()
+        .map(|(a, p, w, h)| (a.as_str(), *p, *w, *h))
+        .collect();
+    let b = two_bridges()
+        .vip(
+            "lb8",
+            Some("r1"),
+            "10.96.0.10",
+            Protocol::Tcp,
+            80,
+            &m,
+            false,
+        )
+        .vip(
+            "lb-sticky",
+            Some("r1"),
+            "10.96.0.12",
+            Protocol::Tcp,
+            80,
+            &m,
+            true,
+        );
+    let t = b.build();
+    let (p1, gw) = (b.mac("p1"), b.mac("r1-b1"));
+    let mut counts = std::collections::BTreeMap::new();
+    for sport in 0..2200u16 {
+        let f = ct(
+            pkt::tcp(2, p1, gw, "10.0.1.11", "10.96.0.10", 10000 + sport, 80),
+            RECIRC_CT,
+            TRK | NEW,
+        );
+        *counts.entry(run(&t, f, &[]).actions_text()).or_insert(0u32) += 1;
+    }
+    assert_eq!(counts.len(), 8, "every member chosen: {counts:?}");
+    let heavy = counts
+        .iter()
+        .find(|(k, _)| k.contains("10.0.2.100:"))
+        .map(|(_, v)| *v)
+        .unwrap();
+    // Weight 4 of 11: about 800 of 2200; the others about 200 each.
+    assert!((600..1000).contains(&heavy), "weighted: {counts:?}");
+    for (k, v) in &counts {
+        if !k.contains("10.0.2.100:") {
+            assert!((120..300).contains(v), "even among equals: {counts:?}");
+        }
+    }
+    // Affinity: the same client always gets the same member, whatever its source port.
+    let pick = |sport: u16, src: &str| {
+        let f = ct(
+            pkt::tcp(2, p1, gw, src, "10.96.0.12", sport, 80),
+            RECIRC_CT,
+            TRK | NEW,
+        );
+        let s = run(&t, f, &[]);
+        assert_eq!(
+            s.fields_mask.tp_src, 0,
+            "affinity does not read the source port"
+        );
+        s.actions_text()
+    };
+    let first = pick(1, "10.0.1.11");
+    for sport in 2..200 {
+        assert_eq!(pick(sport, "10.0.1.11"), first);
+    }
+    let others: std::collections::BTreeSet<String> =
+        (1..60).map(|i| pick(1, &format!("10.0.1.{i}"))).collect();
+    assert!(others.len() > 4, "different clients spread: {others:?}");
+}
+
+#[test]
+fn global_vip_applies_before_the_first_device() {
+    let b = two_bridges().vip(
+        "svc",
+        None,
+        "10.96.0.20",
+        Protocol::Udp,
+        53,
+        &[("10.0.2.14", 5353, 1, true)],
+        false,
+    );
+    let t = b.build();
+    let f = pkt::udp(
+        2,
+        b.mac("p1"),
+        b.mac("r1-b1"),
+        "10.0.1.11",
+        "10.96.0.20",
+        3333,
+        53,
+    );
+    let rows = vec![
+        Row {
+            name: "first pass: conntrack before the bridge",
+            pkt: f,
+            bytes: vec![],
+            actions: "ct(zone=3,nat),recirc(0x1)",
+            mask: "recirc_id(0),in_port(2),eth(),eth_type(0x0800),ipv4(dst=10.96.0.20,proto=17,frag=no),udp(dst=53)",
+            tags: vec![Tag::port("p1"), Tag::lb("svc")],
+            verdict: Verdict::Recirculate,
+        },
+        Row {
+            name: "tracked: DNAT to the member",
+            pkt: ct(f, RECIRC_CT, TRK | NEW),
+            bytes: vec![],
+            actions: "ct(commit,zone=3,nat(dst=10.0.2.14:5353)),recirc(0x2)",
+            mask: "recirc_id(0x1),in_port(2),eth(),eth_type(0x0800),ipv4(src=10.0.1.11,dst=10.96.0.20,proto=17,frag=no),udp(src=3333,dst=53)",
+            tags: vec![Tag::port("p1"), Tag::lb("svc")],
+            verdict: Verdict::Recirculate,
+        },
+    ];
+    check(&t, &rows);
+}
+
+#[test]
+fn snat_and_dnat_on_the_uplink() {
+    // Uplink r1-up: key 12, datapath port 5, zone 12.
+    let b = two_bridges()
+        .uplink("r1", "r1-up", "203.0.113.2/24", "02:00:00:00:ee:01")
+        .route(
+            "default",
+            "r1",
+            "0.0.0.0/0",
+            Some("203.0.113.1"),
+            "r1-up",
+            1,
+        )
+        .snat("r1", "r1-up", &["203.0.113.2"], (1024, 65535))
+        .dnat(
+            "r1",
+            DnatRule {
+                external_ip: "203.0.113.10".parse().unwrap(),
+                internal_ip: "10.0.2.14".parse().unwrap(),
+                protocol: None,
+                external_port: None,
+                internal_port: None,
+            },
+        );
+    let t = b.build();
+    let (p1, gw, up) = (b.mac("p1"), b.mac("r1-b1"), b.mac("r1-up"));
+    let outside = [2, 0, 0, 0, 0xee, 1];
+    let out = pkt::tcp(2, p1, gw, "10.0.1.11", "8.8.8.8", 40000, 443);
+    let inbound = pkt::tcp(5, outside, up, "198.51.100.9", "203.0.113.10", 50000, 22);
+    let mut to_internal = ct(inbound, RECIRC_NAT, TRK | NEW | 0x80);
+    to_internal.ipv4_dst = v4("10.0.2.14");
+    // A reply to the SNATed connection, after the uplink zone reversed the translation.
+    let mut reply = ct(
+        pkt::tcp(5, outside, up, "8.8.8.8", "10.0.1.11", 443, 40000),
+        RECIRC_CT,
+        TRK | EST | 0x08,
+    );
+    reply.ip_ttl = 50;
+    let rows = vec![
+        Row {
+            name: "to the outside: routed to the uplink, delivered through its zone",
+            pkt: out,
+            bytes: vec![],
+            actions: "set(eth(src=02:00:00:00:00:0c,dst=02:00:00:00:ee:01)),set(ipv4(ttl=63)),ct(zone=12,nat),recirc(0x4000000c)",
+            mask: "recirc_id(0),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x0800),ipv4(dst=8.0.0.0/254.0.0.0,ttl=64,frag=no)",
+            tags: vec![
+                Tag::port("p1"),
+                Tag::device("b1"),
+                Tag::mac("b1", gw),
+                Tag::port("b1-r1"),
+                Tag::port("r1-b1"),
+                Tag::device("r1"),
+                Tag::route("default"),
+                Tag::port("r1-up"),
+            ],
+            verdict: Verdict::Forward,
+        },
+        Row {
+            name: "uplink delivery stage, new: SNAT over the port range",
+            pkt: ct(out, RECIRC_DELIVERY | 12, TRK | NEW),
+            bytes: vec![],
+            actions: "ct(commit,zone=12,nat(src=203.0.113.2:1024-65535)),5",
+            mask: "recirc_id(0x4000000c),ct_state(+new),eth()",
+            tags: vec![Tag::port("r1-up")],
+            verdict: Verdict::Forward,
+        },
+        Row {
+            name: "from the outside: the uplink's zone first (reverses SNAT, applies DNAT)",
+            pkt: inbound,
+            bytes: vec![],
+            actions: "ct(zone=12,nat),recirc(0x1)",
+            mask: "recirc_id(0),in_port(5),eth()",
+            tags: vec![Tag::port("r1-up")],
+            verdict: Verdict::Recirculate,
+        },
+        Row {
+            name: "new connection to a floating IP: DNAT committed in the uplink's zone",
+            pkt: ct(inbound, RECIRC_CT, TRK | NEW),
+            bytes: vec![],
+            actions: "ct(commit,zone=12,nat(dst=10.0.2.14)),recirc(0x2)",
+            mask: "recirc_id(0x1),in_port(5),eth(dst=02:00:00:00:00:0c),eth_type(0x0800),ipv4(dst=203.0.113.10,proto=6,frag=no),tcp(dst=22)",
+            tags: vec![
+                Tag::port("r1-up"),
+                Tag::device("r1"),
+                Tag::ip("r1", "203.0.113.10".parse().unwrap()),
+            ],
+            verdict: Verdict::Recirculate,
+        },
+        Row {
+            name: "after DNAT: routed to the internal address",
+            pkt: to_internal,
+            bytes: vec![],
+            actions: "set(eth(src=02:00:00:00:00:0a,dst=02:00:00:00:00:06)),set(ipv4(ttl=63)),ct(zone=6,nat),recirc(0x40000006)",
+            mask: "recirc_id(0x2),in_port(5),eth(dst=02:00:00:00:00:0c),eth_type(0x0800),ipv4(dst=10.0.2.14,ttl=64,frag=no)",
+            tags: vec![
+                Tag::port("r1-up"),
+                Tag::device("r1"),
+                Tag::route("r1-b2-net"),
+                Tag::ip("b2", "10.0.2.14".parse().unwrap()),
+                Tag::port("r1-b2"),
+                Tag::port("b2-r1"),
+                Tag::device("b2"),
+                Tag::mac("b2", b.mac("p4")),
+                Tag::port("p4"),
+            ],
+            verdict: Verdict::Forward,
+        },
+        Row {
+            name: "reply to a SNATed connection: routed back to the pod, no new commit",
+            pkt: reply,
+            bytes: vec![],
+            actions: "set(eth(src=02:00:00:00:00:08,dst=02:00:00:00:00:03)),set(ipv4(ttl=49)),ct(zone=3,nat),recirc(0x40000003)",
+            mask: "recirc_id(0x1),in_port(5),ct_state(-new),eth(dst=02:00:00:00:00:0c),eth_type(0x0800),ipv4(dst=10.0.1.11,ttl=50,frag=no)",
+            tags: vec![
+                Tag::port("r1-up"),
+                Tag::device("r1"),
+                Tag::route("r1-b1-net"),
+                Tag::ip("b1", "10.0.1.11".parse().unwrap()),
+                Tag::port("r1-b1"),
+                Tag::port("b1-r1"),
+                Tag::device("b1"),
+                Tag::mac("b1", p1),
+                Tag::port("p1"),
+            ],
+            verdict: Verdict::Forward,
+        },
+    ];
+    check(&t, &rows);
+    let _ = DropReason::NatLoop;
+}
