@@ -283,7 +283,7 @@ impl Dpif {
         w.put_str(dp::ATTR_NAME, name)
             .put_u32(dp::ATTR_UPCALL_PID, upcall_pid)
             .put_u32(dp::ATTR_USER_FEATURES, base | dp::F_DISPATCH_UPCALL_PER_CPU)
-            .put(dp::ATTR_PER_CPU_PIDS, &upcall_pid.to_ne_bytes());
+            .put(dp::ATTR_PER_CPU_PIDS, &per_cpu_pids(&[upcall_pid]));
         let what = format!("OVS_DP_CMD_NEW {name}");
         let r = match self.dp_request(&what, dp::CMD_NEW, NLM_F_ECHO | NLM_F_CREATE, &w.finish()) {
             Err(SockError::Kernel { errno, .. })
@@ -328,11 +328,11 @@ impl Dpif {
         Ok(())
     }
 
-    /// Sets the per-CPU upcall pids of a datapath in per-CPU mode (CPU `i` gets
-    /// `pids[i % pids.len()]`).
+    /// Sets the per-CPU upcall pids of a datapath in per-CPU mode: CPU `i` gets
+    /// `pids[i % pids.len()]`, for every possible CPU.
     pub fn dp_set_upcall_pids(&mut self, name: &str, pids: &[u32]) -> Result<DpInfo> {
         let mut w = AttrWriter::new();
-        let arr: Vec<u8> = pids.iter().flat_map(|p| p.to_ne_bytes()).collect();
+        let arr = per_cpu_pids(pids);
         w.put_str(dp::ATTR_NAME, name)
             .put_u32(
                 dp::ATTR_USER_FEATURES,
@@ -652,6 +652,40 @@ impl Dpif {
     }
 }
 
+/// `OVS_DP_ATTR_PER_CPU_PIDS`: one pid per possible CPU, cycling through `pids`. The kernel
+/// logs "cpu_id mismatch with handler threads" for every upcall from a CPU past the end of
+/// the array, so the array covers them all.
+fn per_cpu_pids(pids: &[u32]) -> Vec<u8> {
+    let n = possible_cpus().max(1);
+    (0..n)
+        .flat_map(|i| {
+            pids.get(i % pids.len().max(1))
+                .copied()
+                .unwrap_or(0)
+                .to_ne_bytes()
+        })
+        .collect()
+}
+
+/// The number of possible CPUs (`/sys/devices/system/cpu/possible`, e.g. `0-3`).
+pub fn possible_cpus() -> usize {
+    std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|s| parse_cpu_list(s.trim()))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The highest CPU number in a kernel CPU list (`0-3,5`) plus one.
+fn parse_cpu_list(s: &str) -> Option<usize> {
+    let mut max = None;
+    for part in s.split(',') {
+        let last = part.rsplit('-').next()?;
+        let n: usize = last.trim().parse().ok()?;
+        max = Some(max.map_or(n, |m: usize| m.max(n)));
+    }
+    max.map(|m| m + 1)
+}
+
 fn first(mut r: Vec<GenlMsg>, what: &str) -> Result<GenlMsg> {
     if r.is_empty() {
         return Err(SockError::Malformed(format!(
@@ -831,6 +865,15 @@ pub fn parse_flow(payload: &[u8]) -> Result<FlowEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-3"), Some(4));
+        assert_eq!(parse_cpu_list("0"), Some(1));
+        assert_eq!(parse_cpu_list("0-1,4-5"), Some(6));
+        assert_eq!(parse_cpu_list("x"), None);
+        assert_eq!(per_cpu_pids(&[7]).len(), 4 * possible_cpus());
+    }
 
     #[test]
     fn parses_a_vport_reply() {

@@ -23,3 +23,8 @@ pub use key::{
     CtTupleIpv4, CtTupleIpv6, FlowKey, FlowMask, GeneveOpts, KeyArp, KeyEthernet, KeyIcmp,
     KeyIpv4, KeyIpv6, KeyNd, KeyPorts, Mac, RawAttr, TunnelKey,
 };
+
+pub mod dpif;
+pub mod families;
+pub mod sock;
+pub mod upcall;

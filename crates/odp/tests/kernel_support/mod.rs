@@ -1,0 +1,187 @@
+//! Shared helpers of the kernel datapath tests: shell commands, network namespaces, and
+//! running odp calls inside a namespace. These tests run as root inside the QEMU guest
+//! (e2e/kernel-tests.sh); anywhere else they fail with a message saying so.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::process::Command;
+use std::sync::Once;
+
+use nix::sched::{CloneFlags, setns};
+use odp::dpif::{Dpif, FlowPut};
+
+/// Fails loudly unless this is root on a kernel with the OVS datapath.
+pub fn require_kernel_datapath() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        assert!(
+            nix_is_root(),
+            "kernel datapath tests need root: run them with e2e/kernel-tests.sh"
+        );
+        let _ = Command::new("modprobe")
+            .args(["-a", "openvswitch", "vxlan", "geneve", "veth"])
+            .status();
+        if let Err(e) = Dpif::open() {
+            panic!(
+                "the OVS kernel datapath is not available ({e}): run these tests with e2e/kernel-tests.sh"
+            );
+        }
+    });
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Runs a shell command, panics with its output if it fails, returns its stdout.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run sh -c {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "command failed ({}): {cmd}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a shell command and returns (success, stdout, stderr) without judging.
+pub fn sh_try(cmd: &str) -> (bool, String, String) {
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run sh -c {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The weftctl binary built by e2e/kernel-tests.sh.
+pub fn weftctl() -> String {
+    let p = std::env::var("WEFT_CTL_BIN").unwrap_or_else(|_| {
+        panic!("WEFT_CTL_BIN is not set: run these tests with e2e/kernel-tests.sh, which builds weftctl")
+    });
+    assert!(
+        std::path::Path::new(&p).exists(),
+        "WEFT_CTL_BIN={p} does not exist"
+    );
+    p
+}
+
+/// A network namespace that is deleted when dropped.
+#[derive(Debug)]
+pub struct Netns(pub String);
+
+impl Netns {
+    /// Creates `name` (deleting a leftover one first) with loopback up.
+    pub fn new(name: &str) -> Netns {
+        let _ = sh_try(&format!("ip netns del {name} 2>/dev/null"));
+        sh(&format!(
+            "ip netns add {name} && ip -n {name} link set lo up"
+        ));
+        Netns(name.to_string())
+    }
+
+    /// Runs `f` on a thread that has entered this namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        in_netns(&self.0, f)
+    }
+
+    /// `ip netns exec NAME sh -c CMD`, must succeed.
+    pub fn sh(&self, cmd: &str) -> String {
+        sh(&format!(
+            "ip netns exec {} sh -c '{}'",
+            self.0,
+            cmd.replace('\'', "'\\''")
+        ))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = sh_try(&format!("ip netns del {}", self.0));
+    }
+}
+
+/// Runs `f` on a new thread that has entered network namespace `name`.
+pub fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{name}");
+    std::thread::spawn(move || {
+        let fd = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        setns(&fd, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// Removes a datapath when dropped (in the namespace it was created in).
+#[derive(Debug)]
+pub struct DpGuard {
+    /// Its name.
+    pub name: String,
+    /// The namespace, if not the initial one.
+    pub netns: Option<String>,
+}
+
+impl Drop for DpGuard {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let del = move || {
+            if let Ok(mut d) = Dpif::open() {
+                let _ = d.dp_delete(&name);
+            }
+        };
+        match &self.netns {
+            Some(ns) if std::path::Path::new(&format!("/run/netns/{ns}")).exists() => {
+                in_netns(ns, del)
+            }
+            Some(_) => {}
+            None => del(),
+        }
+    }
+}
+
+/// A flow to install from its `ovs-dpctl` text: the match (key and mask) and the actions.
+pub fn flow(match_text: &str, actions_text: &str) -> FlowPut {
+    let (key, mask) = odp::parse::parse_match(match_text)
+        .unwrap_or_else(|e| panic!("cannot parse match {match_text:?}: {e}"));
+    let actions = odp::parse::parse_actions(actions_text)
+        .unwrap_or_else(|e| panic!("cannot parse actions {actions_text:?}: {e}"));
+    let mut k = Vec::new();
+    odp::encode_key(&key, &mut k).expect("encode key");
+    let mut m = Vec::new();
+    odp::encode_key(&mask, &mut m).expect("encode mask");
+    let mut a = Vec::new();
+    odp::encode_actions(&actions, &mut a).expect("encode actions");
+    FlowPut {
+        key: k,
+        mask: Some(m),
+        actions: a,
+        ufid: None,
+    }
+}
+
+/// Installs flows, panicking with the flow's text when the kernel refuses one.
+pub fn install(d: &mut Dpif, dp_ifindex: i32, flows: &[(String, String)]) {
+    for (m, a) in flows {
+        d.flow_put(dp_ifindex, &flow(m, a), odp::dpif::PutMode::Create)
+            .unwrap_or_else(|e| {
+                let (_, log, _) = sh_try("dmesg | grep openvswitch | tail -n 3");
+                panic!("kernel refused {m} actions:{a}: {e}\nkernel log:\n{log}")
+            });
+    }
+}
