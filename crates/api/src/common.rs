@@ -73,6 +73,25 @@ impl From<L4Protocol> for Protocol {
     }
 }
 
+impl std::fmt::Display for L4Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Protocol::from(*self).fmt(f)
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    /// The name used in the CRDs: `TCP`, `UDP`, `SCTP`, `ICMP`, `ICMPv6`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+            Protocol::Icmp => "ICMP",
+            Protocol::Icmpv6 => "ICMPv6",
+        })
+    }
+}
+
 impl Protocol {
     /// Whether the protocol has source and destination ports.
     pub fn has_ports(self) -> bool {

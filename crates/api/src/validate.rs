@@ -119,7 +119,7 @@ impl fmt::Display for Report {
 pub fn validate(objects: Objects<'_>) -> Report {
     let mut report = Report::default();
     let mut served_namespaces: BTreeMap<&str, &str> = BTreeMap::new();
-    for (name, bridge) in objects.bridges {
+    for (name, bridge) in oldest_first(objects.bridges) {
         let faults = check_bridge(name, bridge, &mut served_namespaces);
         report.push(Kind::VirtualBridge, name, faults);
     }
@@ -127,7 +127,7 @@ pub fn validate(objects: Objects<'_>) -> Report {
         report.push(Kind::VirtualRouter, name, check_router(router, objects));
     }
     let mut vips: BTreeMap<(IpAddr, Protocol, u16), (String, usize)> = BTreeMap::new();
-    for (name, lb) in objects.load_balancers {
+    for (name, lb) in oldest_first(objects.load_balancers) {
         report.push(
             Kind::VirtualLoadBalancer,
             name,
@@ -145,6 +145,18 @@ pub fn validate(objects: Objects<'_>) -> Report {
         faults.dedup();
     }
     report
+}
+
+/// Objects oldest first (by `creationTimestamp`, then name; objects without a timestamp,
+/// such as those read from files, come last). When two objects claim the same thing (a VIP,
+/// a namespace) the newer one is refused, so adding an object never breaks one that works.
+fn oldest_first<K: kube::Resource>(objects: &BTreeMap<String, K>) -> Vec<(&String, &K)> {
+    let mut v: Vec<_> = objects.iter().collect();
+    v.sort_by_key(|(name, o)| {
+        let created = o.meta().creation_timestamp.as_ref().map(|t| t.0);
+        (created.is_none(), created, *name)
+    });
+    v
 }
 
 /// Parses an IPv4 prefix whose host bits are zero.
@@ -683,12 +695,12 @@ fn check_load_balancer(
             match seen.get(&key) {
                 Some((other, j)) if other == name => out.push(Invalid::new(
                     &base,
-                    format!("duplicate VIP {ip} {:?}/{}: same as spec.vips[{j}]", vip.protocol, vip.port),
+                    format!("duplicate VIP {ip} {}/{}: same as spec.vips[{j}]", vip.protocol, vip.port),
                 )),
                 Some((other, j)) => out.push(Invalid::new(
                     &base,
                     format!(
-                        "duplicate VIP {ip} {:?}/{}: already served by VirtualLoadBalancer {other} (spec.vips[{j}])",
+                        "duplicate VIP {ip} {}/{}: already served by VirtualLoadBalancer {other} (spec.vips[{j}])",
                         vip.protocol, vip.port
                     ),
                 )),
@@ -1308,7 +1320,7 @@ mod tests {
                 kind: VirtualLoadBalancer,
                 object: "web",
                 field: "spec.vips[1]",
-                reason: "duplicate VIP 10.96.0.10 Tcp/80: same as spec.vips[0]",
+                reason: "duplicate VIP 10.96.0.10 TCP/80: same as spec.vips[0]",
             },
             Case {
                 what: "duplicate VIP among load balancers",
@@ -1477,6 +1489,28 @@ mod tests {
                 case.what
             );
         }
+    }
+
+    #[test]
+    fn the_newer_of_two_claims_on_a_vip_is_refused() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        use k8s_openapi::jiff::Timestamp;
+        let mut set = base();
+        let mut newer = set.lbs["web"].clone();
+        newer.metadata.name = Some("a-web".into());
+        newer.metadata.creation_timestamp = Some(Time(Timestamp::from_second(200).unwrap()));
+        set.lbs.insert("a-web".into(), newer);
+        set.lbs.get_mut("web").unwrap().metadata.creation_timestamp =
+            Some(Time(Timestamp::from_second(100).unwrap()));
+        let report = set.check();
+        assert!(
+            report.of(Kind::VirtualLoadBalancer, "web").is_empty(),
+            "{report}"
+        );
+        assert_eq!(
+            report.of(Kind::VirtualLoadBalancer, "a-web")[0].field,
+            "spec.vips[0]"
+        );
     }
 
     #[test]
