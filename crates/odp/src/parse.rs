@@ -259,7 +259,12 @@ fn flags(
     } else {
         let mut v = 0u32;
         for name in body.split('|') {
-            v |= lookup(name).ok_or_else(|| c.err(format!("unknown flag {name:?}")))?;
+            // Bits without a name print as a hex number among the names.
+            v |= match lookup(name) {
+                Some(bit) => bit,
+                None if name.starts_with("0x") => num::<u32>(c, name)?,
+                None => return Err(c.err(format!("unknown flag {name:?}"))),
+            };
         }
         (v, all)
     };
@@ -576,7 +581,20 @@ fn parse_tunnel(c: &mut Cur<'_>) -> Result<(TunnelKey, TunnelKey)> {
                 m.oam = mm & TUN_F_OAM != 0;
                 let _ = TUN_F_KEY; // "key" follows from tun_id being present.
             }
-            _ => return Err(unknown_field(c, "tunnel", n)),
+            _ => {
+                // A tunnel attribute odp does not model prints as `keyN(hex bytes)`.
+                let Some(kind) = n.strip_prefix("key").and_then(|x| x.parse::<u16>().ok()) else {
+                    return Err(unknown_field(c, "tunnel", n));
+                };
+                c.expect("(")?;
+                let (v, mm) = generic_hex(c)?;
+                c.expect(")")?;
+                m.other.push(RawAttr {
+                    kind,
+                    data: mm.unwrap_or_else(|| vec![0xff; v.len()]),
+                });
+                k.other.push(RawAttr { kind, data: v });
+            }
         }
         Ok(())
     })?;
