@@ -716,6 +716,8 @@ impl Walker<'_, '_> {
                 let _ = p;
                 if self.r_proto() == proto::ICMP && self.r_tp_src() == 8 {
                     note!(self, "  echo request to router address answered");
+                    // Every echo request needs its own reply: never install.
+                    self.sim.install = false;
                     if let Some(pkt) = packets::icmp_echo_reply(&self.orig, self.bytes) {
                         let port = self.in_dp();
                         self.sim.emit.push(Emit { port, packet: pkt });
@@ -924,6 +926,7 @@ impl Walker<'_, '_> {
 
     fn reject(&mut self) -> Next {
         self.sim.actions.clear();
+        self.sim.install = false;
         let pkt = if self.pkt.is_ipv4() && self.pkt.ip_proto == proto::TCP {
             self.read.ip_proto = !0;
             packets::tcp_rst(&self.orig, self.bytes)
@@ -944,6 +947,9 @@ impl Walker<'_, '_> {
 
     fn icmp_error(&mut self, ty: u8, code: u8, router_port: Idx) {
         self.sim.actions.clear();
+        // Whether a reply is possible depends on fields the mask does not cover (ICMP type
+        // of the offending packet, fragment offset); later packets must come up too.
+        self.sim.install = false;
         let port = &self.t.ports[router_port as usize];
         let Some(&(src, _)) = port.v4.first() else {
             return;
