@@ -42,19 +42,27 @@ pub enum Error {
         field: &'static str,
     },
     /// A file or directory of manifests could not be read.
-    #[error("cannot read {path}")]
+    #[error("cannot read {}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     /// A YAML document could not be parsed as a Weft object.
-    #[error("{path}: document {index} is not a valid Weft object")]
+    #[error("{}: not valid YAML: {source}", path.display())]
     Yaml {
         path: PathBuf,
         index: usize,
         #[source]
         source: Box<serde_saphyr::Error>,
+    },
+    /// A YAML document does not decode as the object its kind names.
+    #[error("{}: document {index} does not decode: {source}", path.display())]
+    Decode {
+        path: PathBuf,
+        index: usize,
+        #[source]
+        source: serde_json::Error,
     },
     /// A YAML document has an apiVersion/kind the operator does not handle.
     #[error(
@@ -67,7 +75,7 @@ pub enum Error {
         kind: String,
     },
     /// Two manifests define the same object.
-    #[error("{kind} {name} is defined twice ({first} and {second})")]
+    #[error("{kind} {name} is defined twice ({} and {})", first.display(), second.display())]
     Duplicate {
         kind: &'static str,
         name: String,
@@ -108,6 +116,7 @@ impl Error {
             Error::MissingMetadata { .. } => "missing_metadata",
             Error::Io { .. } => "io",
             Error::Yaml { .. } => "yaml",
+            Error::Decode { .. } => "decode",
             Error::UnknownKind { .. } => "unknown_kind",
             Error::Duplicate { .. } => "duplicate",
             Error::Lease { .. } => "lease",
@@ -120,7 +129,10 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         !matches!(
             self,
-            Error::InvalidSpec { .. } | Error::UnknownKind { .. } | Error::Yaml { .. }
+            Error::InvalidSpec { .. }
+                | Error::UnknownKind { .. }
+                | Error::Yaml { .. }
+                | Error::Decode { .. }
         )
     }
 }

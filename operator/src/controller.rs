@@ -1,0 +1,550 @@
+//! The four controllers (one per kind): finalizer, semantic check, NSDB write, status by
+//! server-side apply, error policy with exponential backoff, and metrics.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api::{
+    AccessControlList, RouterPortStatus, VirtualBridge, VirtualLoadBalancer, VirtualRouter, reason,
+};
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use nsdb::{AnyRecord, Nsdb, PortKind};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::error::Error;
+use crate::ids::{CrKind, ObjectKey};
+use crate::metrics::Metrics;
+use crate::program;
+use crate::store::{self, Applied};
+use crate::translate::Inventory;
+
+/// The finalizer every Weft object carries while it has records in NSDB.
+pub const FINALIZER: &str = "weft.dev/nsdb-cleanup";
+/// The field manager of every status the operator writes.
+pub const FIELD_MANAGER: &str = "weft-operator";
+/// How often a programmed object is reconciled again, to repair drift in NSDB.
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// First and largest delay of the error backoff.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// The reflector stores of all four kinds: the inventory the semantic check sees.
+#[derive(Clone)]
+pub struct Stores {
+    pub bridges: Store<VirtualBridge>,
+    pub routers: Store<VirtualRouter>,
+    pub load_balancers: Store<VirtualLoadBalancer>,
+    pub acls: Store<AccessControlList>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").finish_non_exhaustive()
+    }
+}
+
+fn live<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<K> {
+    store
+        .state()
+        .into_iter()
+        .filter(|o| o.meta().deletion_timestamp.is_none())
+        .map(|o| (*o).clone())
+        .collect()
+}
+
+impl Stores {
+    /// Every object not being deleted.
+    pub fn inventory(&self) -> Inventory {
+        let mut inv = Inventory::default();
+        live(&self.bridges)
+            .into_iter()
+            .for_each(|o| inv.add_bridge(o));
+        live(&self.routers)
+            .into_iter()
+            .for_each(|o| inv.add_router(o));
+        live(&self.load_balancers)
+            .into_iter()
+            .for_each(|o| inv.add_load_balancer(o));
+        live(&self.acls).into_iter().for_each(|o| inv.add_acl(o));
+        inv
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub nsdb: Nsdb,
+    pub stores: Stores,
+    failures: Mutex<HashMap<ObjectKey, u32>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("nsdb", &self.nsdb)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A context over the given client, NSDB and stores.
+    pub fn new(client: Client, nsdb: Nsdb, metrics: Arc<Metrics>, stores: Stores) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            nsdb,
+            stores,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn backoff(&self, key: &ObjectKey) -> Duration {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = f.entry(key.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        backoff_delay(*n)
+    }
+
+    fn succeeded(&self, key: &ObjectKey) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+/// The delay before retry number `failures` (1-based): doubling from [`BACKOFF_BASE`] up to
+/// [`BACKOFF_MAX`].
+pub fn backoff_delay(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(20);
+    BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_MAX)
+}
+
+/// A Weft kind the controllers handle.
+pub trait WeftResource:
+    Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+    /// The kind.
+    const KIND: CrKind;
+    /// The object's current conditions.
+    fn conditions(&self) -> Vec<Condition>;
+    /// Status fields beyond conditions and observedGeneration, from what was applied.
+    fn status_facts(&self, applied: &Applied) -> serde_json::Value;
+    /// The same object with itself placed into an inventory.
+    fn add_to(&self, inv: &mut Inventory);
+}
+
+impl WeftResource for VirtualBridge {
+    const KIND: CrKind = CrKind::VirtualBridge;
+    fn conditions(&self) -> Vec<Condition> {
+        self.status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default()
+    }
+    fn status_facts(&self, applied: &Applied) -> serde_json::Value {
+        json!({ "tunnelKey": applied.tunnel_key(&crate::ids::bridge(&self.name_any())) })
+    }
+    fn add_to(&self, inv: &mut Inventory) {
+        inv.add_bridge(self.clone());
+    }
+}
+
+impl WeftResource for VirtualRouter {
+    const KIND: CrKind = CrKind::VirtualRouter;
+    fn conditions(&self) -> Vec<Condition> {
+        self.status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default()
+    }
+    fn status_facts(&self, applied: &Applied) -> serde_json::Value {
+        let name = self.name_any();
+        let ports: Vec<RouterPortStatus> = applied
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                AnyRecord::Port(p) if matches!(p.device, nsdb::DeviceRef::Router(_)) => {
+                    let interface = match &p.kind {
+                        PortKind::Uplink => api::UPLINK.to_owned(),
+                        _ => p.id.rsplit(':').next().unwrap_or_default().to_owned(),
+                    };
+                    Some(RouterPortStatus {
+                        interface,
+                        address: p
+                            .addresses
+                            .first()
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
+                        mac: Some(p.mac.to_string()),
+                        tunnel_key: Some(p.tunnel_key),
+                        port_id: Some(p.id.clone()),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        json!({
+            "tunnelKey": applied.tunnel_key(&crate::ids::router(&name)),
+            "ports": ports,
+        })
+    }
+    fn add_to(&self, inv: &mut Inventory) {
+        inv.add_router(self.clone());
+    }
+}
+
+impl WeftResource for VirtualLoadBalancer {
+    const KIND: CrKind = CrKind::VirtualLoadBalancer;
+    fn conditions(&self) -> Vec<Condition> {
+        self.status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default()
+    }
+    fn status_facts(&self, applied: &Applied) -> serde_json::Value {
+        let vips: Vec<serde_json::Value> = applied
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                AnyRecord::LoadBalancer(lb) => Some(lb),
+                _ => None,
+            })
+            .flat_map(|lb| lb.vips.iter())
+            .zip(self.spec.vips.iter())
+            .map(|(v, spec)| {
+                json!({
+                    "ip": v.ip.to_string(),
+                    "protocol": spec.protocol,
+                    "port": v.port,
+                    "members": v.members.iter().map(|m| json!({
+                        "ip": m.ip.to_string(), "port": m.port, "healthy": m.healthy,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({ "vips": vips })
+    }
+    fn add_to(&self, inv: &mut Inventory) {
+        inv.add_load_balancer(self.clone());
+    }
+}
+
+impl WeftResource for AccessControlList {
+    const KIND: CrKind = CrKind::AccessControlList;
+    fn conditions(&self) -> Vec<Condition> {
+        self.status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default()
+    }
+    fn status_facts(&self, applied: &Applied) -> serde_json::Value {
+        let rules = applied.records.iter().find_map(|r| match r {
+            AnyRecord::Chain(c) => Some(c.rules.len()),
+            _ => None,
+        });
+        json!({ "chain": crate::ids::acl_chain(&self.name_any()), "rules": rules })
+    }
+    fn add_to(&self, inv: &mut Inventory) {
+        inv.add_acl(self.clone());
+    }
+}
+
+fn object_key<K: WeftResource>(obj: &K) -> ObjectKey {
+    ObjectKey::new(K::KIND, obj.name_any())
+}
+
+/// Writes `status` by server-side apply under [`FIELD_MANAGER`].
+async fn write_status<K: WeftResource>(
+    ctx: &Context,
+    obj: &K,
+    ready: Condition,
+    facts: serde_json::Value,
+) -> Result<(), Error> {
+    let key = object_key(obj);
+    let mut conditions = obj.conditions();
+    if !api::set_condition(&mut conditions, ready) && obj.conditions().len() == conditions.len() {
+        // Same condition already; still write the facts below (they may have changed).
+    }
+    let mut status = json!({
+        "conditions": conditions,
+        "observedGeneration": obj.meta().generation,
+    });
+    if let (Some(s), serde_json::Value::Object(f)) = (status.as_object_mut(), facts) {
+        for (k, v) in f {
+            if !v.is_null() {
+                s.insert(k, v);
+            }
+        }
+    }
+    let patch = json!({
+        "apiVersion": format!("{}/{}", api::GROUP, api::VERSION),
+        "kind": K::KIND.as_str(),
+        "status": status,
+    });
+    let api: Api<K> = Api::all(ctx.client.clone());
+    api.patch_status(
+        &key.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::Kube {
+        object: key.to_string(),
+        source,
+    })?;
+    Ok(())
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+async fn apply<K: WeftResource>(obj: Arc<K>, ctx: &Context) -> Result<Action, Error> {
+    let key = object_key(obj.as_ref());
+    let mut inv = ctx.stores.inventory();
+    // The store may lag behind the object this reconcile was handed.
+    obj.add_to(&mut inv);
+    let generation = obj.meta().generation;
+    match program::program(&ctx.nsdb, &key, &inv).await {
+        Ok(applied) => {
+            ctx.metrics
+                .records_changed(applied.written, applied.deleted);
+            let msg = format!(
+                "{} NSDB records ({} written, {} deleted)",
+                applied.records.len(),
+                applied.written,
+                applied.deleted
+            );
+            let cond = api::ready_condition(true, reason::PROGRAMMED, msg, generation, now());
+            write_status(ctx, obj.as_ref(), cond, obj.status_facts(&applied)).await?;
+            ctx.succeeded(&key);
+            Ok(Action::requeue(RESYNC))
+        }
+        Err(Error::InvalidSpec { message, .. }) => {
+            // Nothing of the topology is touched; the object waits for a corrected spec.
+            let cond =
+                api::ready_condition(false, reason::INVALID_SPEC, &message, generation, now());
+            write_status(ctx, obj.as_ref(), cond, json!({})).await?;
+            let event = KubeEvent {
+                type_: EventType::Warning,
+                reason: reason::INVALID_SPEC.into(),
+                note: Some(message.chars().take(1000).collect()),
+                action: "Validate".into(),
+                secondary: None,
+            };
+            if let Err(err) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+                warn!(object = %key, %err, "cannot publish event");
+            }
+            ctx.metrics.reconcile_failed(
+                K::KIND.as_str(),
+                &Error::InvalidSpec {
+                    kind: K::KIND.as_str(),
+                    name: key.name.clone(),
+                    message,
+                },
+            );
+            Ok(Action::await_change())
+        }
+        Err(err) => {
+            let cond = api::ready_condition(
+                false,
+                reason::NSDB_ERROR,
+                err.to_string(),
+                generation,
+                now(),
+            );
+            if let Err(status_err) = write_status(ctx, obj.as_ref(), cond, json!({})).await {
+                warn!(object = %key, err = %status_err, "cannot write status");
+            }
+            Err(err)
+        }
+    }
+}
+
+async fn cleanup<K: WeftResource>(obj: Arc<K>, ctx: &Context) -> Result<Action, Error> {
+    let key = object_key(obj.as_ref());
+    let deleted = store::cleanup(&ctx.nsdb, &key).await?;
+    ctx.metrics.records_changed(0, deleted);
+    info!(object = %key, deleted, "removed NSDB records");
+    Ok(Action::await_change())
+}
+
+/// Reconciles one object of kind `K`.
+pub async fn reconcile<K: WeftResource>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = object_key(obj.as_ref());
+    let span = info_span!("reconcile", kind = %K::KIND, name = %key.name);
+    async move {
+        let _timer = ctx.metrics.reconcile_started(K::KIND.as_str());
+        let api: Api<K> = Api::all(ctx.client.clone());
+        finalizer(&api, FINALIZER, obj, |event| async {
+            match event {
+                Finalizer::Apply(o) => apply(o, &ctx).await,
+                Finalizer::Cleanup(o) => cleanup(o, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer {
+            object: key.to_string(),
+            source: Box::new(e),
+        })
+    }
+    .instrument(span)
+    .await
+}
+
+/// Requeues a failed object with exponential backoff, and counts the failure.
+pub fn error_policy<K: WeftResource>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    let key = object_key(obj.as_ref());
+    ctx.metrics.reconcile_failed(K::KIND.as_str(), err);
+    let delay = ctx.backoff(&key);
+    warn!(object = %key, error = %err, ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Remembers which devices each ACL was attached to, so detaching triggers them too.
+type Attachments = Arc<Mutex<HashMap<String, BTreeSet<String>>>>;
+
+fn acl_targets(acl: &AccessControlList, bridges: bool, seen: &Attachments) -> BTreeSet<String> {
+    let a = &acl.spec.attach_to;
+    let now: BTreeSet<String> = if bridges { &a.bridges } else { &a.routers }
+        .iter()
+        .cloned()
+        .collect();
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    let before = seen.insert(acl.name_any(), now.clone()).unwrap_or_default();
+    now.union(&before).cloned().collect()
+}
+
+/// Runs the four controllers until they stop (on SIGTERM/SIGINT).
+pub async fn run(client: Client, nsdb: Nsdb, metrics: Arc<Metrics>) -> Result<(), Error> {
+    let cfg = watcher::Config::default;
+    let vbr = Controller::new(Api::<VirtualBridge>::all(client.clone()), cfg());
+    let vrt = Controller::new(Api::<VirtualRouter>::all(client.clone()), cfg());
+    let vlb = Controller::new(Api::<VirtualLoadBalancer>::all(client.clone()), cfg());
+    let acl = Controller::new(Api::<AccessControlList>::all(client.clone()), cfg());
+    let stores = Stores {
+        bridges: vbr.store(),
+        routers: vrt.store(),
+        load_balancers: vlb.store(),
+        acls: acl.store(),
+    };
+    let ctx = Arc::new(Context::new(client.clone(), nsdb, metrics, stores.clone()));
+
+    // A bridge's chains follow the ACLs attached to it.
+    let seen_b: Attachments = Arc::default();
+    let vbr = vbr
+        .watches(
+            Api::<AccessControlList>::all(client.clone()),
+            cfg(),
+            move |a| {
+                acl_targets(&a, true, &seen_b)
+                    .into_iter()
+                    .map(|n| ObjectRef::<VirtualBridge>::new(&n))
+            },
+        )
+        .shutdown_on_signal();
+    // A router follows its bridges' subnets and its attached ACLs.
+    let routers = stores.routers.clone();
+    let seen_r: Attachments = Arc::default();
+    let vrt = vrt
+        .watches(Api::<VirtualBridge>::all(client.clone()), cfg(), move |b| {
+            let name = b.name_any();
+            routers
+                .state()
+                .iter()
+                .filter(|r| r.spec.interfaces.iter().any(|i| i.bridge == name))
+                .map(|r| ObjectRef::from_obj(r.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .watches(
+            Api::<AccessControlList>::all(client.clone()),
+            cfg(),
+            move |a| {
+                acl_targets(&a, false, &seen_r)
+                    .into_iter()
+                    .map(|n| ObjectRef::<VirtualRouter>::new(&n))
+            },
+        )
+        .shutdown_on_signal();
+    let vlb = vlb.shutdown_on_signal();
+    let acl = acl.shutdown_on_signal();
+
+    fn log<T: Debug, E: std::error::Error>(
+        kind: CrKind,
+    ) -> impl Fn(Result<T, E>) -> futures::future::Ready<()> {
+        move |r| {
+            if let Err(err) = r {
+                warn!(%kind, %err, "controller");
+            }
+            futures::future::ready(())
+        }
+    }
+    info!("controllers starting");
+    tokio::join!(
+        vbr.run(reconcile, error_policy, ctx.clone())
+            .for_each(log(CrKind::VirtualBridge)),
+        vrt.run(reconcile, error_policy, ctx.clone())
+            .for_each(log(CrKind::VirtualRouter)),
+        vlb.run(reconcile, error_policy, ctx.clone())
+            .for_each(log(CrKind::VirtualLoadBalancer)),
+        acl.run(reconcile, error_policy, ctx.clone())
+            .for_each(log(CrKind::AccessControlList)),
+    );
+    info!("controllers stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        assert_eq!(backoff_delay(1), Duration::from_millis(500));
+        assert_eq!(backoff_delay(2), Duration::from_secs(1));
+        assert_eq!(backoff_delay(4), Duration::from_secs(4));
+        assert_eq!(backoff_delay(30), BACKOFF_MAX);
+        assert_eq!(backoff_delay(u32::MAX), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn detaching_an_acl_still_triggers_the_old_device() {
+        let seen: Attachments = Arc::default();
+        let mut acl = crate::fixtures::topology().acls["web-in"].clone();
+        assert_eq!(
+            acl_targets(&acl, true, &seen),
+            BTreeSet::from(["blue".to_owned()])
+        );
+        acl.spec.attach_to.bridges = vec!["red".into()];
+        assert_eq!(
+            acl_targets(&acl, true, &seen),
+            BTreeSet::from(["blue".to_owned(), "red".to_owned()])
+        );
+        assert_eq!(
+            acl_targets(&acl, true, &seen),
+            BTreeSet::from(["red".to_owned()])
+        );
+    }
+}
