@@ -462,16 +462,16 @@ fn every_invalid_example_is_refused_at_the_named_field() -> Result<()> {
 }
 
 #[test]
-fn every_cel_rule_in_the_crds_compiles() -> Result<()> {
-    fn walk(v: &Value, at: &str, out: &mut Vec<(String, String)>) {
+fn every_cel_rule_in_the_crds_compiles_and_stays_in_scope_and_budget() -> Result<()> {
+    /// (where, rule, the schema node holding it)
+    type Found = Vec<(String, String, Value)>;
+    fn walk(v: &Value, at: &str, out: &mut Found) {
         match v {
             Value::Object(m) => {
                 if let Some(Value::Array(rules)) = m.get("x-kubernetes-validations") {
                     for r in rules {
-                        out.push((
-                            at.to_string(),
-                            r["rule"].as_str().unwrap_or_default().to_string(),
-                        ));
+                        let rule = r["rule"].as_str().unwrap_or_default().to_string();
+                        out.push((at.to_string(), rule, v.clone()));
                     }
                 }
                 for (k, v) in m {
@@ -483,16 +483,24 @@ fn every_cel_rule_in_the_crds_compiles() -> Result<()> {
         }
     }
     let schemas = Schemas::load()?;
-    let mut rules = Vec::new();
+    let mut rules = Found::new();
     for (kind, s) in &schemas.by_kind {
         walk(&s.openapi, kind, &mut rules);
     }
     assert!(
         rules.len() >= 8,
-        "expected the CEL rules of the types, found {rules:?}"
+        "expected the CEL rules of the types, found {}",
+        rules.len()
     );
-    for (at, rule) in &rules {
+    for (at, rule, node) in &rules {
         kube_cel::cel::Program::compile(rule).map_err(|e| anyhow!("{at}: {rule:?}: {e}"))?;
+        // Only CRD-scope variables, and no estimated cost over the apiserver's budget.
+        let warnings = kube_cel::analyze_rule(
+            rule,
+            &kube_cel::compile_schema(node),
+            kube_cel::ScopeContext::CrdValidation,
+        );
+        assert!(warnings.is_empty(), "{at}: {rule:?}: {warnings:?}");
     }
     Ok(())
 }
