@@ -49,7 +49,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A YAML document could not be parsed as a Weft object.
-    #[error("{}: not valid YAML: {source}", path.display())]
+    #[error("{}: not valid YAML", path.display())]
     Yaml {
         path: PathBuf,
         index: usize,
@@ -57,7 +57,7 @@ pub enum Error {
         source: Box<serde_saphyr::Error>,
     },
     /// A YAML document does not decode as the object its kind names.
-    #[error("{}: document {index} does not decode: {source}", path.display())]
+    #[error("{}: document {index} does not decode", path.display())]
     Decode {
         path: PathBuf,
         index: usize,
