@@ -123,8 +123,11 @@ pub fn validate(objects: Objects<'_>) -> Report {
         let faults = check_bridge(name, bridge, &mut served_namespaces);
         report.push(Kind::VirtualBridge, name, faults);
     }
-    for (name, router) in objects.routers {
-        report.push(Kind::VirtualRouter, name, check_router(router, objects));
+    let mut router_ips: BTreeMap<(&str, Ipv4Addr), (&str, usize)> = BTreeMap::new();
+    for (name, router) in oldest_first(objects.routers) {
+        let mut faults = check_router(router, objects);
+        faults.extend(claim_router_ips(name, router, &mut router_ips));
+        report.push(Kind::VirtualRouter, name, faults);
     }
     let mut vips: BTreeMap<(IpAddr, Protocol, u16), (String, usize)> = BTreeMap::new();
     for (name, lb) in oldest_first(objects.load_balancers) {
@@ -586,6 +589,34 @@ fn check_router(r: &VirtualRouter, objects: Objects<'_>) -> Vec<Invalid> {
                 ));
             } else {
                 forwards.insert(key, i);
+            }
+        }
+    }
+    out
+}
+
+/// Two routers cannot have the same address on one bridge; the newer one is refused.
+fn claim_router_ips<'a>(
+    name: &'a str,
+    r: &'a VirtualRouter,
+    claimed: &mut BTreeMap<(&'a str, Ipv4Addr), (&'a str, usize)>,
+) -> Vec<Invalid> {
+    let mut out = Vec::new();
+    for (i, itf) in r.spec.interfaces.iter().enumerate() {
+        let Ok(ip) = Ipv4Addr::from_str(&itf.ip) else {
+            continue;
+        };
+        match claimed.get(&(itf.bridge.as_str(), ip)) {
+            Some((other, j)) if *other != name => out.push(Invalid::new(
+                format!("spec.interfaces[{i}].ip"),
+                format!(
+                    "{ip} on bridge {} is already used by VirtualRouter {other} (spec.interfaces[{j}])",
+                    itf.bridge
+                ),
+            )),
+            Some(_) => {}
+            None => {
+                claimed.insert((itf.bridge.as_str(), ip), (name, i));
             }
         }
     }
@@ -1233,6 +1264,22 @@ mod tests {
                 object: "edge",
                 field: "spec.interfaces[1].bridge",
                 reason: "already has an interface (spec.interfaces[0])",
+            },
+            Case {
+                what: "two routers with one address on a bridge",
+                edit: |s| {
+                    let mut other = s.routers["edge"].clone();
+                    other.metadata.name = Some("edge2".into());
+                    other.spec.uplink = None;
+                    other.spec.routes.clear();
+                    other.spec.dnat.clear();
+                    other.spec.interfaces[1].ip = "10.20.0.2".into();
+                    s.routers.insert("edge2".into(), other);
+                },
+                kind: VirtualRouter,
+                object: "edge2",
+                field: "spec.interfaces[0].ip",
+                reason: "10.10.0.1 on bridge blue is already used by VirtualRouter edge",
             },
             Case {
                 what: "multicast interface MAC",
