@@ -12,6 +12,20 @@ use nsdb::*;
 
 const IN_FLIGHT: usize = 32;
 
+/// CPU seconds (user + system) used so far by a process, from /proc.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<f64>() / 100.0
+}
+
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -68,10 +82,15 @@ fn main() {
         let etcd = Etcd::start();
         let db = etcd.client().await;
 
+        let etcd_pid = etcd.pid().expect("etcd running").to_string();
+        let cpu = || (cpu_seconds("self"), cpu_seconds(&etcd_pid));
+
         // Warm up the connection and etcd, then measure raw writes with no watcher.
         write_all(&db, 500, 0).await;
         db.delete_everything().await.unwrap();
+        let c0 = cpu();
         let (raw, _) = write_all(&db, writes, 1).await;
+        let c1 = cpu();
         db.delete_everything().await.unwrap();
 
         // The same writes again, now with `caches` watch caches on their own connections.
@@ -81,12 +100,14 @@ fn main() {
             cs.push(WatchCache::start(c).await);
         }
         let t0 = Instant::now();
+        let c2 = cpu();
         let (written, last) = write_all(&db, writes, 2).await;
         for c in &cs {
             let snap = c.wait_for_revision(last).await.unwrap();
             assert_eq!(snap.list::<Port>().count(), writes, "cache missed writes");
         }
         let seen = t0.elapsed();
+        let c3 = cpu();
 
         let ratio = seen.as_secs_f64() / raw.as_secs_f64();
         println!("watch_fanout: {writes} writes, {caches} caches, {IN_FLIGHT} writes in flight");
@@ -104,5 +125,15 @@ fn main() {
             seen.as_secs_f64() * 1e3
         );
         println!("  ratio (all caches saw / raw writes):  {ratio:>8.2}");
+        println!(
+            "  CPU seconds raw phase:   bench process {:.2}, etcd {:.2}",
+            c1.0 - c0.0,
+            c1.1 - c0.1
+        );
+        println!(
+            "  CPU seconds cache phase: bench process {:.2}, etcd {:.2}",
+            c3.0 - c2.0,
+            c3.1 - c2.1
+        );
     });
 }

@@ -40,6 +40,8 @@ pub struct Listed<R> {
 #[derive(Debug, Clone)]
 pub(crate) struct RawList {
     pub revision: i64,
+    /// The etcd cluster that served the list.
+    pub cluster_id: u64,
     pub kvs: Vec<KeyValue>,
 }
 
@@ -167,6 +169,7 @@ impl Nsdb {
         let end = prefix_end(prefix);
         let mut from = prefix.as_bytes().to_vec();
         let mut revision = 0;
+        let mut cluster_id = 0;
         let mut kvs = Vec::new();
         loop {
             let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
@@ -185,6 +188,7 @@ impl Nsdb {
                 })?;
             if revision == 0 {
                 revision = resp.header().map_or(0, |h| h.revision());
+                cluster_id = resp.header().map_or(0, |h| h.cluster_id());
             }
             let more = resp.more();
             let page = resp.take_kvs();
@@ -195,7 +199,11 @@ impl Nsdb {
             let empty = page.is_empty();
             kvs.extend(page);
             if !more || empty {
-                return Ok(RawList { revision, kvs });
+                return Ok(RawList {
+                    revision,
+                    cluster_id,
+                    kvs,
+                });
             }
         }
     }

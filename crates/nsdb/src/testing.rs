@@ -85,6 +85,11 @@ impl Etcd {
             .unwrap_or_else(|e| panic!("cannot connect to test etcd at {}: {e}", self.endpoint()))
     }
 
+    /// The process id of the running etcd, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process is running.
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
@@ -104,6 +109,18 @@ impl Etcd {
     /// Starts etcd again on the same port and data directory, and waits until healthy.
     pub fn restart(&mut self) {
         self.kill();
+        self.spawn();
+    }
+
+    /// Starts a new, empty etcd on the same port: the data directory is wiped, as when
+    /// a member is replaced or the store is restored to an older state.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        let data = self.dir.path().join("data");
+        if data.exists() {
+            std::fs::remove_dir_all(&data)
+                .unwrap_or_else(|e| panic!("cannot wipe etcd data {}: {e}", data.display()));
+        }
         self.spawn();
     }
 

@@ -198,7 +198,7 @@ impl WatchCache {
     /// Caches one prefix under `/weft/v1/` (for example `Kind::Port.prefix()`).
     pub async fn start_prefix(nsdb: Nsdb, prefix: &str) -> WatchCache {
         let mut backoff = BACKOFF_MIN;
-        let first = loop {
+        let (first, _) = loop {
             match list(&nsdb, prefix).await {
                 Ok(s) => break s,
                 Err(err) => {
@@ -274,10 +274,13 @@ impl WatchCache {
     }
 }
 
-async fn list(nsdb: &Nsdb, prefix: &str) -> Result<Snapshot> {
+async fn list(nsdb: &Nsdb, prefix: &str) -> Result<(Snapshot, u64)> {
     let raw = nsdb.list_raw(prefix).await?;
     let records = raw.kvs.iter().filter_map(decode_kv).collect();
-    Ok(Snapshot::from_records(raw.revision, records))
+    Ok((
+        Snapshot::from_records(raw.revision, records),
+        raw.cluster_id,
+    ))
 }
 
 /// The differences from `old` to `new`, as changes at `revision`.
@@ -316,11 +319,29 @@ enum Interrupt {
 
 /// Applies one watch response to `state`, appending the changes. Events at or below
 /// `state.revision` were already applied (by a list or before a resume) and are dropped.
+/// `cluster` is the etcd cluster id the state came from (0 if not known yet).
 fn apply(
     state: &mut Snapshot,
+    cluster: &mut u64,
     resp: &WatchResponse,
     changes: &mut Vec<Change>,
 ) -> Option<Interrupt> {
+    if resp.created()
+        && let Some(h) = resp.header()
+    {
+        // A store behind our revision, or another cluster, has a different history
+        // (etcd restored from a backup or started empty): our revision means nothing there.
+        if h.revision() < state.revision || (*cluster != 0 && h.cluster_id() != *cluster) {
+            warn!(
+                store_revision = h.revision(),
+                cache_revision = state.revision,
+                cluster = h.cluster_id(),
+                "etcd has a different history than the cache"
+            );
+            return Some(Interrupt::Relist);
+        }
+        *cluster = h.cluster_id();
+    }
     if resp.compact_revision() > 0 {
         warn!(
             compact_revision = resp.compact_revision(),
@@ -386,11 +407,13 @@ fn apply(
 
 async fn run(nsdb: Nsdb, prefix: String, shared: Arc<Shared>, mut state: Snapshot) {
     let mut backoff = BACKOFF_MIN;
+    let mut cluster = 0u64;
     let mut relist = false;
     loop {
         if relist {
             match list(&nsdb, &prefix).await {
-                Ok(fresh) => {
+                Ok((fresh, cluster_id)) => {
+                    cluster = cluster_id;
                     metrics::inc_relist();
                     let changes = diff(&state, &fresh, fresh.revision);
                     info!(%prefix, revision = fresh.revision, changes = changes.len(), "NSDB cache re-listed");
@@ -429,7 +452,7 @@ async fn run(nsdb: Nsdb, prefix: String, shared: Arc<Shared>, mut state: Snapsho
             loop {
                 match item {
                     Some(Ok(resp)) => {
-                        if let Some(i) = apply(&mut state, &resp, &mut changes) {
+                        if let Some(i) = apply(&mut state, &mut cluster, &resp, &mut changes) {
                             stop = Some(i);
                             break;
                         }

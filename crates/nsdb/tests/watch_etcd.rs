@@ -272,3 +272,54 @@ async fn transaction_arrives_as_one_update() {
     assert_eq!(u.snapshot.get::<PortBinding>("p1"), Some(&binding));
     assert!(!u.resync);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_follows_etcd_replaced_by_an_empty_one() {
+    common::init_logs();
+    let mut etcd = Etcd::start();
+    let db = etcd.client().await;
+    for i in 0..40 {
+        db.put(&common::port(&format!("old{i:02}"), i))
+            .await
+            .unwrap();
+    }
+    let cache = WatchCache::start(etcd.client().await).await;
+    let (snap, mut rx) = cache.subscribe();
+    assert_eq!(snap.len(), 40);
+
+    // The store comes back empty on the same endpoint: its revisions restart from 1,
+    // below the cache's, so resuming the watch would silently wait for revision 41.
+    etcd.restart_empty();
+    for i in 0..3 {
+        db.put(&common::port(&format!("new{i}"), i)).await.unwrap();
+    }
+    let fresh = fresh_list(&db).await;
+    assert_eq!(fresh.len(), 3);
+    let mut snaps = cache.snapshots();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        snaps.wait_for(|s| s.same_records(&fresh)),
+    )
+    .await
+    .expect("cache converged on the new store")
+    .unwrap();
+
+    let mut seen = Seen::default();
+    drain(&mut rx, &mut seen);
+    let mut want = HashMap::new();
+    for i in 0..40 {
+        want.insert((key(&format!("old{i:02}")), ChangeOp::Delete), 1);
+    }
+    for i in 0..3 {
+        want.insert((key(&format!("new{i}")), ChangeOp::Put), 1);
+    }
+    assert_eq!(seen.count, want);
+
+    // And it keeps following the new store.
+    let r = db.put(&common::port("later", 1)).await.unwrap();
+    let snap = tokio::time::timeout(Duration::from_secs(30), cache.wait_for_revision(r))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(snap.get::<Port>("later").is_some());
+}
