@@ -1,4 +1,4 @@
-//! `crdgen`: writes crds/<plural>.weft.dev.yaml for every kind, or with `--check` fails when
+//! `crdgen`: writes `crds/<plural>.weft.dev.yaml` for every kind, or with `--check` fails when
 //! the committed manifests differ from the generated ones.
 
 use std::path::PathBuf;
