@@ -17,6 +17,9 @@ use crate::keys::{self, Kind, ROOT};
 use crate::metrics;
 use crate::records::{AnyRecord, Record};
 
+/// The most operations etcd accepts in one transaction by default (`--max-txn-ops`).
+pub const MAX_TXN_OPS: usize = 128;
+
 /// Page size for listing, so large prefixes stay below gRPC message limits.
 const PAGE: i64 = 500;
 
@@ -149,6 +152,29 @@ impl Nsdb {
             records,
             revision: raw.revision,
         })
+    }
+
+    /// Reads the record at a full NSDB key, whatever its kind.
+    pub async fn get_any(&self, key: &str) -> Result<Option<(AnyRecord, i64)>> {
+        let (kind, id) = keys::parse(key)?;
+        keys::validate_id(kind, id)?;
+        let resp = self
+            .client
+            .clone()
+            .get(key, None)
+            .await
+            .map_err(|source| NsdbError::Etcd {
+                op: "get",
+                key: key.to_owned(),
+                source,
+            })?;
+        match resp.kvs().first() {
+            None => Ok(None),
+            Some(kv) => Ok(Some((
+                codec::decode_any(key, kv.value())?,
+                kv.mod_revision(),
+            ))),
+        }
     }
 
     /// Lists every record of every kind at one revision, with their versions.
@@ -392,6 +418,46 @@ impl Txn {
     /// Creates a record if its key is free.
     pub fn create<R: Record>(self, record: &R) -> Self {
         self.put_if_version(record, 0)
+    }
+
+    /// Puts a record of any kind.
+    pub fn put_any(mut self, record: &AnyRecord) -> Self {
+        if let Err(e) = keys::validate_id(record.kind(), &record.id()) {
+            return self.fail(e);
+        }
+        match codec::encode_any(record) {
+            Ok(v) => {
+                self.ops.push(TxnOp::put(record.key(), v, None));
+                self
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Puts a record of any kind if its version is `expected` (0: if it does not exist).
+    pub fn put_any_if_version(self, record: &AnyRecord, expected: i64) -> Self {
+        self.require_key_version(record.kind(), &record.id(), expected)
+            .put_any(record)
+    }
+
+    /// Deletes the record at a full NSDB key (no error if absent).
+    pub fn delete_key(mut self, key: &str) -> Self {
+        match keys::parse(key).and_then(|(kind, id)| keys::validate_id(kind, id)) {
+            Ok(()) => {
+                self.ops.push(TxnOp::delete(key, None));
+                self
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Deletes the record at a full NSDB key if its version is `expected`.
+    pub fn delete_key_if_version(self, key: &str, expected: i64) -> Self {
+        match keys::parse(key) {
+            Ok((kind, id)) => self.require_key_version(kind, id, expected),
+            Err(e) => self.fail(e),
+        }
+        .delete_key(key)
     }
 
     /// Deletes a record (no error if absent).

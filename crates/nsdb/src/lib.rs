@@ -12,7 +12,7 @@ pub mod tunnel_key;
 pub mod watch;
 
 pub use alloc::IpFamily;
-pub use client::{Listed, Nsdb, Txn, Versioned};
+pub use client::{Listed, MAX_TXN_OPS, Nsdb, Txn, Versioned};
 pub use error::{NsdbError, Result};
 pub use keys::Kind;
 pub use metrics::register;

@@ -246,6 +246,51 @@ async fn compare_and_swap_and_transactions() {
         "one revision for the whole txn"
     );
 
+    // The same through kind-erased records and full keys.
+    let route = AnyRecord::Route(Route {
+        id: "rt".into(),
+        router: "r1".into(),
+        dst: "10.2.0.0/16".parse().unwrap(),
+        next_hop: None,
+        port: "p1".into(),
+        weight: 1,
+    });
+    let rv = db
+        .txn()
+        .put_any_if_version(&route, 0)
+        .commit()
+        .await
+        .unwrap();
+    assert_eq!(
+        db.get_any(&route.key()).await.unwrap(),
+        Some((route.clone(), rv))
+    );
+    assert!(matches!(
+        db.txn().put_any_if_version(&route, 0).commit().await,
+        Err(NsdbError::TxnConditionFailed { .. })
+    ));
+    assert!(
+        db.txn()
+            .delete_key_if_version(&route.key(), rv - 1)
+            .commit()
+            .await
+            .is_err()
+    );
+    db.txn()
+        .delete_key_if_version(&route.key(), rv)
+        .commit()
+        .await
+        .unwrap();
+    assert_eq!(db.get_any(&route.key()).await.unwrap(), None);
+    assert!(matches!(
+        db.txn().delete_key("/weft/v1/nowhere/x").commit().await,
+        Err(NsdbError::InvalidKey { .. })
+    ));
+    assert!(matches!(
+        db.get_any("/etc/passwd").await,
+        Err(NsdbError::InvalidKey { .. })
+    ));
+
     // Bad ids are refused before anything is sent.
     let mut bad = common::port("a/b", 2);
     assert!(matches!(
@@ -255,6 +300,23 @@ async fn compare_and_swap_and_transactions() {
     bad.id = String::new();
     assert!(db.put(&bad).await.is_err());
     assert!(db.get::<Port>("x/y").await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_etcd_is_a_clear_error() {
+    common::init_logs();
+    let err = Nsdb::connect(&["not a url"]).await.unwrap_err();
+    assert!(matches!(err, NsdbError::Connect { .. }), "{err}");
+    // A stopped etcd: requests fail with an error naming the operation and key.
+    let mut etcd = Etcd::start();
+    let db = etcd.client().await;
+    etcd.kill();
+    let err = db.get::<Port>("p1").await.unwrap_err();
+    assert!(err.to_string().contains("/weft/v1/ports/p1"), "{err}");
+    // And the same client works again once etcd is back.
+    etcd.restart();
+    db.put(&common::port("p1", 1)).await.unwrap();
+    assert!(db.get::<Port>("p1").await.unwrap().is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
