@@ -186,6 +186,8 @@ pub struct FlowPut {
     pub actions: Vec<u8>,
     /// A unique flow id, if the caller manages them.
     pub ufid: Option<[u8; 16]>,
+    /// Reset the statistics of an existing flow (`OVS_FLOW_ATTR_CLEAR`).
+    pub clear: bool,
 }
 
 /// How [`Dpif::flow_put`] treats an existing flow with the same key.
@@ -469,6 +471,9 @@ impl Dpif {
         w.put_nested(flow::ATTR_ACTIONS, &f.actions);
         if let Some(u) = &f.ufid {
             w.put(flow::ATTR_UFID, u);
+        }
+        if f.clear {
+            w.put_flag(flow::ATTR_CLEAR);
         }
         w.finish()
     }

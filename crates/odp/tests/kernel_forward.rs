@@ -51,6 +51,7 @@ fn l2_flow(in_port: u32, eth_type: u16, out: u32) -> FlowPut {
         mask: Some(enc_key(&mask)),
         actions: enc_actions(&[Action::Output(out)]),
         ufid: None,
+        clear: false,
     }
 }
 

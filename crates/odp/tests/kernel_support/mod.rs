@@ -172,6 +172,7 @@ pub fn flow(match_text: &str, actions_text: &str) -> FlowPut {
         mask: Some(m),
         actions: a,
         ufid: None,
+        clear: false,
     }
 }
 
