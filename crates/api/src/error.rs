@@ -1,4 +1,5 @@
-//! The error type of the api crate: generating, reading and comparing CRD manifests.
+//! The error type of the api crate: generating, reading and comparing CRD manifests, and
+//! checking objects against their schemas.
 
 use std::path::PathBuf;
 
@@ -26,4 +27,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A CRD's schema cannot be compiled into a validator.
+    #[error("the schema of {kind} cannot be used: {reason}")]
+    Schema { kind: String, reason: String },
+    /// An object that is not one of the Weft kinds.
+    #[error("{api_version} {kind} is not a weft.dev/v1alpha1 kind")]
+    UnknownKind { api_version: String, kind: String },
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod loadbalancer;
 pub mod patterns;
 pub mod router;
+pub mod schema;
 pub mod validate;
 
 pub use acl::{

@@ -14,73 +14,19 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The schemas of the committed crds/*.yaml, by kind.
+/// The schemas of the committed crds/*.yaml (what users install), by kind.
 struct Schemas {
-    by_kind: BTreeMap<String, Schema>,
-}
-
-struct Schema {
-    /// The openAPIV3Schema as committed (for the CEL rules).
-    openapi: Value,
-    /// The same, as a JSON Schema validator with the apiserver's strictness.
-    json: jsonschema::Validator,
-}
-
-/// Turns a CRD's openAPIV3Schema into plain JSON Schema: `nullable` becomes a `null` type,
-/// objects with listed properties refuse unknown fields (as `kubectl apply` does with its
-/// default strict field validation), and the root accepts the fields every object has.
-fn to_json_schema(schema: &Value, is_root: bool) -> Value {
-    let Value::Object(map) = schema else {
-        return schema.clone();
-    };
-    let mut out = serde_json::Map::new();
-    for (k, v) in map {
-        let v = match k.as_str() {
-            "properties" => Value::Object(
-                v.as_object()
-                    .into_iter()
-                    .flatten()
-                    .map(|(name, s)| (name.clone(), to_json_schema(s, false)))
-                    .collect(),
-            ),
-            "items" | "additionalProperties" | "not" => to_json_schema(v, false),
-            "allOf" | "anyOf" | "oneOf" => Value::Array(
-                v.as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|s| to_json_schema(s, false))
-                    .collect(),
-            ),
-            _ => v.clone(),
-        };
-        out.insert(k.clone(), v);
-    }
-    if out.remove("nullable") == Some(Value::Bool(true))
-        && let Some(Value::String(t)) = out.get("type").cloned()
-    {
-        out.insert("type".into(), json!([t, "null"]));
-    }
-    if is_root {
-        let props = out
-            .entry("properties")
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
-            .expect("root properties");
-        props.insert("apiVersion".into(), json!({"type": "string"}));
-        props.insert("kind".into(), json!({"type": "string"}));
-        props.insert("metadata".into(), json!({"type": "object"}));
-    }
-    let preserve = out.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
-    if out.contains_key("properties") && !out.contains_key("additionalProperties") && !preserve {
-        out.insert("additionalProperties".into(), Value::Bool(false));
-    }
-    Value::Object(out)
+    /// The structural validators, built from the committed manifests.
+    structural: api::schema::Schemas,
+    /// Each kind's openAPIV3Schema as committed, for its CEL rules.
+    by_kind: BTreeMap<String, Value>,
 }
 
 impl Schemas {
     fn load() -> Result<Self> {
         let dir = root().join("crds");
         let mut by_kind = BTreeMap::new();
+        let mut crds = Vec::new();
         for entry in
             std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
         {
@@ -101,14 +47,8 @@ impl Schemas {
                 "{}: no openAPIV3Schema",
                 path.display()
             );
-            let json = jsonschema::options()
-                // The apiserver matches patterns with Go's RE2; the `regex` crate accepts the same
-                // syntax (no look-around, no back-references), so a pattern RE2 would refuse fails here.
-                .with_pattern_options(jsonschema::PatternOptions::regex())
-                .should_validate_formats(false)
-                .build(&to_json_schema(&openapi, true))
-                .map_err(|e| anyhow!("{}: schema does not compile: {e}", path.display()))?;
-            by_kind.insert(kind, Schema { openapi, json });
+            crds.push(serde_json::from_value(crd)?);
+            by_kind.insert(kind, openapi);
         }
         for kind in [
             "VirtualBridge",
@@ -118,23 +58,30 @@ impl Schemas {
         ] {
             ensure!(by_kind.contains_key(kind), "crds/ has no CRD for {kind}");
         }
-        Ok(Schemas { by_kind })
+        Ok(Schemas {
+            structural: api::schema::Schemas::from_crds(&crds)?,
+            by_kind,
+        })
     }
 
-    /// The structural (OpenAPI) faults of one object, as `spec.vips[0].port: <why>`.
+    /// The structural (OpenAPI) faults of one object, as (`spec.vips[0].port`, why).
     fn structural(&self, doc: &Value) -> Result<Vec<(String, String)>> {
-        let schema = self.schema_of(doc)?;
-        Ok(schema
-            .json
-            .iter_errors(doc)
-            .map(|e| (field_path(&e.instance_path().to_string()), e.to_string()))
+        Ok(self
+            .structural
+            .check(doc)?
+            .into_iter()
+            .map(|i| (i.field, i.reason))
             .collect())
     }
 
     /// The faults found by the CRD's CEL rules.
     fn cel(&self, doc: &Value) -> Result<Vec<(String, String)>> {
-        let schema = self.schema_of(doc)?;
-        match kube_cel::validate(&schema.openapi, doc, None) {
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        let schema = self
+            .by_kind
+            .get(kind)
+            .ok_or_else(|| anyhow!("no CRD for kind {kind:?}"))?;
+        match kube_cel::validate(schema, doc, None) {
             Ok(()) => Ok(Vec::new()),
             Err(errors) => Ok(errors
                 .into_vec()
@@ -148,34 +95,6 @@ impl Schemas {
                 .collect()),
         }
     }
-
-    fn schema_of(&self, doc: &Value) -> Result<&Schema> {
-        ensure!(
-            doc["apiVersion"] == "weft.dev/v1alpha1",
-            "apiVersion {} is not weft.dev/v1alpha1",
-            doc["apiVersion"]
-        );
-        let kind = doc["kind"].as_str().unwrap_or_default();
-        self.by_kind
-            .get(kind)
-            .ok_or_else(|| anyhow!("no CRD for kind {kind:?}"))
-    }
-}
-
-/// `/spec/vips/0/port` -> `spec.vips[0].port`.
-fn field_path(pointer: &str) -> String {
-    let mut out = String::new();
-    for part in pointer.split('/').filter(|p| !p.is_empty()) {
-        if part.chars().all(|c| c.is_ascii_digit()) {
-            out.push_str(&format!("[{part}]"));
-        } else {
-            if !out.is_empty() {
-                out.push('.');
-            }
-            out.push_str(&part.replace("~1", "/").replace("~0", "~"));
-        }
-    }
-    out
 }
 
 /// Every object of a set of YAML files, typed, by name.
@@ -484,8 +403,8 @@ fn every_cel_rule_in_the_crds_compiles_and_stays_in_scope_and_budget() -> Result
     }
     let schemas = Schemas::load()?;
     let mut rules = Found::new();
-    for (kind, s) in &schemas.by_kind {
-        walk(&s.openapi, kind, &mut rules);
+    for (kind, openapi) in &schemas.by_kind {
+        walk(openapi, kind, &mut rules);
     }
     assert!(
         rules.len() >= 8,
