@@ -444,6 +444,7 @@ fn unknown_fields_are_refused_like_kubectl_strict_validation() -> Result<()> {
 fn cel_rules_refuse_what_the_semantic_check_refuses() -> Result<()> {
     // Each row: a well-formed object whose fault the CRD's CEL rules catch at apply time.
     let schemas = Schemas::load()?;
+    let (examples, _) = load_examples(&schemas)?;
     let rows = [
         (
             json!({"apiVersion": "weft.dev/v1alpha1", "kind": "AccessControlList",
@@ -486,6 +487,30 @@ fn cel_rules_refuse_what_the_semantic_check_refuses() -> Result<()> {
                             "healthCheck": {"type": "TCP", "path": "/x"}}}),
             "spec.healthCheck",
         ),
+        (
+            json!({"apiVersion": "weft.dev/v1alpha1", "kind": "VirtualRouter",
+                   "metadata": {"name": "r"},
+                   "spec": {"interfaces": [{"bridge": "blue", "ip": "10.10.0.254"}],
+                            "dnat": [{"externalIp": "192.168.100.20", "internalIp": "10.10.0.20",
+                                      "protocol": "TCP", "externalPort": 8080}]}}),
+            "spec.dnat[0]",
+        ),
+        (
+            json!({"apiVersion": "weft.dev/v1alpha1", "kind": "VirtualLoadBalancer",
+                   "metadata": {"name": "l"},
+                   "spec": {"vips": [{"ip": "10.96.0.1", "protocol": "TCP", "port": 80,
+                            "targetPort": 8080,
+                            "members": [{"ip": "10.10.0.5", "port": 80}]}]}}),
+            "spec.vips[0]",
+        ),
+        (
+            json!({"apiVersion": "weft.dev/v1alpha1", "kind": "VirtualRouter",
+                   "metadata": {"name": "r"},
+                   "spec": {"interfaces": [{"bridge": "blue", "ip": "10.10.0.254"}],
+                            "uplink": {"ip": "192.168.100.3/24",
+                                       "snatPortRange": {"from": 2000, "to": 1000}}}}),
+            "spec.uplink.snatPortRange",
+        ),
     ];
     for (doc, field) in rows {
         assert!(
@@ -496,6 +521,18 @@ fn cel_rules_refuse_what_the_semantic_check_refuses() -> Result<()> {
         assert!(
             cel.iter().any(|(f, _)| f == field),
             "{doc}: expected a CEL refusal at {field}, got {cel:?}"
+        );
+        // The operator refuses the same object at or under the same path, so an object that
+        // reaches it without the apiserver's CEL check is still refused.
+        let mut set = examples.clone();
+        set.add(&doc)?;
+        let report = set.check();
+        let kind = kind_of(doc["kind"].as_str().unwrap_or_default())?;
+        let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+        let faults = report.of(kind, name);
+        assert!(
+            faults.iter().any(|f| f.field.starts_with(field)),
+            "{doc}: expected the semantic check to refuse {field}, got {faults:?}"
         );
     }
     Ok(())
