@@ -1,5 +1,28 @@
 //! Weft's Kubernetes API: the four CRD kinds of group `weft.dev/v1alpha1`, their status
 //! conditions, CRD manifest generation, and the semantic validation the operator applies.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use api::validate::{Kind, Objects, validate};
+//! use api::{VirtualBridge, VirtualBridgeSpec, invalid_spec_condition};
+//!
+//! let bridge = VirtualBridge::new("blue", VirtualBridgeSpec {
+//!     subnet: "10.10.0.0/24".into(),
+//!     gateway: Some("10.20.0.1".into()),
+//!     ..Default::default()
+//! });
+//! let bridges = BTreeMap::from([("blue".to_string(), bridge)]);
+//! let (routers, lbs, acls) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+//! let report = validate(Objects { bridges: &bridges, routers: &routers, load_balancers: &lbs, acls: &acls });
+//! let faults = report.of(Kind::VirtualBridge, "blue");
+//! assert_eq!(faults[0].field, "spec.gateway");
+//!
+//! // What the operator writes to the object's status.
+//! let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+//! let ready = invalid_spec_condition(faults, Some(1), now);
+//! assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"));
+//! assert_eq!(ready.message, "spec.gateway: 10.20.0.1 is outside the subnet 10.10.0.0/24");
+//! ```
 
 pub mod acl;
 pub mod bridge;
