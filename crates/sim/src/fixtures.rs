@@ -587,3 +587,198 @@ pub mod pkt {
         out
     }
 }
+
+/// The benchmark cases of the simulation, shared by `cargo bench -p sim` and the
+/// allocation test: each is a compiled topology plus one packet.
+pub mod cases {
+    use super::*;
+    use crate::fields::PacketContext;
+
+    /// A benchmark case.
+    #[derive(Debug)]
+    pub struct Case {
+        /// Short name, `(a)` ... `(e)`.
+        pub name: &'static str,
+        /// What it measures.
+        pub what: &'static str,
+        /// The snapshot.
+        pub topology: Topology,
+        /// The packet.
+        pub fields: Fields,
+    }
+
+    impl Case {
+        /// The packet context of the case.
+        pub fn ctx(&self) -> PacketContext<'static> {
+            PacketContext::new(self.fields)
+        }
+    }
+
+    fn base() -> TopoBuilder {
+        Topology::test()
+            .bridge("b1")
+            .bridge("b2")
+            .port("p1", "b1", "10.0.1.11")
+            .port("p2", "b1", "10.0.1.12")
+            .port("p4", "b2", "10.0.2.14")
+            .router("r1")
+            .link("r1", "b1", "10.0.1.1/24")
+            .link("r1", "b2", "10.0.2.1/24")
+    }
+
+    /// (a) L2 within one bridge.
+    pub fn l2() -> Case {
+        let b = base();
+        Case {
+            name: "(a)",
+            what: "L2 within one bridge",
+            fields: pkt::udp(
+                b.dp("p1"),
+                b.mac("p1"),
+                b.mac("p2"),
+                "10.0.1.11",
+                "10.0.1.12",
+                40000,
+                53,
+            ),
+            topology: b.build(),
+        }
+    }
+
+    /// (b) bridge -> router -> bridge.
+    pub fn routed() -> Case {
+        let b = base();
+        Case {
+            name: "(b)",
+            what: "bridge -> router -> bridge",
+            fields: pkt::udp(
+                b.dp("p1"),
+                b.mac("p1"),
+                b.mac("r1-b1"),
+                "10.0.1.11",
+                "10.0.2.14",
+                40000,
+                53,
+            ),
+            topology: b.build(),
+        }
+    }
+
+    /// (c) case (b) with a 100-rule chain on the egress port; the packet passes all 100
+    /// rules and is accepted by the chain's default.
+    pub fn routed_acl100() -> Case {
+        let rules = (0..100u16)
+            .map(|i| nsdb::Rule {
+                protocol: Some(if i % 2 == 0 {
+                    Protocol::Tcp
+                } else {
+                    Protocol::Udp
+                }),
+                src: Some(
+                    format!("10.{}.{}.0/24", 100 + i / 50, i % 250)
+                        .parse()
+                        .expect("prefix"),
+                ),
+                dst_ports: Some((1000 + i, 1000 + i)),
+                ..rule(&format!("r{i}"), RuleAction::Drop)
+            })
+            .collect();
+        let b = base()
+            .chain("acl100", RuleAction::Accept, rules)
+            .port_chains("p4", None, Some("acl100"));
+        Case {
+            name: "(c)",
+            what: "(b) with a 100-rule ACL on the egress port",
+            fields: pkt::udp(
+                b.dp("p1"),
+                b.mac("p1"),
+                b.mac("r1-b1"),
+                "10.0.1.11",
+                "10.0.2.14",
+                40000,
+                53,
+            ),
+            topology: b.build(),
+        }
+    }
+
+    /// (d) a VIP with an 8-member pool: the tracked pass that picks the member.
+    pub fn vip8() -> Case {
+        let members: Vec<(String, u16, u32, bool)> = (0..8)
+            .map(|i| (format!("10.0.2.{}", 100 + i), 8080, 1, true))
+            .collect();
+        let m: Vec<(&str, u16, u32, bool)> = members
+            .iter()
+            .map(|(a, p, w, h)| (a.as_str(), *p, *w, *h))
+            .collect();
+        let b = base().vip("lb", Some("r1"), "10.96.0.10", Protocol::Tcp, 80, &m, false);
+        let mut f = pkt::tcp(
+            b.dp("p1"),
+            b.mac("p1"),
+            b.mac("r1-b1"),
+            "10.0.1.11",
+            "10.96.0.10",
+            40000,
+            80,
+        );
+        f.recirc_id = crate::walk::RECIRC_CT;
+        f.ct_state = crate::fields::ct::TRACKED | crate::fields::ct::NEW;
+        Case {
+            name: "(d)",
+            what: "VIP with an 8-member pool",
+            fields: f,
+            topology: b.build(),
+        }
+    }
+
+    /// (e) 10,000 ports on 100 bridges behind one router with 1,000 routes (100 connected,
+    /// 900 static), routed from bridge 0 to bridge 57.
+    pub fn large() -> Case {
+        let mut b = Topology::test().router("r1");
+        for br in 0..100u32 {
+            let id = format!("b{br}");
+            b = b.bridge(&id);
+            b = b.link("r1", &id, &format!("10.{}.{}.1/24", br / 250, br % 250));
+            for p in 0..100u32 {
+                let host = if p % 10 == 0 { "h1" } else { "h2" };
+                b = b.port_on(
+                    &format!("p{br}-{p}"),
+                    &id,
+                    &format!("10.{}.{}.{}", br / 250, br % 250, p + 10),
+                    host,
+                );
+            }
+        }
+        for i in 0..900u32 {
+            b = b.route(
+                &format!("s{i}"),
+                "r1",
+                &format!("172.{}.{}.0/24", 16 + i / 250, i % 250),
+                Some(&format!("10.0.{}.{}", i % 100, 10 + (i % 100))),
+                &format!("r1-b{}", i % 100),
+                1,
+            );
+        }
+        let src = "p0-0";
+        let fields = pkt::udp(
+            b.dp(src),
+            b.mac(src),
+            b.mac("r1-b0"),
+            "10.0.0.10",
+            "10.0.57.40",
+            40000,
+            53,
+        );
+        Case {
+            name: "(e)",
+            what: "10,000 ports and 1,000 routes",
+            fields,
+            topology: b.build(),
+        }
+    }
+
+    /// All five cases.
+    pub fn all() -> Vec<Case> {
+        vec![l2(), routed(), routed_acl100(), vip8(), large()]
+    }
+}

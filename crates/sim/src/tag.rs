@@ -3,6 +3,20 @@
 //! A tag is derived from the object's NSDB id (never from an index of one compiled snapshot),
 //! so the agent can compute the tags of a changed record on its own and delete exactly the
 //! flows that carry them.
+//!
+//! Which tags a record change invalidates (old and new values alike):
+//!
+//! | change | tags |
+//! |---|---|
+//! | bridge or router record | `device(id)` |
+//! | port (any field) or its binding | `port(id)`, `device(port's device)`; for a bridge port also `mac(bridge, mac)` and `ip(bridge, a)` of its addresses; for a router port `ip(router, a)` of its addresses and, through its interior peer, `mac`/`ip` of the peer bridge |
+//! | route | `route(id)`, `device(router)` |
+//! | chain | `chain(id)` |
+//! | load balancer | `lb(id)`, and `device(router)` for a router's LB or [`Tag::global_vips`] for one attached to no router (when the first such LB appears, no flow carries that tag yet: flush all flows) |
+//! | host | `host(id)` |
+//!
+//! Lookups that miss are tagged too (an unknown MAC, an IP with no ARP entry, the router's
+//! address table), so the flow that flooded or dropped goes away when the entry appears.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -87,6 +101,10 @@ impl Tag {
     /// The tag of a host, by id.
     pub fn host(id: &str) -> Tag {
         Tag::of_id(TagKind::Host, id)
+    }
+    /// The tag carried by every flow that consulted the table of VIPs attached to no router.
+    pub fn global_vips() -> Tag {
+        Tag::of_id(TagKind::Lb, "/global-vips")
     }
     /// The tag of a MAC address as seen by one bridge (by the bridge's id).
     pub fn mac(bridge_id: &str, mac: [u8; 6]) -> Tag {

@@ -821,6 +821,7 @@ impl Walker<'_, '_> {
         }
         self.r_eth_type();
         let table = if scope == GLOBAL {
+            self.tag(Tag::global_vips());
             &t.global_nat_ips
         } else {
             &t.routers[scope as usize].nat_ips

@@ -242,7 +242,7 @@ fn global_vip_applies_before_the_first_device() {
             bytes: vec![],
             actions: "ct(zone=3,nat),recirc(0x1)",
             mask: "recirc_id(0),in_port(2),eth(),eth_type(0x0800),ipv4(dst=10.96.0.20,proto=17,frag=no),udp(dst=53)",
-            tags: vec![Tag::port("p1"), Tag::lb("svc")],
+            tags: vec![Tag::port("p1"), Tag::global_vips(), Tag::lb("svc")],
             verdict: Verdict::Recirculate,
         },
         Row {
@@ -251,7 +251,7 @@ fn global_vip_applies_before_the_first_device() {
             bytes: vec![],
             actions: "ct(commit,zone=3,nat(dst=10.0.2.14:5353)),recirc(0x2)",
             mask: "recirc_id(0x1),in_port(2),eth(),eth_type(0x0800),ipv4(src=10.0.1.11,dst=10.96.0.20,proto=17,frag=no),udp(src=3333,dst=53)",
-            tags: vec![Tag::port("p1"), Tag::lb("svc")],
+            tags: vec![Tag::port("p1"), Tag::global_vips(), Tag::lb("svc")],
             verdict: Verdict::Recirculate,
         },
     ];
