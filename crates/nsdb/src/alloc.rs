@@ -295,6 +295,22 @@ impl Nsdb {
         })
     }
 
+    /// Every lease on one bridge (for example to find the address a port already holds
+    /// before allocating another). Corrupt values are skipped and counted.
+    pub async fn leases(&self, bridge: &str) -> Result<Vec<IpLease>> {
+        keys::validate_id(Kind::Bridge, bridge)?;
+        let raw = self.list_raw(&keys::lease_prefix(bridge)).await?;
+        Ok(raw
+            .kvs
+            .iter()
+            .filter_map(crate::client::decode_kv)
+            .filter_map(|(r, _)| match r {
+                crate::records::AnyRecord::IpLease(l) => Some(l),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Releases a lease held by `owner`. Returns false if there was no lease;
     /// fails with [`NsdbError::NotOwner`] if someone else holds it.
     pub async fn release_ip(&self, bridge: &str, ip: IpAddr, owner: &str) -> Result<bool> {

@@ -1,5 +1,41 @@
 //! NSDB: Weft's network state database on etcd — record types, key layout, typed client,
 //! watch cache and allocators.
+//!
+//! Records ([`records`]) are versioned JSON under `/weft/v1/<kind>/<id>` ([`keys`]); a
+//! record's version is the etcd `mod_revision` of its key.
+//!
+//! ```no_run
+//! use nsdb::{IpFamily, Nsdb, Port, PortBinding, WatchCache, tunnel_key};
+//!
+//! # async fn demo(port: Port) -> nsdb::Result<()> {
+//! let db = Nsdb::connect(&["http://127.0.0.1:2379"]).await?;
+//!
+//! // Typed reads and writes; compare-and-swap on the version read.
+//! let v = db.create(&port).await?;
+//! let mut p = db.get::<Port>(&port.id).await?.expect("just created");
+//! p.record.admin_up = false;
+//! db.put_if_version(&p.record, p.version).await?;
+//!
+//! // Allocation: an IP lease and the port's binding in one transaction.
+//! let binding = PortBinding { port: port.id.clone(), host: "node-1".into(), vport: "wf1".into() };
+//! let lease = db
+//!     .allocate_ip_with("bridge-1", &port.id, IpFamily::V4, |_ip, txn| txn.put(&binding))
+//!     .await?;
+//! let key = db.allocate_tunnel_key(&port.id, tunnel_key::TYPE_PORT).await?;
+//!
+//! // A watch cache: consistent snapshots plus the keys that changed.
+//! let cache = WatchCache::start(db.clone()).await;
+//! let (snapshot, mut updates) = cache.subscribe();
+//! let ports = snapshot.list::<Port>().count();
+//! while let Some(update) = updates.recv().await {
+//!     for change in &update.changes {
+//!         println!("{:?} {} at {}", change.op, change.key, change.revision);
+//!     }
+//! }
+//! # let _ = (v, lease, key, ports);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod alloc;
 pub mod client;

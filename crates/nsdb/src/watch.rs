@@ -242,7 +242,8 @@ impl WatchCache {
     }
 
     /// The current snapshot and a channel of every later update, with no gap and no
-    /// overlap between the two.
+    /// overlap between the two. The channel is unbounded so the cache never waits for a
+    /// slow reader: read it (or drop it) promptly.
     pub fn subscribe(&self) -> (Arc<Snapshot>, mpsc::UnboundedReceiver<Arc<Update>>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut subs = self
@@ -481,14 +482,14 @@ async fn run(nsdb: Nsdb, prefix: String, shared: Arc<Shared>, mut state: Snapsho
                 break i;
             }
         };
-        match interrupt {
-            Interrupt::Relist => relist = true,
-            Interrupt::Disconnected => {
-                metrics::inc_resume();
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-            }
+        if matches!(interrupt, Interrupt::Relist) {
+            relist = true;
+        } else {
+            metrics::inc_resume();
         }
+        // Also before a re-list: a watch that etcd keeps canceling must not spin.
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 

@@ -212,6 +212,7 @@ async fn lease_and_binding_in_one_transaction() {
         })
         .await
         .unwrap();
+    assert_eq!(db.leases("b1").await.unwrap(), vec![lease.clone()]);
     let port = db.get::<Port>("p1").await.unwrap().unwrap().record;
     assert_eq!(port.addresses[0].addr(), lease.ip);
     assert!(db.get::<PortBinding>("p1").await.unwrap().is_some());
