@@ -245,7 +245,9 @@ impl Walker<'_, '_> {
                 return;
             }
             self.read.tun_id = !0;
-            self.tunnel_ingress((f.tun_id & 0x00ff_ffff) as u32, f.tun_id > 0x00ff_ffff);
+            // The trace bit (bit 23) travels in the key but does not name the port.
+            let key = nsdb::tunnel_key::without_trace((f.tun_id & 0x00ff_ffff) as u32);
+            self.tunnel_ingress(key, f.tun_id > 0x00ff_ffff);
             return;
         }
         let Some(&p) = self.t.port_by_dp.get(&f.in_port) else {

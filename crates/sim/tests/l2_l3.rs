@@ -474,3 +474,108 @@ fn delivery_on_the_destination_host() {
     );
     assert_eq!(s.verdict, Verdict::Drop(DropReason::UnknownTunnelKey));
 }
+
+#[test]
+fn traced_tunnel_key_reaches_the_same_port() {
+    let b = two_bridges();
+    let mut dp = sim::LocalDatapath {
+        tunnel_port: 1,
+        ..Default::default()
+    };
+    dp.vports.insert("wf-p3".into(), 7);
+    let t2 = b.build_for("h2", &dp);
+    let f = Fields {
+        in_port: 1,
+        tun_id: u64::from(nsdb::tunnel_key::with_trace(5)),
+        ..pkt::tcp(1, b.mac("p1"), b.mac("p3"), "10.0.1.11", "10.0.1.13", 1, 2)
+    };
+    assert_eq!(run(&t2, f, &[]).actions_text(), "7");
+    let bad = Fields {
+        tun_id: 1 << 30,
+        ..f
+    };
+    assert_eq!(
+        run(&t2, bad, &[]).verdict,
+        Verdict::Drop(DropReason::UnknownTunnelKey)
+    );
+}
+
+#[test]
+fn trace_names_devices_and_rules_in_order() {
+    let b = two_bridges()
+        .chain(
+            "c",
+            nsdb::RuleAction::Accept,
+            vec![nsdb::Rule {
+                protocol: Some(nsdb::Protocol::Tcp),
+                ..sim::fixtures::rule("only-tcp", nsdb::RuleAction::Drop)
+            }],
+        )
+        .port_chains("p4", None, Some("c"));
+    let t = b.build();
+    let s = run(
+        &t,
+        pkt::udp(
+            2,
+            b.mac("p1"),
+            b.mac("r1-b1"),
+            "10.0.1.11",
+            "10.0.2.14",
+            1,
+            2,
+        ),
+        &[],
+    );
+    let lines: Vec<&str> = s.trace.lines().map(str::trim).collect();
+    let pos = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(needle))
+            .unwrap_or_else(|| panic!("{needle:?} not in trace:\n{}", s.trace))
+    };
+    let order = [
+        pos("ingress port p1"),
+        pos("bridge b1"),
+        pos("router r1"),
+        pos("route r1-b2-net via port r1-b2"),
+        pos("bridge b2"),
+        pos("chain c (of p4)"),
+        pos("rule <default>: Accept"),
+        pos("output to local port p4"),
+    ];
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "{order:?}\n{}",
+        s.trace
+    );
+    // Without the flag nothing is recorded.
+    let mut quiet = sim::Simulation::new();
+    sim::simulate_into(&t, &sim::PacketContext::new(s.fields_mask), &mut quiet);
+    assert!(quiet.trace.is_empty());
+}
+
+#[test]
+fn fields_round_trip_through_the_datapath_key() {
+    let b = two_bridges();
+    let mut tagged = pkt::tcp(2, b.mac("p1"), b.mac("p2"), "10.0.1.11", "10.0.1.12", 1, 2);
+    tagged.vlan_tci = 0x1000 | 5;
+    for f in [
+        pkt::tcp(2, b.mac("p1"), b.mac("p2"), "10.0.1.11", "10.0.1.12", 1, 2),
+        pkt::udp(2, b.mac("p1"), b.mac("p2"), "10.0.1.11", "10.0.1.12", 3, 4),
+        pkt::ping(2, b.mac("p1"), b.mac("p2"), "10.0.1.11", "10.0.1.12"),
+        pkt::arp_request(2, b.mac("p1"), "10.0.1.11", "10.0.1.12"),
+        tagged,
+        Fields {
+            in_port: 1,
+            tun_id: 5,
+            tun_src: 1,
+            tun_dst: 2,
+            recirc_id: 1,
+            ct_state: 0x21,
+            ct_zone: 3,
+            ..pkt::udp(1, b.mac("p1"), b.mac("p2"), "10.0.1.11", "10.0.1.12", 3, 4)
+        },
+    ] {
+        assert_eq!(Fields::from_key(&f.to_key()), f);
+    }
+}
