@@ -135,7 +135,7 @@ impl Simulation {
 
     pub(crate) fn reset(&mut self) {
         self.actions.clear();
-        self.mask.clear();
+        // `mask` is rewritten whole at the end of every simulation.
         self.fields_mask = Fields::default();
         self.tags.clear();
         self.emit.clear();

@@ -26,6 +26,17 @@
 //! endpoints are always known to NSDB, so nothing needs flooding across hosts. Flooded copies
 //! pass the bridge's outbound chain and each port's outbound chain; rules that match on
 //! connection state do not match flooded copies.
+//!
+//! # Generated packets
+//! ARP replies, ICMP echo replies, ICMP errors (time exceeded, net/host/port unreachable)
+//! and TCP resets go out of the datapath port the packet came in on ([`crate::Emit`]). A
+//! result that generates packets is never installed as a flow ([`crate::Simulation::install`]
+//! is false): every such packet must reach userspace to be answered.
+//!
+//! # Not modelled
+//! IPv6 is bridged and matched by rules but not routed (no neighbour discovery suppression,
+//! no IPv6 routes, VIPs or NAT); a reject in a destination port's delivery stage drops
+//! without a reply; generated replies to VLAN-tagged frames are sent untagged.
 
 use crate::acl::{ActC, CtC, NetC, RuleC};
 use crate::fields::{Fields, PacketContext, VLAN_CFI, ct, ethertype, proto};

@@ -579,3 +579,10 @@ fn fields_round_trip_through_the_datapath_key() {
         assert_eq!(Fields::from_key(&f.to_key()), f);
     }
 }
+
+#[test]
+fn snapshots_and_results_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<sim::Topology>();
+    send_sync::<sim::Simulation>();
+}
