@@ -426,20 +426,14 @@ impl FlowKey {
     }
 
     /// Clears every attribute, keeping the capacity of `other` so a reused key does not
-    /// allocate again.
+    /// allocate again (only a VLAN `encap` box is freed).
     pub fn clear(&mut self) {
         let mut other = std::mem::take(&mut self.other);
         other.clear();
-        let encap = self.encap.take();
         *self = FlowKey {
             other,
             ..FlowKey::default()
         };
-        if let Some(mut e) = encap {
-            e.clear();
-            // Keep the box for reuse only if it is used again; dropping it is fine too.
-            drop(e);
-        }
     }
 
     /// The mask that matches every attribute present in `self` exactly.

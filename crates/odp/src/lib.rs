@@ -1,8 +1,17 @@
 //! odp: the Open vSwitch kernel datapath protocol: pure types for flow keys, masks and
 //! actions, their netlink wire codec, and the `ovs-dpctl` text form.
 //!
-//! The pure part (this file's modules) does no I/O. The socket layer lives in its own
-//! modules and sends the messages built here.
+//! The pure part does no I/O:
+//! - [`key`]: [`FlowKey`] (also the mask, [`FlowMask`]) with one optional value per
+//!   `OVS_KEY_ATTR_*`; [`action`]: [`Action`] (an empty list is drop); [`flow`]: [`Flow`].
+//! - [`codec`]: [`encode_key`]/[`decode_key`] and [`encode_actions`]/[`decode_actions`]
+//!   between those types and netlink attribute streams; [`msg`]: whole `ovs_flow`,
+//!   `ovs_datapath`, `ovs_vport` and `ovs_packet` payloads; [`nla`]: attribute framing and
+//!   the kernel's constants.
+//! - [`text`]: `Display` in the exact form of `ovs-dpctl dump-flows`; [`parse`]: the same
+//!   syntax (and `ovs-dpctl add-flow`'s) back into values.
+//!
+//! The socket layer lives in its own modules and sends the messages built here.
 
 pub mod action;
 pub mod codec;

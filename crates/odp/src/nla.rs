@@ -164,7 +164,7 @@ impl<'a> Writer<'a> {
     }
 }
 
-/// Reads a fixed-size payload, or fails with "invalid <name> length N".
+/// Reads a fixed-size payload, or fails with `invalid NAME length N`.
 pub fn fixed<const N: usize>(name: &'static str, data: &[u8]) -> Result<[u8; N]> {
     data.try_into()
         .map_err(|_| Error::bad_len(name, data.len()))

@@ -269,3 +269,41 @@ fn flows_build_from_types_print_as_dpctl() {
         "in_port(4),eth(src=00:00:00:00:00:01,dst=00:00:00:00:00:02),eth_type(0x0800)"
     );
 }
+
+#[test]
+fn decode_errors_name_the_attribute() {
+    // OVS_KEY_ATTR_IPV4 (7) with 11 bytes instead of 12.
+    let mut b = vec![15, 0, 7, 0];
+    b.extend_from_slice(&[0; 11]);
+    b.push(0);
+    assert_eq!(
+        decode_key(&b).unwrap_err().to_string(),
+        "invalid OVS_KEY_ATTR_IPV4 length 11"
+    );
+    // A header that claims more bytes than there are.
+    assert_eq!(
+        decode_key(&[40, 0, 3, 0, 1, 0, 0, 0])
+            .unwrap_err()
+            .to_string(),
+        "invalid OVS_KEY_ATTR type 3 header length 40 with 8 bytes left"
+    );
+    // An output action with a 2-byte port.
+    assert_eq!(
+        decode_actions(&[6, 0, 1, 0, 1, 0, 0, 0])
+            .unwrap_err()
+            .to_string(),
+        "invalid OVS_ACTION_ATTR_OUTPUT length 2"
+    );
+    // The same attribute twice.
+    let twice = [8, 0, 3, 0, 1, 0, 0, 0, 8, 0, 3, 0, 2, 0, 0, 0];
+    assert_eq!(
+        decode_key(&twice).unwrap_err().to_string(),
+        "invalid OVS_KEY_ATTR_IN_PORT appears twice"
+    );
+    // Unknown attributes are kept, not refused, and come back out unchanged.
+    let unknown = [8, 0, 200, 0, 1, 2, 3, 4];
+    let k = decode_key(&unknown).unwrap();
+    let mut out = Vec::new();
+    encode_key(&k, &mut out).unwrap();
+    assert_eq!(out, unknown);
+}
