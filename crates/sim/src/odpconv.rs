@@ -102,11 +102,11 @@ fn l4_ports(f: &Fields) -> Option<u8> {
 /// protocol before L4 fields. Matching any IPv4 field also matches the fragment type, as OVS
 /// does, because later fragments carry no L4 header.
 pub(crate) fn mask_into(pkt: &Fields, m: &Fields, out: &mut FlowKey) {
-    out.clear();
+    // Every attribute the walk can read is assigned below, so the key need not be cleared
+    // first (clearing the whole ~700-byte key was a third of the time of an L2 simulation).
+    // The attributes the walk never reads are never set and stay `None`.
     out.recirc_id = Some(m.recirc_id);
-    if m.in_port != 0 {
-        out.in_port = Some(m.in_port);
-    }
+    out.in_port = (m.in_port != 0).then_some(m.in_port);
     if m.tun_id != 0 || m.tun_dst != 0 || m.tun_src != 0 {
         out.tunnel = Some(TunnelKey {
             tun_id: (m.tun_id != 0).then_some(m.tun_id),
@@ -114,21 +114,18 @@ pub(crate) fn mask_into(pkt: &Fields, m: &Fields, out: &mut FlowKey) {
             ipv4_dst: (m.tun_dst != 0).then_some(v4(m.tun_dst)),
             ..TunnelKey::default()
         });
+    } else if out.tunnel.is_some() {
+        out.tunnel = None;
     }
-    if m.ct_state != 0 {
-        out.ct_state = Some(m.ct_state);
-    }
-    if m.ct_zone != 0 {
-        out.ct_zone = Some(m.ct_zone);
-    }
+    out.ct_state = (m.ct_state != 0).then_some(m.ct_state);
+    out.ct_zone = (m.ct_zone != 0).then_some(m.ct_zone);
     // Always present: an all-zero Ethernet mask says "wildcarded" explicitly.
     out.eth = Some(KeyEthernet {
         src: m.eth_src,
         dst: m.eth_dst,
     });
-    if m.vlan_tci != 0 {
-        out.vlan = Some(m.vlan_tci);
-    }
+    out.vlan = (m.vlan_tci != 0).then_some(m.vlan_tci);
+    clear_l3(out);
     let l3 = any_l3(m);
     if pkt.vlan_tci & VLAN_CFI != 0 && (m.vlan_tci != 0 || m.eth_type != 0 || l3) {
         // With a tag the outer ethertype is the TPID and the rest sits in encap().
@@ -144,13 +141,25 @@ pub(crate) fn mask_into(pkt: &Fields, m: &Fields, out: &mut FlowKey) {
         }
         out.encap = Some(Box::new(inner));
     } else {
-        if m.eth_type != 0 {
-            out.eth_type = Some(m.eth_type);
+        if out.encap.is_some() {
+            out.encap = None;
         }
+        out.eth_type = (m.eth_type != 0).then_some(m.eth_type);
         if l3 {
             fill_l3(pkt, m, out);
         }
     }
+}
+
+fn clear_l3(k: &mut FlowKey) {
+    k.ipv4 = None;
+    k.ipv6 = None;
+    k.arp = None;
+    k.tcp = None;
+    k.udp = None;
+    k.sctp = None;
+    k.icmp = None;
+    k.icmpv6 = None;
 }
 
 fn any_l3(m: &Fields) -> bool {
