@@ -19,12 +19,6 @@ struct EnvelopeOut<'a, R> {
     record: &'a R,
 }
 
-#[derive(Deserialize)]
-struct EnvelopeIn {
-    schema: u64,
-    record: serde_json::Value,
-}
-
 /// Encodes a record with its schema version.
 pub fn encode<R: Record>(record: &R) -> Result<Vec<u8>, NsdbError> {
     serde_json::to_vec(&EnvelopeOut {
@@ -37,29 +31,42 @@ pub fn encode<R: Record>(record: &R) -> Result<Vec<u8>, NsdbError> {
     })
 }
 
-fn envelope(key: &str, value: &[u8]) -> Result<serde_json::Value, NsdbError> {
-    let env: EnvelopeIn = serde_json::from_slice(value).map_err(|e| NsdbError::Corrupt {
+/// First pass: the schema number only (other fields are skipped without being built),
+/// so a value from another schema is reported as such whatever its shape.
+#[derive(Deserialize)]
+struct SchemaPeek {
+    schema: u64,
+}
+
+/// Second pass: the record, typed, once the schema is known to be ours.
+#[derive(Deserialize)]
+#[serde(bound = "R: serde::de::DeserializeOwned")]
+struct EnvelopeIn<R> {
+    #[allow(dead_code)]
+    schema: u64,
+    record: R,
+}
+
+fn corrupt(key: &str, e: serde_json::Error) -> NsdbError {
+    NsdbError::Corrupt {
         key: key.to_owned(),
         reason: e.to_string(),
-    })?;
-    if env.schema != SCHEMA_VERSION {
-        return Err(NsdbError::UnsupportedSchema {
-            key: key.to_owned(),
-            version: env.schema,
-            supported: SCHEMA_VERSION,
-        });
     }
-    Ok(env.record)
 }
 
 /// Decodes the value stored at `key` as a record of type `R`, checking that the
 /// record's own id matches the key it is stored under.
 pub fn decode<R: Record>(key: &str, value: &[u8]) -> Result<R, NsdbError> {
-    let record: R =
-        serde_json::from_value(envelope(key, value)?).map_err(|e| NsdbError::Corrupt {
+    let peek: SchemaPeek = serde_json::from_slice(value).map_err(|e| corrupt(key, e))?;
+    if peek.schema != SCHEMA_VERSION {
+        return Err(NsdbError::UnsupportedSchema {
             key: key.to_owned(),
-            reason: e.to_string(),
-        })?;
+            version: peek.schema,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    let env: EnvelopeIn<R> = serde_json::from_slice(value).map_err(|e| corrupt(key, e))?;
+    let record = env.record;
     if record.key() != key {
         return Err(NsdbError::Corrupt {
             key: key.to_owned(),
@@ -125,6 +132,11 @@ mod tests {
         assert!(matches!(
             err,
             NsdbError::UnsupportedSchema { version: 2, .. }
+        ));
+        let err = decode_any(key, br#"{"schema":3,"spec":[1,2]}"#).unwrap_err();
+        assert!(matches!(
+            err,
+            NsdbError::UnsupportedSchema { version: 3, .. }
         ));
         let err = decode_any(key, br#"{"schema":1,"record":{"id":"h1"}}"#).unwrap_err();
         assert!(err.to_string().contains("missing field"), "{err}");

@@ -231,3 +231,86 @@ async fn lease_and_binding_in_one_transaction() {
         leases_before
     );
 }
+
+const CHILD_ENV: &str = "WEFT_NSDB_ALLOC_CHILD_ETCD";
+const CHILDREN: usize = 4;
+const PER_CHILD: usize = 250;
+
+/// The allocating side of `allocations_from_separate_processes_never_collide`: that test
+/// runs this one in child processes, with the etcd endpoint in `WEFT_NSDB_ALLOC_CHILD_ETCD`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run as a child process by allocations_from_separate_processes_never_collide"]
+async fn child_allocator() {
+    let endpoint = std::env::var(CHILD_ENV)
+        .unwrap_or_else(|_| panic!("{CHILD_ENV} must name the etcd to allocate from"));
+    let db = Nsdb::connect(&[endpoint]).await.unwrap();
+    let me = std::process::id();
+    for i in 0..PER_CHILD {
+        let owner = format!("pid{me}-{i}");
+        let ip = db.allocate_ip("b1", &owner, IpFamily::V4).await.unwrap().ip;
+        let key = db
+            .allocate_tunnel_key(&owner, tunnel_key::TYPE_PORT)
+            .await
+            .unwrap();
+        println!("alloc {ip} {key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocations_from_separate_processes_never_collide() {
+    common::init_logs();
+    let etcd = Etcd::start();
+    let db = etcd.client().await;
+    db.put(&common::bridge("b1", "10.20.0.0/22", "10.20.0.1"))
+        .await
+        .unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut children = Vec::new();
+    for _ in 0..CHILDREN {
+        children.push(
+            tokio::process::Command::new(&exe)
+                .args(["child_allocator", "--exact", "--ignored", "--nocapture"])
+                .env(CHILD_ENV, etcd.endpoint())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let mut ips = HashSet::new();
+    let mut tkeys = HashSet::new();
+    let mut lines = 0;
+    for c in children {
+        let out = c.wait_with_output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "child failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for l in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(rest) = l.strip_prefix("alloc ") else {
+                continue;
+            };
+            let (ip, key) = rest.split_once(' ').unwrap();
+            ips.insert(ip.parse::<IpAddr>().unwrap());
+            tkeys.insert(key.parse::<u32>().unwrap());
+            lines += 1;
+        }
+    }
+    assert_eq!(
+        lines,
+        CHILDREN * PER_CHILD,
+        "every child reported every allocation"
+    );
+    assert_eq!(ips.len(), CHILDREN * PER_CHILD, "no IP handed out twice");
+    assert_eq!(
+        tkeys.len(),
+        CHILDREN * PER_CHILD,
+        "no tunnel key handed out twice"
+    );
+    assert_eq!(
+        db.list::<IpLease>().await.unwrap().records.len(),
+        CHILDREN * PER_CHILD
+    );
+}
