@@ -29,6 +29,14 @@ fn criterion_benches(c: &mut Criterion, all: &[Case]) {
         });
     }
     g.finish();
+    // Compiling a snapshot happens on every NSDB change; (e) is the large one.
+    let b = cases::large_builder();
+    let dp = b.datapath();
+    c.bench_function("compile/(e) 10,000 ports and 1,000 routes", |bench| {
+        bench.iter(|| {
+            black_box(sim::Topology::compile(&b.records, "h1", &dp).map(|t| t.port_count()))
+        })
+    });
 }
 
 /// Best of several timed rounds, in simulations per second.

@@ -734,6 +734,27 @@ pub mod cases {
     /// (e) 10,000 ports on 100 bridges behind one router with 1,000 routes (100 connected,
     /// 900 static), routed from bridge 0 to bridge 57.
     pub fn large() -> Case {
+        let b = large_builder();
+        let src = "p0-0";
+        let fields = pkt::udp(
+            b.dp(src),
+            b.mac(src),
+            b.mac("r1-b0"),
+            "10.0.0.10",
+            "10.0.57.40",
+            40000,
+            53,
+        );
+        Case {
+            name: "(e)",
+            what: "10,000 ports and 1,000 routes",
+            fields,
+            topology: b.build(),
+        }
+    }
+
+    /// The records of case (e).
+    pub fn large_builder() -> TopoBuilder {
         let mut b = Topology::test().router("r1");
         for br in 0..100u32 {
             let id = format!("b{br}");
@@ -759,22 +780,7 @@ pub mod cases {
                 1,
             );
         }
-        let src = "p0-0";
-        let fields = pkt::udp(
-            b.dp(src),
-            b.mac(src),
-            b.mac("r1-b0"),
-            "10.0.0.10",
-            "10.0.57.40",
-            40000,
-            53,
-        );
-        Case {
-            name: "(e)",
-            what: "10,000 ports and 1,000 routes",
-            fields,
-            topology: b.build(),
-        }
+        b
     }
 
     /// All five cases.

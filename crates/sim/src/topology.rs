@@ -421,6 +421,8 @@ impl Topology {
             });
         }
         // Interior peers must exist and point back.
+        let record_of: HashMap<&str, &Port> =
+            records.ports.iter().map(|p| (p.id.as_str(), p)).collect();
         for p in &records.ports {
             let PortKind::Interior { peer } = &p.kind else {
                 continue;
@@ -431,10 +433,9 @@ impl Topology {
             let reason = match port_by_id.get(peer) {
                 None => Some("peer does not exist"),
                 Some(&q) => {
-                    let back =
-                        records.ports.iter().find(|x| &x.id == peer).map(
-                            |x| matches!(&x.kind, PortKind::Interior { peer } if peer == &p.id),
-                        );
+                    let back = record_of
+                        .get(peer.as_str())
+                        .map(|x| matches!(&x.kind, PortKind::Interior { peer } if peer == &p.id));
                     if back == Some(true) {
                         ports[me as usize].kind = PKind::Interior(q);
                         None
