@@ -40,7 +40,9 @@ $CARGO build --locked -p weft-agent --bin weftctl >&2
 WEFT_CTL_BIN=$CARGO_TARGET_DIR/debug/weftctl
 [ -x "$WEFT_CTL_BIN" ] || { echo "kernel-tests: weftctl was not built at $WEFT_CTL_BIN" >&2; exit 1; }
 tests=()
+# kernel_bench*.rs are benchmarks: e2e/kernel-bench.sh runs them.
 for f in crates/odp/tests/kernel*.rs; do
+  case $(basename "$f") in kernel_bench*) continue ;; esac
   [ -f "$f" ] && tests+=(--test "$(basename "$f" .rs)")
 done
 [ ${#tests[@]} -gt 0 ] || { echo "kernel-tests: no crates/odp/tests/kernel*.rs" >&2; exit 1; }

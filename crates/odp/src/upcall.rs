@@ -91,6 +91,13 @@ pub fn parse_upcall(m: &GenlMsg) -> Result<Upcall> {
 pub struct UpcallSocket {
     sock: GenlSocket,
     packet_family: u16,
+    overruns: u64,
+}
+
+/// True for the error `recv` returns after the kernel dropped messages because the socket's
+/// receive buffer was full (`ENOBUFS`): upcalls were lost, the socket itself is fine.
+fn is_overrun(e: &SockError) -> bool {
+    matches!(e, SockError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOBUFS))
 }
 
 impl UpcallSocket {
@@ -99,6 +106,7 @@ impl UpcallSocket {
         Ok(UpcallSocket {
             sock: GenlSocket::open()?,
             packet_family: fam.packet.id,
+            overruns: 0,
         })
     }
 
@@ -107,7 +115,8 @@ impl UpcallSocket {
         self.sock.pid()
     }
 
-    /// Blocks until the next upcall. Messages of other families are skipped.
+    /// Blocks until the next upcall. Messages of other families are skipped, and so is a
+    /// receive-buffer overrun (see [`UpcallSocket::overruns`]).
     pub fn recv(&mut self) -> Result<Upcall> {
         loop {
             if let Some(u) = self.recv_one()? {
@@ -116,9 +125,22 @@ impl UpcallSocket {
         }
     }
 
+    /// How many times the receive buffer overflowed and upcalls were dropped (the
+    /// datapath counts the packets in its `lost` statistic).
+    pub fn overruns(&self) -> u64 {
+        self.overruns
+    }
+
     fn recv_one(&mut self) -> Result<Option<Upcall>> {
         let fam = self.packet_family;
-        let buf = self.sock.recv_raw()?;
+        let buf = match self.sock.recv_raw() {
+            Ok(b) => b,
+            Err(e) if is_overrun(&e) => {
+                self.overruns += 1;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
         for m in sock::split_msgs(buf)? {
             if m.ty == fam {
                 return parse_upcall(&GenlMsg::from_raw(&m)?).map(Some);
@@ -132,8 +154,14 @@ impl UpcallSocket {
         let deadline = Instant::now() + timeout;
         loop {
             let fam = self.packet_family;
-            let Some(buf) = self.sock.recv_raw_until(deadline)? else {
-                return Ok(None);
+            let buf = match self.sock.recv_raw_until(deadline) {
+                Ok(Some(b)) => b,
+                Ok(None) => return Ok(None),
+                Err(e) if is_overrun(&e) => {
+                    self.overruns += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             for m in sock::split_msgs(buf)? {
                 if m.ty == fam {
