@@ -39,7 +39,9 @@ pub struct Entry {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     revision: i64,
-    records: OrdMap<String, Entry>,
+    // Arc<str> keys: the map shares structure between snapshots, and copying a node on
+    // write clones its keys, which must not allocate.
+    records: OrdMap<Arc<str>, Entry>,
 }
 
 impl Snapshot {
@@ -49,7 +51,7 @@ impl Snapshot {
             .into_iter()
             .map(|(r, version)| {
                 (
-                    r.key(),
+                    Arc::<str>::from(r.key()),
                     Entry {
                         version,
                         record: Arc::new(r),
@@ -78,7 +80,7 @@ impl Snapshot {
     /// A record by kind and id.
     pub fn get<R: Record>(&self, id: &str) -> Option<&R> {
         self.records
-            .get(&R::KIND.key(id))
+            .get(R::KIND.key(id).as_str())
             .and_then(|e| R::from_any(&e.record))
     }
 
@@ -94,15 +96,16 @@ impl Snapshot {
     }
 
     /// Every (key, entry) whose key starts with `prefix`, in key order.
-    pub fn iter_prefix(&self, prefix: String) -> impl Iterator<Item = (&String, &Entry)> + '_ {
+    pub fn iter_prefix(&self, prefix: String) -> impl Iterator<Item = (&str, &Entry)> + '_ {
         self.records
-            .range((Bound::Included(prefix.clone()), Bound::Unbounded))
+            .range::<_, str>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+            .map(|(k, e)| (&**k, e))
             .take_while(move |(k, _)| k.starts_with(&prefix))
     }
 
     /// Every (key, entry), in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Entry)> + '_ {
-        self.records.iter()
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Entry)> + '_ {
+        self.records.iter().map(|(k, e)| (&**k, e))
     }
 
     /// Whether both snapshots hold the same records at the same versions, whatever
@@ -287,10 +290,10 @@ async fn list(nsdb: &Nsdb, prefix: &str) -> Result<(Snapshot, u64)> {
 /// The differences from `old` to `new`, as changes at `revision`.
 fn diff(old: &Snapshot, new: &Snapshot, revision: i64) -> Vec<Change> {
     let mut out = Vec::new();
-    let change = |key: &String, op| {
+    let change = |key: &str, op| {
         let (kind, id) = keys::parse(key).ok()?;
         Some(Change {
-            key: key.clone(),
+            key: key.to_owned(),
             kind,
             id: id.to_owned(),
             op,
@@ -380,7 +383,7 @@ fn apply(
                 Some((record, version)) => {
                     changes.push(change(ChangeOp::Put));
                     state.records.insert(
-                        key.clone(),
+                        Arc::from(key.as_str()),
                         Entry {
                             version,
                             record: Arc::new(record),
@@ -390,13 +393,13 @@ fn apply(
                 // Corrupt (already logged and counted): its old value is no longer
                 // what etcd holds, so it leaves the cache like it is absent from a list.
                 None => {
-                    if state.records.remove(&key).is_some() {
+                    if state.records.remove(key.as_str()).is_some() {
                         changes.push(change(ChangeOp::Delete));
                     }
                 }
             },
             EventType::Delete => {
-                if state.records.remove(&key).is_some() {
+                if state.records.remove(key.as_str()).is_some() {
                     changes.push(change(ChangeOp::Delete));
                 }
             }
