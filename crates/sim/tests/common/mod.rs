@@ -81,6 +81,33 @@ pub fn check(t: &Topology, rows: &[Row]) {
                 s.verdict, r.verdict
             ));
         }
+        // The flow the agent installs survives the netlink codec, and the expected text is
+        // dpctl syntax that parses back to the same actions.
+        let flow = s.flow(&r.pkt);
+        for (what, k) in [("key", &flow.key), ("mask", &flow.mask)] {
+            let mut buf = Vec::new();
+            match odp::encode_key(k, &mut buf).and_then(|()| odp::decode_key(&buf)) {
+                Ok(back) if &back == k => {}
+                Ok(back) => errs.push(format!("  {what} codec round trip: {back:?} != {k:?}")),
+                Err(e) => errs.push(format!("  {what} does not encode: {e}")),
+            }
+        }
+        let mut buf = Vec::new();
+        match odp::encode_actions(&flow.actions, &mut buf).and_then(|()| odp::decode_actions(&buf))
+        {
+            Ok(back) if back == flow.actions => {}
+            Ok(back) => errs.push(format!("  actions codec round trip: {back:?}")),
+            Err(e) => errs.push(format!("  actions do not encode: {e}")),
+        }
+        // Syntax only: the text cannot say that an untagged packet's VLAN was matched.
+        if let Err(e) = odp::parse_match(r.mask) {
+            errs.push(format!("  expected match does not parse: {e}"));
+        }
+        match odp::parse_actions(r.actions) {
+            Ok(parsed) if parsed == s.actions => {}
+            Ok(parsed) => errs.push(format!("  expected text parses to {parsed:?}")),
+            Err(e) => errs.push(format!("  expected text does not parse: {e}")),
+        }
         if !errs.is_empty() {
             failures.push(format!(
                 "row {:?}:\n{}\n  trace:\n{}",
