@@ -919,8 +919,8 @@ fn parse_userspace(c: &mut Cur<'_>) -> Result<Action> {
                     .find(')')
                     .ok_or_else(|| c.err("userdata( is not closed"))?;
                 let h = &r[..end];
-                if h.len() % 2 != 0 {
-                    return Err(c.err("userdata has an odd number of hex digits"));
+                if !h.len().is_multiple_of(2) || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(c.err("userdata() needs an even number of hex digits"));
                 }
                 let mut v = Vec::with_capacity(h.len() / 2);
                 for i in (0..h.len()).step_by(2) {

@@ -239,6 +239,12 @@ fn bad_text_is_a_clear_error() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("between 0 and 100"), "{e}");
+    // Found by the parse_text fuzz target: a multi-byte character inside userdata() made the
+    // parser slice a string off a character boundary and panic.
+    let e = odp::parse_actions("userspace(pid=1,userdata(0010\u{270c6}i0))")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("hex digits"), "{e}");
     let e = parse_flow("in_port(1)").unwrap_err().to_string();
     assert!(e.contains("actions:"), "{e}");
 }
