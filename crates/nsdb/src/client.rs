@@ -390,8 +390,18 @@ impl std::fmt::Debug for Txn {
 }
 
 impl Txn {
-    fn fail(mut self, err: NsdbError) -> Self {
+    pub(crate) fn fail(mut self, err: NsdbError) -> Self {
         self.error.get_or_insert(err);
+        self
+    }
+
+    pub(crate) fn push_put(
+        mut self,
+        key: String,
+        value: Vec<u8>,
+        opts: Option<etcd_client::PutOptions>,
+    ) -> Self {
+        self.ops.push(TxnOp::put(key, value, opts));
         self
     }
 

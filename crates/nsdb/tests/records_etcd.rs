@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use nsdb::testing::Etcd;
 use nsdb::*;
@@ -344,4 +345,54 @@ async fn list_pages_through_many_records() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(ids, sorted, "in key order, no duplicates across pages");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_records_live_while_kept_alive() {
+    common::init_logs();
+    let mut etcd = Etcd::start();
+    let db = etcd.client().await;
+    let host = Host {
+        id: "node-1".into(),
+        underlay_ip: "192.168.1.10".parse().unwrap(),
+        tunnel: TunnelType::Vxlan,
+        tunnel_udp_port: 4789,
+        mtu: 1500,
+    };
+    let lease = db.grant_lease(2).await.unwrap();
+    db.txn()
+        .put_with_lease(&host, lease)
+        .commit()
+        .await
+        .unwrap();
+    let kept = db.keep_lease_alive(lease, 2);
+    // Well past the TTL, across an etcd restart, the registration is still there.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    etcd.restart();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(kept.is_alive());
+    assert!(db.get::<Host>("node-1").await.unwrap().is_some());
+    // Revoking removes it at once, and the keeper notices.
+    db.revoke_lease(lease).await.unwrap();
+    assert!(db.get::<Host>("node-1").await.unwrap().is_none());
+    let mut waited = 0;
+    while kept.is_alive() {
+        waited += 1;
+        assert!(waited < 300, "keeper never noticed the revoked lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Without refreshes, a leased record expires by itself.
+    let short = db.grant_lease(1).await.unwrap();
+    db.txn()
+        .put_with_lease(&host, short)
+        .commit()
+        .await
+        .unwrap();
+    let mut waited = 0;
+    while db.get::<Host>("node-1").await.unwrap().is_some() {
+        waited += 1;
+        assert!(waited < 300, "leased record never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
