@@ -124,7 +124,9 @@ pub(crate) fn mask_into(pkt: &Fields, m: &Fields, out: &mut FlowKey) {
         src: m.eth_src,
         dst: m.eth_dst,
     });
-    out.vlan = (m.vlan_tci != 0).then_some(m.vlan_tci);
+    // Untagged packets carry no VLAN attribute, and the kernel always matches the TCI
+    // exactly (`ovs_nla_get_match`), so the mask names the VLAN only for tagged packets.
+    out.vlan = (pkt.vlan_tci & VLAN_CFI != 0 && m.vlan_tci != 0).then_some(m.vlan_tci);
     clear_l3(out);
     let l3 = any_l3(m);
     if pkt.vlan_tci & VLAN_CFI != 0 && (m.vlan_tci != 0 || m.eth_type != 0 || l3) {
