@@ -36,7 +36,7 @@
 //! # Not modelled
 //! IPv6 is bridged and matched by rules but not routed (no neighbour discovery suppression,
 //! no IPv6 routes, VIPs or NAT); a reject in a destination port's delivery stage drops
-//! without a reply; generated replies to VLAN-tagged frames are sent untagged.
+//! without a reply.
 
 use crate::acl::{ActC, CtC, NetC, RuleC};
 use crate::fields::{Fields, PacketContext, VLAN_CFI, ct, ethertype, proto};
@@ -586,7 +586,7 @@ impl Walker<'_, '_> {
                         );
                         let pkt = packets::arp_reply(&self.orig, mac);
                         let port = self.in_dp();
-                        self.sim.emit.push(Emit { port, packet: pkt });
+                        self.push_emit(port, pkt);
                         return Ok(self.stop(Verdict::Consumed));
                     }
                 }
@@ -688,7 +688,7 @@ impl Walker<'_, '_> {
                 note!(self, "  ARP for router address answered");
                 let pkt = packets::arp_reply(&self.orig, fport.mac);
                 let port = self.in_dp();
-                self.sim.emit.push(Emit { port, packet: pkt });
+                self.push_emit(port, pkt);
                 return Ok(self.stop(Verdict::Consumed));
             }
             return Ok(self.drop_(DropReason::ToRouter));
@@ -733,7 +733,7 @@ impl Walker<'_, '_> {
                     self.sim.install = false;
                     if let Some(pkt) = packets::icmp_echo_reply(&self.orig, self.bytes) {
                         let port = self.in_dp();
-                        self.sim.emit.push(Emit { port, packet: pkt });
+                        self.push_emit(port, pkt);
                         return Ok(self.stop(Verdict::Consumed));
                     }
                 }
@@ -938,6 +938,18 @@ impl Walker<'_, '_> {
 
     // ---- generated packets ----
 
+    /// Queues a generated frame for the ingress port, tagged like the frame that caused it.
+    fn push_emit(&mut self, port: u32, mut packet: Vec<u8>) {
+        let tci = self.orig.vlan_tci;
+        if tci & VLAN_CFI != 0 && packet.len() >= 12 {
+            // On the wire the CFI bit is DEI; the datapath uses it to mean "tag present".
+            let wire = tci & !VLAN_CFI;
+            let tag = [0x81, 0x00, (wire >> 8) as u8, wire as u8];
+            packet.splice(12..12, tag);
+        }
+        self.sim.emit.push(Emit { port, packet });
+    }
+
     fn reject(&mut self) -> Next {
         self.sim.actions.clear();
         self.sim.install = false;
@@ -954,7 +966,7 @@ impl Walker<'_, '_> {
         note!(self, "reject");
         if let Some(packet) = pkt {
             let port = self.in_dp();
-            self.sim.emit.push(Emit { port, packet });
+            self.push_emit(port, packet);
         }
         self.stop(Verdict::Rejected)
     }
@@ -970,7 +982,7 @@ impl Walker<'_, '_> {
         };
         if let Some(packet) = packets::icmp_error(&self.orig, self.bytes, ty, code, src) {
             let port = self.in_dp();
-            self.sim.emit.push(Emit { port, packet });
+            self.push_emit(port, packet);
         }
     }
 

@@ -678,3 +678,21 @@ fn ecmp_row() {
     }];
     check(&t, &rows);
 }
+
+#[test]
+fn replies_to_tagged_frames_are_tagged() {
+    let b = two_bridges().vlan("b1", 100);
+    let t = b.build();
+    let mut req = pkt::arp_request(2, b.mac("p1"), "10.0.1.11", "10.0.1.12");
+    req.vlan_tci = 0x1000 | 100;
+    let s = run(&t, req, &[]);
+    assert_eq!(s.verdict, Verdict::Consumed);
+    let r = &s.emit[0].packet;
+    assert_eq!(
+        &r[12..16],
+        &[0x81, 0x00, 0x00, 100],
+        "802.1Q tag with VID 100"
+    );
+    assert_eq!(&r[16..18], &[0x08, 0x06], "then the ARP reply");
+    assert_eq!(r.len(), 46);
+}
