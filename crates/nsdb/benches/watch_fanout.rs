@@ -155,5 +155,8 @@ fn main() {
             c3.0 - c2.0,
             c3.1 - c2.1
         );
+        // On a shared machine wall time depends on the neighbours; CPU time does not.
+        let cpu_ratio = ((c3.0 - c2.0) + (c3.1 - c2.1)) / ((c1.0 - c0.0) + (c1.1 - c0.1));
+        println!("  CPU ratio (client + etcd, cache phase / raw phase): {cpu_ratio:.2}");
     });
 }
