@@ -284,9 +284,8 @@ async fn write_status<K: WeftResource>(
 ) -> Result<(), Error> {
     let key = object_key(obj);
     let mut conditions = obj.conditions();
-    if !api::set_condition(&mut conditions, ready) && obj.conditions().len() == conditions.len() {
-        // Same condition already; still write the facts below (they may have changed).
-    }
+    // Keeps lastTransitionTime when the status is unchanged.
+    api::set_condition(&mut conditions, ready);
     let mut status = json!({
         "conditions": conditions,
         "observedGeneration": obj.meta().generation,

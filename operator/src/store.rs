@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use etcd_client::{GetOptions, TxnOp, TxnOpResponse};
 use nsdb::{
-    AnyRecord, Bridge, Chain, Kind, LoadBalancer, Nsdb, NsdbError, Port, Record, Route, Router,
-    TunnelKeyAlloc, Txn, codec, keys, tunnel_key,
+    AnyRecord, Chain, Kind, LoadBalancer, Nsdb, NsdbError, Record, TunnelKeyAlloc, codec, keys,
+    tunnel_key,
 };
 use tracing::{debug, warn};
 
@@ -15,9 +15,9 @@ use crate::error::Error;
 use crate::ids::{CrKind, ObjectKey};
 use crate::translate::{self, Translation};
 
-/// etcd refuses transactions with more operations than this (`--max-txn-ops`, default 128).
-/// Larger writes are split into several transactions, each still all-or-nothing.
-pub const MAX_TXN_OPS: usize = 128;
+/// etcd refuses transactions with more operations than `--max-txn-ops` (default
+/// [`MAX_TXN_OPS`]). Larger writes are split into several transactions, each all-or-nothing.
+pub use nsdb::client::MAX_TXN_OPS;
 
 /// The NSDB kinds each custom resource kind writes.
 pub fn kinds_written(kind: CrKind) -> &'static [Kind] {
@@ -145,37 +145,6 @@ fn placeholder(kind: Kind, id: &str) -> AnyRecord {
     }
 }
 
-fn txn_put(txn: Txn, r: &AnyRecord, expected: i64) -> Txn {
-    match r {
-        AnyRecord::Bridge(x) => txn.put_if_version(x, expected),
-        AnyRecord::Router(x) => txn.put_if_version(x, expected),
-        AnyRecord::Port(x) => txn.put_if_version(x, expected),
-        AnyRecord::Route(x) => txn.put_if_version(x, expected),
-        AnyRecord::Chain(x) => txn.put_if_version(x, expected),
-        AnyRecord::LoadBalancer(x) => txn.put_if_version(x, expected),
-        AnyRecord::Host(x) => txn.put_if_version(x, expected),
-        AnyRecord::PortBinding(x) => txn.put_if_version(x, expected),
-        AnyRecord::IpLease(x) => txn.put_if_version(x, expected),
-        AnyRecord::TunnelKey(x) => txn.put_if_version(x, expected),
-    }
-}
-
-fn txn_delete(txn: Txn, key: &str, expected: i64) -> Txn {
-    let Ok((kind, id)) = keys::parse(key) else {
-        return txn;
-    };
-    match kind {
-        Kind::Bridge => txn.delete_if_version::<Bridge>(id, expected),
-        Kind::Router => txn.delete_if_version::<Router>(id, expected),
-        Kind::Port => txn.delete_if_version::<Port>(id, expected),
-        Kind::Route => txn.delete_if_version::<Route>(id, expected),
-        Kind::Chain => txn.delete_if_version::<Chain>(id, expected),
-        Kind::LoadBalancer => txn.delete_if_version::<LoadBalancer>(id, expected),
-        // The operator writes no other kind.
-        _ => txn,
-    }
-}
-
 enum Op<'a> {
     Put(&'a AnyRecord, i64),
     Delete(&'a str, i64),
@@ -189,8 +158,8 @@ async fn commit(nsdb: &Nsdb, owner: &ObjectKey, ops: &[Op<'_>]) -> Result<Option
         let mut txn = nsdb.txn();
         for op in chunk {
             txn = match op {
-                Op::Put(r, v) => txn_put(txn, r, *v),
-                Op::Delete(k, v) => txn_delete(txn, k, *v),
+                Op::Put(r, v) => txn.put_any_if_version(r, *v),
+                Op::Delete(k, v) => txn.delete_key_if_version(k, *v),
             };
         }
         revision = Some(txn.commit().await.map_err(nsdb_err(owner))?);
@@ -204,8 +173,10 @@ async fn commit(nsdb: &Nsdb, owner: &ObjectKey, ops: &[Op<'_>]) -> Result<Option
 pub async fn apply(nsdb: &Nsdb, mut t: Translation) -> Result<Applied, Error> {
     let owner = t.owner.clone();
     let existing = owned(nsdb, &owner).await?;
-    let mut allocated: Vec<(u32, String)> = Vec::new();
-    for r in &mut t.records {
+    // Keep the keys of records that exist; allocate the others all at once (etcd commits
+    // concurrent transactions together, so this costs about one round trip, not one each).
+    let mut need: Vec<usize> = Vec::new();
+    for (i, r) in t.records.iter_mut().enumerate() {
         if !translate::needs_tunnel_key(r) {
             continue;
         }
@@ -213,26 +184,31 @@ pub async fn apply(nsdb: &Nsdb, mut t: Translation) -> Result<Applied, Error> {
             .get(&r.key())
             .and_then(|(old, _)| translate::tunnel_key_of(old))
             .filter(|k| *k != 0);
-        let key = match kept {
-            Some(k) => k,
-            None => {
-                let id = r.id();
-                let k = nsdb
-                    .allocate_tunnel_key(&id, tunnel_key::TYPE_PORT)
-                    .await
-                    .map_err(nsdb_err(&owner));
-                let k = match k {
-                    Ok(k) => k,
-                    Err(e) => {
-                        release(nsdb, &allocated).await;
-                        return Err(e);
-                    }
-                };
-                allocated.push((k, id));
-                k
+        match kept {
+            Some(k) => translate::set_tunnel_key(r, k),
+            None => need.push(i),
+        }
+    }
+    let ids: Vec<String> = need.iter().map(|&i| t.records[i].id()).collect();
+    let results = futures::future::join_all(
+        ids.iter()
+            .map(|id| nsdb.allocate_tunnel_key(id, tunnel_key::TYPE_PORT)),
+    )
+    .await;
+    let mut allocated: Vec<(u32, String)> = Vec::new();
+    let mut failure = None;
+    for (&i, (id, res)) in need.iter().zip(ids.iter().zip(results)) {
+        match res {
+            Ok(k) => {
+                translate::set_tunnel_key(&mut t.records[i], k);
+                allocated.push((k, id.clone()));
             }
-        };
-        translate::set_tunnel_key(r, key);
+            Err(e) => failure = failure.or(Some(e)),
+        }
+    }
+    if let Some(e) = failure {
+        release(nsdb, &allocated).await;
+        return Err(nsdb_err(&owner)(e));
     }
 
     let desired: BTreeSet<String> = t.records.iter().map(AnyRecord::key).collect();
