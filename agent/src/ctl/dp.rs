@@ -150,19 +150,10 @@ pub fn format_show(out: &mut String, dp: &DpInfo, ports: &[VportInfo], stats: bo
         let _ = write!(out, "  port {}: {}", p.port_no, p.name);
         match p.kind {
             VportType::Netdev => {}
-            VportType::Vxlan { dst_port } | VportType::Geneve { dst_port } => {
-                // ovs-dpctl prints the tunnel's options, sorted, leaving out defaults.
-                let default = if matches!(p.kind, VportType::Vxlan { .. }) {
-                    4789
-                } else {
-                    6081
-                };
-                let port = if dst_port == default {
-                    String::new()
-                } else {
-                    format!("dst_port={dst_port}, ")
-                };
-                let _ = write!(out, " ({}: {port}packet_type=ptap)", p.kind.name());
+            VportType::Vxlan { .. } | VportType::Geneve { .. } => {
+                // As ovs-dpctl prints a tunnel vport the kernel created: it cannot read the
+                // UDP port back either (`ip -d link show` does).
+                let _ = write!(out, " ({}: packet_type=ptap)", p.kind.name());
             }
             k => {
                 let _ = write!(out, " ({})", k.name());

@@ -275,3 +275,35 @@ fn flows_read_back_identically_by_ovs_dpctl_and_weftctl() {
         TABLE.len()
     );
 }
+
+#[test]
+#[ignore = "needs the OVS kernel datapath: run by e2e/kernel-tests.sh inside the guest"]
+fn show_prints_what_ovs_dpctl_show_prints() {
+    require_kernel_datapath();
+    let w = weftctl();
+    let _ = sh_try("ovs-dpctl del-dp kshow 2>/dev/null");
+    sh(&format!(
+        "{w} dp add-dp kshow && {w} dp add-if kshow kshowi,type=internal \
+         kshowt,type=vxlan,remote_ip=flow,key=flow kshowg,type=geneve,dst_port=7081"
+    ));
+    let _dp = DpGuard {
+        name: "kshow".into(),
+        netns: None,
+    };
+    sh(&format!(
+        "{w} dp add-flow kshow 'in_port(1),eth(),eth_type(0x0806),arp()' 2"
+    ));
+    let ours = sh(&format!("{w} dp show kshow"));
+    let theirs = sh("ovs-dpctl show kshow 2>/dev/null");
+    assert_eq!(ours, theirs, "weftctl dp show differs from ovs-dpctl show");
+    assert!(
+        ours.contains("port 2: kshowt (vxlan: packet_type=ptap)"),
+        "{ours}"
+    );
+    // Ports go away with del-if, and the datapath with del-dp.
+    sh(&format!("{w} dp del-if kshow kshowt"));
+    assert!(!sh("ovs-dpctl show kshow 2>/dev/null").contains("kshowt"));
+    sh(&format!("{w} dp del-dp kshow"));
+    let (still, _, _) = sh_try("ovs-dpctl show kshow 2>/dev/null");
+    assert!(!still, "kshow still exists after del-dp");
+}
