@@ -515,12 +515,25 @@ proptest! {
     fn arbitrary_topologies_do_not_panic_and_stay_bounded(
         spec in specs(),
         pkts in prop::collection::vec((packets(), noise()), 1..12),
+        bytes in prop::collection::vec(any::<u8>(), 0..128),
+        cut in 0usize..80,
+        flip in any::<usize>(),
     ) {
         let (recs, dp) = records(&spec);
         let t = Topology::compile(&recs, "h1", &dp).expect("local host exists");
         for (p, n) in pkts {
             for f in [p, n] {
-                let s = sim(&t, f);
+                // Arbitrary bytes too, and well-formed frames cut short or corrupted:
+                // replies parse them and must never panic.
+                let mut framed = sim::fixtures::pkt::frame(&f);
+                framed.truncate(cut);
+                if let Some(b) = framed.get_mut(flip % 64) {
+                    *b ^= 0x5a;
+                }
+                let mut other = Simulation::new();
+                simulate_into(&t, &PacketContext::with_packet(f, &framed), &mut other);
+                let mut s = Simulation::traced();
+                simulate_into(&t, &PacketContext::with_packet(f, &bytes), &mut s);
                 let devices = s.trace.lines().filter(|l| l.starts_with("bridge ") || l.starts_with("router ")).count();
                 prop_assert!(devices <= MAX_DEVICES as usize, "{} devices\n{}", devices, s.trace);
                 let rules = s.trace.lines().filter(|l| l.trim_start().starts_with("rule ")).count();
