@@ -14,6 +14,7 @@
 //! | chain | `chain(id)` |
 //! | load balancer | `lb(id)`, and `device(router)` for a router's LB or [`Tag::global_vips`] for one attached to no router (when the first such LB appears, no flow carries that tag yet: flush all flows) |
 //! | host | `host(id)` |
+//! | a local vport added to or removed from the datapath | `port(id)` of the port bound to it, `device(its bridge)` |
 //!
 //! Lookups that miss are tagged too (an unknown MAC, an IP with no ARP entry, the router's
 //! address table), so the flow that flooded or dropped goes away when the entry appears.

@@ -267,6 +267,9 @@ impl Walker<'_, '_> {
                 "datapath port {} is not a known local port",
                 f.in_port
             );
+            // Nothing names this port yet, so no tag could ever remove a drop flow: the
+            // port's binding may simply not have reached this snapshot. Do not install.
+            self.sim.install = false;
             self.drop_(DropReason::UnknownInPort);
             return;
         };
@@ -1103,6 +1106,8 @@ impl Walker<'_, '_> {
         };
         let Some(q) = q else {
             note!(self, "tunnel key {key:#x} names no port");
+            // As for an unknown input port: no tag names what is missing.
+            self.sim.install = false;
             self.drop_(DropReason::UnknownTunnelKey);
             return;
         };
@@ -1146,6 +1151,7 @@ impl Walker<'_, '_> {
     fn delivery_pass(&mut self, key: u32) {
         let t = self.t;
         let Some(&q) = t.port_by_key.get(&key) else {
+            self.sim.install = false;
             self.drop_(DropReason::UnknownTunnelKey);
             return;
         };

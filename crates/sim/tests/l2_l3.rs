@@ -473,6 +473,10 @@ fn delivery_on_the_destination_host() {
         &[],
     );
     assert_eq!(s.verdict, Verdict::Drop(DropReason::UnknownTunnelKey));
+    assert!(!s.install, "no tag could remove it once the port appears");
+    let s = run(&t2, Fields { in_port: 42, ..f }, &[]);
+    assert_eq!(s.verdict, Verdict::Drop(DropReason::UnknownInPort));
+    assert!(!s.install, "the port's binding may not have arrived yet");
 }
 
 #[test]
