@@ -133,7 +133,9 @@ pub struct Change {
     pub revision: i64,
 }
 
-/// A new snapshot and the keys that changed since the previous one.
+/// A new snapshot and the keys that changed since the previous one, in the order they
+/// changed. One update may hold several changes of one key (a put then a delete); the
+/// snapshot reflects all of them, so it agrees with the last change of each key.
 #[derive(Debug, Clone)]
 pub struct Update {
     pub snapshot: Arc<Snapshot>,

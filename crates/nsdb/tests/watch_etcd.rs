@@ -22,14 +22,18 @@ struct Seen {
 
 fn drain(rx: &mut UnboundedReceiver<Arc<Update>>, seen: &mut Seen) {
     while let Ok(u) = rx.try_recv() {
+        let mut last_op = HashMap::new();
         for c in &u.changes {
             assert_eq!(c.key, c.kind.key(&c.id));
-            // The update's snapshot agrees with each change it announces.
-            match c.op {
-                ChangeOp::Put => assert!(u.snapshot.entry(&c.key).is_some(), "{c:?}"),
-                ChangeOp::Delete => assert!(u.snapshot.entry(&c.key).is_none(), "{c:?}"),
-            }
+            last_op.insert(c.key.clone(), c.op);
             *seen.count.entry((c.key.clone(), c.op)).or_default() += 1;
+        }
+        // The update's snapshot agrees with the last change of each key it announces.
+        for (key, op) in last_op {
+            match op {
+                ChangeOp::Put => assert!(u.snapshot.entry(&key).is_some(), "{key} put"),
+                ChangeOp::Delete => assert!(u.snapshot.entry(&key).is_none(), "{key} deleted"),
+            }
         }
         if let Some(prev) = &seen.last {
             assert!(
