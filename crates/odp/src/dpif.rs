@@ -302,6 +302,18 @@ impl Dpif {
         first(r, &what).and_then(|m| parse_dp(&m.payload))
     }
 
+    /// Creates a datapath that delivers upcalls to per-vport pids even where the kernel has
+    /// per-CPU dispatch (the mode kernels before 5.16 always use).
+    pub fn dp_create_per_vport(&mut self, name: &str, upcall_pid: u32) -> Result<DpInfo> {
+        let mut w = AttrWriter::new();
+        w.put_str(dp::ATTR_NAME, name)
+            .put_u32(dp::ATTR_UPCALL_PID, upcall_pid)
+            .put_u32(dp::ATTR_USER_FEATURES, dp::F_UNALIGNED | dp::F_VPORT_PIDS);
+        let what = format!("OVS_DP_CMD_NEW {name}");
+        let r = self.dp_request(&what, dp::CMD_NEW, NLM_F_ECHO | NLM_F_CREATE, &w.finish())?;
+        first(r, &what).and_then(|m| parse_dp(&m.payload))
+    }
+
     /// Looks a datapath up by name.
     pub fn dp_get(&mut self, name: &str) -> Result<DpInfo> {
         let mut w = AttrWriter::new();

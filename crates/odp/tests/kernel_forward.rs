@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
 
 use kernel_support::{DpGuard, Netns, require_kernel_datapath, sh};
-use odp::dpif::{Dpif, FlowPut, PutMode, UpcallMode, VportSpec, VportType};
+use odp::dpif::{Dpif, FlowId, FlowPut, PutMode, UpcallMode, VportSpec, VportType};
 use odp::upcall::{UpcallKind, UpcallSocket};
 use odp::{Action, FlowKey, KeyArp, KeyEthernet, KeyIpv4};
 
@@ -64,6 +64,17 @@ struct Pair {
 
 /// Datapath `dp` with two veths whose other ends are 10.9.N.1/.2 in namespaces `pfx`1/2.
 fn setup(dp: &str, pfx: &str, net: u8, upcall_pid: u32, d: &mut Dpif) -> Pair {
+    setup_mode(dp, pfx, net, upcall_pid, d, UpcallMode::PerCpu)
+}
+
+fn setup_mode(
+    dp: &str,
+    pfx: &str,
+    net: u8,
+    upcall_pid: u32,
+    d: &mut Dpif,
+    mode: UpcallMode,
+) -> Pair {
     let n1 = Netns::new(&format!("{pfx}1"));
     let n2 = Netns::new(&format!("{pfx}2"));
     for (i, ns) in [(1, &n1), (2, &n2)] {
@@ -75,7 +86,11 @@ fn setup(dp: &str, pfx: &str, net: u8, upcall_pid: u32, d: &mut Dpif) -> Pair {
             ns = ns.0
         ));
     }
-    let info = d.dp_create(dp, upcall_pid).expect("create datapath");
+    let info = match mode {
+        UpcallMode::PerCpu => d.dp_create(dp, upcall_pid),
+        UpcallMode::PerVport => d.dp_create_per_vport(dp, upcall_pid),
+    }
+    .expect("create datapath");
     let guard = DpGuard {
         name: dp.into(),
         netns: None,
@@ -226,4 +241,103 @@ fn a_packet_without_a_flow_is_a_miss_upcall_and_execute_delivers_it() {
     assert_eq!(from.to_string(), "10.9.2.1:4000");
     let st = d.dp_get("kmiss").unwrap().stats;
     assert!(st.missed >= 1, "{st:?}");
+}
+
+#[test]
+#[ignore = "needs the OVS kernel datapath: run by e2e/kernel-tests.sh inside the guest"]
+fn flows_by_ufid_get_modify_delete_and_weftctl_agrees() {
+    require_kernel_datapath();
+    let mut d = Dpif::open().unwrap();
+    let _ = d.dp_delete("kufid");
+    let dp = d.dp_create("kufid", 0).unwrap();
+    let _g = DpGuard {
+        name: "kufid".into(),
+        netns: None,
+    };
+    let mut f = l2_flow(1, 0x0800, 2);
+    let ufid: [u8; 16] = [
+        0x12, 0x34, 0x56, 0x78, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+    ];
+    f.ufid = Some(ufid);
+    d.flow_put(dp.ifindex, &f, PutMode::Create).unwrap();
+    let got = d.flow_get(dp.ifindex, &FlowId::Ufid(ufid)).unwrap();
+    assert_eq!(got.ufid, Some(ufid));
+    assert_eq!(
+        odp::decode_actions(&got.actions).unwrap(),
+        vec![Action::Output(2)]
+    );
+    // Modify replaces the actions of the existing flow; it does not create one.
+    let mut g = f.clone();
+    g.actions = enc_actions(&[Action::Output(3)]);
+    d.flow_put(dp.ifindex, &g, PutMode::Modify).unwrap();
+    let got = d.flow_get(dp.ifindex, &FlowId::Ufid(ufid)).unwrap();
+    assert_eq!(
+        odp::decode_actions(&got.actions).unwrap(),
+        vec![Action::Output(3)]
+    );
+    // Kernel fact: a flow installed with a UFID is found only by its UFID, not by its key.
+    let e = d
+        .flow_get(dp.ifindex, &FlowId::Key(f.key.clone()))
+        .unwrap_err();
+    assert_eq!(e.errno(), Some(libc::ENOENT));
+    let other = l2_flow(7, 0x0800, 2);
+    let e = d.flow_put(dp.ifindex, &other, PutMode::Modify).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::ENOENT));
+    // weftctl sees the same flow by UFID, modifies it and deletes it.
+    let w = kernel_support::weftctl();
+    let u = "ufid:78563412-0403-0201-0807-06050c0b0a09";
+    let text = sh(&format!("{w} dp get-flow kufid {u}"));
+    assert!(
+        text.starts_with(&format!(
+            "{u}, in_port(1),eth(),eth_type(0x0800), packets:0"
+        )),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("actions:3"), "{text}");
+    sh(&format!(
+        "{w} dp mod-flow kufid '{u},in_port(1),eth(),eth_type(0x0800),ipv4()' 4"
+    ));
+    assert!(sh(&format!("{w} dp dump-flows -m kufid")).contains(&format!("{u}, in_port(1)")));
+    assert!(sh(&format!("{w} dp dump-flows kufid")).contains("actions:4"));
+    sh(&format!("{w} dp del-flow kufid {u}"));
+    assert!(d.flow_dump(dp.ifindex).unwrap().is_empty());
+    // Without a UFID, the key finds it.
+    d.flow_put(dp.ifindex, &l2_flow(1, 0x0800, 2), PutMode::Create)
+        .unwrap();
+    sh(&format!(
+        "{w} dp del-flow kufid 'in_port(1),eth(),eth_type(0x0800),ipv4()'"
+    ));
+    assert!(d.flow_dump(dp.ifindex).unwrap().is_empty());
+    let e = d.flow_del(dp.ifindex, &FlowId::Ufid(ufid)).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::ENOENT));
+}
+
+#[test]
+#[ignore = "needs the OVS kernel datapath: run by e2e/kernel-tests.sh inside the guest"]
+fn per_vport_upcall_pids_deliver_misses_to_the_vports_socket() {
+    require_kernel_datapath();
+    let mut d = Dpif::open().unwrap();
+    let mut up = UpcallSocket::open(d.families()).unwrap();
+    // A datapath without per-CPU dispatch, as on kernels older than 5.16.
+    let p = setup_mode("kvpid", "kp", 5, 0, &mut d, UpcallMode::PerVport);
+    let info = d.dp_get("kvpid").unwrap();
+    assert_eq!(info.upcall_mode(), UpcallMode::PerVport);
+    let (a, _) = p.ports;
+    let v = d.vport_set_upcall_pids(p.ifindex, a, &[up.pid()]).unwrap();
+    assert_eq!(v.upcall_pids, vec![up.pid()]);
+    sh("ip -n kp1 neigh replace 10.9.5.2 lladdr 02:00:00:00:05:02 dev eth0 nud permanent");
+    kernel_support::in_netns("kp1", || {
+        let s = UdpSocket::bind("10.9.5.1:4000").unwrap();
+        s.send_to(b"weft-vport", "10.9.5.2:5000").unwrap();
+    });
+    let u = loop {
+        let u = up
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap()
+            .expect("no upcall arrived");
+        if odp::decode_key(&u.key).unwrap().eth_type == Some(0x0800) {
+            break u;
+        }
+    };
+    assert_eq!(odp::decode_key(&u.key).unwrap().in_port, Some(a));
 }
