@@ -3,7 +3,7 @@
 //! echo it, its bytes. Malformed bytes never panic: the reply is then built from the fields
 //! alone, or not at all.
 
-use crate::fields::{Fields, VLAN_CFI, ethertype, proto};
+use crate::fields::{Fields, ethertype, proto};
 
 fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
     let mut chunks = data.chunks_exact(2);
@@ -142,7 +142,6 @@ pub fn icmp_error(orig: &Fields, bytes: &[u8], ty: u8, code: u8, src: u32) -> Op
     out.extend_from_slice(&quote);
     let c = checksum(&out[start..]);
     out[start + 2..start + 4].copy_from_slice(&c.to_be_bytes());
-    let _ = VLAN_CFI;
     Some(out)
 }
 

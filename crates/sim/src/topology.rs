@@ -212,7 +212,7 @@ pub(crate) struct VipC {
     pub affinity: bool,
 }
 
-/// `NO_ROUTER` in the VIP index: a load balancer attached to no router applies at ingress.
+/// The scope of a VIP attached to no router in the VIP index: it applies at ingress.
 pub(crate) const GLOBAL: Idx = Idx::MAX;
 
 /// A compiled, immutable topology snapshot. Build one per NSDB change with

@@ -727,9 +727,8 @@ impl Walker<'_, '_> {
                 self.icmp_error(3, 0, from);
                 return Ok(self.stop(Verdict::Drop(DropReason::NoRoute)));
             }
-            Some((Target::Local(p), _)) => {
+            Some((Target::Local(_), _)) => {
                 self.tag(Tag::ip_in(rt.tag, std::net::IpAddr::V4(dst.into())));
-                let _ = p;
                 if self.r_proto() == proto::ICMP && self.r_tp_src() == 8 {
                     note!(self, "  echo request to router address answered");
                     // Every echo request needs its own reply: never install.
