@@ -773,6 +773,12 @@ fn generic_hex(c: &mut Cur<'_>) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
 /// the stats/actions part.
 fn parse_key_list(c: &mut Cur<'_>, depth: usize, nested: bool) -> Result<(FlowKey, FlowMask)> {
     let (mut k, mut m) = (FlowKey::default(), FlowKey::default());
+    c.skip_ws();
+    // `<empty>` is how an empty key prints; a key whose attributes are all wildcarded prints
+    // as nothing at all before `, packets:`.
+    if c.eat("<empty>") || (!nested && c.peek() == Some(',')) {
+        return Ok((k, m));
+    }
     loop {
         c.skip_ws();
         if c.at_end() || (nested && c.peek() == Some(')')) {
