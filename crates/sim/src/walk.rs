@@ -445,6 +445,9 @@ impl Walker<'_, '_> {
         }
     }
 
+    /// Whether the source (or destination) address is in `n`. A match needs the prefix's
+    /// bits; a mismatch needs only the bits up to the first that differs, so packets far
+    /// from the prefix share one megaflow.
     fn net_match(&mut self, n: NetC, src: bool) -> bool {
         match n {
             NetC::V4(net, len) => {
@@ -452,25 +455,47 @@ impl Walker<'_, '_> {
                     return false;
                 }
                 let v = if src {
-                    self.r_src_bits(len)
+                    self.pkt.ipv4_src
                 } else {
-                    self.r_dst_bits(len)
+                    self.pkt.ipv4_dst
                 };
-                v & u32::prefix_mask(len) == net
+                let m = u32::prefix_mask(len);
+                let hit = v & m == net;
+                let bits = if hit {
+                    len
+                } else {
+                    (v & m).common_prefix(net).saturating_add(1).min(len)
+                };
+                if src {
+                    self.r_src_bits(bits);
+                } else {
+                    self.r_dst_bits(bits);
+                }
+                hit
             }
             NetC::V6(net, len) => {
                 if self.pkt.eth_type != ethertype::IPV6 {
                     return false;
                 }
-                let m = u128::prefix_mask(len);
                 let v = if src {
-                    self.read.ipv6_src |= m;
                     self.pkt.ipv6_src
                 } else {
-                    self.read.ipv6_dst |= m;
                     self.pkt.ipv6_dst
                 };
-                v & m == net
+                let m = u128::prefix_mask(len);
+                let hit = v & m == net;
+                let bits = if hit {
+                    len
+                } else {
+                    (v & m).common_prefix(net).saturating_add(1).min(len)
+                };
+                let read = u128::prefix_mask(bits);
+                if src {
+                    self.read.ipv6_src |= read;
+                } else {
+                    self.read.ipv6_dst |= read;
+                }
+                hit
             }
         }
     }

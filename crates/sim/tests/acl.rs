@@ -108,11 +108,11 @@ fn chains_order_jump_return_default_reject() {
             verdict: Verdict::Drop(DropReason::Acl),
         },
         Row {
-            name: "source outside the jump's prefix: default drop without entering the sub-chain",
+            name: "source outside the jump's prefix: default drop; only the 13 bits that differ are matched",
             pkt: pkt::tcp(3, p2, p1, "10.9.9.9", "10.0.1.11", 5000, 443),
             bytes: vec![],
             actions: "drop",
-            mask: "recirc_id(0),in_port(3),eth(),eth_type(0x0800),ipv4(src=10.9.9.0/255.255.255.0,proto=6,frag=no),tcp(dst=443)",
+            mask: "recirc_id(0),in_port(3),eth(),eth_type(0x0800),ipv4(src=10.8.0.0/255.248.0.0,proto=6,frag=no),tcp(dst=443)",
             tags: chain_tags(false),
             verdict: Verdict::Drop(DropReason::Acl),
         },
