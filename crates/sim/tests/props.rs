@@ -266,7 +266,13 @@ fn sim(t: &Topology, f: Fields) -> Simulation {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    // About one packet in six is answered by the simulation and not installed; those are
+    // skipped by the mask test, so allow for them.
+    #![proptest_config(ProptestConfig {
+        cases: 2000,
+        max_global_rejects: 1_000_000,
+        ..ProptestConfig::default()
+    })]
 
     /// Randomizing every bit the walk did not read gives the same flow.
     #[test]
