@@ -268,6 +268,18 @@ fn flags(
         }
         (v, all)
     };
+    // Bits without a name would print as `[Unknown]` in a masked list, which cannot be read
+    // back; the kernel refuses them anyway.
+    let known = if max_bits >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << max_bits) - 1
+    };
+    if out.0 & !known != 0 || (out.1 != all && out.1 & !known != 0) {
+        return Err(c.err(format!(
+            "flags {body:?} set bits beyond the {max_bits} defined ones"
+        )));
+    }
     c.pos += end;
     c.expect(")")?;
     Ok(out)

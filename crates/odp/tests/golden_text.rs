@@ -243,6 +243,9 @@ fn bad_text_is_a_clear_error() {
         ("in_port(1),in_port(2)", "in_port() appears twice"),
         ("in_port(1),ct_state(+est+bogus)", "unknown flag \"bogus\""),
         ("in_port(99999999999)", "out of range"),
+        // Found by the parse_text fuzz target: undefined bits would print as `[Unknown]`.
+        ("ct_state(0/0x4000005)", "beyond the 8 defined"),
+        ("tcp_flags(0x1/0xf001)", "beyond the 12 defined"),
     ] {
         let e = odp::parse_match(input).unwrap_err().to_string();
         assert!(e.contains(want), "{input}: {e}");
