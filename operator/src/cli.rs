@@ -150,7 +150,10 @@ async fn translate(a: TranslateArgs) -> anyhow::Result<i32> {
         }
     }
     let outcomes = offline::program_all(nsdb.as_ref(), &loaded.inventory).await?;
-    let mut refused = 0;
+    let mut refused = loaded.refused.len();
+    for r in &loaded.refused {
+        println!("{}", offline::describe_refusal(r));
+    }
     for (key, outcome) in &outcomes {
         println!("{}", offline::describe(key, outcome));
         refused += usize::from(outcome.is_refused());
@@ -162,11 +165,15 @@ async fn translate(a: TranslateArgs) -> anyhow::Result<i32> {
             println!("{key}: removed (no longer defined)");
         }
     }
+    let total = outcomes.len() + loaded.refused.len();
     println!(
-        "{} objects, {} programmed{}, {refused} refused",
-        outcomes.len(),
-        outcomes.len() - refused,
-        if a.dry_run { " (dry run)" } else { "" }
+        "{total} objects, {} {}, {refused} refused",
+        total - refused,
+        if a.dry_run {
+            "valid (dry run)"
+        } else {
+            "programmed"
+        }
     );
     Ok(if refused > 0 { 2 } else { 0 })
 }

@@ -82,6 +82,12 @@ pub enum Error {
         first: PathBuf,
         second: PathBuf,
     },
+    /// The CRD schemas could not be built or applied.
+    #[error("CRD schema check failed")]
+    Schema {
+        #[source]
+        source: api::Error,
+    },
     /// Leader election failed.
     #[error("leader election on lease {lease} failed")]
     Lease {
@@ -119,6 +125,7 @@ impl Error {
             Error::Decode { .. } => "decode",
             Error::UnknownKind { .. } => "unknown_kind",
             Error::Duplicate { .. } => "duplicate",
+            Error::Schema { .. } => "schema",
             Error::Lease { .. } => "lease",
             Error::LostLeadership { .. } => "lost_leadership",
             Error::Serve { .. } => "serve",

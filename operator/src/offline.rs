@@ -15,11 +15,23 @@ use crate::program;
 use crate::store::{self, Applied};
 use crate::translate::{Inventory, Translation};
 
-/// The objects read from manifests, and the file each came from.
-#[derive(Clone, Debug, Default)]
+/// An object the CRD schema refuses, as `kubectl apply` would: it never reaches the
+/// inventory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub key: ObjectKey,
+    pub path: PathBuf,
+    /// Each refused field, `spec.vips[0].port: ...`, joined by `; `.
+    pub message: String,
+}
+
+/// The objects read from manifests, the file each came from, and those the schema refused.
+#[derive(Debug, Default)]
 pub struct Loaded {
     pub inventory: Inventory,
     pub sources: BTreeMap<ObjectKey, PathBuf>,
+    pub refused: Vec<Refusal>,
+    schemas: Option<api::schema::Schemas>,
 }
 
 /// The files a path names: itself, or the `*.yaml`/`*.yml` files directly in a directory
@@ -74,6 +86,10 @@ impl Loaded {
 
     /// Adds the objects of one multi-document YAML text.
     pub fn add_documents(&mut self, path: &Path, text: &str) -> Result<(), Error> {
+        if self.schemas.is_none() {
+            self.schemas =
+                Some(api::schema::Schemas::generated().map_err(|source| Error::Schema { source })?);
+        }
         let docs: Vec<serde_json::Value> =
             serde_saphyr::from_multiple(text).map_err(|source| Error::Yaml {
                 path: path.to_owned(),
@@ -95,6 +111,30 @@ impl Loaded {
                     api_version: api_version.clone(),
                     kind: kind.clone(),
                 })?;
+            let meta_name = doc
+                .pointer("/metadata/name")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            let schemas = self.schemas.as_ref().ok_or(Error::MissingMetadata {
+                kind: cr_kind.as_str(),
+                field: "schema",
+            })?;
+            let faults = schemas
+                .check(&doc)
+                .map_err(|source| Error::Schema { source })?;
+            if !faults.is_empty() {
+                self.refused.push(Refusal {
+                    key: ObjectKey::new(cr_kind, meta_name),
+                    path: path.to_owned(),
+                    message: faults
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                });
+                continue;
+            }
             let name = match cr_kind {
                 CrKind::VirtualBridge => {
                     let o: VirtualBridge = decode(path, index, doc)?;
@@ -198,6 +238,11 @@ pub async fn prune(nsdb: &Nsdb, inv: &Inventory) -> Result<Vec<ObjectKey>, Error
     Ok(removed)
 }
 
+/// One line per schema refusal, for the command's output.
+pub fn describe_refusal(r: &Refusal) -> String {
+    format!("{}: refused by the CRD schema: {}", r.key, r.message)
+}
+
 /// One line per object, for the command's output.
 pub fn describe(key: &ObjectKey, outcome: &Outcome) -> String {
     match outcome {
@@ -208,7 +253,10 @@ pub fn describe(key: &ObjectKey, outcome: &Outcome) -> String {
             a.deleted,
             a.unchanged
         ),
-        Outcome::Checked(t) => format!("{key}: valid, {} records (dry run)", t.records.len()),
+        Outcome::Checked(t) => format!(
+            "{key}: valid, {} records (dry run, nothing written)",
+            t.records.len()
+        ),
         Outcome::Refused(Error::InvalidSpec { message, .. }) => {
             format!("{key}: refused, InvalidSpec: {message}")
         }
