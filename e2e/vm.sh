@@ -221,16 +221,19 @@ trap cleanup EXIT
 } >"$RUNDIR/cmd"
 
 ACCEL=tcg,thread=multi
+# One awk strips the serial console's CRs, keeps the whole console in console.log and
+# prints what COMMAND printed (between the markers; its last line may lack a newline),
+# flushing every line so long runs stream (tr would block-buffer into a pipe).
+AWK=(awk)
+# mawk reads a pipe in large blocks unless told it is interactive.
+awk -W version 2>&1 | grep -q mawk && AWK=(awk -W interactive)
 filter() {
-  if [ "${WEFT_VM_VERBOSE:-0}" = 1 ]; then
-    tr -d '\r' | tee "$RUNDIR/console.log"
-  else
-    # Only what COMMAND printed: between the markers (COMMAND's last line may lack a newline).
-    tr -d '\r' | tee "$RUNDIR/console.log" | awk '
-      !on && $0 == "@@VM-BEGIN@@" { on = 1; next }
-      on && (i = index($0, "@@VM-END rc=")) { if (i > 1) print substr($0, 1, i - 1); on = 0; fflush(); next }
-      on { print; fflush() }'
-  fi
+  "${AWK[@]}" -v logf="$RUNDIR/console.log" -v verbose="${WEFT_VM_VERBOSE:-0}" '
+    { sub(/\r+$/, ""); gsub(/\r/, ""); print > logf; fflush(logf) }
+    verbose == 1 { print; fflush(); next }
+    !on && $0 == "@@VM-BEGIN@@" { on = 1; next }
+    on && (i = index($0, "@@VM-END rc=")) { if (i > 1) print substr($0, 1, i - 1); on = 0; fflush(); next }
+    on { print; fflush() }'
 }
 set +e
 timeout "${WEFT_VM_TIMEOUT:-1800}" qemu-system-x86_64 -nodefaults -no-user-config -accel "$ACCEL" -cpu max \
