@@ -149,6 +149,11 @@ impl UpcallSocket {
         Ok(None)
     }
 
+    /// The next upcall if one is already queued, without waiting.
+    pub fn try_recv(&mut self) -> Result<Option<Upcall>> {
+        self.recv_timeout(Duration::ZERO)
+    }
+
     /// Waits up to `timeout` for the next upcall; `Ok(None)` when none came.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Upcall>> {
         let deadline = Instant::now() + timeout;
