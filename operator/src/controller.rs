@@ -38,6 +38,8 @@ pub const FINALIZER: &str = "weft.dev/nsdb-cleanup";
 pub const FIELD_MANAGER: &str = "weft-operator";
 /// How often a programmed object is reconciled again, to repair drift in NSDB.
 pub const RESYNC: Duration = Duration::from_secs(300);
+/// How often a refused object is checked again.
+pub const INVALID_RECHECK: Duration = Duration::from_secs(60);
 /// First and largest delay of the error backoff.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -364,7 +366,9 @@ async fn apply<K: WeftResource>(obj: Arc<K>, ctx: &Context) -> Result<Action, Er
                     message,
                 },
             );
-            Ok(Action::await_change())
+            // The fault may lie in another object (a missing reference, a duplicate VIP), whose
+            // change does not always trigger this one: look again now and then.
+            Ok(Action::requeue(INVALID_RECHECK))
         }
         Err(err) => {
             let cond = api::ready_condition(
@@ -526,6 +530,31 @@ mod tests {
         assert_eq!(backoff_delay(4), Duration::from_secs(4));
         assert_eq!(backoff_delay(30), BACKOFF_MAX);
         assert_eq!(backoff_delay(u32::MAX), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn router_status_lists_its_ports_with_keys() {
+        let inv = crate::fixtures::topology();
+        let key = ObjectKey::new(CrKind::VirtualRouter, "edge");
+        let mut t = crate::translate(&key, &inv).unwrap();
+        for (i, r) in t.records.iter_mut().enumerate() {
+            crate::translate::set_tunnel_key(r, 100 + i as u32);
+        }
+        let applied = Applied {
+            records: t.records,
+            ..Applied::default()
+        };
+        let facts = inv.routers["edge"].status_facts(&applied);
+        let ports = facts["ports"].as_array().unwrap();
+        let interfaces: Vec<&str> = ports
+            .iter()
+            .map(|p| p["interface"].as_str().unwrap())
+            .collect();
+        assert_eq!(interfaces, ["blue", "red", "uplink"]);
+        assert_eq!(ports[0]["address"], "10.1.0.1/24");
+        assert_eq!(ports[0]["portId"], "vrt:edge:port:blue");
+        assert!(ports[0]["tunnelKey"].as_u64().unwrap() >= 100);
+        assert!(facts["tunnelKey"].as_u64().unwrap() >= 100);
     }
 
     #[test]
