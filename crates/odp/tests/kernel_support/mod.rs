@@ -5,28 +5,29 @@
 
 use std::fs::File;
 use std::process::Command;
-use std::sync::Once;
+use std::sync::OnceLock;
 
 use nix::sched::{CloneFlags, setns};
 use odp::dpif::{Dpif, FlowPut};
 
-/// Fails loudly unless this is root on a kernel with the OVS datapath.
+/// Fails loudly unless this is root on a kernel with the OVS datapath (every test that
+/// calls it fails with the same message).
 pub fn require_kernel_datapath() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        assert!(
-            nix_is_root(),
-            "kernel datapath tests need root: run them with e2e/kernel-tests.sh"
-        );
+    static CHECK: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = CHECK.get_or_init(|| {
+        if !nix_is_root() {
+            return Err("kernel datapath tests need root: run them with e2e/kernel-tests.sh".into());
+        }
         let _ = Command::new("modprobe")
             .args(["-a", "openvswitch", "vxlan", "geneve", "veth"])
             .status();
-        if let Err(e) = Dpif::open() {
-            panic!(
-                "the OVS kernel datapath is not available ({e}): run these tests with e2e/kernel-tests.sh"
-            );
-        }
+        Dpif::open().map(|_| ()).map_err(|e| {
+            format!("the OVS kernel datapath is not available ({e}): run these tests with e2e/kernel-tests.sh")
+        })
     });
+    if let Err(e) = r {
+        panic!("{e}");
+    }
 }
 
 fn nix_is_root() -> bool {
