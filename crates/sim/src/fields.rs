@@ -29,6 +29,22 @@ pub mod proto {
     pub const SCTP: u8 = 132;
 }
 
+/// ICMPv6 message types the walk reads or generates.
+pub mod icmp6 {
+    /// Destination unreachable.
+    pub const DEST_UNREACH: u16 = 1;
+    /// Time exceeded.
+    pub const TIME_EXCEEDED: u16 = 3;
+    /// Echo request.
+    pub const ECHO_REQUEST: u16 = 128;
+    /// Echo reply.
+    pub const ECHO_REPLY: u16 = 129;
+    /// Neighbour solicitation.
+    pub const NS: u16 = 135;
+    /// Neighbour advertisement.
+    pub const NA: u16 = 136;
+}
+
 /// Conntrack state bits, as in the kernel's `OVS_CS_F_*`.
 pub mod ct {
     /// Beginning of a new connection.
@@ -110,6 +126,12 @@ pub struct Fields {
     pub arp_sha: [u8; 6],
     /// ARP target hardware address.
     pub arp_tha: [u8; 6],
+    /// IPv6 neighbour discovery target address (NS and NA with code 0).
+    pub nd_target: u128,
+    /// ND source link-layer address option (NS).
+    pub nd_sll: [u8; 6],
+    /// ND target link-layer address option (NA).
+    pub nd_tll: [u8; 6],
 }
 
 impl Fields {
@@ -141,6 +163,9 @@ impl Fields {
         arp_tip: !0,
         arp_sha: [0xff; 6],
         arp_tha: [0xff; 6],
+        nd_target: !0,
+        nd_sll: [0xff; 6],
+        nd_tll: [0xff; 6],
     };
 
     /// The IPv4 source as an address.
@@ -196,12 +221,30 @@ impl Fields {
             arp_tip: self.arp_tip & m.arp_tip,
             arp_sha: mac(self.arp_sha, m.arp_sha),
             arp_tha: mac(self.arp_tha, m.arp_tha),
+            nd_target: self.nd_target & m.nd_target,
+            nd_sll: mac(self.nd_sll, m.nd_sll),
+            nd_tll: mac(self.nd_tll, m.nd_tll),
         }
     }
 
     /// True for an IPv4 packet (by `eth_type`).
     pub fn is_ipv4(&self) -> bool {
         self.eth_type == ethertype::IPV4
+    }
+
+    /// True for an IPv6 packet (by `eth_type`).
+    pub fn is_ipv6(&self) -> bool {
+        self.eth_type == ethertype::IPV6
+    }
+
+    /// True when the datapath key of these fields carries an ND attribute: an ICMPv6
+    /// neighbour solicitation or advertisement with code 0, not a later fragment.
+    pub fn has_nd(&self) -> bool {
+        self.is_ipv6()
+            && self.ip_proto == proto::ICMPV6
+            && self.ip_frag != 2
+            && matches!(self.tp_src, icmp6::NS | icmp6::NA)
+            && self.tp_dst == 0
     }
 }
 

@@ -192,6 +192,30 @@ impl TopoBuilder {
         self
     }
 
+    /// Adds another address (`addr/len`, e.g. `fd00:1::11/128`) to a port.
+    pub fn addr(mut self, port: &str, cidr: &str) -> Self {
+        let n = net(cidr);
+        self.port_mut(port).addresses.push(n);
+        self
+    }
+
+    /// Gives the router port `<router>-<bridge>` of an existing [`TopoBuilder::link`] the IPv6
+    /// address `cidr` (e.g. `fd00:1::1/64`) and adds the connected route `<router>-<bridge>-net6`.
+    pub fn link6(mut self, router: &str, bridge: &str, cidr: &str) -> Self {
+        let rp = format!("{router}-{bridge}");
+        let n: IpNet = net(cidr);
+        self.port_mut(&rp).addresses.push(n);
+        self.records.routes.push(Route {
+            id: format!("{rp}-net6"),
+            router: router.into(),
+            dst: n.trunc(),
+            next_hop: None,
+            port: rp,
+            weight: 1,
+        });
+        self
+    }
+
     /// Adds a router.
     pub fn router(mut self, id: &str) -> Self {
         let tunnel_key = self.key();
@@ -539,6 +563,138 @@ pub mod pkt {
             arp_sha: src_mac,
             ..Fields::default()
         }
+    }
+
+    fn v6(s: &str) -> u128 {
+        u128::from(s.parse::<std::net::Ipv6Addr>().expect("fixture address"))
+    }
+
+    /// An IPv6 packet with next header `p` and ports (or ICMPv6 type/code) `sp`, `dp`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ipv6(
+        in_port: u32,
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+        src: &str,
+        dst: &str,
+        p: u8,
+        sp: u16,
+        dp: u16,
+    ) -> Fields {
+        Fields {
+            in_port,
+            eth_src: src_mac,
+            eth_dst: dst_mac,
+            eth_type: ethertype::IPV6,
+            ipv6_src: v6(src),
+            ipv6_dst: v6(dst),
+            ip_proto: p,
+            ip_ttl: 64,
+            tp_src: sp,
+            tp_dst: dp,
+            ..Fields::default()
+        }
+    }
+
+    /// A UDP packet over IPv6.
+    pub fn udp6(
+        in_port: u32,
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+        src: &str,
+        dst: &str,
+        sp: u16,
+        dp: u16,
+    ) -> Fields {
+        ipv6(in_port, src_mac, dst_mac, src, dst, proto::UDP, sp, dp)
+    }
+
+    /// A TCP packet over IPv6.
+    pub fn tcp6(
+        in_port: u32,
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+        src: &str,
+        dst: &str,
+        sp: u16,
+        dp: u16,
+    ) -> Fields {
+        ipv6(in_port, src_mac, dst_mac, src, dst, proto::TCP, sp, dp)
+    }
+
+    /// An ICMPv6 echo request.
+    pub fn ping6(in_port: u32, src_mac: [u8; 6], dst_mac: [u8; 6], src: &str, dst: &str) -> Fields {
+        ipv6(in_port, src_mac, dst_mac, src, dst, proto::ICMPV6, 128, 0)
+    }
+
+    /// A neighbour solicitation from `src` for `target`, sent as address resolution does:
+    /// to the solicited-node multicast address and its MAC, hop limit 255, with the source
+    /// link-layer address option (none when `src` is `::`, as in duplicate address detection).
+    pub fn ns(in_port: u32, src_mac: [u8; 6], src: &str, target: &str) -> Fields {
+        let t = v6(target);
+        let group = v6("ff02::1:ff00:0") | (t & 0x00ff_ffff);
+        let g = group.to_be_bytes();
+        let mut f = ipv6(
+            in_port,
+            src_mac,
+            [0x33, 0x33, g[12], g[13], g[14], g[15]],
+            src,
+            "::",
+            proto::ICMPV6,
+            135,
+            0,
+        );
+        f.ipv6_dst = group;
+        f.ip_ttl = 255;
+        f.nd_target = t;
+        if f.ipv6_src != 0 {
+            f.nd_sll = src_mac;
+        }
+        f
+    }
+
+    /// A well-formed frame for IPv6 fields (ICMPv6 echo with an 8-byte payload, UDP with 4
+    /// payload bytes, TCP with SYN), so generated replies can quote or echo it.
+    pub fn frame6(f: &Fields) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&f.eth_dst);
+        out.extend_from_slice(&f.eth_src);
+        out.extend_from_slice(&ethertype::IPV6.to_be_bytes());
+        let mut l4: Vec<u8> = match f.ip_proto {
+            proto::ICMPV6 => {
+                let mut v = vec![f.tp_src as u8, f.tp_dst as u8, 0, 0, 0x12, 0x34, 0, 1];
+                v.extend_from_slice(b"weftping");
+                v
+            }
+            proto::TCP => {
+                let mut v = Vec::new();
+                v.extend_from_slice(&f.tp_src.to_be_bytes());
+                v.extend_from_slice(&f.tp_dst.to_be_bytes());
+                v.extend_from_slice(&1000u32.to_be_bytes());
+                v.extend_from_slice(&0u32.to_be_bytes());
+                v.extend_from_slice(&[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+                v
+            }
+            _ => {
+                let mut v = Vec::new();
+                v.extend_from_slice(&f.tp_src.to_be_bytes());
+                v.extend_from_slice(&f.tp_dst.to_be_bytes());
+                v.extend_from_slice(&12u16.to_be_bytes());
+                v.extend_from_slice(&[0, 0, 1, 2, 3, 4]);
+                v
+            }
+        };
+        if f.ip_proto == proto::ICMPV6 {
+            let c = crate::packets::icmp6_checksum(f.ipv6_src, f.ipv6_dst, &l4);
+            l4[2..4].copy_from_slice(&c.to_be_bytes());
+        }
+        out.extend_from_slice(&[0x60, 0, 0, 0]);
+        out.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        out.extend_from_slice(&[f.ip_proto, f.ip_ttl]);
+        out.extend_from_slice(&f.ipv6_src.to_be_bytes());
+        out.extend_from_slice(&f.ipv6_dst.to_be_bytes());
+        out.extend_from_slice(&l4);
+        out
     }
 
     /// A well-formed frame for IPv4 fields (ICMP echo with an 8-byte payload, TCP with

@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use odp::{
-    Action, Ct, FlowKey, KeyArp, KeyEthernet, KeyIcmp, KeyIpv4, KeyIpv6, KeyPorts, Nat, NatKind,
-    SetKey, TunnelKey,
+    Action, Ct, FlowKey, KeyArp, KeyEthernet, KeyIcmp, KeyIpv4, KeyIpv6, KeyNd, KeyPorts, Nat,
+    NatKind, SetKey, TunnelKey,
 };
 
 use crate::fields::{Fields, VLAN_CFI, ethertype, proto};
@@ -67,6 +67,25 @@ pub(crate) fn set_ttl(ttl: u8) -> Action {
         SetKey::Ipv4(KeyIpv4 {
             ttl: 0xff,
             ..KeyIpv4::default()
+        }),
+    )
+}
+
+pub(crate) fn set_hlimit(hlimit: u8) -> Action {
+    let zero = KeyIpv6 {
+        src: Ipv6Addr::UNSPECIFIED,
+        dst: Ipv6Addr::UNSPECIFIED,
+        label: 0,
+        proto: 0,
+        tclass: 0,
+        hlimit: 0,
+        frag: 0,
+    };
+    Action::SetMasked(
+        SetKey::Ipv6(KeyIpv6 { hlimit, ..zero }),
+        SetKey::Ipv6(KeyIpv6 {
+            hlimit: 0xff,
+            ..zero
         }),
     )
 }
@@ -162,6 +181,7 @@ fn clear_l3(k: &mut FlowKey) {
     k.sctp = None;
     k.icmp = None;
     k.icmpv6 = None;
+    k.nd = None;
 }
 
 fn any_l3(m: &Fields) -> bool {
@@ -180,6 +200,9 @@ fn any_l3(m: &Fields) -> bool {
         || m.arp_sip != 0
         || m.arp_sha != [0; 6]
         || m.arp_tha != [0; 6]
+        || m.nd_target != 0
+        || m.nd_sll != [0; 6]
+        || m.nd_tll != [0; 6]
 }
 
 /// Fills the L3/L4 attributes of a mask without allocating.
@@ -239,7 +262,16 @@ pub(crate) fn fill_l3(pkt: &Fields, m: &Fields, k: &mut FlowKey) {
             k.icmpv6 = Some(KeyIcmp {
                 icmp_type: m.tp_src as u8,
                 code: m.tp_dst as u8,
-            })
+            });
+            // The kernel accepts an ND mask only with the ICMPv6 type matched exactly
+            // (`match_validate`), which the walk always reads before the target.
+            if pkt.has_nd() && (m.nd_target != 0 || m.nd_sll != [0; 6] || m.nd_tll != [0; 6]) {
+                k.nd = Some(KeyNd {
+                    target: Ipv6Addr::from(m.nd_target),
+                    sll: m.nd_sll,
+                    tll: m.nd_tll,
+                });
+            }
         }
         _ => {}
     }
@@ -294,6 +326,11 @@ impl Fields {
             f.arp_tip = u32::from(a.tip);
             f.arp_sha = a.sha;
             f.arp_tha = a.tha;
+        }
+        if let Some(nd) = inner.nd {
+            f.nd_target = u128::from(nd.target);
+            f.nd_sll = nd.sll;
+            f.nd_tll = nd.tll;
         }
         let ports = inner.tcp.or(inner.udp).or(inner.sctp);
         if let Some(p) = ports {
@@ -381,7 +418,14 @@ impl Fields {
                 (_, Some(_)) => inner.sctp = Some(ports),
                 (proto::ICMP, None) if self.eth_type == ethertype::IPV4 => inner.icmp = Some(icmp),
                 (proto::ICMPV6, None) if self.eth_type == ethertype::IPV6 => {
-                    inner.icmpv6 = Some(icmp)
+                    inner.icmpv6 = Some(icmp);
+                    if self.has_nd() {
+                        inner.nd = Some(KeyNd {
+                            target: Ipv6Addr::from(self.nd_target),
+                            sll: self.nd_sll,
+                            tll: self.nd_tll,
+                        });
+                    }
                 }
                 _ => {}
             }
@@ -400,6 +444,7 @@ impl Fields {
             k.sctp = inner.sctp;
             k.icmp = inner.icmp;
             k.icmpv6 = inner.icmpv6;
+            k.nd = inner.nd;
         }
         k
     }

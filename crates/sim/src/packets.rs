@@ -69,6 +69,142 @@ fn ipv4_of(bytes: &[u8]) -> Option<&[u8]> {
     Some(&ip[..total.min(ip.len())])
 }
 
+fn ipv6_header(src: u128, dst: u128, next: u8, hlimit: u8, payload_len: usize, out: &mut Vec<u8>) {
+    let len = payload_len.min(usize::from(u16::MAX)) as u16;
+    out.extend_from_slice(&[0x60, 0, 0, 0]);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&[next, hlimit]);
+    out.extend_from_slice(&src.to_be_bytes());
+    out.extend_from_slice(&dst.to_be_bytes());
+}
+
+/// The ICMPv6 checksum of `msg` (RFC 4443 2.3: over the pseudo-header of RFC 8200 8.1).
+pub fn icmp6_checksum(src: u128, dst: u128, msg: &[u8]) -> u16 {
+    let mut sum = csum_add(0, &src.to_be_bytes());
+    sum = csum_add(sum, &dst.to_be_bytes());
+    sum = csum_add(sum, &(msg.len() as u32).to_be_bytes());
+    sum = csum_add(sum, &[0, 0, 0, proto::ICMPV6]);
+    csum_fold(csum_add(sum, msg))
+}
+
+/// Appends the Ethernet and IPv6 headers and the ICMPv6 message `msg` (checksum filled in).
+fn icmp6_frame(
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    src: u128,
+    dst: u128,
+    hlimit: u8,
+    msg: &mut [u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(14 + 40 + msg.len());
+    eth(eth_dst, eth_src, ethertype::IPV6, &mut out);
+    ipv6_header(src, dst, proto::ICMPV6, hlimit, msg.len(), &mut out);
+    msg[2] = 0;
+    msg[3] = 0;
+    let c = icmp6_checksum(src, dst, msg);
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+    out.extend_from_slice(msg);
+    out
+}
+
+/// The IPv6 packet (header and payload as far as present) of a well-formed IPv6 frame.
+fn ipv6_of(bytes: &[u8]) -> Option<&[u8]> {
+    let mut off = 12;
+    let mut ty = u16::from_be_bytes([*bytes.get(off)?, *bytes.get(off + 1)?]);
+    if ty == ethertype::VLAN {
+        off += 4;
+        ty = u16::from_be_bytes([*bytes.get(off)?, *bytes.get(off + 1)?]);
+    }
+    if ty != ethertype::IPV6 {
+        return None;
+    }
+    let ip = bytes.get(off + 2..)?;
+    if ip.len() < 40 || ip[0] >> 4 != 6 {
+        return None;
+    }
+    let total = 40 + usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    Some(&ip[..total.min(ip.len())])
+}
+
+/// A solicited neighbour advertisement (RFC 4861 4.4) answering the solicitation `req` for
+/// `target`, owned by `mac`, with the router flag when a router port owns it. It carries the
+/// target link-layer address option, so the requester needs nothing else.
+pub fn neighbour_advert(req: &Fields, target: u128, mac: [u8; 6], router: bool) -> Vec<u8> {
+    let flags: u8 = if router { 0xe0 } else { 0x60 };
+    let mut msg = [0u8; 32];
+    msg[0] = 136;
+    msg[4] = flags;
+    msg[8..24].copy_from_slice(&target.to_be_bytes());
+    msg[24] = 2;
+    msg[25] = 1;
+    msg[26..32].copy_from_slice(&mac);
+    icmp6_frame(req.eth_src, mac, target, req.ipv6_src, 255, &mut msg)
+}
+
+/// An ICMPv6 echo reply to the echo request in `bytes` (needs the bytes: the reply echoes
+/// them). Only a request whose ICMPv6 header follows the IPv6 header directly is answered.
+pub fn icmp6_echo_reply(req: &Fields, bytes: &[u8]) -> Option<Vec<u8>> {
+    let ip = ipv6_of(bytes)?;
+    if ip[6] != proto::ICMPV6 {
+        return None;
+    }
+    let icmp = &ip[40..];
+    if icmp.len() < 8 || icmp[0] != 128 || icmp[1] != 0 {
+        return None;
+    }
+    let mut msg = icmp.to_vec();
+    msg[0] = 129;
+    Some(icmp6_frame(
+        req.eth_src,
+        req.eth_dst,
+        req.ipv6_dst,
+        req.ipv6_src,
+        64,
+        &mut msg,
+    ))
+}
+
+/// An ICMPv6 error (`ty`/`code`) from `src` about the packet `orig`, quoting as much of it as
+/// fits in the minimum MTU (RFC 4443 3). Without bytes the quote is rebuilt from the fields.
+/// Never sent about ICMPv6 errors, later fragments, or packets from the unspecified or a
+/// multicast source, or to a multicast destination (RFC 4443 2.4 (e)).
+pub fn icmp6_error(orig: &Fields, bytes: &[u8], ty: u8, code: u8, src: u128) -> Option<Vec<u8>> {
+    if orig.eth_type != ethertype::IPV6 || orig.ip_frag == 2 {
+        return None;
+    }
+    if orig.ip_proto == proto::ICMPV6 && orig.tp_src < 128 {
+        return None;
+    }
+    if orig.ipv6_src == 0 || orig.ipv6_src >> 120 == 0xff || orig.ipv6_dst >> 120 == 0xff {
+        return None;
+    }
+    let mut msg = vec![ty, code, 0, 0, 0, 0, 0, 0];
+    match ipv6_of(bytes) {
+        Some(ip) => msg.extend_from_slice(&ip[..ip.len().min(1280 - 48)]),
+        None => {
+            ipv6_header(
+                orig.ipv6_src,
+                orig.ipv6_dst,
+                orig.ip_proto,
+                orig.ip_ttl,
+                8,
+                &mut msg,
+            );
+            msg.extend_from_slice(&orig.tp_src.to_be_bytes());
+            msg.extend_from_slice(&orig.tp_dst.to_be_bytes());
+            msg.extend_from_slice(&[0, 0, 0, 0]);
+        }
+    }
+    Some(icmp6_frame(
+        orig.eth_src,
+        orig.eth_dst,
+        src,
+        orig.ipv6_src,
+        64,
+        &mut msg,
+    ))
+}
+
 /// An ARP reply to the request in `req`, saying `answer` has the requested address.
 pub fn arp_reply(req: &Fields, answer: [u8; 6]) -> Vec<u8> {
     let mut out = Vec::with_capacity(42);
@@ -208,6 +344,22 @@ mod tests {
     }
 
     #[test]
+    fn icmp6_checksum_of_known_message() {
+        // An echo request from fe80::1 to fe80::2 (id 0x1234, seq 1, no data). The sum was
+        // worked by hand: pseudo-header words fe80+1+fe80+2+8+58, message 8000+1234+1.
+        let src = u128::from(0xfe80u16) << 112 | 1;
+        let dst = u128::from(0xfe80u16) << 112 | 2;
+        let msg = [0x80, 0, 0, 0, 0x12, 0x34, 0, 1];
+        let sum: u32 = 0xfe80 + 1 + 0xfe80 + 2 + 8 + 58 + 0x8000 + 0x1234 + 1;
+        let folded = !(((sum & 0xffff) + (sum >> 16)) as u16);
+        assert_eq!(icmp6_checksum(src, dst, &msg), folded);
+        // A message that carries its checksum sums to zero.
+        let mut with = msg;
+        with[2..4].copy_from_slice(&folded.to_be_bytes());
+        assert_eq!(icmp6_checksum(src, dst, &with), 0);
+    }
+
+    #[test]
     fn truncated_or_garbage_bytes_do_not_panic() {
         let f = Fields {
             eth_type: ethertype::IPV4,
@@ -219,6 +371,20 @@ mod tests {
             let _ = tcp_rst(&f, &junk);
             let _ = icmp_error(&f, &junk, 3, 3, 1);
             let _ = icmp_echo_reply(&f, &junk);
+            let f6 = Fields {
+                eth_type: ethertype::IPV6,
+                ip_proto: proto::ICMPV6,
+                tp_src: 128,
+                ipv6_src: 1,
+                ..Fields::default()
+            };
+            let _ = icmp6_echo_reply(&f6, &junk);
+            let _ = icmp6_error(&f6, &junk, 1, 0, 2);
+            let mut ip6 = vec![0u8; 12];
+            ip6.extend_from_slice(&[0x86, 0xdd, 0x60]);
+            ip6.extend_from_slice(&junk);
+            let _ = icmp6_echo_reply(&f6, &ip6);
+            let _ = icmp6_error(&f6, &ip6, 1, 0, 2);
         }
     }
 }

@@ -116,6 +116,7 @@ pub(crate) struct PortC {
     pub kind: PKind,
     pub mac: [u8; 6],
     pub v4: Vec<(u32, u8)>,
+    pub v6: Vec<(u128, u8)>,
     pub tunnel_key: u32,
     pub zone: u16,
     pub in_chain: Option<Idx>,
@@ -162,6 +163,7 @@ pub(crate) struct RouteC {
     pub tag: Tag,
     pub port: Idx,
     pub next_hop: Option<u32>,
+    pub next_hop6: Option<u128>,
 }
 
 #[derive(Debug, Clone)]
@@ -180,6 +182,8 @@ pub(crate) struct RouterC {
     pub in_chain: Option<Idx>,
     pub out_chain: Option<Idx>,
     pub lpm: PrefixTable<u32, Target>,
+    /// IPv6 routes and own addresses (as /128), sharing `groups` with the IPv4 table.
+    pub lpm6: PrefixTable<u128, Target>,
     pub groups: Vec<GroupC>,
     pub dnat: Vec<DnatC>,
     /// VIP and DNAT external addresses of this router, as /32 prefixes.
@@ -235,6 +239,8 @@ pub struct Topology {
     pub(crate) port_by_key: FxMap<u32, Idx>,
     pub(crate) mac_table: FxMap<(Idx, [u8; 6]), Idx>,
     pub(crate) arp_table: FxMap<(Idx, u32), [u8; 6]>,
+    /// Per bridge, IPv6 address -> (MAC, the owner is a router port).
+    pub(crate) nd_table: FxMap<(Idx, u128), ([u8; 6], bool)>,
     pub(crate) vip_index: FxMap<(Idx, u32, u8, u16), Idx>,
     pub(crate) has_global_vips: bool,
     pub(crate) global_nat_ips: PrefixTable<u32, ()>,
@@ -249,6 +255,42 @@ pub fn zone_of_key(tunnel_key: u32) -> u16 {
         0 => 0xffff,
         z => z,
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum NextHop {
+    Direct,
+    V4(u32),
+    V6(u128),
+}
+
+/// Groups one router's routes of one family by prefix (ECMP groups, weights cumulated in
+/// route-id order so the choice does not depend on record order) and returns the LPM entries.
+fn group_routes<T: Copy + Ord>(
+    mut list: Vec<(T, u8, Idx, u32)>,
+    routes: &[RouteC],
+    groups: &mut Vec<GroupC>,
+) -> Vec<(T, u8, Target)> {
+    list.sort_by(|a, b| {
+        (a.0, a.1, &routes[a.2 as usize].id).cmp(&(b.0, b.1, &routes[b.2 as usize].id))
+    });
+    let mut entries = Vec::new();
+    let mut i = 0;
+    while i < list.len() {
+        let (net, len) = (list[i].0, list[i].1);
+        let mut g = GroupC {
+            routes: Vec::new(),
+            total: 0,
+        };
+        while i < list.len() && list[i].0 == net && list[i].1 == len {
+            g.total = g.total.saturating_add(list[i].3);
+            g.routes.push((list[i].2, g.total));
+            i += 1;
+        }
+        entries.push((net, len, Target::Group(groups.len() as Idx)));
+        groups.push(g);
+    }
+    entries
 }
 
 fn ipv4_of(ip: IpAddr) -> Option<u32> {
@@ -388,6 +430,14 @@ impl Topology {
                     IpNet::V6(_) => None,
                 })
                 .collect();
+            let v6 = p
+                .addresses
+                .iter()
+                .filter_map(|n| match n {
+                    IpNet::V6(n) => Some((u128::from(n.addr()), n.prefix_len())),
+                    IpNet::V4(_) => None,
+                })
+                .collect();
             let next_hop_mac = p
                 .labels
                 .get(LABEL_NEXT_HOP_MAC)
@@ -408,6 +458,7 @@ impl Topology {
                 },
                 mac: p.mac.0,
                 v4,
+                v6,
                 tunnel_key: key,
                 zone: zone_of_key(key),
                 in_chain: chain_ref(&p.id, &p.inbound_chain, &mut problems),
@@ -458,6 +509,7 @@ impl Topology {
         // Bridge tables: MAC -> port, IPv4 -> MAC, flood lists.
         let mut mac_table: FxMap<(Idx, [u8; 6]), Idx> = FxMap::default();
         let mut arp_table: FxMap<(Idx, u32), [u8; 6]> = FxMap::default();
+        let mut nd_table: FxMap<(Idx, u128), ([u8; 6], bool)> = FxMap::default();
         for (i, p) in ports.iter().enumerate() {
             let Dev::Bridge(b) = p.dev else { continue };
             match p.kind {
@@ -468,12 +520,19 @@ impl Topology {
                     for (a, _) in &peer.v4 {
                         arp_table.insert((b, *a), peer.mac);
                     }
+                    let router = matches!(peer.dev, Dev::Router(_));
+                    for (a, _) in &peer.v6 {
+                        nd_table.insert((b, *a), (peer.mac, router));
+                    }
                 }
                 PKind::Interior(_) => {}
                 PKind::Exterior | PKind::Uplink => {
                     mac_table.insert((b, p.mac), i as Idx);
                     for (a, _) in &p.v4 {
                         arp_table.insert((b, *a), p.mac);
+                    }
+                    for (a, _) in &p.v6 {
+                        nd_table.insert((b, *a), (p.mac, false));
                     }
                     if let Loc::Local(_) = p.loc
                         && p.admin_up
@@ -487,6 +546,8 @@ impl Topology {
         // Routes.
         let mut routes: Vec<RouteC> = Vec::new();
         let mut per_router: Vec<Vec<(u32, u8, Idx, u32)>> = vec![Vec::new(); records.routers.len()];
+        let mut per_router6: Vec<Vec<(u128, u8, Idx, u32)>> =
+            vec![Vec::new(); records.routers.len()];
         for r in &records.routes {
             let Some(&ri) = router_idx.get(r.router.as_str()) else {
                 problems.push(SimError::BadRoute {
@@ -509,20 +570,14 @@ impl Topology {
                 });
                 continue;
             }
-            let IpNet::V4(dst) = r.dst else {
-                problems.push(SimError::Unsupported {
-                    object: r.id.clone(),
-                    what: "IPv6 routing",
-                });
-                continue;
-            };
-            let next_hop = match r.next_hop {
-                None => None,
-                Some(IpAddr::V4(a)) => Some(u32::from(a)),
-                Some(IpAddr::V6(_)) => {
-                    problems.push(SimError::Unsupported {
-                        object: r.id.clone(),
-                        what: "IPv6 next hop",
+            let next_hop = match (r.dst, r.next_hop) {
+                (_, None) => NextHop::Direct,
+                (IpNet::V4(_), Some(IpAddr::V4(a))) => NextHop::V4(u32::from(a)),
+                (IpNet::V6(_), Some(IpAddr::V6(a))) => NextHop::V6(u128::from(a)),
+                _ => {
+                    problems.push(SimError::BadRoute {
+                        route: r.id.clone(),
+                        reason: "next hop is not of the destination's address family",
                     });
                     continue;
                 }
@@ -535,44 +590,46 @@ impl Topology {
                 id: r.id.clone(),
                 tag: Tag::route(&r.id),
                 port: pi,
-                next_hop,
+                next_hop: match next_hop {
+                    NextHop::V4(a) => Some(a),
+                    _ => None,
+                },
+                next_hop6: match next_hop {
+                    NextHop::V6(a) => Some(a),
+                    _ => None,
+                },
             });
-            per_router[ri as usize].push((
-                u32::from(dst.network()),
-                dst.prefix_len(),
-                idx,
-                r.weight,
-            ));
+            match r.dst {
+                IpNet::V4(dst) => per_router[ri as usize].push((
+                    u32::from(dst.network()),
+                    dst.prefix_len(),
+                    idx,
+                    r.weight,
+                )),
+                IpNet::V6(dst) => per_router6[ri as usize].push((
+                    u128::from(dst.network()),
+                    dst.prefix_len(),
+                    idx,
+                    r.weight,
+                )),
+            }
         }
 
         // Routers: LPM over routes (grouped by prefix for ECMP) and own addresses as /32.
         let mut routers: Vec<RouterC> = Vec::new();
         for (ri, r) in records.routers.iter().enumerate() {
-            let mut list = std::mem::take(&mut per_router[ri]);
-            list.sort_by(|a, b| {
-                (a.0, a.1, &routes[a.2 as usize].id).cmp(&(b.0, b.1, &routes[b.2 as usize].id))
-            });
             let mut groups: Vec<GroupC> = Vec::new();
-            let mut entries: Vec<(u32, u8, Target)> = Vec::new();
-            let mut i = 0;
-            while i < list.len() {
-                let (net, len) = (list[i].0, list[i].1);
-                let mut g = GroupC {
-                    routes: Vec::new(),
-                    total: 0,
-                };
-                while i < list.len() && list[i].0 == net && list[i].1 == len {
-                    g.total = g.total.saturating_add(list[i].3);
-                    g.routes.push((list[i].2, g.total));
-                    i += 1;
-                }
-                entries.push((net, len, Target::Group(groups.len() as Idx)));
-                groups.push(g);
-            }
+            let mut entries =
+                group_routes(std::mem::take(&mut per_router[ri]), &routes, &mut groups);
+            let mut entries6 =
+                group_routes(std::mem::take(&mut per_router6[ri]), &routes, &mut groups);
             for (pi, p) in ports.iter().enumerate() {
                 if p.dev == Dev::Router(ri as Idx) {
                     for (a, _) in &p.v4 {
                         entries.push((*a, 32, Target::Local(pi as Idx)));
+                    }
+                    for (a, _) in &p.v6 {
+                        entries6.push((*a, 128, Target::Local(pi as Idx)));
                     }
                 }
             }
@@ -598,6 +655,7 @@ impl Topology {
                 in_chain: chain_ref(&r.id, &r.inbound_chain, &mut problems),
                 out_chain: chain_ref(&r.id, &r.outbound_chain, &mut problems),
                 lpm: PrefixTable::build(entries),
+                lpm6: PrefixTable::build(entries6),
                 groups,
                 nat_ips: PrefixTable::build(dnat.iter().map(|d| (d.external, 32, ()))),
                 dnat,
@@ -738,6 +796,7 @@ impl Topology {
             port_by_key,
             mac_table,
             arp_table,
+            nd_table,
             vip_index,
             has_global_vips,
             global_nat_ips,

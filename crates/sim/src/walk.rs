@@ -33,13 +33,22 @@
 //! result that generates packets is never installed as a flow ([`crate::Simulation::install`]
 //! is false): every such packet must reach userspace to be answered.
 //!
+//! # IPv6
+//! Neighbour solicitations (multicast, for the solicited-node address) for addresses the
+//! bridge knows are answered with a generated advertisement, as ARP requests are; those for
+//! unknown targets, and duplicate address detection (unspecified source), follow the flooding
+//! policy. Routers route IPv6 with their own LPM table (ECMP by the same 5-tuple hash),
+//! decrement the hop limit, rewrite MACs (next-hop MAC from the bridge's known addresses),
+//! answer unicast solicitations and echo requests for their port addresses, and send
+//! ICMPv6 time exceeded and destination unreachable (no route: code 0, unknown next hop:
+//! code 3). A reject answers IPv6 with ICMPv6 port unreachable.
+//!
 //! # Not modelled
-//! IPv6 is bridged and matched by rules but not routed (no neighbour discovery suppression,
-//! no IPv6 routes, VIPs or NAT); a reject in a destination port's delivery stage drops
-//! without a reply.
+//! IPv6 VIPs and NAT; router advertisements (addresses are assigned by the CNI, not SLAAC);
+//! a reject in a destination port's delivery stage drops without a reply.
 
 use crate::acl::{ActC, CtC, NetC, RuleC};
-use crate::fields::{Fields, PacketContext, VLAN_CFI, ct, ethertype, proto};
+use crate::fields::{Fields, PacketContext, VLAN_CFI, ct, ethertype, icmp6, proto};
 use crate::hash::{five_tuple, mix64};
 use crate::lpm::AddrBits;
 use crate::packets;
@@ -123,6 +132,10 @@ pub fn simulate_into(t: &Topology, ctx: &PacketContext<'_>, sim: &mut Simulation
     let orig = w.orig;
     if orig.is_ipv4() && (mask.ipv4_src | mask.ipv4_dst != 0 || mask.ip_proto | mask.ip_ttl != 0) {
         // As OVS does: an IPv4 match also matches the fragment type.
+        mask.ip_frag = !0;
+    }
+    if orig.is_ipv6() && (mask.ipv6_src | mask.ipv6_dst != 0 || mask.ip_proto | mask.ip_ttl != 0) {
+        // Likewise for IPv6: later fragments carry no upper-layer header.
         mask.ip_frag = !0;
     }
     sim.fields_mask = mask;
@@ -215,6 +228,39 @@ impl Walker<'_, '_> {
     fn r_src_bits(&mut self, bits: u8) -> u32 {
         self.read.ipv4_src |= u32::prefix_mask(bits);
         self.pkt.ipv4_src
+    }
+    fn r_dst6_bits(&mut self, bits: u8) -> u128 {
+        self.read.ipv6_dst |= u128::prefix_mask(bits);
+        self.pkt.ipv6_dst
+    }
+    fn r_src6_bits(&mut self, bits: u8) -> u128 {
+        self.read.ipv6_src |= u128::prefix_mask(bits);
+        self.pkt.ipv6_src
+    }
+    /// The target of a neighbour solicitation, if the packet is one the datapath parsed
+    /// (ICMPv6 type 135, code 0, not a later fragment). Reads what it decides on.
+    fn r_ns_target(&mut self) -> Option<u128> {
+        if self.r_proto() != proto::ICMPV6 || self.r_frag() == 2 || self.r_tp_src() != icmp6::NS {
+            return None;
+        }
+        if self.r_tp_dst() != 0 {
+            return None;
+        }
+        self.read.nd_target = !0;
+        Some(self.pkt.nd_target)
+    }
+    /// Whether the destination is in `net/len`, reading only the bits that decide it.
+    fn dst6_in(&mut self, net: u128, len: u8) -> bool {
+        let m = u128::prefix_mask(len);
+        let v = self.pkt.ipv6_dst & m;
+        let hit = v == net;
+        let bits = if hit {
+            len
+        } else {
+            v.common_prefix(net).saturating_add(1).min(len)
+        };
+        self.r_dst6_bits(bits);
+        hit
     }
     fn r_ct(&mut self, bits: u32) -> u32 {
         self.read.ct_state |= bits;
@@ -618,6 +664,26 @@ impl Walker<'_, '_> {
                         return Ok(self.stop(Verdict::Consumed));
                     }
                 }
+            } else if self.pkt.is_ipv6()
+                && let Some(target) = self.r_ns_target()
+            {
+                self.tag(Tag::ip_in(br.tag, std::net::IpAddr::V6(target.into())));
+                // Duplicate address detection (unspecified source) is never answered: the
+                // sender may be the owner itself, checking its own address.
+                if let Some(&(mac, router)) = t.nd_table.get(&(b, target))
+                    && self.r_src6_bits(128) != 0
+                {
+                    note!(
+                        self,
+                        "  NS for {} answered: {}",
+                        std::net::Ipv6Addr::from(target),
+                        mac_str(mac)
+                    );
+                    let pkt = packets::neighbour_advert(&self.orig, target, mac, router);
+                    let port = self.in_dp();
+                    self.push_emit(port, pkt);
+                    return Ok(self.stop(Verdict::Consumed));
+                }
             }
             return Ok(self.flood(b, from));
         }
@@ -720,6 +786,9 @@ impl Walker<'_, '_> {
                 return Ok(self.stop(Verdict::Consumed));
             }
             return Ok(self.drop_(DropReason::ToRouter));
+        }
+        if et == ethertype::IPV6 {
+            return self.router6(r, from);
         }
         if et != ethertype::IPV4 {
             note!(self, "  ethertype {et:#06x} is not routed");
@@ -835,19 +904,174 @@ impl Walker<'_, '_> {
         Ok(Next::Egress(q))
     }
 
-    fn flow_hash(&mut self, affinity: bool) -> u64 {
-        let src = self.r_src_bits(32);
-        if affinity {
-            return mix64(u64::from(src));
+    fn icmp6_error(&mut self, ty: u8, code: u8, router_port: Idx) {
+        self.sim.actions.clear();
+        // As for IPv4: whether a reply is possible depends on fields outside the mask.
+        self.sim.install = false;
+        let port = &self.t.ports[router_port as usize];
+        let Some(&(src, _)) = port.v6.first() else {
+            return;
+        };
+        if let Some(packet) = packets::icmp6_error(&self.orig, self.bytes, ty, code, src) {
+            let port = self.in_dp();
+            self.push_emit(port, packet);
         }
-        let dst = self.r_dst_bits(32);
+    }
+
+    /// The IPv6 half of a router: the same steps as IPv4, with neighbour discovery for ARP,
+    /// the hop limit for the TTL and ICMPv6 for ICMP. Multicast and link-local destinations
+    /// are never forwarded (RFC 4291 2.5.6).
+    fn router6(&mut self, r: Idx, from: Idx) -> R<Next> {
+        let t = self.t;
+        let rt = &t.routers[r as usize];
+        let fport = &t.ports[from as usize];
+        let dmac = self.r_eth_dst();
+        if dmac != fport.mac {
+            note!(
+                self,
+                "  frame for {} is not for port {}",
+                mac_str(dmac),
+                fport.id
+            );
+            return Ok(self.drop_(DropReason::NotForRouter));
+        }
+        if self.dst6_in(0xff << 120, 8) || self.dst6_in(0xfe80 << 112, 10) {
+            note!(
+                self,
+                "  {} is multicast or link-local: not routed",
+                self.pkt.ipv6_dst_addr()
+            );
+            return Ok(self.drop_(DropReason::ToRouter));
+        }
+        let hlimit = self.r_ttl();
+        if hlimit <= 1 {
+            note!(self, "  hop limit {hlimit} expires");
+            self.icmp6_error(3, 0, from);
+            return Ok(self.stop(Verdict::Drop(DropReason::TtlExceeded)));
+        }
+        let (hit, bits) = rt.lpm6.lookup(self.pkt.ipv6_dst);
+        let dst = self.r_dst6_bits(bits);
+        let group = match hit {
+            None => {
+                note!(self, "  no route to {}", std::net::Ipv6Addr::from(dst));
+                self.icmp6_error(1, 0, from);
+                return Ok(self.stop(Verdict::Drop(DropReason::NoRoute)));
+            }
+            Some((Target::Local(_), _)) => {
+                self.tag(Tag::ip_in(rt.tag, std::net::IpAddr::V6(dst.into())));
+                if let Some(target) = self.r_ns_target() {
+                    // Unicast solicitations (neighbour unreachability detection) reach the
+                    // router; multicast ones are answered by the bridge.
+                    if fport.v6.iter().any(|(a, _)| *a == target) {
+                        note!(self, "  NS for router address answered");
+                        let pkt = packets::neighbour_advert(&self.orig, target, fport.mac, true);
+                        let port = self.in_dp();
+                        self.push_emit(port, pkt);
+                        return Ok(self.stop(Verdict::Consumed));
+                    }
+                } else if self.pkt.ip_proto == proto::ICMPV6
+                    && self.pkt.ip_frag != 2
+                    && self.pkt.tp_src == icmp6::ECHO_REQUEST
+                {
+                    note!(self, "  echo request to router address answered");
+                    self.sim.install = false;
+                    if let Some(pkt) = packets::icmp6_echo_reply(&self.orig, self.bytes) {
+                        let port = self.in_dp();
+                        self.push_emit(port, pkt);
+                        return Ok(self.stop(Verdict::Consumed));
+                    }
+                }
+                return Ok(self.drop_(DropReason::ToRouter));
+            }
+            Some((Target::Group(g), _)) => &rt.groups[g as usize],
+        };
+        let route_idx = if group.routes.len() == 1 {
+            group.routes[0].0
+        } else {
+            let h = self.flow_hash(false);
+            let pick = (h % u64::from(group.total.max(1))) as u32;
+            group
+                .routes
+                .iter()
+                .find(|(_, cum)| pick < *cum)
+                .map(|(r, _)| *r)
+                .unwrap_or(group.routes[0].0)
+        };
+        let route = &t.routes[route_idx as usize];
+        self.tag(route.tag);
+        note!(
+            self,
+            "  route {} via port {}",
+            route.id,
+            t.ports[route.port as usize].id
+        );
+        let q = route.port;
+        let qport = &t.ports[q as usize];
+        let nh = match route.next_hop6 {
+            Some(a) => a,
+            None => self.r_dst6_bits(128),
+        };
+        let nh_mac = match qport.kind {
+            PKind::Interior(peer) => {
+                let pp = &t.ports[peer as usize];
+                match pp.dev {
+                    Dev::Router(_) => Some(pp.mac),
+                    Dev::Bridge(b2) => {
+                        self.tag(Tag::ip_in(
+                            t.bridges[b2 as usize].tag,
+                            std::net::IpAddr::V6(nh.into()),
+                        ));
+                        t.nd_table.get(&(b2, nh)).map(|e| e.0)
+                    }
+                }
+            }
+            PKind::Exterior | PKind::Uplink => qport.next_hop_mac,
+        };
+        let Some(nh_mac) = nh_mac else {
+            note!(
+                self,
+                "  next hop {} has no known MAC",
+                std::net::Ipv6Addr::from(nh)
+            );
+            self.icmp6_error(1, 3, from);
+            return Ok(self.stop(Verdict::Drop(DropReason::NextHopUnknown)));
+        };
+        self.pkt.eth_src = qport.mac;
+        self.pkt.eth_dst = nh_mac;
+        self.wrote_eth = true;
+        self.pkt.ip_ttl = hlimit - 1;
+        self.wrote_ttl = true;
+        if let Some(c) = rt.out_chain {
+            match self.chain(c, &rt.id)? {
+                Decision::Accept => {}
+                Decision::Drop => return Ok(self.drop_(DropReason::Acl)),
+                Decision::Reject => return Ok(self.reject()),
+            }
+        }
+        Ok(Next::Egress(q))
+    }
+
+    fn flow_hash(&mut self, affinity: bool) -> u64 {
+        let (src, dst) = if self.pkt.is_ipv6() {
+            let src = self.r_src6_bits(128);
+            if affinity {
+                return mix64((src >> 64) as u64 ^ mix64(src as u64));
+            }
+            (src, self.r_dst6_bits(128))
+        } else {
+            let src = self.r_src_bits(32);
+            if affinity {
+                return mix64(u64::from(src));
+            }
+            (u128::from(src), u128::from(self.r_dst_bits(32)))
+        };
         let p = self.r_proto();
         let (sp, dp) = if matches!(p, proto::TCP | proto::UDP | proto::SCTP) {
             (self.r_tp_src(), self.r_tp_dst())
         } else {
             (0, 0)
         };
-        five_tuple(u128::from(src), u128::from(dst), p, sp, dp)
+        five_tuple(src, dst, p, sp, dp)
     }
 
     /// VIPs and DNAT rules of `scope` (a router, or [`GLOBAL`]). Returns `Some(Stop)` when
@@ -986,6 +1210,9 @@ impl Walker<'_, '_> {
         } else if self.pkt.is_ipv4() {
             self.read.ip_proto = !0;
             packets::icmp_error(&self.orig, self.bytes, 3, 3, self.orig.ipv4_dst)
+        } else if self.pkt.is_ipv6() {
+            // As ip6tables' REJECT does by default: port unreachable, for TCP too.
+            packets::icmp6_error(&self.orig, self.bytes, 1, 4, self.orig.ipv6_dst)
         } else {
             None
         };
@@ -1039,9 +1266,12 @@ impl Walker<'_, '_> {
                 .push(crate::odpconv::set_eth(self.pkt.eth_src, self.pkt.eth_dst));
         }
         if self.wrote_ttl {
-            self.sim
-                .actions
-                .push(crate::odpconv::set_ttl(self.pkt.ip_ttl));
+            let set = if self.pkt.is_ipv6() {
+                crate::odpconv::set_hlimit(self.pkt.ip_ttl)
+            } else {
+                crate::odpconv::set_ttl(self.pkt.ip_ttl)
+            };
+            self.sim.actions.push(set);
         }
     }
 

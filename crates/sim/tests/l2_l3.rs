@@ -238,14 +238,14 @@ fn routing() {
             verdict: Verdict::Drop(DropReason::ToRouter),
         },
         Row {
-            name: "IPv6 reaching a router: not routed",
+            name: "a non-IP ethertype reaching a router: not routed",
             pkt: Fields {
-                eth_type: 0x86dd,
+                eth_type: 0x88b5,
                 ..pkt::udp(2, p1, gw, "10.0.1.11", "10.0.2.14", 1, 2)
             },
             bytes: vec![],
             actions: "drop",
-            mask: "recirc_id(0),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x86dd)",
+            mask: "recirc_id(0),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x88b5)",
             tags: to_router.clone(),
             verdict: Verdict::Drop(DropReason::Unsupported),
         },
