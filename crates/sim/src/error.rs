@@ -71,7 +71,7 @@ pub enum SimError {
         /// The port left out.
         second: String,
     },
-    /// A feature the simulation does not model (for example IPv6 VIPs).
+    /// A feature the simulation does not model (for example IPv6 DNAT rules).
     #[error("{object}: {what} is not supported")]
     Unsupported {
         /// The object id.

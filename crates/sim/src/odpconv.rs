@@ -22,7 +22,7 @@ pub(crate) enum NatSpec {
         ports: (u16, u16),
     },
     Dst {
-        ip: u32,
+        ip: IpAddr,
         port: Option<u16>,
     },
 }
@@ -41,7 +41,7 @@ pub(crate) fn ct(commit: bool, zone: u16, nat: NatSpec) -> Ct {
         }),
         NatSpec::Dst { ip, port } => Some(Nat {
             kind: Some(NatKind::Dst),
-            ip_min: Some(IpAddr::V4(Ipv4Addr::from(ip))),
+            ip_min: Some(ip),
             proto_min: port,
             ..Nat::default()
         }),

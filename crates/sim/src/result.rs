@@ -28,7 +28,7 @@ pub enum DropReason {
     Hairpin,
     /// A router got a frame not addressed to its port MAC.
     NotForRouter,
-    /// The packet's family or protocol is not routed (IPv6 routing is not modelled).
+    /// The packet is neither IPv4 nor IPv6, so it is not routed.
     Unsupported,
     /// No route to the destination (an ICMP net unreachable was generated when possible).
     NoRoute,

@@ -188,6 +188,8 @@ pub(crate) struct RouterC {
     pub dnat: Vec<DnatC>,
     /// VIP and DNAT external addresses of this router, as /32 prefixes.
     pub nat_ips: PrefixTable<u32, ()>,
+    /// IPv6 VIP addresses of this router, as /128 prefixes.
+    pub nat_ips6: PrefixTable<u128, ()>,
 }
 
 #[derive(Debug, Clone)]
@@ -200,7 +202,8 @@ pub(crate) struct HostC {
 
 #[derive(Debug, Clone)]
 pub(crate) struct MemberC {
-    pub ip: u32,
+    /// Of the VIP's address family.
+    pub ip: IpAddr,
     pub port: u16,
     /// Cumulative weight.
     pub cum: u32,
@@ -209,7 +212,7 @@ pub(crate) struct MemberC {
 #[derive(Debug, Clone)]
 pub(crate) struct VipC {
     pub lb_tag: Tag,
-    pub ip: u32,
+    pub ip: IpAddr,
     pub port: u16,
     pub members: Vec<MemberC>,
     pub total: u32,
@@ -242,8 +245,10 @@ pub struct Topology {
     /// Per bridge, IPv6 address -> (MAC, the owner is a router port).
     pub(crate) nd_table: FxMap<(Idx, u128), ([u8; 6], bool)>,
     pub(crate) vip_index: FxMap<(Idx, u32, u8, u16), Idx>,
+    pub(crate) vip6_index: FxMap<(Idx, u128, u8, u16), Idx>,
     pub(crate) has_global_vips: bool,
     pub(crate) global_nat_ips: PrefixTable<u32, ()>,
+    pub(crate) global_nat_ips6: PrefixTable<u128, ()>,
     pub(crate) problems: Vec<SimError>,
 }
 
@@ -658,6 +663,7 @@ impl Topology {
                 lpm6: PrefixTable::build(entries6),
                 groups,
                 nat_ips: PrefixTable::build(dnat.iter().map(|d| (d.external, 32, ()))),
+                nat_ips6: PrefixTable::default(),
                 dnat,
             });
             if let Some(s) = &r.snat {
@@ -685,6 +691,7 @@ impl Topology {
         // Load balancers.
         let mut vips: Vec<VipC> = Vec::new();
         let mut vip_index: FxMap<(Idx, u32, u8, u16), Idx> = FxMap::default();
+        let mut vip6_index: FxMap<(Idx, u128, u8, u16), Idx> = FxMap::default();
         let mut has_global_vips = false;
         for lb in &records.load_balancers {
             let scope = match &lb.router {
@@ -701,32 +708,33 @@ impl Topology {
                 },
             };
             for v in &lb.vips {
-                let Some(ip) = ipv4_of(v.ip) else {
-                    problems.push(SimError::Unsupported {
-                        object: lb.id.clone(),
-                        what: "IPv6 VIP",
-                    });
-                    continue;
-                };
                 let mut members = Vec::new();
                 let mut total = 0u32;
                 for m in &v.members {
-                    if !m.healthy || m.weight == 0 {
+                    // A member of the other address family cannot take the VIP's traffic.
+                    if !m.healthy || m.weight == 0 || m.ip.is_ipv4() != v.ip.is_ipv4() {
                         continue;
                     }
-                    let Some(mip) = ipv4_of(m.ip) else { continue };
                     total = total.saturating_add(m.weight);
                     members.push(MemberC {
-                        ip: mip,
+                        ip: m.ip,
                         port: m.port,
                         cum: total,
                     });
                 }
                 has_global_vips |= scope == GLOBAL;
-                vip_index.insert((scope, ip, v.protocol.number(), v.port), vips.len() as Idx);
+                let idx = vips.len() as Idx;
+                match v.ip {
+                    IpAddr::V4(a) => {
+                        vip_index.insert((scope, u32::from(a), v.protocol.number(), v.port), idx)
+                    }
+                    IpAddr::V6(a) => {
+                        vip6_index.insert((scope, u128::from(a), v.protocol.number(), v.port), idx)
+                    }
+                };
                 vips.push(VipC {
                     lb_tag: Tag::lb(&lb.id),
-                    ip,
+                    ip: v.ip,
                     port: v.port,
                     members,
                     total,
@@ -750,6 +758,19 @@ impl Topology {
             r.nat_ips = PrefixTable::build(ips);
         }
         let global_nat_ips = PrefixTable::build(global_ips);
+        let mut global_ips6 = Vec::new();
+        let mut router_ips6: Vec<Vec<(u128, u8, ())>> = vec![Vec::new(); routers.len()];
+        for &(scope, ip, _, _) in vip6_index.keys() {
+            if scope == GLOBAL {
+                global_ips6.push((ip, 128u8, ()));
+            } else {
+                router_ips6[scope as usize].push((ip, 128, ()));
+            }
+        }
+        for (r, ips) in routers.iter_mut().zip(router_ips6) {
+            r.nat_ips6 = PrefixTable::build(ips);
+        }
+        let global_nat_ips6 = PrefixTable::build(global_ips6);
         let stateful_topology = !vips.is_empty() || routers.iter().any(|r| !r.dnat.is_empty());
 
         // Conntrack needs of each port.
@@ -798,8 +819,10 @@ impl Topology {
             arp_table,
             nd_table,
             vip_index,
+            vip6_index,
             has_global_vips,
             global_nat_ips,
+            global_nat_ips6,
             problems,
         })
     }

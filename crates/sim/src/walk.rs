@@ -43,8 +43,10 @@
 //! ICMPv6 time exceeded and destination unreachable (no route: code 0, unknown next hop:
 //! code 3). A reject answers IPv6 with ICMPv6 port unreachable.
 //!
+//! Load balancer VIPs may be IPv6 addresses: the same passes, with `ct(nat(dst=<IPv6>))`.
+//!
 //! # Not modelled
-//! IPv6 VIPs and NAT; router advertisements (addresses are assigned by the CNI, not SLAAC);
+//! IPv6 SNAT and DNAT rules; router advertisements (addresses are assigned by the CNI, not SLAAC);
 //! a reject in a destination port's delivery stage drops without a reply.
 
 use crate::acl::{ActC, CtC, NetC, RuleC};
@@ -935,6 +937,9 @@ impl Walker<'_, '_> {
             );
             return Ok(self.drop_(DropReason::NotForRouter));
         }
+        if let Some(n) = self.try_nat(r)? {
+            return Ok(n);
+        }
         if self.dst6_in(0xff << 120, 8) || self.dst6_in(0xfe80 << 112, 10) {
             note!(
                 self,
@@ -1078,12 +1083,14 @@ impl Walker<'_, '_> {
     /// the packet was translated (or rejected).
     fn try_nat(&mut self, scope: Idx) -> R<Option<Next>> {
         let t = self.t;
-        if !self.pkt.is_ipv4() {
-            // Reading eth_type here is what makes the decision valid for the megaflow.
-            self.r_eth_type();
+        // Reading eth_type here is what makes the decision valid for the megaflow.
+        let et = self.r_eth_type();
+        if et == ethertype::IPV6 {
+            return self.try_nat6(scope);
+        }
+        if et != ethertype::IPV4 {
             return Ok(None);
         }
-        self.r_eth_type();
         let table = if scope == GLOBAL {
             self.tag(Tag::global_vips());
             &t.global_nat_ips
@@ -1102,40 +1109,7 @@ impl Walker<'_, '_> {
         let l4 = matches!(p, proto::TCP | proto::UDP | proto::SCTP);
         let dport = if l4 { self.r_tp_dst() } else { 0 };
         if let Some(&v) = t.vip_index.get(&(scope, dst, p, dport)) {
-            let vip = &t.vips[v as usize];
-            self.tag(vip.lb_tag);
-            note!(
-                self,
-                "  VIP {}:{} ({} healthy members)",
-                std::net::Ipv4Addr::from(vip.ip),
-                vip.port,
-                vip.members.len()
-            );
-            if !self.ct_tracked() {
-                return Err(Abort::NeedCt);
-            }
-            if self.pass == Pass::Nat {
-                return Ok(Some(self.drop_(DropReason::NatLoop)));
-            }
-            if vip.members.is_empty() {
-                note!(self, "  no healthy member: reject");
-                return Ok(Some(self.reject()));
-            }
-            let h = self.flow_hash(vip.affinity);
-            let pick = (h % u64::from(vip.total.max(1))) as u32;
-            let m = vip
-                .members
-                .iter()
-                .find(|m| pick < m.cum)
-                .unwrap_or(&vip.members[0]);
-            note!(
-                self,
-                "  member {}:{}",
-                std::net::Ipv4Addr::from(m.ip),
-                m.port
-            );
-            self.nat_dst(m.ip, Some(m.port));
-            return Ok(Some(Next::Stop));
+            return self.vip(v).map(Some);
         }
         if scope != GLOBAL {
             for d in &t.routers[scope as usize].dnat {
@@ -1168,14 +1142,80 @@ impl Walker<'_, '_> {
                     std::net::Ipv4Addr::from(dst),
                     std::net::Ipv4Addr::from(d.internal)
                 );
-                self.nat_dst(d.internal, if l4 { d.int_port } else { None });
+                self.nat_dst(
+                    std::net::IpAddr::V4(d.internal.into()),
+                    if l4 { d.int_port } else { None },
+                );
                 return Ok(Some(Next::Stop));
             }
         }
         Ok(None)
     }
 
-    fn nat_dst(&mut self, ip: u32, port: Option<u16>) {
+    /// The IPv6 half of [`Self::try_nat`]: VIPs only (DNAT rules are IPv4).
+    fn try_nat6(&mut self, scope: Idx) -> R<Option<Next>> {
+        let t = self.t;
+        let table = if scope == GLOBAL {
+            self.tag(Tag::global_vips());
+            &t.global_nat_ips6
+        } else {
+            &t.routers[scope as usize].nat_ips6
+        };
+        if table.is_empty() {
+            return Ok(None);
+        }
+        let (hit, bits) = table.lookup(self.pkt.ipv6_dst);
+        let dst = self.r_dst6_bits(bits);
+        if hit.is_none() {
+            return Ok(None);
+        }
+        let p = self.r_proto();
+        let dport = if matches!(p, proto::TCP | proto::UDP | proto::SCTP) {
+            self.r_tp_dst()
+        } else {
+            0
+        };
+        match t.vip6_index.get(&(scope, dst, p, dport)) {
+            Some(&v) => self.vip(v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A packet to VIP `v`: conntrack first, then a member by the flow hash (or the source
+    /// alone with affinity), translated by `ct(commit,nat(dst=...))`.
+    fn vip(&mut self, v: Idx) -> R<Next> {
+        let vip = &self.t.vips[v as usize];
+        self.tag(vip.lb_tag);
+        note!(
+            self,
+            "  VIP {}:{} ({} healthy members)",
+            vip.ip,
+            vip.port,
+            vip.members.len()
+        );
+        if !self.ct_tracked() {
+            return Err(Abort::NeedCt);
+        }
+        if self.pass == Pass::Nat {
+            return Ok(self.drop_(DropReason::NatLoop));
+        }
+        if vip.members.is_empty() {
+            note!(self, "  no healthy member: reject");
+            return Ok(self.reject());
+        }
+        let h = self.flow_hash(vip.affinity);
+        let pick = (h % u64::from(vip.total.max(1))) as u32;
+        let m = vip
+            .members
+            .iter()
+            .find(|m| pick < m.cum)
+            .unwrap_or(&vip.members[0]);
+        note!(self, "  member {}:{}", m.ip, m.port);
+        self.nat_dst(m.ip, Some(m.port));
+        Ok(Next::Stop)
+    }
+
+    fn nat_dst(&mut self, ip: std::net::IpAddr, port: Option<u16>) {
         let zone = self.in_zone();
         self.sim.actions.clear();
         self.sim.actions.push(odp::Action::Ct(crate::odpconv::ct(

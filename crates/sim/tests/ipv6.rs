@@ -451,3 +451,113 @@ fn rules_on_ipv6_prefixes_and_icmpv6_types() {
 fn net(s: &str) -> Option<ipnet::IpNet> {
     Some(s.parse().unwrap())
 }
+
+#[test]
+fn ipv6_vip_translates_with_an_ipv6_ct_nat() {
+    // p5 joins b2 as a second member; lb6 has one healthy member of each family and one
+    // unhealthy, so only fd00:2::14 can be chosen; lb6-empty has no healthy member.
+    let b = dual()
+        .port("p5", "b2", "10.0.2.15")
+        .addr("p5", "fd00:2::15/128")
+        .vip(
+            "lb6",
+            Some("r1"),
+            "fd00:96::10",
+            Protocol::Tcp,
+            80,
+            &[
+                ("fd00:2::14", 8080, 1, true),
+                ("fd00:2::15", 8080, 1, false),
+                ("10.0.2.15", 8080, 1, true),
+            ],
+            false,
+        )
+        .vip(
+            "lb6-empty",
+            Some("r1"),
+            "fd00:96::11",
+            Protocol::Tcp,
+            80,
+            &[("fd00:2::14", 8080, 1, false)],
+            false,
+        );
+    let t = b.build();
+    let (p1, gw) = (b.mac("p1"), b.mac("r1-b1"));
+    let to_vip = pkt::tcp6(2, p1, gw, "fd00:1::11", "fd00:96::10", 40000, 80);
+    let tracked = |f: Fields, recirc: u32, st: u32| Fields {
+        recirc_id: recirc,
+        ct_state: st,
+        ..f
+    };
+    let mut to_member = tracked(to_vip, sim::RECIRC_NAT, 0x20 | 0x01 | 0x80);
+    to_member.ipv6_dst = ip6("fd00:2::14");
+    to_member.tp_dst = 8080;
+    let empty = tracked(
+        pkt::tcp6(2, p1, gw, "fd00:1::11", "fd00:96::11", 40000, 80),
+        sim::RECIRC_CT,
+        0x21,
+    );
+    let router = vec![
+        Tag::port("p1"),
+        Tag::device("b1"),
+        Tag::mac("b1", gw),
+        Tag::port("b1-r1"),
+        Tag::port("r1-b1"),
+        Tag::device("r1"),
+    ];
+    let with = |extra: Vec<Tag>| {
+        let mut v = router.clone();
+        v.extend(extra);
+        v
+    };
+    let rows = vec![
+        Row {
+            name: "first pass: the IPv6 VIP needs connection state",
+            pkt: to_vip,
+            bytes: vec![],
+            actions: "ct(zone=3,nat),recirc(0x1)",
+            mask: "recirc_id(0),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(dst=fd00:96::10,proto=6,frag=no),tcp(dst=80)",
+            tags: with(vec![Tag::lb("lb6")]),
+            verdict: Verdict::Recirculate,
+        },
+        Row {
+            name: "new connection: DNAT to the healthy IPv6 member",
+            pkt: tracked(to_vip, sim::RECIRC_CT, 0x21),
+            bytes: vec![],
+            actions: "ct(commit,zone=3,nat(dst=[fd00:2::14]:8080)),recirc(0x2)",
+            mask: "recirc_id(0x1),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(src=fd00:1::11,dst=fd00:96::10,proto=6,frag=no),tcp(src=40000,dst=80)",
+            tags: with(vec![Tag::lb("lb6")]),
+            verdict: Verdict::Recirculate,
+        },
+        Row {
+            name: "after NAT: routed to the member, delivered through its zone",
+            pkt: to_member,
+            bytes: vec![],
+            actions: "set(eth(src=02:00:00:00:00:0a,dst=02:00:00:00:00:06)),set(ipv6(hlimit=63)),ct(zone=6,nat),recirc(0x40000006)",
+            mask: "recirc_id(0x2),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(dst=fd00:2::14,hlimit=64,frag=no)",
+            tags: with(vec![
+                Tag::route("r1-b2-net6"),
+                Tag::ip("b2", ip("fd00:2::14")),
+                Tag::port("r1-b2"),
+                Tag::port("b2-r1"),
+                Tag::device("b2"),
+                Tag::mac("b2", b.mac("p4")),
+                Tag::port("p4"),
+            ]),
+            verdict: Verdict::Forward,
+        },
+        Row {
+            name: "no healthy member: rejected",
+            pkt: empty,
+            bytes: pkt::frame6(&empty),
+            actions: "drop",
+            mask: "recirc_id(0x1),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(dst=fd00:96::11,proto=6,frag=no),tcp(dst=80)",
+            tags: with(vec![Tag::lb("lb6-empty")]),
+            verdict: Verdict::Rejected,
+        },
+    ];
+    check(&t, &rows);
+    let s = run(&t, empty, &pkt::frame6(&empty));
+    let (_, _, _, msg) = icmp6_of(&s.emit[0].packet);
+    assert_eq!((msg[0], msg[1]), (1, 4), "port unreachable");
+}
