@@ -1,5 +1,5 @@
 //! `cargo bench -p sim`: simulations per second on one core for the five cases of the
-//! simulation issue, with criterion's statistics, then a summary measured in the same run:
+//! simulation issue and their IPv6 routed variant (b6), with criterion's statistics, then a summary measured in the same run:
 //! each case's rate, its ratio to case (a) as the baseline, and heap allocations per
 //! simulation (counted by an instrumented global allocator).
 

@@ -940,7 +940,33 @@ pub mod cases {
     }
 
     /// All five cases.
+    /// (b6) case (b) over IPv6: the same path with neighbour-table next hops and the hop
+    /// limit. Not one of the five cases; it follows them in [`all`].
+    pub fn routed6() -> Case {
+        let b = base()
+            .addr("p1", "fd00:1::11/128")
+            .addr("p2", "fd00:1::12/128")
+            .addr("p4", "fd00:2::14/128")
+            .link6("r1", "b1", "fd00:1::1/64")
+            .link6("r1", "b2", "fd00:2::1/64");
+        Case {
+            name: "(b6)",
+            what: "bridge -> router -> bridge, IPv6",
+            fields: pkt::udp6(
+                b.dp("p1"),
+                b.mac("p1"),
+                b.mac("r1-b1"),
+                "fd00:1::11",
+                "fd00:2::14",
+                40000,
+                53,
+            ),
+            topology: b.build(),
+        }
+    }
+
+    /// Every case: the five, (a) to (e) in that order, then (b6).
     pub fn all() -> Vec<Case> {
-        vec![l2(), routed(), routed_acl100(), vip8(), large()]
+        vec![l2(), routed(), routed_acl100(), vip8(), large(), routed6()]
     }
 }
