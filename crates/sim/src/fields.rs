@@ -238,13 +238,14 @@ impl Fields {
     }
 
     /// True when the datapath key of these fields carries an ND attribute: an ICMPv6
-    /// neighbour solicitation or advertisement with code 0, not a later fragment.
+    /// neighbour solicitation or advertisement, not a later fragment. The kernel emits the
+    /// attribute (and requires it in a flow's key) by the ICMPv6 type alone; with a code
+    /// other than 0 it is all zeros (`parse_icmpv6`, `match_validate`).
     pub fn has_nd(&self) -> bool {
         self.is_ipv6()
             && self.ip_proto == proto::ICMPV6
             && self.ip_frag != 2
             && matches!(self.tp_src, icmp6::NS | icmp6::NA)
-            && self.tp_dst == 0
     }
 }
 

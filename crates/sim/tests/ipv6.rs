@@ -102,6 +102,18 @@ fn neighbour_discovery_suppression() {
             verdict: Verdict::Flood,
         },
         Row {
+            name: "NS with a code other than 0: not a solicitation, flooded, target not read",
+            pkt: Fields {
+                tp_dst: 1,
+                ..pkt::ns(2, p1, "fd00:1::11", "fd00:1::12")
+            },
+            bytes: vec![],
+            actions: "3",
+            mask: "recirc_id(0),in_port(2),eth(dst=33:33:ff:00:00:12),eth_type(0x86dd),ipv6(proto=58,frag=no),icmpv6(type=135,code=1)",
+            tags: with(vec![Tag::port("p2")]),
+            verdict: Verdict::Flood,
+        },
+        Row {
             name: "multicast that is not an NS (MLD report): flooded on type alone",
             pkt: pkt::ipv6(
                 2,
@@ -134,6 +146,27 @@ fn neighbour_discovery_suppression() {
         },
     ];
     check(&t, &rows);
+}
+
+#[test]
+fn nd_attribute_follows_the_icmpv6_type_as_in_the_kernel() {
+    // The kernel puts OVS_KEY_ATTR_ND in the key of every NS and NA, whatever the code, and
+    // rejects a flow whose key lacks it; the key the agent installs must carry it too.
+    let p1 = [2, 0, 0, 0, 0, 3];
+    for code in [0u16, 1] {
+        let f = Fields {
+            tp_dst: code,
+            ..pkt::ns(2, p1, "fd00:1::11", "fd00:1::12")
+        };
+        let k = f.to_key();
+        assert!(k.nd.is_some(), "code {code}: ND attribute present");
+        assert_eq!(Fields::from_key(&k), f, "code {code}: key round trip");
+    }
+    let echo = pkt::ping6(2, p1, [2, 0, 0, 0, 0, 8], "fd00:1::11", "fd00:1::1");
+    assert!(
+        echo.to_key().nd.is_none(),
+        "no ND attribute for other types"
+    );
 }
 
 #[test]
