@@ -39,7 +39,8 @@
 //! unknown targets, and duplicate address detection (unspecified source), follow the flooding
 //! policy. Routers route IPv6 with their own LPM table (ECMP by the same 5-tuple hash),
 //! decrement the hop limit, rewrite MACs (next-hop MAC from the bridge's known addresses),
-//! answer unicast solicitations and echo requests for their port addresses, and send
+//! never forward link-local sources, answer unicast solicitations and echo requests for
+//! their port addresses, and send
 //! ICMPv6 time exceeded and destination unreachable (no route: code 0, unknown next hop:
 //! code 3). A reject answers IPv6 with ICMPv6 port unreachable.
 //!
@@ -156,6 +157,17 @@ pub fn simulate(t: &Topology, ctx: &PacketContext<'_>) -> Simulation {
     s
 }
 
+/// Whether `addr` is in `net/len`, and how many leading bits decide it: the prefix for a
+/// hit, the bits up to the first that differs for a miss.
+fn prefix_test(addr: u128, net: u128, len: u8) -> (bool, u8) {
+    let v = addr & u128::prefix_mask(len);
+    if v == net {
+        (true, len)
+    } else {
+        (false, v.common_prefix(net).saturating_add(1).min(len))
+    }
+}
+
 struct Walker<'t, 's> {
     t: &'t Topology,
     pkt: Fields,
@@ -253,15 +265,14 @@ impl Walker<'_, '_> {
     }
     /// Whether the destination is in `net/len`, reading only the bits that decide it.
     fn dst6_in(&mut self, net: u128, len: u8) -> bool {
-        let m = u128::prefix_mask(len);
-        let v = self.pkt.ipv6_dst & m;
-        let hit = v == net;
-        let bits = if hit {
-            len
-        } else {
-            v.common_prefix(net).saturating_add(1).min(len)
-        };
+        let (hit, bits) = prefix_test(self.pkt.ipv6_dst, net, len);
         self.r_dst6_bits(bits);
+        hit
+    }
+    /// Whether the source is in `net/len`, reading only the bits that decide it.
+    fn src6_in(&mut self, net: u128, len: u8) -> bool {
+        let (hit, bits) = prefix_test(self.pkt.ipv6_src, net, len);
+        self.r_src6_bits(bits);
         hit
     }
     fn r_ct(&mut self, bits: u32) -> u32 {
@@ -990,6 +1001,14 @@ impl Walker<'_, '_> {
             }
             Some((Target::Group(g), _)) => &rt.groups[g as usize],
         };
+        if self.src6_in(0xfe80 << 112, 10) {
+            note!(
+                self,
+                "  source {} is link-local: not forwarded",
+                self.pkt.ipv6_src_addr()
+            );
+            return Ok(self.drop_(DropReason::ToRouter));
+        }
         let route_idx = if group.routes.len() == 1 {
             group.routes[0].0
         } else {

@@ -229,11 +229,11 @@ fn routing() {
     let no_nh = pkt::udp6(2, p1, gw, "fd00:1::11", "fd00:2::99", 1000, 53);
     let rows = vec![
         Row {
-            name: "bridge -> router -> bridge: MAC rewrite, hop limit decrement, output",
+            name: "bridge -> router -> bridge: MAC rewrite, hop limit decrement, output; the source is read only to rule out link-local",
             pkt: pkt::udp6(2, p1, gw, "fd00:1::11", "fd00:2::14", 1000, 53),
             bytes: vec![],
             actions: "set(eth(src=02:00:00:00:00:0a,dst=02:00:00:00:00:06)),set(ipv6(hlimit=63)),4",
-            mask: "recirc_id(0),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(dst=fd00:2::14,hlimit=64,frag=no)",
+            mask: "recirc_id(0),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(src=fc00::/fe00::,dst=fd00:2::14,hlimit=64,frag=no)",
             tags: with(vec![
                 Tag::route("r1-b2-net6"),
                 Tag::ip("b2", ip("fd00:2::14")),
@@ -268,7 +268,7 @@ fn routing() {
             pkt: no_nh,
             bytes: pkt::frame6(&no_nh),
             actions: "drop",
-            mask: "recirc_id(0),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(dst=fd00:2::99,hlimit=64,frag=no)",
+            mask: "recirc_id(0),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(src=fc00::/fe00::,dst=fd00:2::99,hlimit=64,frag=no)",
             tags: with(vec![
                 Tag::route("r1-b2-net6"),
                 Tag::ip("b2", ip("fd00:2::99")),
@@ -308,6 +308,15 @@ fn routing() {
             bytes: vec![],
             actions: "drop",
             mask: "recirc_id(0),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(dst=fe80::/ffc0::,frag=no)",
+            tags: to_router.clone(),
+            verdict: Verdict::Drop(DropReason::ToRouter),
+        },
+        Row {
+            name: "link-local source: never forwarded; ten source bits decide, and the destination bits that ruled out the router's own /128",
+            pkt: pkt::udp6(2, p1, gw, "fe80::11", "fd00:2::14", 1000, 53),
+            bytes: vec![],
+            actions: "drop",
+            mask: "recirc_id(0),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(src=fe80::/ffc0::,dst=fd00:2::10/ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff0,hlimit=64,frag=no)",
             tags: to_router.clone(),
             verdict: Verdict::Drop(DropReason::ToRouter),
         },
@@ -460,7 +469,7 @@ fn rules_on_ipv6_prefixes_and_icmpv6_types() {
             pkt: dns,
             bytes: pkt::frame6(&dns),
             actions: "drop",
-            mask: "recirc_id(0),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(dst=fd00:2::14,proto=17,hlimit=64,frag=no),udp(dst=53)",
+            mask: "recirc_id(0),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(src=fc00::/fe00::,dst=fd00:2::14,proto=17,hlimit=64,frag=no),udp(dst=53)",
             tags: path.clone(),
             verdict: Verdict::Rejected,
         },
@@ -469,7 +478,7 @@ fn rules_on_ipv6_prefixes_and_icmpv6_types() {
             pkt: pkt::udp6(2, p1, gw, "fd00:1::11", "fd00:2::14", 1000, 80),
             bytes: vec![],
             actions: "set(eth(src=02:00:00:00:00:0a,dst=02:00:00:00:00:06)),set(ipv6(hlimit=63)),4",
-            mask: "recirc_id(0),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(dst=fd00:2::14,proto=17,hlimit=64,frag=no),udp(dst=80)",
+            mask: "recirc_id(0),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(src=fc00::/fe00::,dst=fd00:2::14,proto=17,hlimit=64,frag=no),udp(dst=80)",
             tags: path.clone(),
             verdict: Verdict::Forward,
         },
@@ -567,7 +576,7 @@ fn ipv6_vip_translates_with_an_ipv6_ct_nat() {
             pkt: to_member,
             bytes: vec![],
             actions: "set(eth(src=02:00:00:00:00:0a,dst=02:00:00:00:00:06)),set(ipv6(hlimit=63)),ct(zone=6,nat),recirc(0x40000006)",
-            mask: "recirc_id(0x2),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(dst=fd00:2::14,hlimit=64,frag=no)",
+            mask: "recirc_id(0x2),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(src=fc00::/fe00::,dst=fd00:2::14,hlimit=64,frag=no)",
             tags: with(vec![
                 Tag::route("r1-b2-net6"),
                 Tag::ip("b2", ip("fd00:2::14")),
