@@ -389,6 +389,9 @@ fn encode_key_into(k: &FlowKey, w: &mut Writer<'_>) -> Result<()> {
     if let Some(v) = &k.ipv6 {
         w.put(a::IPV6, &ipv6_bytes(v))?;
     }
+    if let Some(v) = k.ipv6_exthdrs {
+        w.u16(a::IPV6_EXTHDRS, v)?;
+    }
     if let Some(v) = &k.arp {
         w.put(a::ARP, &arp_bytes(v))?;
     }
@@ -521,6 +524,11 @@ fn decode_key_depth(buf: &[u8], depth: usize) -> Result<FlowKey> {
             )?,
             a::IPV4 => set_once(&mut k.ipv4, "OVS_KEY_ATTR_IPV4", ipv4_from(d)?)?,
             a::IPV6 => set_once(&mut k.ipv6, "OVS_KEY_ATTR_IPV6", ipv6_from(d)?)?,
+            a::IPV6_EXTHDRS => set_once(
+                &mut k.ipv6_exthdrs,
+                "OVS_KEY_ATTR_IPV6_EXTHDRS",
+                get_u16("OVS_KEY_ATTR_IPV6_EXTHDRS", d)?,
+            )?,
             a::ARP => set_once(&mut k.arp, "OVS_KEY_ATTR_ARP", arp_from(d)?)?,
             a::TCP => set_once(
                 &mut k.tcp,

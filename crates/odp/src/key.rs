@@ -398,6 +398,10 @@ pub struct FlowKey {
     pub ipv4: Option<KeyIpv4>,
     /// `OVS_KEY_ATTR_IPV6`.
     pub ipv6: Option<KeyIpv6>,
+    /// `OVS_KEY_ATTR_IPV6_EXTHDRS` (32): bits of the IPv6 extension headers seen. Linux 5.18+
+    /// dumps it with every IPv6 flow; OVS (3.1) does not know it and prints it as
+    /// `key32(..)`, which is what odp prints too.
+    pub ipv6_exthdrs: Option<u16>,
     /// `OVS_KEY_ATTR_ARP`.
     pub arp: Option<KeyArp>,
     /// `OVS_KEY_ATTR_TCP`.
@@ -513,6 +517,7 @@ impl FlowKey {
                 hlimit: u8::MAX,
                 frag: u8::MAX,
             }),
+            ipv6_exthdrs: self.ipv6_exthdrs.map(|_| u16::MAX),
             arp: self.arp.map(|_| KeyArp {
                 sip: ones4,
                 tip: ones4,

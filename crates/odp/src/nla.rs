@@ -239,6 +239,10 @@ pub mod key {
     pub const CT_ORIG_TUPLE_IPV4: u16 = 26;
     pub const CT_ORIG_TUPLE_IPV6: u16 = 27;
     pub const NSH: u16 = 28;
+    pub const PACKET_TYPE: u16 = 29;
+    pub const ND_EXTENSIONS: u16 = 30;
+    pub const TUNNEL_INFO: u16 = 31;
+    pub const IPV6_EXTHDRS: u16 = 32;
 }
 
 /// `OVS_TUNNEL_KEY_ATTR_*`.

@@ -749,6 +749,20 @@ fn parse_key_attr(
             };
             let (v, mm) = generic_hex(c)?;
             c.expect(")")?;
+            if n == crate::nla::key::IPV6_EXTHDRS {
+                let two = |b: &[u8]| -> Result<u16> {
+                    <[u8; 2]>::try_from(b)
+                        .map(u16::from_ne_bytes)
+                        .map_err(|_| c.err("key32() (IPv6 extension headers) takes 2 bytes"))
+                };
+                let kv = two(&v)?;
+                let mv = match &mm {
+                    Some(m) => two(m)?,
+                    None => u16::MAX,
+                };
+                put!(ipv6_exthdrs, (kv, mv));
+                return Ok(());
+            }
             k.other.push(RawAttr {
                 kind: n,
                 data: v.clone(),

@@ -629,6 +629,19 @@ fn body_tunnel(s: &mut String, k: &TunnelKey, m: Option<&TunnelKey>, v: bool) {
     chomp(s, ',');
 }
 
+/// A key attribute OVS has no name for, as `odp_flow_format` prints it: `keyN(aa bb/cc dd)`,
+/// the mask always shown (OVS never treats an unknown attribute's mask as exact or
+/// wildcarded) unless the flow has no mask at all.
+fn format_unknown_key(s: &mut String, kind: u16, data: &[u8], mask: Option<&[u8]>) {
+    let _ = write!(s, "key{kind}(");
+    push_generic(s, data);
+    if let Some(m) = mask {
+        s.push('/');
+        push_generic(s, m);
+    }
+    s.push(')');
+}
+
 fn format_unknown(s: &mut String, a: &RawAttr, m: Option<&RawAttr>) {
     let _ = write!(s, "key{}(", a.kind);
     push_generic(s, &a.data);
@@ -695,7 +708,8 @@ pub fn format_key(s: &mut String, key: &FlowKey, mask: &FlowMask) {
         return;
     }
     let exact;
-    let mask = if mask.is_empty() {
+    let no_mask = mask.is_empty();
+    let mask = if no_mask {
         exact = key.exact_mask();
         &exact
     } else {
@@ -808,6 +822,16 @@ pub fn format_key(s: &mut String, key: &FlowKey, mask: &FlowMask) {
     }
     simple_attr!(s, first, key, mask, ipv4, "ipv4", body_ipv4);
     simple_attr!(s, first, key, mask, ipv6, "ipv6", body_ipv6);
+    if let (Some(k), Some(m)) = (key.ipv6_exthdrs, mask.ipv6_exthdrs) {
+        sep(s, &mut first);
+        let mb = m.to_ne_bytes();
+        format_unknown_key(
+            s,
+            crate::nla::key::IPV6_EXTHDRS,
+            &k.to_ne_bytes(),
+            (!no_mask).then_some(&mb[..]),
+        );
+    }
     simple_attr!(s, first, key, mask, arp, "arp", body_arp);
     simple_attr!(s, first, key, mask, tcp, "tcp", body_ports);
     if let Some(k) = key.tcp_flags {
@@ -829,11 +853,10 @@ pub fn format_key(s: &mut String, key: &FlowKey, mask: &FlowMask) {
     simple_attr!(s, first, key, mask, icmpv6, "icmpv6", body_icmp);
     simple_attr!(s, first, key, mask, nd, "nd", body_nd);
     for a in &key.other {
-        let ma = mask.other.iter().find(|x| x.kind == a.kind);
-        let wild = ma.is_none_or(|m| m.data.iter().all(|&b| b == 0));
-        if !wild {
+        // Printed whenever the mask has the attribute, whatever its value (OVS's rule).
+        if let Some(m) = mask.other.iter().find(|x| x.kind == a.kind) {
             sep(s, &mut first);
-            format_unknown(s, a, ma);
+            format_unknown_key(s, a.kind, &a.data, (!no_mask).then_some(&m.data[..]));
         }
     }
     if key.eth_type.is_none()

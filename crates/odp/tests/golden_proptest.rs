@@ -149,8 +149,10 @@ fn flow_key() -> impl Strategy<Value = FlowKey> {
             prop::option::of(icmp()),
             prop::option::of(icmp()),
             prop::option::of((ip6(), mac(), mac())),
+            any::<Option<u16>>(),
         ),
-        prop::collection::vec(raw(29..=0x3fff), 0..3),
+        // 32 is OVS_KEY_ATTR_IPV6_EXTHDRS, which odp models.
+        prop::collection::vec(raw(33..=0x3fff), 0..3),
     )
         .prop_map(|(a, b, c, d, e, f, g, other)| FlowKey {
             recirc_id: a.0,
@@ -197,6 +199,7 @@ fn flow_key() -> impl Strategy<Value = FlowKey> {
             icmp: g.0,
             icmpv6: g.1,
             nd: g.2.map(|(target, sll, tll)| KeyNd { target, sll, tll }),
+            ipv6_exthdrs: g.3,
             other,
         })
 }
