@@ -46,24 +46,7 @@ pub mod icmp6 {
 }
 
 /// Conntrack state bits, as in the kernel's `OVS_CS_F_*`.
-pub mod ct {
-    /// Beginning of a new connection.
-    pub const NEW: u32 = 0x01;
-    /// Part of an existing connection.
-    pub const ESTABLISHED: u32 = 0x02;
-    /// Related to an existing connection.
-    pub const RELATED: u32 = 0x04;
-    /// Flow is in the reply direction.
-    pub const REPLY_DIR: u32 = 0x08;
-    /// Could not track the connection.
-    pub const INVALID: u32 = 0x10;
-    /// Conntrack has occurred.
-    pub const TRACKED: u32 = 0x20;
-    /// The packet's source address/port was mangled by NAT.
-    pub const SRC_NAT: u32 = 0x40;
-    /// The packet's destination address/port was mangled by NAT.
-    pub const DST_NAT: u32 = 0x80;
-}
+pub use odp::key::ct_state as ct;
 
 /// 802.1Q "tag present" bit of `vlan_tci`, as the datapath reports it.
 pub const VLAN_CFI: u16 = 0x1000;
