@@ -27,11 +27,11 @@ pub use action::{Action, Ct, Nat, NatKind, SetKey, Userspace};
 pub use codec::{decode_actions, decode_key, encode_actions, encode_key};
 pub use error::{Error, Result};
 pub use flow::{ActionsDisplay, Flow, FlowStats, MatchDisplay};
-pub use parse::{parse_actions, parse_flow, parse_match};
 pub use key::{
-    CtTupleIpv4, CtTupleIpv6, FlowKey, FlowMask, GeneveOpts, KeyArp, KeyEthernet, KeyIcmp,
-    KeyIpv4, KeyIpv6, KeyNd, KeyPorts, Mac, RawAttr, TunnelKey,
+    CtTupleIpv4, CtTupleIpv6, FlowKey, FlowMask, GeneveOpts, KeyArp, KeyEthernet, KeyIcmp, KeyIpv4,
+    KeyIpv6, KeyNd, KeyPorts, Mac, RawAttr, TunnelKey,
 };
+pub use parse::{parse_actions, parse_flow, parse_match};
 
 pub mod dpif;
 pub mod families;
