@@ -3,6 +3,7 @@
 //! topology changes.
 
 pub mod flowtable;
+pub mod host;
 pub mod mtu;
 pub mod ratelimit;
 pub mod tags;
