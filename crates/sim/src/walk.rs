@@ -57,7 +57,7 @@ use crate::lpm::AddrBits;
 use crate::packets;
 use crate::result::{Delivery, DropReason, Emit, Simulation, Verdict};
 use crate::tag::Tag;
-use crate::topology::{Dev, GLOBAL, Idx, Loc, PKind, Target, Topology};
+use crate::topology::{Dev, GLOBAL, GroupC, Idx, Loc, PKind, Target, Topology};
 
 /// At most this many devices (bridges and routers) per walk, as in MidoNet.
 pub const MAX_DEVICES: u32 = 12;
@@ -850,19 +850,7 @@ impl Walker<'_, '_> {
             }
             Some((Target::Group(g), _)) => &rt.groups[g as usize],
         };
-        let route_idx = if group.routes.len() == 1 {
-            group.routes[0].0
-        } else {
-            // ECMP: a deterministic hash of the 5-tuple, weighted.
-            let h = self.flow_hash(false);
-            let pick = (h % u64::from(group.total.max(1))) as u32;
-            group
-                .routes
-                .iter()
-                .find(|(_, cum)| pick < *cum)
-                .map(|(r, _)| *r)
-                .unwrap_or(group.routes[0].0)
-        };
+        let route_idx = self.pick_route(group);
         let route = &t.routes[route_idx as usize];
         self.tag(route.tag);
         note!(
@@ -1009,18 +997,7 @@ impl Walker<'_, '_> {
             );
             return Ok(self.drop_(DropReason::ToRouter));
         }
-        let route_idx = if group.routes.len() == 1 {
-            group.routes[0].0
-        } else {
-            let h = self.flow_hash(false);
-            let pick = (h % u64::from(group.total.max(1))) as u32;
-            group
-                .routes
-                .iter()
-                .find(|(_, cum)| pick < *cum)
-                .map(|(r, _)| *r)
-                .unwrap_or(group.routes[0].0)
-        };
+        let route_idx = self.pick_route(group);
         let route = &t.routes[route_idx as usize];
         self.tag(route.tag);
         note!(
@@ -1073,6 +1050,22 @@ impl Walker<'_, '_> {
             }
         }
         Ok(Next::Egress(q))
+    }
+
+    /// The route of an ECMP group for this packet: a deterministic, weighted hash of the
+    /// 5-tuple (read only when the group has more than one route).
+    fn pick_route(&mut self, group: &GroupC) -> Idx {
+        if group.routes.len() == 1 {
+            return group.routes[0].0;
+        }
+        let h = self.flow_hash(false);
+        let pick = (h % u64::from(group.total.max(1))) as u32;
+        group
+            .routes
+            .iter()
+            .find(|(_, cum)| pick < *cum)
+            .map(|(r, _)| *r)
+            .unwrap_or(group.routes[0].0)
     }
 
     fn flow_hash(&mut self, affinity: bool) -> u64 {
