@@ -980,41 +980,86 @@ mod tests {
                 }),
             ),
         ];
-        let before_topo = b.build();
         let pkts = packets(&b);
-        let mut sim = Simulation::new();
         for (name, change) in changes {
             let mut after = b.records.clone();
             change(&mut after);
-            let dp = datapath_after(&b, &after);
-            let after_topo = Topology::compile(&after, "h1", &dp).expect("compiles");
+            assert_no_stale_flow(name, &b, &b.records, &after, &pkts, true);
+        }
+    }
+
+    /// Records that appear after the records that name them: the flows built while they were
+    /// missing carry only their referrers' tags.
+    #[test]
+    fn late_records_invalidate_what_refers_to_them() {
+        let b = base();
+        let pkts = packets(&b);
+        // The host record of h2 expires and comes back (an agent re-registering).
+        let mut no_h2 = b.records.clone();
+        no_h2.hosts.retain(|h| h.id != "h2");
+        assert_no_stale_flow("host expired", &b, &b.records, &no_h2, &pkts, false);
+        assert_no_stale_flow("host re-registered", &b, &no_h2, &b.records, &pkts, false);
+        // A port names a chain that is created later.
+        let mut dangling = b.records.clone();
+        dangling
+            .ports
+            .iter_mut()
+            .find(|p| p.id == "p1")
+            .unwrap()
+            .inbound_chain = Some("late".into());
+        let mut created = dangling.clone();
+        created.chains.push(nsdb::Chain {
+            id: "late".into(),
+            name: "late".into(),
+            rules: vec![],
+            default_action: RuleAction::Drop,
+        });
+        assert_no_stale_flow("chain created late", &b, &dangling, &created, &pkts, false);
+    }
+
+    /// Simulates every packet before and after the change; every installed flow whose
+    /// result changes must carry an invalidated tag (or the change asks for a full flush),
+    /// and at least one flow must change, so the row proves something.
+    fn assert_no_stale_flow(
+        name: &str,
+        b: &TopoBuilder,
+        before: &RecordSet,
+        after: &RecordSet,
+        pkts: &[Fields],
+        expect_no_problems: bool,
+    ) {
+        let mut sim = Simulation::new();
+        let dp = datapath_after(b, after);
+        let before_topo = Topology::compile(before, "h1", &dp).expect("compiles");
+        let after_topo = Topology::compile(after, "h1", &dp).expect("compiles");
+        if expect_no_problems {
             assert!(
                 after_topo.problems().is_empty(),
                 "{name}: {:?}",
                 after_topo.problems()
             );
-            let (tags, flush) = invalidation(&b.records, &after);
-            let mut changed = 0;
-            for f in &pkts {
-                let was = outcome(&before_topo, f, &mut sim);
-                if !sim.install {
-                    continue; // never installed, so never stale
-                }
-                let flow_tags = sim.tags.clone();
-                let now = outcome(&after_topo, f, &mut sim);
-                if was == now {
-                    continue;
-                }
-                changed += 1;
-                assert!(
-                    flush || flow_tags.iter().any(|t| tags.contains(t)),
-                    "{name}: the flow for {f:?}\n  was {was}\n  now {now}\n  tags {flow_tags:?}\n  \
-                     invalidated {tags:?}"
-                );
-            }
-            assert!(changed > 0, "{name}: the change altered no flow");
-            assert!(!flush, "{name}: no full flush needed");
         }
+        let (tags, flush) = invalidation(before, after);
+        let mut changed = 0;
+        for f in pkts {
+            let was = outcome(&before_topo, f, &mut sim);
+            if !sim.install {
+                continue; // never installed, so never stale
+            }
+            let flow_tags = sim.tags.clone();
+            let now = outcome(&after_topo, f, &mut sim);
+            if was == now {
+                continue;
+            }
+            changed += 1;
+            assert!(
+                flush || flow_tags.iter().any(|t| tags.contains(t)),
+                "{name}: the flow for {f:?}\n  was {was}\n  now {now}\n  tags {flow_tags:?}\n  \
+                 invalidated {tags:?}"
+            );
+        }
+        assert!(changed > 0, "{name}: the change altered no flow");
+        assert!(!flush, "{name}: no full flush needed");
     }
 
     /// A watch update maps to the union of its changes' tags, with old values from the
