@@ -355,6 +355,29 @@ fn global_vips(view: &dyn RecordView) -> bool {
     g
 }
 
+/// The tags a local datapath vport appearing or disappearing invalidates (the agent's own
+/// change, not an NSDB one): the port bound to `vport` on `host` and its device, whose
+/// flood list gains or loses the port. Empty when no binding names the vport.
+pub fn tags_of_vport(view: &dyn RecordView, host: &str, vport: &str) -> Vec<Tag> {
+    let mut port = None;
+    view.for_each(&mut |x| {
+        if let Ref::Binding(b) = x
+            && b.host == host
+            && b.vport == vport
+        {
+            port = Some(b.port.clone());
+        }
+    });
+    let Some(port) = port else {
+        return Vec::new();
+    };
+    let mut out = vec![Tag::port(&port)];
+    if let Some(p) = view.port(&port) {
+        out.push(Tag::device(p.device.id()));
+    }
+    out
+}
+
 /// What one watch update invalidates.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Invalidation {
@@ -1015,6 +1038,38 @@ mod tests {
             default_action: RuleAction::Drop,
         });
         assert_no_stale_flow("chain created late", &b, &dangling, &created, &pkts, false);
+    }
+
+    /// A pod's vport appearing in the local datapath (its binding already in NSDB) changes
+    /// flood flows and flows to the port; the vport's tags cover them.
+    #[test]
+    fn vport_appearing_invalidates_its_port_and_bridge() {
+        let b = base();
+        let pkts = packets(&b);
+        let mut missing = b.datapath();
+        missing.vports.remove("wf-p2");
+        let before = Topology::compile(&b.records, "h1", &missing).expect("compiles");
+        let after = b.build();
+        let tags = tags_of_vport(&b.records, "h1", "wf-p2");
+        assert_eq!(
+            set(tags.clone()),
+            set(vec![Tag::port("p2"), Tag::device("b1")])
+        );
+        assert!(tags_of_vport(&b.records, "h2", "wf-p2").is_empty());
+        let mut sim = Simulation::new();
+        let mut changed = 0;
+        for f in &pkts {
+            let was = outcome(&before, f, &mut sim);
+            if !sim.install {
+                continue;
+            }
+            let flow_tags = sim.tags.clone();
+            if outcome(&after, f, &mut sim) != was {
+                changed += 1;
+                assert!(flow_tags.iter().any(|t| tags.contains(t)), "{f:?}: {was}");
+            }
+        }
+        assert!(changed > 0);
     }
 
     /// Simulates every packet before and after the change; every installed flow whose
