@@ -17,6 +17,7 @@
 //! | load balancer | `lb(id)`, `device(router)` or [`Tag::global_vips`] | VIP lookups tag the LB on a hit and the router or the global table on any lookup |
 //! | host | `host(id)`, with a view `port(p)` of the ports bound to it | flows to a port on an unknown host dropped with the port's tag only |
 //! | IP lease, tunnel-key allocation | nothing | the simulation does not read them |
+//! | a local vport added or removed ([`tags_of_vport`]) | `port(bound port)`, `device(its device)` | the port becomes local or detached, and the bridge's flood list changes |
 //!
 //! Changes no tag covers ([`needs_full_flush`]):
 //! - the first VIP attached to no router appears: before it, no flow consulted the global VIP
