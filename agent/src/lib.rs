@@ -4,6 +4,7 @@
 
 pub mod flowtable;
 pub mod host;
+pub mod install;
 pub mod invalidate;
 pub mod mtu;
 pub mod ratelimit;

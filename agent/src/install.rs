@@ -1,0 +1,183 @@
+//! The rule that turns a miss upcall and its simulation into the flow handed to the kernel:
+//! the upcall's full key, the simulation's megaflow mask and actions, and a UFID.
+//!
+//! Why the full key and not the masked one: the kernel validates a match against the
+//! attributes its key carries. A TCP match needs `tcp_flags` in the key and an Ethertype
+//! needs the L3 attribute it implies, even where the mask wildcards them; the upcall's key
+//! has every attribute the kernel extracted, so it always satisfies those rules, and the
+//! kernel applies the mask itself.
+
+use dpif::FlowPut;
+use odp::dpif;
+use sim::{Fields, Simulation};
+
+/// The flow to install for a miss whose kernel key is `upcall_key` and whose simulation is
+/// `sim`: key = `upcall_key` (every attribute), mask = `sim.mask`, actions = `sim.actions`
+/// (empty = drop), and a UFID derived from the masked key and the mask, so every packet
+/// that the megaflow covers names the same flow.
+pub fn megaflow(upcall_key: &odp::FlowKey, sim: &Simulation) -> odp::Flow {
+    odp::Flow {
+        key: upcall_key.clone(),
+        mask: sim.mask.clone(),
+        actions: sim.actions.clone(),
+        ufid: Some(ufid(upcall_key, sim)),
+        stats: odp::FlowStats::default(),
+    }
+}
+
+/// The UFID of the megaflow: a stable 128-bit hash of the masked key (as the kernel stores
+/// it) and of the mask, so it survives an agent restart and two packets of one megaflow agree.
+pub fn ufid(upcall_key: &odp::FlowKey, sim: &Simulation) -> u128 {
+    let masked = sim.flow(&Fields::from_key(upcall_key));
+    let text = format!("{}", odp::MatchDisplay(&masked.key, &masked.mask));
+    let hi = sim::hash::fnv1a(0x5746_4654, text.as_bytes());
+    let lo = sim::hash::fnv1a(0x7566_6964, text.as_bytes());
+    (u128::from(hi) << 64) | u128::from(lo)
+}
+
+/// Encodes `flow` as the `OVS_FLOW_CMD_NEW` payload parts [`dpif::Dpif::flow_put`] takes.
+pub fn flow_put(flow: &odp::Flow) -> odp::Result<FlowPut> {
+    let mut key = Vec::with_capacity(256);
+    odp::encode_key(&flow.key, &mut key)?;
+    let mut mask = Vec::with_capacity(256);
+    odp::encode_key(&flow.mask, &mut mask)?;
+    let mut actions = Vec::with_capacity(64);
+    odp::encode_actions(&flow.actions, &mut actions)?;
+    Ok(FlowPut {
+        key,
+        mask: Some(mask),
+        actions,
+        ufid: flow.ufid.map(u128::to_be_bytes),
+        clear: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sim::Topology;
+    use sim::fixtures::TopoBuilder;
+
+    fn topo() -> TopoBuilder {
+        Topology::test()
+            .bridge("b1")
+            .bridge("b2")
+            .port("p1", "b1", "10.0.1.11")
+            .port("p2", "b1", "10.0.1.12")
+            .port("p4", "b2", "10.0.2.14")
+            .router("r1")
+            .link("r1", "b1", "10.0.1.1/24")
+            .link("r1", "b2", "10.0.2.1/24")
+    }
+
+    /// The key the kernel reports for a packet: every attribute, as an upcall carries it.
+    fn upcall_key(b: &TopoBuilder, from: &str, dst_mac: [u8; 6], l3l4: &str) -> odp::FlowKey {
+        let m = |a: [u8; 6]| {
+            a.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        let text = format!(
+            "recirc_id(0),dp_hash(0),skb_priority(0),in_port({}),skb_mark(0),ct_state(0),\
+             ct_zone(0),ct_mark(0),ct_label(0),eth(src={},dst={}),{l3l4}",
+            b.dp(from),
+            m(b.mac(from)),
+            m(dst_mac)
+        );
+        odp::parse_match(&text)
+            .unwrap_or_else(|e| panic!("{text}: {e}"))
+            .0
+    }
+
+    fn simulate(b: &TopoBuilder, key: &odp::FlowKey) -> Simulation {
+        let mut s = Simulation::new();
+        sim::simulate_into(
+            &b.build(),
+            &sim::PacketContext::new(Fields::from_key(key)),
+            &mut s,
+        );
+        s
+    }
+
+    const TCP: &str = "eth_type(0x0800),ipv4(src=10.0.1.11,dst=10.0.1.12,proto=6,tos=0,ttl=64,\
+                       frag=no),tcp(src=40000,dst=80),tcp_flags(syn)";
+
+    #[test]
+    fn tcp_key_keeps_tcp_flags_while_the_mask_wildcards_them() {
+        let b = topo();
+        let key = upcall_key(&b, "p1", b.mac("p2"), TCP);
+        let s = simulate(&b, &key);
+        let f = megaflow(&key, &s);
+        assert_eq!(f.key, key, "the installed key is the upcall's whole key");
+        assert!(
+            f.key.tcp_flags.is_some(),
+            "the kernel rejects a TCP key without tcp_flags"
+        );
+        assert!(
+            f.mask.tcp_flags.unwrap_or(0) == 0,
+            "tcp_flags must be wildcarded, or every flag combination misses: {}",
+            f.match_text()
+        );
+        assert_eq!(f.actions_text(), format!("{}", b.dp("p2")));
+    }
+
+    #[test]
+    fn packets_of_one_megaflow_share_a_ufid_and_other_flows_do_not() {
+        let b = topo();
+        let k1 = upcall_key(&b, "p1", b.mac("p2"), TCP);
+        let k2 = upcall_key(
+            &b,
+            "p1",
+            b.mac("p2"),
+            &TCP.replace("src=40000", "src=40001").replace("syn", "ack"),
+        );
+        let s1 = simulate(&b, &k1);
+        let s2 = simulate(&b, &k2);
+        assert_eq!(s1.mask, s2.mask);
+        assert_eq!(
+            megaflow(&k1, &s1).ufid,
+            megaflow(&k2, &s2).ufid,
+            "an L2 flow does not read the TCP ports, so both packets are one megaflow"
+        );
+        let k3 = upcall_key(
+            &b,
+            "p1",
+            b.mac("r1-b1"),
+            &TCP.replace("dst=10.0.1.12", "dst=10.0.2.14"),
+        );
+        let s3 = simulate(&b, &k3);
+        assert_ne!(megaflow(&k1, &s1).ufid, megaflow(&k3, &s3).ufid);
+    }
+
+    #[test]
+    fn routed_flow_decrements_ttl_and_rewrites_macs_in_its_actions() {
+        let b = topo();
+        let key = upcall_key(
+            &b,
+            "p1",
+            b.mac("r1-b1"),
+            &TCP.replace("dst=10.0.1.12", "dst=10.0.2.14"),
+        );
+        let s = simulate(&b, &key);
+        let f = megaflow(&key, &s);
+        let acts = f.actions_text();
+        assert!(acts.contains("ttl=63"), "{acts}");
+        assert!(acts.ends_with(&format!("{}", b.dp("p4"))), "{acts}");
+        let p = flow_put(&f).expect("encodes");
+        assert!(p.mask.as_ref().is_some_and(|m| !m.is_empty()));
+        assert_eq!(p.ufid, f.ufid.map(u128::to_be_bytes));
+        let back = odp::decode_key(&p.key).expect("decodes");
+        assert_eq!(back, key);
+    }
+
+    #[test]
+    fn dropped_packet_installs_an_empty_action_list() {
+        let b = topo().down("p2");
+        let key = upcall_key(&b, "p1", b.mac("p2"), TCP);
+        let s = simulate(&b, &key);
+        let f = megaflow(&key, &s);
+        assert!(f.actions.is_empty(), "{}", f.actions_text());
+        assert!(flow_put(&f).expect("encodes").actions.is_empty());
+    }
+}
