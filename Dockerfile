@@ -1,5 +1,5 @@
-# One image for every Weft binary: weft-operator, weft-agent, weft-cni and weftctl.
-# The agent's DaemonSet copies weft-cni onto the node from this image.
+# One image for Weft's binaries (today weft-operator and weftctl; weft-agent and weft-cni
+# join BINARIES when they exist, and the agent's DaemonSet will copy weft-cni onto the node).
 
 FROM docker.io/library/rust:1.95-bookworm AS build
 RUN apt-get update -qq \
@@ -7,11 +7,12 @@ RUN apt-get update -qq \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+# The binaries the workspace builds today; a missing one fails the build rather than
+# shipping an image without it.
+ARG BINARIES="weft-operator weftctl"
 RUN cargo build --release --locked --workspace --bins \
  && mkdir -p /out \
- && for b in weft-operator weft-agent weft-cni weftctl; do \
-      if [ -x "target/release/$b" ]; then cp "target/release/$b" /out/; fi; \
-    done
+ && for b in $BINARIES; do cp "target/release/$b" /out/; done
 
 FROM docker.io/library/debian:bookworm-slim
 RUN apt-get update -qq \
