@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # e2e/kernel-tests.sh [FILTER...]
 #
-# Builds the kernel test binaries (crates/odp/tests/kernel*.rs) and weftctl on the host, boots
-# the guest once (e2e/vm.sh) and runs every one of their ignored tests inside it, one thread
-# at a time. Fails if any test fails, if the guest cannot boot, or if no test ran at all.
+# Builds the kernel test binaries (crates/odp/tests/kernel*.rs and agent/tests/kernel*.rs)
+# and weftctl on the host, boots the guest once (e2e/vm.sh) and runs every one of their
+# ignored tests inside it, one thread at a time. Fails if any test fails, if the guest
+# cannot boot, or if no test ran at all.
 # FILTER arguments are passed to the test binaries (substring match on test names).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -39,17 +40,28 @@ echo "==> building weftctl and the kernel test binaries" >&2
 $CARGO build --locked -p weft-agent --bin weftctl >&2
 WEFT_CTL_BIN=$CARGO_TARGET_DIR/debug/weftctl
 [ -x "$WEFT_CTL_BIN" ] || { echo "kernel-tests: weftctl was not built at $WEFT_CTL_BIN" >&2; exit 1; }
-tests=()
 # kernel_bench*.rs are benchmarks: e2e/kernel-bench.sh runs them.
-for f in crates/odp/tests/kernel*.rs; do
-  case $(basename "$f") in kernel_bench*) continue ;; esac
-  [ -f "$f" ] && tests+=(--test "$(basename "$f" .rs)")
-done
-[ ${#tests[@]} -gt 0 ] || { echo "kernel-tests: no crates/odp/tests/kernel*.rs" >&2; exit 1; }
+kernel_tests() { # PACKAGE DIR: cargo --test arguments for DIR/kernel*.rs
+  local f args=()
+  for f in "$2"/kernel*.rs; do
+    [ -f "$f" ] || continue
+    case $(basename "$f") in kernel_bench*) continue ;; esac
+    args+=(--test "$(basename "$f" .rs)")
+  done
+  [ ${#args[@]} -gt 0 ] || { echo "kernel-tests: no $2/kernel*.rs" >&2; exit 1; }
+  printf '%s\n' "${args[@]}"
+}
 work=$(mktemp -d "${TMPDIR:-/tmp}/weft-kernel-tests.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-$CARGO test --locked -p odp "${tests[@]}" --no-run --message-format=json |
-  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' >"$work/bins"
+: >"$work/bins"
+for pkg_dir in odp:crates/odp/tests weft-agent:agent/tests; do
+  pkg=${pkg_dir%%:*} dir=${pkg_dir#*:}
+  mapfile -t tests < <(kernel_tests "$pkg" "$dir")
+  [ ${#tests[@]} -gt 0 ] || exit 1
+  # Only the test targets: building a package's tests also reports its binaries (weftctl).
+  $CARGO test --locked -p "$pkg" "${tests[@]}" --no-run --message-format=json |
+    grep -F '"kind":["test"]' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' >>"$work/bins"
+done
 [ -s "$work/bins" ] || { echo "kernel-tests: cargo produced no test binary" >&2; exit 1; }
 export WEFT_CTL_BIN
 exec "$HERE/vm.sh" "$HERE/kernel-tests.sh" --in-guest "$work/bins" "$@"
