@@ -2,6 +2,8 @@
 //! packets through the virtual topology, installs their megaflows, and invalidates them when the
 //! topology changes.
 
+pub mod api;
+pub mod ctl;
 pub mod flowtable;
 pub mod host;
 pub mod install;
