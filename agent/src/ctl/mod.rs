@@ -1,5 +1,7 @@
-//! The `weftctl` command tree: argument parsing and dispatch to the subcommands.
+//! The `weftctl` command tree: argument parsing and dispatch to the subcommands (`dp` for the
+//! kernel datapath, `status`/`flows`/`trace`/`attach`/`detach` for the node agent).
 
+pub mod agent;
 pub mod dp;
 pub mod dpflow;
 
@@ -19,11 +21,15 @@ pub struct Cli {
 pub enum Cmd {
     /// Inspect and program the OVS kernel datapath (ovs-dpctl compatible).
     Dp(dp::DpArgs),
+    /// The node agent's views: status, flows, trace, attach, detach.
+    #[command(flatten)]
+    Agent(agent::AgentCmd),
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Dp(a) => dp::run(a),
+        Cmd::Agent(c) => agent::run(c),
     }
 }
