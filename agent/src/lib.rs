@@ -3,11 +3,20 @@
 //! topology changes.
 
 pub mod api;
+pub mod config;
 pub mod ctl;
+pub mod datapath;
+pub mod flows;
 pub mod flowtable;
+pub mod handler;
 pub mod host;
 pub mod install;
 pub mod invalidate;
+pub mod metrics;
 pub mod mtu;
 pub mod ratelimit;
+pub mod revalidate;
+pub mod run;
+pub mod service;
 pub mod tags;
+pub mod topo;

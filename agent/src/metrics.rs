@@ -1,0 +1,244 @@
+//! The agent's Prometheus metrics (`weft_agent_*`), shared by the handler threads, the flow
+//! manager and the topology watcher, and served on /metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Why a flow left the datapath.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeleteLabels {
+    /// `invalidated`, `expired`, `evicted` or `stale` (found stale on restart).
+    pub reason: &'static str,
+}
+
+/// What became of an upcall that did not end in a simulation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpcallDropLabels {
+    /// `malformed`, `rate_limited` or `not_miss`.
+    pub reason: &'static str,
+}
+
+/// Every agent metric.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Upcalls received from the kernel.
+    pub upcalls: Counter,
+    /// Upcalls dropped before simulation, by reason.
+    pub upcalls_dropped: Family<UpcallDropLabels, Counter>,
+    /// Simulations run for misses.
+    pub simulations: Counter,
+    /// Megaflows installed in the kernel.
+    pub flows_installed: Counter,
+    /// Flows deleted from the kernel, by reason.
+    pub flows_deleted: Family<DeleteLabels, Counter>,
+    /// Flows the agent tracks now.
+    pub flows: Gauge,
+    /// Topology updates applied (each one an invalidation pass).
+    pub invalidations: Counter,
+    /// Updates that no tag covered, so every flow was deleted.
+    pub full_flushes: Counter,
+    /// Kernel refusals of a flow put or an execute.
+    pub datapath_errors: Counter,
+    /// Packets from the tunnel whose key names no local port.
+    pub tunnel_drops: Counter,
+    /// Upcall to execute, per miss.
+    pub handler_latency: Histogram,
+    /// NSDB write to flows invalidated: the time from the update's arrival to the deletes.
+    pub invalidation_latency: Histogram,
+    /// Topology compilations that failed (the previous topology stays in use).
+    pub topology_errors: Counter,
+    /// The topology generation in use.
+    pub generation: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric, and NSDB's own.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            upcalls: Counter::default(),
+            upcalls_dropped: Family::default(),
+            simulations: Counter::default(),
+            flows_installed: Counter::default(),
+            flows_deleted: Family::default(),
+            flows: Gauge::default(),
+            invalidations: Counter::default(),
+            full_flushes: Counter::default(),
+            datapath_errors: Counter::default(),
+            tunnel_drops: Counter::default(),
+            // 10 µs .. ~5 s.
+            handler_latency: Histogram::new(exponential_buckets(0.000_01, 2.0, 20)),
+            invalidation_latency: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            topology_errors: Counter::default(),
+            generation: Gauge::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "weft_agent_upcalls",
+            "Upcalls received from the kernel",
+            m.upcalls.clone(),
+        );
+        r.register(
+            "weft_agent_upcalls_dropped",
+            "Upcalls dropped before simulation, by reason",
+            m.upcalls_dropped.clone(),
+        );
+        r.register(
+            "weft_agent_simulations",
+            "Simulations run for misses",
+            m.simulations.clone(),
+        );
+        r.register(
+            "weft_agent_flows_installed",
+            "Megaflows installed in the kernel datapath",
+            m.flows_installed.clone(),
+        );
+        r.register(
+            "weft_agent_flows_deleted",
+            "Flows deleted from the kernel datapath, by reason",
+            m.flows_deleted.clone(),
+        );
+        r.register(
+            "weft_agent_flows",
+            "Flows the agent tracks",
+            m.flows.clone(),
+        );
+        r.register(
+            "weft_agent_invalidations",
+            "Topology updates applied to the installed flows",
+            m.invalidations.clone(),
+        );
+        r.register(
+            "weft_agent_full_flushes",
+            "Topology updates no tag covered, which deleted every flow",
+            m.full_flushes.clone(),
+        );
+        r.register(
+            "weft_agent_datapath_errors",
+            "Flow puts and executes the kernel refused",
+            m.datapath_errors.clone(),
+        );
+        r.register(
+            "weft_agent_tunnel_drops",
+            "Tunnel packets whose key names no local port",
+            m.tunnel_drops.clone(),
+        );
+        r.register_with_unit(
+            "weft_agent_handler_latency",
+            "Upcall handling time, from receipt to execute",
+            prometheus_client::registry::Unit::Seconds,
+            m.handler_latency.clone(),
+        );
+        r.register_with_unit(
+            "weft_agent_invalidation_latency",
+            "Time from an NSDB update's arrival to its flows' deletion",
+            prometheus_client::registry::Unit::Seconds,
+            m.invalidation_latency.clone(),
+        );
+        r.register(
+            "weft_agent_topology_errors",
+            "Topology compilations that failed",
+            m.topology_errors.clone(),
+        );
+        r.register(
+            "weft_agent_topology_generation",
+            "The topology generation in use",
+            m.generation.clone(),
+        );
+        nsdb::register(r);
+        Metrics { registry, ..m }
+    }
+
+    /// Counts `n` deleted flows.
+    pub fn deleted(&self, reason: &'static str, n: usize) {
+        self.flows_deleted
+            .get_or_create(&DeleteLabels { reason })
+            .inc_by(n as u64);
+    }
+
+    /// Counts a dropped upcall.
+    pub fn upcall_dropped(&self, reason: &'static str) {
+        self.upcalls_dropped
+            .get_or_create(&UpcallDropLabels { reason })
+            .inc();
+    }
+
+    /// Records a handler's time for one miss.
+    pub fn observe_handler(&self, d: Duration) {
+        self.handler_latency.observe(d.as_secs_f64());
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The routes of the agent's HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
+pub fn router(metrics: Arc<Metrics>) -> axum::Router {
+    use axum::http::header;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(
+                |axum::extract::State(m): axum::extract::State<Arc<Metrics>>| async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                },
+            ),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/readyz", axum::routing::get(|| async { "ok" }))
+        .with_state(metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_the_issue_names_is_exported() {
+        let m = Metrics::new();
+        m.upcalls.inc();
+        m.deleted("expired", 2);
+        m.upcall_dropped("malformed");
+        m.observe_handler(Duration::from_micros(50));
+        let text = m.encode();
+        for name in [
+            "weft_agent_upcalls_total 1",
+            "weft_agent_simulations_total",
+            "weft_agent_flows_installed_total",
+            "weft_agent_flows_deleted_total{reason=\"expired\"} 2",
+            "weft_agent_upcalls_dropped_total{reason=\"malformed\"} 1",
+            "weft_agent_invalidations_total",
+            "weft_agent_tunnel_drops_total",
+            "weft_agent_handler_latency_seconds_count 1",
+            "weft_nsdb_corrupt_records",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The topology the handlers simulate against: NSDB snapshots compiled for this host and its
+//! datapath ports, published lock-free (`ArcSwap`) with a generation number, and the
+//! invalidation each change implies, sent to the flow manager.
+//!
+//! Two things change the compiled topology: an NSDB update (from the watch cache) and a
+//! local vport appearing or going (attach/detach). Both go through [`TopologyWatcher`], one
+//! task, so generations are totally ordered and every generation's invalidation is sent
+//! after the topology it describes is visible to handlers.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use nsdb::{Snapshot, Update};
+use sim::{LocalDatapath, RecordSet, Tag, Topology};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::flows::FlowEvent;
+use crate::invalidate;
+use crate::metrics::Metrics;
+
+/// One compiled topology.
+#[derive(Debug)]
+pub struct TopoSnap {
+    /// Increases by one with every applied change.
+    pub generation: u64,
+    /// The NSDB snapshot it was compiled from.
+    pub records: Arc<Snapshot>,
+    /// The compiled topology.
+    pub topo: Topology,
+}
+
+/// What the handlers read: the current compiled topology.
+pub type SharedTopo = Arc<ArcSwap<TopoSnap>>;
+
+/// This host's datapath ports by vport name, shared by the API (attach/detach) and the
+/// watcher (compilation).
+#[derive(Debug, Default)]
+pub struct LocalPorts {
+    vports: Mutex<BTreeMap<String, u32>>,
+}
+
+impl LocalPorts {
+    /// The current vport map.
+    pub fn snapshot(&self) -> BTreeMap<String, u32> {
+        self.lock().clone()
+    }
+
+    /// Records a vport; returns whether it changed anything.
+    pub fn insert(&self, name: &str, port_no: u32) -> bool {
+        self.lock().insert(name.to_string(), port_no) != Some(port_no)
+    }
+
+    /// Forgets a vport; returns its port number if it was known.
+    pub fn remove(&self, name: &str) -> Option<u32> {
+        self.lock().remove(name)
+    }
+
+    /// The port number of a vport.
+    pub fn get(&self, name: &str) -> Option<u32> {
+        self.lock().get(name).copied()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u32>> {
+        self.vports.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A local change the watcher must apply.
+#[derive(Debug)]
+pub enum LocalChange {
+    /// A vport was added to or removed from the datapath.
+    Vport { name: String },
+}
+
+/// Compiles `records` for `host`. Problems are logged; an error keeps the caller's topology.
+pub fn compile(
+    records: &Snapshot,
+    host: &str,
+    tunnel_port: u32,
+    vports: BTreeMap<String, u32>,
+) -> Result<Topology, sim::SimError> {
+    let set = RecordSet::from_records(records.iter().map(|(_, e)| &*e.record));
+    let dp = LocalDatapath {
+        tunnel_port,
+        vports,
+    };
+    let topo = Topology::compile(&set, host, &dp)?;
+    for p in topo.problems() {
+        warn!(problem = %p, "topology problem (the affected objects drop traffic)");
+    }
+    Ok(topo)
+}
+
+/// Applies NSDB updates and local changes to the shared topology, and tells the flow
+/// manager what each one invalidates.
+#[derive(Debug)]
+pub struct TopologyWatcher {
+    pub host: String,
+    pub tunnel_port: u32,
+    pub shared: SharedTopo,
+    pub ports: Arc<LocalPorts>,
+    pub flows: std::sync::mpsc::Sender<FlowEvent>,
+    pub metrics: Arc<Metrics>,
+    /// Set when an update could not be compiled: its changes were never invalidated, so the
+    /// next topology that compiles deletes every flow.
+    pub pending_full_flush: bool,
+}
+
+impl TopologyWatcher {
+    /// Compiles the first topology (generation 1) from `records`.
+    pub fn initial(
+        host: &str,
+        tunnel_port: u32,
+        records: Arc<Snapshot>,
+        ports: &LocalPorts,
+    ) -> anyhow::Result<SharedTopo> {
+        let topo = compile(&records, host, tunnel_port, ports.snapshot())
+            .map_err(|e| anyhow::anyhow!("compiling the topology: {e}"))?;
+        Ok(Arc::new(ArcSwap::from_pointee(TopoSnap {
+            generation: 1,
+            records,
+            topo,
+        })))
+    }
+
+    /// Runs until both inputs close.
+    pub async fn run(
+        mut self,
+        mut updates: mpsc::UnboundedReceiver<Arc<Update>>,
+        mut local: mpsc::UnboundedReceiver<LocalChange>,
+    ) {
+        loop {
+            tokio::select! {
+                u = updates.recv() => match u {
+                    Some(u) => self.apply_update(&u),
+                    None => break,
+                },
+                c = local.recv() => match c {
+                    Some(LocalChange::Vport { name }) => self.apply_vport(&name),
+                    None => break,
+                },
+            }
+        }
+        info!("topology watcher stopped");
+    }
+
+    fn apply_update(&mut self, update: &Update) {
+        let at = Instant::now();
+        let prev = self.shared.load_full();
+        let inv = invalidate::invalidation_of_update(&prev.records, update);
+        self.publish(update.snapshot.clone(), inv.tags, inv.full_flush, at);
+    }
+
+    fn apply_vport(&mut self, name: &str) {
+        let at = Instant::now();
+        let prev = self.shared.load_full();
+        let tags = invalidate::tags_of_vport(&*prev.records, &self.host, name);
+        self.publish(prev.records.clone(), tags, false, at);
+    }
+
+    fn publish(&mut self, records: Arc<Snapshot>, tags: Vec<Tag>, full_flush: bool, at: Instant) {
+        let generation = self.shared.load().generation + 1;
+        let topo = match compile(
+            &records,
+            &self.host,
+            self.tunnel_port,
+            self.ports.snapshot(),
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                // Keep simulating with the last good topology; flows built from it stay.
+                self.metrics.topology_errors.inc();
+                self.pending_full_flush = true;
+                warn!(error = %e, revision = records.revision(), "topology does not compile; keeping the previous one");
+                return;
+            }
+        };
+        let full_flush = full_flush || std::mem::take(&mut self.pending_full_flush);
+        self.shared.store(Arc::new(TopoSnap {
+            generation,
+            records,
+            topo,
+        }));
+        self.metrics.generation.set(generation as i64);
+        self.metrics.invalidations.inc();
+        let _ = self.flows.send(FlowEvent::Invalidate {
+            generation,
+            tags,
+            full_flush,
+            at,
+        });
+    }
+}
