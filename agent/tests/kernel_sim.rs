@@ -318,8 +318,7 @@ fn simulated_flows_forward_across_a_bridge_and_a_router_and_tcp_round_trips() {
         routed.flow
     );
     assert!(
-        routed.tags.contains(&Tag::device("r1").to_string())
-            && routed.trace.contains("router r1"),
+        routed.tags.contains(&Tag::device("r1").to_string()) && routed.trace.contains("router r1"),
         "the routed flow carries the router's tag and its trace: {routed:?}"
     );
     r.assert_agent_and_kernel_agree();
