@@ -1,0 +1,174 @@
+//! The agent's topology watcher against a real etcd: NSDB writes become new topology
+//! generations that handlers see without locks, and each comes with the invalidation of
+//! exactly what it changed; a local vport appearing is a generation of its own.
+
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use nsdb::testing::Etcd;
+use nsdb::{AnyRecord, Nsdb, Route, WatchCache};
+use sim::fixtures::{TopoBuilder, pkt};
+use sim::{DropReason, PacketContext, RecordSet, Simulation, Tag, Topology, Verdict};
+use tokio::sync::mpsc;
+use weft_agent::flows::FlowEvent;
+use weft_agent::metrics::Metrics;
+use weft_agent::topo::{LocalChange, LocalPorts, SharedTopo, TopologyWatcher};
+
+const TUNNEL_PORT: u32 = 100;
+
+fn topology() -> TopoBuilder {
+    Topology::test()
+        .bridge("b1")
+        .bridge("b2")
+        .port("p1", "b1", "10.0.1.11")
+        .port("p2", "b1", "10.0.1.12")
+        .port("p4", "b2", "10.0.2.14")
+        .router("r1")
+        .link("r1", "b1", "10.0.1.1/24")
+        .link("r1", "b2", "10.0.2.1/24")
+}
+
+fn all(r: &RecordSet) -> Vec<AnyRecord> {
+    let mut v: Vec<AnyRecord> = Vec::new();
+    v.extend(r.hosts.iter().cloned().map(AnyRecord::Host));
+    v.extend(r.bridges.iter().cloned().map(AnyRecord::Bridge));
+    v.extend(r.routers.iter().cloned().map(AnyRecord::Router));
+    v.extend(r.ports.iter().cloned().map(AnyRecord::Port));
+    v.extend(r.routes.iter().cloned().map(AnyRecord::Route));
+    v.extend(r.chains.iter().cloned().map(AnyRecord::Chain));
+    v.extend(r.bindings.iter().cloned().map(AnyRecord::PortBinding));
+    v
+}
+
+async fn write(db: &Nsdb, r: &RecordSet) {
+    let mut t = db.txn();
+    for rec in all(r) {
+        t = t.put_any(&rec);
+    }
+    t.commit().await.expect("write topology");
+}
+
+/// The next invalidation the watcher sends, within a generous bound that only ends a hung test.
+fn next_invalidation(rx: &Receiver<FlowEvent>) -> (u64, Vec<Tag>, bool) {
+    loop {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(FlowEvent::Invalidate {
+                generation,
+                tags,
+                full_flush,
+                ..
+            }) => return (generation, tags, full_flush),
+            Ok(_) => continue,
+            Err(e) => panic!("no invalidation arrived: {e}"),
+        }
+    }
+}
+
+fn verdict(shared: &SharedTopo, b: &TopoBuilder, from: &str, to_mac: &str, dst: &str) -> Verdict {
+    let snap = shared.load();
+    let mut s = Simulation::new();
+    let f = pkt::ping(b.dp(from), b.mac(from), b.mac(to_mac), "10.0.1.11", dst);
+    sim::simulate_into(&snap.topo, &PacketContext::new(f), &mut s);
+    s.verdict
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nsdb_writes_become_generations_with_exactly_their_invalidations() {
+    let etcd = Etcd::start();
+    let db = etcd.client().await;
+    let b = topology();
+    write(&db, &b.records).await;
+
+    let ports = Arc::new(LocalPorts::default());
+    // p1 and p2 are attached now; p4's vport is not in the datapath yet.
+    for (name, no) in b.datapath().vports {
+        if name != "wf-p4" {
+            ports.insert(&name, no);
+        }
+    }
+    let cache = WatchCache::start(db.clone()).await;
+    let (first, updates) = cache.subscribe();
+    assert!(
+        !first.is_empty(),
+        "the watch cache starts with the written topology"
+    );
+    let shared = TopologyWatcher::initial("h1", TUNNEL_PORT, first, &ports).expect("compiles");
+    assert_eq!(shared.load().generation, 1);
+    let (flows_tx, flows_rx) = std::sync::mpsc::channel();
+    let (local_tx, local_rx) = mpsc::unbounded_channel();
+    let watcher = TopologyWatcher {
+        host: "h1".into(),
+        tunnel_port: TUNNEL_PORT,
+        shared: shared.clone(),
+        ports: ports.clone(),
+        flows: flows_tx,
+        metrics: Arc::new(Metrics::new()),
+        pending_full_flush: false,
+    };
+    let task = tokio::spawn(watcher.run(updates, local_rx));
+
+    // p4 is bound here but its vport is missing: routed traffic to it is dropped.
+    assert_eq!(
+        verdict(&shared, &b, "p1", "r1-b1", "10.0.2.14"),
+        Verdict::Drop(DropReason::PortUnbound)
+    );
+    // Its vport appears: a generation that invalidates p4 and its bridge.
+    ports.insert("wf-p4", b.dp("p4"));
+    local_tx
+        .send(LocalChange::Vport {
+            name: "wf-p4".into(),
+        })
+        .unwrap();
+    let rx = flows_rx;
+    let (g, tags, full) = tokio::task::block_in_place(|| next_invalidation(&rx));
+    assert_eq!(g, 2);
+    assert!(!full);
+    assert!(
+        tags.contains(&Tag::port("p4")) && tags.contains(&Tag::device("b2")),
+        "{tags:?}"
+    );
+    assert_eq!(shared.load().generation, 2);
+    assert_eq!(
+        verdict(&shared, &b, "p1", "r1-b1", "10.0.2.14"),
+        Verdict::Forward
+    );
+
+    // The connected route to b2 is removed in NSDB: the next generation drops the traffic
+    // and invalidates the route's and the router's flows, not the bridges' own.
+    db.delete::<Route>("r1-b2-net").await.unwrap();
+    let (g, tags, full) = tokio::task::block_in_place(|| next_invalidation(&rx));
+    assert_eq!(g, 3);
+    assert!(!full);
+    assert!(tags.contains(&Tag::route("r1-b2-net")), "{tags:?}");
+    assert!(tags.contains(&Tag::device("r1")), "{tags:?}");
+    assert!(!tags.contains(&Tag::device("b1")), "{tags:?}");
+    assert_eq!(
+        verdict(&shared, &b, "p1", "r1-b1", "10.0.2.14"),
+        Verdict::Drop(DropReason::NoRoute)
+    );
+    // Traffic within b1 is unaffected.
+    assert_eq!(
+        verdict(&shared, &b, "p1", "p2", "10.0.1.12"),
+        Verdict::Forward
+    );
+
+    // Written back: forwarding again.
+    let route = b
+        .records
+        .routes
+        .iter()
+        .find(|r| r.id == "r1-b2-net")
+        .unwrap()
+        .clone();
+    db.put(&route).await.unwrap();
+    let (g, tags, _) = tokio::task::block_in_place(|| next_invalidation(&rx));
+    assert_eq!(g, 4);
+    assert!(tags.contains(&Tag::route("r1-b2-net")), "{tags:?}");
+    assert_eq!(
+        verdict(&shared, &b, "p1", "r1-b1", "10.0.2.14"),
+        Verdict::Forward
+    );
+    task.abort();
+    drop(cache);
+}
