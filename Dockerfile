@@ -1,5 +1,7 @@
-# One image for Weft's binaries (today weft-operator and weftctl; weft-agent and weft-cni
-# join BINARIES when they exist, and the agent's DaemonSet will copy weft-cni onto the node).
+# One image for Weft's binaries (weft-operator, weft-agent and weftctl; weft-cni joins
+# BINARIES when it exists, and the agent's DaemonSet will copy it onto the node). The
+# operator's Deployment runs the default entrypoint; the agent's DaemonSet sets
+# `command: [weft-agent]`.
 
 FROM docker.io/library/rust:1.95-bookworm AS build
 RUN apt-get update -qq \
@@ -9,7 +11,7 @@ WORKDIR /src
 COPY . .
 # The binaries the workspace builds today; a missing one fails the build rather than
 # shipping an image without it.
-ARG BINARIES="weft-operator weftctl"
+ARG BINARIES="weft-operator weft-agent weftctl"
 RUN cargo build --release --locked --workspace --bins \
  && mkdir -p /out \
  && for b in $BINARIES; do cp "target/release/$b" /out/; done
