@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # e2e/kernel-tests.sh [FILTER...]
 #
-# Builds the kernel test binaries (crates/odp/tests/kernel*.rs and agent/tests/kernel*.rs)
-# and weftctl on the host, boots the guest once (e2e/vm.sh) and runs every one of their
-# ignored tests inside it, one thread at a time. Fails if any test fails, if the guest
-# cannot boot, or if no test ran at all.
+# Builds the kernel test binaries (crates/odp/tests/kernel*.rs and agent/tests/kernel*.rs),
+# weftctl and weft-agent on the host, boots the guest once (e2e/vm.sh) and runs every one of
+# their ignored tests inside it, one thread at a time. The binaries' paths reach the guest as
+# WEFT_CTL_BIN and WEFT_AGENT_BIN (the three-host tests run one weft-agent per host).
+# Fails if any test fails, if the guest cannot boot, or if no test ran at all.
 # FILTER arguments are passed to the test binaries (substring match on test names).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -36,10 +37,12 @@ fi
 cd "$ROOT"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 CARGO=${CARGO:-cargo}
-echo "==> building weftctl and the kernel test binaries" >&2
-$CARGO build --locked -p weft-agent --bin weftctl >&2
+echo "==> building weftctl, weft-agent and the kernel test binaries" >&2
+$CARGO build --locked -p weft-agent --bin weftctl --bin weft-agent >&2
 WEFT_CTL_BIN=$CARGO_TARGET_DIR/debug/weftctl
+WEFT_AGENT_BIN=$CARGO_TARGET_DIR/debug/weft-agent
 [ -x "$WEFT_CTL_BIN" ] || { echo "kernel-tests: weftctl was not built at $WEFT_CTL_BIN" >&2; exit 1; }
+[ -x "$WEFT_AGENT_BIN" ] || { echo "kernel-tests: weft-agent was not built at $WEFT_AGENT_BIN" >&2; exit 1; }
 # kernel_bench*.rs are benchmarks: e2e/kernel-bench.sh runs them.
 kernel_tests() { # PACKAGE DIR: cargo --test arguments for DIR/kernel*.rs
   local f args=()
@@ -63,5 +66,5 @@ for pkg_dir in odp:crates/odp/tests weft-agent:agent/tests; do
     grep -F '"kind":["test"]' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' >>"$work/bins"
 done
 [ -s "$work/bins" ] || { echo "kernel-tests: cargo produced no test binary" >&2; exit 1; }
-export WEFT_CTL_BIN
+export WEFT_CTL_BIN WEFT_AGENT_BIN
 exec "$HERE/vm.sh" "$HERE/kernel-tests.sh" --in-guest "$work/bins" "$@"
