@@ -1,4 +1,5 @@
-//! `weftctl`: the operator's command line for a Weft node. `weftctl dp ...` inspects and
+//! `weftctl`: the command line for a Weft node. `weftctl status|flows|trace|attach|detach`
+//! talk to the node's `weft-agent` over its local API socket; `weftctl dp ...` inspects and
 //! programs the OVS kernel datapath the way `ovs-dpctl` does, without OVS userspace installed.
 
 use std::process::ExitCode;
