@@ -1,0 +1,1203 @@
+//! The three-host harness of the agent's kernel scenario tests: etcd in the guest, an underlay
+//! bridge joining host network namespaces, one `weft-agent` process per host, pods as network
+//! namespaces attached through each agent's local API, topologies written to NSDB, and the
+//! probes a user would run (ping, a TCP echo with its payload checked). Every failure prints
+//! each agent's log tail and each host's datapath flows.
+//!
+//! It runs as root inside the QEMU guest (e2e/kernel-tests.sh, which builds the agent and sets
+//! `WEFT_AGENT_BIN`); anywhere else it fails saying so.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use nsdb::{AnyRecord, DeviceRef, Nsdb, PortKind, Record};
+use sim::RecordSet;
+use weft_agent::api::client::Client;
+use weft_agent::api::{Reply, Request, Status};
+
+use crate::kernel_support::{
+    Netns, dump_flows_text, in_netns, require_kernel_datapath, sh, sh_try,
+};
+
+/// The Linux bridge in the guest's root namespace that is the underlay.
+pub const UNDERLAY_BRIDGE: &str = "wfu0";
+/// The underlay prefix: host `hN` is `10.99.0.N`, etcd listens on `.254`.
+const UNDERLAY_PREFIX: &str = "10.99.0";
+/// The underlay address etcd listens on, reachable from every host namespace.
+pub const ETCD_ADDR: &str = "10.99.0.254";
+/// The underlay MTU.
+pub const UNDERLAY_MTU: u16 = 1500;
+
+/// How long an agent may take to answer `Status` after it starts (under TCG emulation a
+/// start is slow; this bound only ends a hung start).
+const AGENT_READY: Duration = Duration::from_secs(90);
+/// How long etcd may take to report healthy.
+const ETCD_READY: Duration = Duration::from_secs(60);
+
+static INSTANCE: AtomicU64 = AtomicU64::new(0);
+
+/// The agent binary e2e/kernel-tests.sh built; fails loudly without it.
+pub fn agent_bin() -> PathBuf {
+    let p = std::env::var_os("WEFT_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!(
+                "WEFT_AGENT_BIN is not set: the three-host tests run the weft-agent binary; \
+             run them with e2e/kernel-tests.sh, which builds it"
+            )
+        });
+    assert!(
+        p.is_file(),
+        "WEFT_AGENT_BIN={} is not a file: build it with cargo build -p weft-agent --bin weft-agent",
+        p.display()
+    );
+    p
+}
+
+// ---------------------------------------------------------------------------------------------
+// etcd
+// ---------------------------------------------------------------------------------------------
+
+/// etcd on the underlay address with a private data directory; killed on drop.
+#[derive(Debug)]
+pub struct EtcdProc {
+    child: Option<Child>,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl EtcdProc {
+    fn start(dir: &Path) -> EtcdProc {
+        let bin = std::env::var_os("WEFT_ETCD_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"));
+        assert!(
+            bin.is_file(),
+            "etcd binary {} not found: the three-host tests need a real etcd \
+             (apt-get install etcd-server, or set WEFT_ETCD_BIN)",
+            bin.display()
+        );
+        let log = dir.join("etcd.log");
+        let out = File::create(&log).expect("etcd log file");
+        let err = out.try_clone().expect("etcd log file");
+        let client = format!("http://{ETCD_ADDR}:2379");
+        let peer = "http://127.0.0.1:2380";
+        let child = Command::new(&bin)
+            .arg("--name=weft-hosts")
+            .arg(format!("--data-dir={}", dir.join("etcd").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=weft-hosts={peer}"))
+            .arg("--logger=zap")
+            .arg("--log-level=warn")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut me = EtcdProc {
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + ETCD_READY;
+        while !etcd_healthy() {
+            if let Some(c) = &mut me.child
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                panic!(
+                    "etcd exited during startup ({st}); its log:\n{}",
+                    std::fs::read_to_string(&me.log).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd on {ETCD_ADDR}:2379 not healthy after {ETCD_READY:?}; its log:\n{}",
+                std::fs::read_to_string(&me.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        me
+    }
+
+    /// The client URL.
+    pub fn endpoint() -> String {
+        format!("http://{ETCD_ADDR}:2379")
+    }
+}
+
+fn etcd_healthy() -> bool {
+    let Ok(mut s) = TcpStream::connect((ETCD_ADDR, 2379)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /health HTTP/1.0\r\nHost: etcd\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.contains("\"health\":\"true\"")
+}
+
+impl Drop for EtcdProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The local API
+// ---------------------------------------------------------------------------------------------
+
+/// One request to an agent's API socket through the agent's own client: the reply, or the
+/// agent's error message or the transport error as text.
+pub fn api_call(socket: &Path, req: &Request) -> Result<Reply, String> {
+    Client::connect(socket)
+        .and_then(|mut c| c.call(req))
+        .map_err(|e| format!("{req:?} to {}: {e}", socket.display()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agents
+// ---------------------------------------------------------------------------------------------
+
+/// One host: a network namespace on the underlay and the agent running in it.
+#[derive(Debug)]
+pub struct Host {
+    /// Its node name and namespace name (`h1`, ...).
+    pub name: String,
+    /// Its underlay address.
+    pub underlay_ip: Ipv4Addr,
+    /// The agent's API socket.
+    pub api: PathBuf,
+    /// The agent's log (stderr and stdout, appended across restarts).
+    pub log: PathBuf,
+    /// The datapath name the agent reported.
+    pub datapath: String,
+    /// The pod MTU the agent reported.
+    pub pod_mtu: u16,
+    child: Option<Child>,
+    ns: Netns,
+}
+
+impl Host {
+    fn spawn(&mut self) {
+        let bin = agent_bin();
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log file");
+        let err = log.try_clone().expect("agent log file");
+        let _ = std::fs::remove_file(&self.api);
+        let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .arg(&bin)
+            .args(["--node-name", &self.name])
+            .args(["--underlay-ip", &self.underlay_ip.to_string()])
+            .args(["--underlay-mtu", &UNDERLAY_MTU.to_string()])
+            .args(["--etcd-endpoints", &EtcdProc::endpoint()])
+            .arg("--api-socket")
+            .arg(&self.api)
+            .env("RUST_LOG", rust_log)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} in {}: {e}", bin.display(), self.name));
+        self.child = Some(child);
+    }
+
+    /// Polls `Status` until the agent answers; fails if it exits or never answers.
+    fn wait_ready(&mut self) -> Status {
+        let deadline = Instant::now() + AGENT_READY;
+        let mut last = String::new();
+        loop {
+            if let Some(c) = &mut self.child
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                panic!(
+                    "the agent of {} exited during startup ({st}); its log:\n{}",
+                    self.name,
+                    tail(&self.log, 80)
+                );
+            }
+            if self.api.exists() {
+                match api_call(&self.api, &Request::Status) {
+                    Ok(Reply::Status(s)) => {
+                        self.datapath = s.datapath.clone();
+                        self.pod_mtu = s.pod_mtu;
+                        return s;
+                    }
+                    Ok(other) => {
+                        panic!("the agent of {} answered Status with {other:?}", self.name)
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent of {} did not answer Status within {AGENT_READY:?} (last: {last}); its log:\n{}",
+                self.name,
+                tail(&self.log, 80)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The agent's status now.
+    pub fn status(&self) -> Status {
+        match api_call(&self.api, &Request::Status) {
+            Ok(Reply::Status(s)) => s,
+            other => panic!("Status of the agent of {}: {other:?}", self.name),
+        }
+    }
+
+    /// Whether the agent process is still running.
+    pub fn agent_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The datapath's flows in `ovs-dpctl dump-flows` text, read in this host's namespace.
+    pub fn flows(&self) -> String {
+        let dp = if self.datapath.is_empty() {
+            "weft".to_string()
+        } else {
+            self.datapath.clone()
+        };
+        in_netns(&self.name, move || dump_flows_text(&dp))
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The last `n` lines of a file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| format!("({}: {e})", path.display()));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pods
+// ---------------------------------------------------------------------------------------------
+
+/// A pod: a network namespace whose `eth0` is one end of a veth; the other end is the port's
+/// vport in its host's namespace.
+#[derive(Debug)]
+pub struct Pod {
+    /// The NSDB port.
+    pub port: String,
+    /// The host it runs on.
+    pub host: String,
+    /// Its namespace name.
+    pub ns: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its MAC, `aa:bb:..`.
+    pub mac: String,
+    /// The host-side interface (the vport).
+    pub ifname: String,
+    /// The datapath port number the agent gave it.
+    pub port_no: u32,
+    _ns: Netns,
+}
+
+/// What a pod's interface needs from the topology: its address and prefix length, its
+/// gateway (the router port on its bridge, or the bridge's gateway), its MAC and MTU.
+#[derive(Debug, Clone)]
+pub struct PodAddr {
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub mac: String,
+    pub mtu: u16,
+}
+
+/// Reads a pod's addressing from the records: the port's first IPv4 address; the prefix
+/// length from the bridge's subnet or else from the router port linked to the bridge; the
+/// gateway from the bridge's `gateway_v4` or else that router port's address.
+pub fn pod_addr(records: &RecordSet, port: &str) -> PodAddr {
+    let p = records
+        .ports
+        .iter()
+        .find(|p| p.id == port)
+        .unwrap_or_else(|| panic!("no port {port} in the topology"));
+    let DeviceRef::Bridge(bridge) = &p.device else {
+        panic!("port {port} is not on a bridge")
+    };
+    let ip = p
+        .addresses
+        .iter()
+        .find_map(|a| match a {
+            IpNet::V4(n) => Some(n.addr()),
+            IpNet::V6(_) => None,
+        })
+        .unwrap_or_else(|| panic!("port {port} has no IPv4 address"));
+    let br = records
+        .bridges
+        .iter()
+        .find(|b| &b.id == bridge)
+        .unwrap_or_else(|| panic!("no bridge {bridge} for port {port}"));
+    // The router port patched to an interior port of this bridge.
+    let router_port = records
+        .ports
+        .iter()
+        .find_map(|bp| match (&bp.device, &bp.kind) {
+            (DeviceRef::Bridge(b), PortKind::Interior { peer }) if b == bridge => records
+                .ports
+                .iter()
+                .find(|rp| &rp.id == peer && matches!(rp.device, DeviceRef::Router(_))),
+            _ => None,
+        });
+    let router_v4 = router_port.and_then(|rp| {
+        rp.addresses.iter().find_map(|a| match a {
+            IpNet::V4(n) => Some(*n),
+            IpNet::V6(_) => None,
+        })
+    });
+    let prefix_len = br
+        .subnet_v4
+        .map(|s| s.prefix_len())
+        .or(router_v4.map(|n| n.prefix_len()))
+        .unwrap_or_else(|| {
+            panic!("bridge {bridge} has no subnet_v4 and no router port: cannot address {port}")
+        });
+    let gateway = br.gateway_v4.or(router_v4.map(|n| n.addr()));
+    PodAddr {
+        ip,
+        prefix_len,
+        gateway,
+        mac: p.mac.to_string(),
+        mtu: br.mtu,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster
+// ---------------------------------------------------------------------------------------------
+
+/// What the diagnostics need, clonable into a watchdog thread.
+#[derive(Debug, Clone)]
+struct DiagInfo {
+    hosts: Vec<(String, PathBuf, String)>,
+    pods: Vec<String>,
+}
+
+impl DiagInfo {
+    fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, log, dp) in &self.hosts {
+            out += &format!(
+                "===== host {name}: agent log tail ({})\n{}\n",
+                log.display(),
+                tail(log, 60)
+            );
+            let dp = if dp.is_empty() {
+                "weft".to_string()
+            } else {
+                dp.clone()
+            };
+            let ns = name.clone();
+            let flows = if Path::new(&format!("/run/netns/{ns}")).exists() {
+                in_netns(&ns, move || dump_flows_text(&dp))
+            } else {
+                "(namespace gone)".into()
+            };
+            out += &format!("===== host {name}: datapath flows\n{flows}\n");
+            let (_, links, e) = sh_try(&format!("ip -n {name} -s -br link"));
+            out += &format!("===== host {name}: links\n{links}{e}\n");
+        }
+        for ns in &self.pods {
+            let (_, o, e) = sh_try(&format!(
+                "ip -n {ns} -br addr; ip -n {ns} neigh; ip -n {ns} route"
+            ));
+            out += &format!("===== pod {ns}\n{o}{e}\n");
+        }
+        out
+    }
+}
+
+/// Ends the whole test binary, after printing diagnostics, if a scenario runs longer than
+/// its bound: a broken path fails instead of hanging the guest. Disarmed on drop.
+#[derive(Debug)]
+pub struct Watchdog {
+    stop: Option<mpsc::Sender<()>>,
+}
+
+impl Watchdog {
+    fn arm(secs: u64, what: String, diag: DiagInfo) -> Watchdog {
+        let (tx, rx) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_secs(secs))
+            {
+                eprintln!(
+                    "watchdog: {what} still running after {secs} s\n{}",
+                    diag.render()
+                );
+                std::process::exit(101);
+            }
+        });
+        Watchdog { stop: Some(tx) }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// etcd, the underlay, the hosts with their agents, the pods, and an NSDB client.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The scenario's name (in messages).
+    pub name: String,
+    /// Logs and sockets.
+    pub dir: PathBuf,
+    /// Hosts by name.
+    pub hosts: BTreeMap<String, Host>,
+    /// Pods by port id.
+    pub pods: BTreeMap<String, Pod>,
+    /// The records last written with [`Cluster::write_topology`].
+    pub records: RecordSet,
+    secs: u64,
+    /// Set once a failure has printed the diagnostics.
+    diag_printed: std::cell::Cell<bool>,
+    db: Option<Nsdb>,
+    rt: Option<tokio::runtime::Runtime>,
+    watchdog: Option<Watchdog>,
+    etcd: Option<EtcdProc>,
+}
+
+fn cleanup_leftovers(hosts: &[String]) {
+    let (_, list, _) = sh_try("ip netns list");
+    for line in list.lines() {
+        let ns = line.split_whitespace().next().unwrap_or("");
+        if ns.starts_with("pod-") || hosts.iter().any(|h| h == ns) {
+            let _ = sh_try(&format!("ip netns del {ns}"));
+        }
+    }
+    let _ = sh_try(&format!("ip link del {UNDERLAY_BRIDGE} 2>/dev/null"));
+    for h in hosts {
+        let _ = sh_try(&format!("ip link del u-{h} 2>/dev/null"));
+    }
+}
+
+impl Cluster {
+    /// Starts etcd, the underlay, and hosts `h1..=hN` each with its agent, and waits until
+    /// every agent answers `Status`. `secs` bounds the whole scenario (watchdog).
+    pub fn start(name: &str, n_hosts: usize, secs: u64) -> Cluster {
+        require_kernel_datapath();
+        let bin = agent_bin();
+        let names: Vec<String> = (1..=n_hosts).map(|i| format!("h{i}")).collect();
+        cleanup_leftovers(&names);
+        let dir = std::env::temp_dir().join(format!(
+            "weft-hosts-{}-{}-{name}",
+            std::process::id(),
+            INSTANCE.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scenario directory");
+        eprintln!("{name}: agent {} logs in {}", bin.display(), dir.display());
+
+        let mut c = Cluster {
+            name: name.into(),
+            dir: dir.clone(),
+            hosts: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            records: RecordSet::default(),
+            secs,
+            diag_printed: std::cell::Cell::new(false),
+            db: None,
+            rt: None,
+            watchdog: None,
+            etcd: None,
+        };
+        c.watchdog = Some(Watchdog::arm(
+            secs,
+            format!("scenario {name}"),
+            c.diag_info_for(&names),
+        ));
+
+        sh(&format!(
+            "ip link add {UNDERLAY_BRIDGE} type bridge && \
+             ip link set {UNDERLAY_BRIDGE} mtu {UNDERLAY_MTU} up && \
+             ip addr add {ETCD_ADDR}/24 dev {UNDERLAY_BRIDGE}"
+        ));
+        for (i, h) in names.iter().enumerate() {
+            let ns = Netns::new(h);
+            let ip: Ipv4Addr = format!("{UNDERLAY_PREFIX}.{}", i + 1).parse().unwrap();
+            sh(&format!(
+                "ip link add u-{h} mtu {UNDERLAY_MTU} type veth peer name eth0 netns {h} && \
+                 ip link set u-{h} master {UNDERLAY_BRIDGE} up && \
+                 ip -n {h} link set eth0 mtu {UNDERLAY_MTU} up && \
+                 ip -n {h} addr add {ip}/24 dev eth0"
+            ));
+            c.hosts.insert(
+                h.clone(),
+                Host {
+                    name: h.clone(),
+                    underlay_ip: ip,
+                    api: dir.join(format!("{h}.sock")),
+                    log: dir.join(format!("{h}.log")),
+                    datapath: String::new(),
+                    pod_mtu: 0,
+                    child: None,
+                    ns,
+                },
+            );
+        }
+        c.etcd = Some(EtcdProc::start(&dir));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let db = rt
+            .block_on(Nsdb::connect(&[EtcdProc::endpoint()]))
+            .unwrap_or_else(|e| panic!("cannot connect to etcd at {}: {e}", EtcdProc::endpoint()));
+        c.rt = Some(rt);
+        c.db = Some(db);
+        for h in c.hosts.values_mut() {
+            h.spawn();
+        }
+        for h in c.hosts.values_mut() {
+            let s = h.wait_ready();
+            eprintln!(
+                "{name}: agent {} ready: datapath {} tunnel {} (port {}), pod MTU {}",
+                h.name, s.datapath, s.tunnel, s.tunnel_port_no, s.pod_mtu
+            );
+        }
+        // Re-arm with the datapath names the agents reported.
+        c.watchdog = None;
+        c.watchdog = Some(Watchdog::arm(
+            secs,
+            format!("scenario {name}"),
+            c.diag_info(),
+        ));
+        c
+    }
+
+    fn diag_info_for(&self, names: &[String]) -> DiagInfo {
+        DiagInfo {
+            hosts: names
+                .iter()
+                .map(|h| (h.clone(), self.dir.join(format!("{h}.log")), String::new()))
+                .collect(),
+            pods: vec![],
+        }
+    }
+
+    fn diag_info(&self) -> DiagInfo {
+        DiagInfo {
+            hosts: self
+                .hosts
+                .values()
+                .map(|h| (h.name.clone(), h.log.clone(), h.datapath.clone()))
+                .collect(),
+            pods: self.pods.values().map(|p| p.ns.clone()).collect(),
+        }
+    }
+
+    /// Every agent's log tail, every host's flows and links, every pod's addresses.
+    pub fn diag(&self) -> String {
+        self.diag_info().render()
+    }
+
+    /// Fails the test with `msg` followed by the diagnostics.
+    pub fn fail(&self, msg: &str) -> ! {
+        self.diag_printed.set(true);
+        panic!("{}: {msg}\n{}", self.name, self.diag())
+    }
+
+    /// The NSDB client.
+    pub fn db(&self) -> &Nsdb {
+        self.db.as_ref().expect("nsdb client")
+    }
+
+    /// Runs an NSDB call to completion.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.as_ref().expect("runtime").block_on(f)
+    }
+
+    /// Writes the records of a topology to NSDB in one transaction, except hosts and port
+    /// bindings: the agents write those.
+    pub fn write_topology(&mut self, records: &RecordSet) {
+        let mut all: Vec<AnyRecord> = Vec::new();
+        all.extend(records.bridges.iter().cloned().map(Record::into_any));
+        all.extend(records.routers.iter().cloned().map(Record::into_any));
+        all.extend(records.ports.iter().cloned().map(Record::into_any));
+        all.extend(records.routes.iter().cloned().map(Record::into_any));
+        all.extend(records.chains.iter().cloned().map(Record::into_any));
+        all.extend(records.load_balancers.iter().cloned().map(Record::into_any));
+        assert!(
+            all.len() <= nsdb::MAX_TXN_OPS,
+            "topology of {} records does not fit one transaction",
+            all.len()
+        );
+        let mut txn = self.db().txn();
+        for r in &all {
+            txn = txn.put_any(r);
+        }
+        let rev = self
+            .block_on(txn.commit())
+            .unwrap_or_else(|e| self.fail(&format!("writing the topology failed: {e}")));
+        eprintln!(
+            "{}: wrote {} records at revision {rev}",
+            self.name,
+            all.len()
+        );
+        self.records = records.clone();
+    }
+
+    /// Puts one record (a change under traffic).
+    pub fn put<R: Record>(&self, r: &R) {
+        if let Err(e) = self.block_on(self.db().put(r)) {
+            self.fail(&format!("put {}: {e}", r.key()));
+        }
+    }
+
+    /// Deletes one record; fails if it was not there.
+    pub fn delete<R: Record>(&self, id: &str) {
+        match self.block_on(self.db().delete::<R>(id)) {
+            Ok(true) => {}
+            Ok(false) => self.fail(&format!("delete {}: no such record", R::KIND.key(id))),
+            Err(e) => self.fail(&format!("delete {}: {e}", R::KIND.key(id))),
+        }
+    }
+
+    /// Creates the pod of NSDB port `port` on `host` and attaches it through that host's
+    /// agent: namespace `pod-<port>`, `eth0` with the port's MAC, address, gateway and the
+    /// smaller of the bridge's and the agent's pod MTU; host end `wf-<port>`.
+    pub fn add_pod(&mut self, port: &str, host: &str) -> &Pod {
+        let a = pod_addr(&self.records, port);
+        let h = self
+            .hosts
+            .get(host)
+            .unwrap_or_else(|| panic!("no host {host}"));
+        let mtu = a.mtu.min(h.pod_mtu);
+        let ns_name = format!("pod-{port}");
+        let ifname = format!("wf-{port}");
+        assert!(ifname.len() <= 15, "interface name {ifname} is too long");
+        let ns = Netns::new(&ns_name);
+        let mut cmd = format!(
+            "ip netns exec {ns_name} sysctl -qw net.ipv6.conf.all.disable_ipv6=1 && \
+             ip -n {host} link add {ifname} mtu {mtu} type veth peer name eth0 netns {ns_name} && \
+             ip netns exec {ns_name} sysctl -qw net.ipv6.conf.eth0.disable_ipv6=1 && \
+             ip netns exec {host} sysctl -qw net.ipv6.conf.{ifname}.disable_ipv6=1 && \
+             ip -n {host} link set {ifname} up && \
+             ip -n {ns_name} link set eth0 address {mac} mtu {mtu} up && \
+             ip -n {ns_name} addr add {ip}/{len} dev eth0",
+            mac = a.mac,
+            ip = a.ip,
+            len = a.prefix_len,
+        );
+        if let Some(gw) = a.gateway {
+            cmd += &format!(" && ip -n {ns_name} route add default via {gw}");
+        }
+        sh(&cmd);
+        let reply = api_call(
+            &h.api,
+            &Request::Attach {
+                port: port.into(),
+                ifname: ifname.clone(),
+            },
+        )
+        .unwrap_or_else(|e| self.fail(&format!("attaching {port} on {host}: {e}")));
+        let port_no = match reply {
+            Reply::Attached {
+                port: p,
+                ifname: i,
+                port_no,
+            } if p == port && i == ifname => port_no,
+            other => self.fail(&format!("Attach {port} on {host} answered {other:?}")),
+        };
+        eprintln!(
+            "{}: pod {port} on {host}: {}/{} mac {} mtu {mtu} vport {ifname}={port_no}",
+            self.name, a.ip, a.prefix_len, a.mac
+        );
+        self.pods.insert(
+            port.into(),
+            Pod {
+                port: port.into(),
+                host: host.into(),
+                ns: ns_name,
+                ip: a.ip,
+                mac: a.mac,
+                ifname,
+                port_no,
+                _ns: ns,
+            },
+        );
+        // Re-arm the watchdog so its diagnostics include the new pod.
+        self.rearm();
+        &self.pods[port]
+    }
+
+    fn rearm(&mut self) {
+        // The remaining time is not tracked: a re-arm during setup restarts the bound, which
+        // stays generous, not tight.
+        if self.watchdog.is_some() {
+            let secs = self.secs;
+            self.watchdog = None;
+            self.watchdog = Some(Watchdog::arm(
+                secs,
+                format!("scenario {}", self.name),
+                self.diag_info(),
+            ));
+        }
+    }
+
+    /// The pod of `port`.
+    pub fn pod(&self, port: &str) -> &Pod {
+        self.pods
+            .get(port)
+            .unwrap_or_else(|| panic!("no pod for port {port}"))
+    }
+
+    /// The host named `name`.
+    pub fn host(&self, name: &str) -> &Host {
+        self.hosts
+            .get(name)
+            .unwrap_or_else(|| panic!("no host {name}"))
+    }
+
+    /// `ping -c COUNT` from a pod, with a 2 s wait per reply.
+    pub fn ping(&self, from: &str, to: Ipv4Addr, count: u32) -> Ping {
+        self.ping_args(from, to, &format!("-c {count} -i 0.2 -W 2"))
+    }
+
+    /// `ping ARGS TO` from a pod.
+    pub fn ping_args(&self, from: &str, to: Ipv4Addr, args: &str) -> Ping {
+        let ns = &self.pod(from).ns;
+        let (ok, out, err) = sh_try(&format!("ip netns exec {ns} ping -n {args} {to}"));
+        Ping::parse(ok, out + &err)
+    }
+
+    /// A ping that must get every reply.
+    pub fn ping_ok(&self, from: &str, to: Ipv4Addr, count: u32) -> Ping {
+        let p = self.ping(from, to, count);
+        if !p.ok || p.received != count {
+            self.fail(&format!(
+                "ping {from} -> {to}: {} of {count} replies:\n{}",
+                p.received, p.out
+            ));
+        }
+        p
+    }
+
+    /// Pings once at a time until a reply comes, at most `tries` times: for the first
+    /// packets after pods attach, while the other hosts' agents learn the new bindings
+    /// from their NSDB watch. Returns the number of tries it took.
+    pub fn wait_reachable(&self, from: &str, to: Ipv4Addr, tries: u32) -> u32 {
+        for i in 1..=tries {
+            if self.ping_args(from, to, "-c 1 -W 1").ok {
+                return i;
+            }
+        }
+        self.fail(&format!("{from} never reached {to} in {tries} pings"))
+    }
+
+    /// Starts a TCP echo server in pod `port` on `tcp_port`.
+    pub fn echo_server(&self, port: &str, tcp_port: u16) -> EchoServer {
+        let p = self.pod(port);
+        EchoServer::start(&p.ns, SocketAddr::new(IpAddr::V4(p.ip), tcp_port))
+    }
+
+    /// Connects from pod `from` to `to`, sends `len` bytes and reads them back; the payload
+    /// must come back unchanged. Both ends have timeouts.
+    pub fn tcp_echo(&self, from: &str, to: SocketAddr, len: usize) -> Result<(), TcpError> {
+        let ns = self.pod(from).ns.clone();
+        in_netns(&ns, move || tcp_echo_here(to, len))
+    }
+
+    /// Like [`Cluster::tcp_echo`] but fails the test with diagnostics on any error.
+    pub fn tcp_echo_ok(&self, from: &str, to: SocketAddr, len: usize) {
+        if let Err(e) = self.tcp_echo(from, to, len) {
+            self.fail(&format!("TCP echo {from} -> {to} ({len} bytes): {e:?}"));
+        }
+    }
+
+    /// Kills host `name`'s agent with SIGKILL (its datapath and flows stay in the kernel).
+    pub fn kill_agent(&mut self, name: &str) {
+        let h = self
+            .hosts
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("no host {name}"));
+        h.kill();
+    }
+
+    /// Starts host `name`'s agent again and waits until it answers `Status`.
+    pub fn start_agent(&mut self, name: &str) -> Status {
+        let h = self
+            .hosts
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("no host {name}"));
+        assert!(h.child.is_none(), "the agent of {name} is still running");
+        h.spawn();
+        h.wait_ready()
+    }
+
+    /// Kills host `name`'s agent with SIGKILL and starts it again.
+    pub fn restart_agent(&mut self, name: &str) -> Status {
+        self.kill_agent(name);
+        self.start_agent(name)
+    }
+
+    /// Fails if an agent has exited.
+    pub fn assert_agents_running(&mut self) {
+        let dead: Vec<String> = self
+            .hosts
+            .values_mut()
+            .filter_map(|h| (!h.agent_running()).then(|| h.name.clone()))
+            .collect();
+        if !dead.is_empty() {
+            self.fail(&format!("agents exited: {dead:?}"));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        if failed && !self.diag_printed.get() {
+            eprintln!(
+                "{}: diagnostics after the failure:\n{}",
+                self.name,
+                self.diag()
+            );
+        }
+        self.watchdog = None;
+        // Pods first (their veths), then agents, then the host namespaces (each takes its
+        // datapath and tunnel device with it), then etcd and the underlay.
+        self.pods.clear();
+        for h in self.hosts.values_mut() {
+            h.kill();
+        }
+        self.hosts.clear();
+        self.db = None;
+        self.etcd = None;
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+        let _ = sh_try(&format!("ip link del {UNDERLAY_BRIDGE}"));
+        // The guest's root is a small tmpfs and etcd preallocates its WAL: keep only the
+        // logs of a failed scenario.
+        if failed {
+            let _ = std::fs::remove_dir_all(self.dir.join("etcd"));
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Probes
+// ---------------------------------------------------------------------------------------------
+
+/// What a ping printed.
+#[derive(Debug, Clone)]
+pub struct Ping {
+    /// ping's exit status was success.
+    pub ok: bool,
+    /// Replies received.
+    pub received: u32,
+    /// The TTLs of the replies.
+    pub ttls: Vec<u8>,
+    /// Everything it printed.
+    pub out: String,
+}
+
+impl Ping {
+    fn parse(ok: bool, out: String) -> Ping {
+        let ttls = out
+            .lines()
+            .filter(|l| l.contains("bytes from"))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("ttl="))
+                    .and_then(|t| t.parse().ok())
+            })
+            .collect();
+        let received = out
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .and_then(|l| {
+                l.split(',')
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or(0);
+        Ping {
+            ok,
+            received,
+            ttls,
+            out,
+        }
+    }
+}
+
+/// How a TCP exchange failed.
+#[derive(Debug)]
+pub enum TcpError {
+    /// The connection attempt timed out: nothing answered the SYN.
+    ConnectTimeout,
+    /// The connection was refused (a RST came back).
+    Refused,
+    /// Another connect error.
+    Connect(std::io::Error),
+    /// Writing or reading failed after connecting.
+    Io(String),
+    /// The payload came back changed.
+    Mismatch { at: usize },
+}
+
+/// Connect timeout of the probes.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read and write timeout of the probes.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A payload whose every offset is distinguishable from its neighbours.
+pub fn payload(len: usize) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(7) % 251) as u8)
+        .collect()
+}
+
+fn tcp_echo_here(to: SocketAddr, len: usize) -> Result<(), TcpError> {
+    let mut c = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT).map_err(|e| match e.kind() {
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => TcpError::ConnectTimeout,
+        ErrorKind::ConnectionRefused => TcpError::Refused,
+        _ => TcpError::Connect(e),
+    })?;
+    c.set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| TcpError::Io(e.to_string()))?;
+    c.set_write_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| TcpError::Io(e.to_string()))?;
+    let sent = payload(len);
+    // Write on another thread so a large payload cannot deadlock against the echo.
+    let mut w = c.try_clone().map_err(|e| TcpError::Io(e.to_string()))?;
+    let data = sent.clone();
+    let writer = std::thread::spawn(move || {
+        let r = w.write_all(&data);
+        let _ = w.shutdown(std::net::Shutdown::Write);
+        r
+    });
+    let mut back = vec![0u8; len];
+    let read = c.read_exact(&mut back);
+    let wrote = writer.join().expect("writer thread");
+    wrote.map_err(|e| TcpError::Io(format!("write: {e}")))?;
+    read.map_err(|e| TcpError::Io(format!("read: {e}")))?;
+    match sent.iter().zip(&back).position(|(a, b)| a != b) {
+        Some(at) => Err(TcpError::Mismatch { at }),
+        None => Ok(()),
+    }
+}
+
+/// A TCP echo server in a pod's namespace: every connection gets back what it sends. It
+/// counts connections; it stops when dropped.
+#[derive(Debug)]
+pub struct EchoServer {
+    stop: Arc<AtomicBool>,
+    /// Connections accepted so far.
+    pub accepted: Arc<AtomicU64>,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EchoServer {
+    fn start(ns: &str, addr: SocketAddr) -> EchoServer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel::<Result<(), String>>();
+        let (s2, a2, ns2) = (stop.clone(), accepted.clone(), ns.to_string());
+        let thread = std::thread::spawn(move || {
+            in_netns(&ns2, move || {
+                let l = match TcpListener::bind(addr) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("bind {addr}: {e}")));
+                        return;
+                    }
+                };
+                l.set_nonblocking(true).expect("nonblocking listener");
+                let _ = tx.send(Ok(()));
+                while !s2.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((c, _)) => {
+                            a2.fetch_add(1, Ordering::Relaxed);
+                            std::thread::spawn(move || echo_conn(c));
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(20))
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("echo server in {ns}: {e}"),
+            Err(e) => panic!("echo server in {ns} did not start: {e}"),
+        }
+        EchoServer {
+            stop,
+            accepted,
+            addr,
+            thread: Some(thread),
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+fn echo_conn(mut c: TcpStream) {
+    let _ = c.set_nonblocking(false);
+    let _ = c.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = c.set_write_timeout(Some(IO_TIMEOUT));
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if c.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = c.shutdown(std::net::Shutdown::Both);
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A ping running in the background (`ping -i 0.2 -W 1`), its output going to a file, so a
+/// test can watch replies stop or continue while it changes the topology.
+#[derive(Debug)]
+pub struct BackgroundPing {
+    child: Option<Child>,
+    /// Its output file.
+    pub out: PathBuf,
+}
+
+impl BackgroundPing {
+    /// Starts pinging `to` from pod `from`.
+    pub fn start(c: &Cluster, from: &str, to: Ipv4Addr) -> BackgroundPing {
+        let out = c.dir.join(format!("ping-{from}-{to}.txt"));
+        let f = File::create(&out).expect("ping output file");
+        let f2 = f.try_clone().expect("ping output file");
+        // ping flushes each line as it prints it, so the file follows the replies.
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &c.pod(from).ns,
+                "ping",
+                "-n",
+                "-O",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+            ])
+            .arg(to.to_string())
+            .stdin(Stdio::null())
+            .stdout(f)
+            .stderr(f2)
+            .spawn()
+            .expect("start ping");
+        BackgroundPing {
+            child: Some(child),
+            out,
+        }
+    }
+
+    /// The sequence numbers that got a reply so far.
+    pub fn replies(&self) -> Vec<u32> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("bytes from"))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("icmp_seq="))
+                    .and_then(|s| s.parse().ok())
+            })
+            .collect()
+    }
+
+    /// The highest sequence number sent so far (answered or reported unanswered by `-O`).
+    pub fn last_seq(&self) -> u32 {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("icmp_seq="))
+                    .and_then(|s| s.parse().ok())
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Everything it printed.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+}
+
+impl Drop for BackgroundPing {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
