@@ -209,6 +209,10 @@ impl Walker<'_, '_> {
         self.read.eth_type = !0;
         self.pkt.eth_type
     }
+    /// Whether the packet is IPv4 or IPv6 (reading the Ethertype).
+    fn r_is_ip(&mut self) -> bool {
+        matches!(self.r_eth_type(), 0x0800 | 0x86dd)
+    }
     fn r_vlan(&mut self) -> u16 {
         self.read.vlan_tci = !0;
         self.pkt.vlan_tci
@@ -345,6 +349,8 @@ impl Walker<'_, '_> {
         match self.walk(p) {
             Ok(()) => {}
             Err(Abort::NeedCt) => {
+                // ct() is valid only on a flow that matches an IP Ethertype.
+                self.read.eth_type = !0;
                 let zone = self.in_zone();
                 note!(self, "conntrack needed: ct(zone={zone},nat), recirculate");
                 self.sim.actions.clear();
@@ -366,7 +372,11 @@ impl Walker<'_, '_> {
         note!(self, "ingress port {} (pass {:?})", port.id, self.pass);
         if port.ct_ingress && !self.ct_tracked() {
             self.tag(port.tag);
-            return Err(Abort::NeedCt);
+            // Conntrack applies to IP only (the kernel refuses ct() on a flow that does not
+            // match an IP Ethertype); ARP and the rest take the walk untracked.
+            if self.r_is_ip() {
+                return Err(Abort::NeedCt);
+            }
         }
         let mut next = Next::Ingress(p);
         loop {
@@ -618,6 +628,10 @@ impl Walker<'_, '_> {
         }
         if let Some(CtC { mask, value }) = r.ct {
             if self.ct_mode == CtMode::Unavailable {
+                return Ok(false);
+            }
+            // A packet conntrack cannot track (not IP) has no connection state to match.
+            if !self.r_is_ip() {
                 return Ok(false);
             }
             if !self.ct_tracked() {
@@ -1332,7 +1346,7 @@ impl Walker<'_, '_> {
         let port = &t.ports[q as usize];
         match port.loc {
             Loc::Local(dp) => {
-                if port.ct_delivery {
+                if port.ct_delivery && self.r_is_ip() {
                     self.begin_output();
                     note!(
                         self,
@@ -1428,7 +1442,7 @@ impl Walker<'_, '_> {
             self.drop_(DropReason::PortDown);
             return;
         }
-        if port.ct_delivery {
+        if port.ct_delivery && self.r_is_ip() {
             note!(self, "delivery to {} through zone {}", port.id, port.zone);
             self.sim.actions.push(odp::Action::Ct(crate::odpconv::ct(
                 false,

@@ -176,7 +176,7 @@ fn stateful_chain_uses_the_ports_zone_at_ingress_and_delivery() {
             pkt: to_p1,
             bytes: vec![],
             actions: "ct(zone=3,nat),recirc(0x40000003)",
-            mask: "recirc_id(0),in_port(3),eth(dst=02:00:00:00:00:03)",
+            mask: "recirc_id(0),in_port(3),eth(dst=02:00:00:00:00:03),eth_type(0x0800)",
             tags: vec![
                 Tag::port("p2"),
                 Tag::device("b1"),
@@ -190,7 +190,7 @@ fn stateful_chain_uses_the_ports_zone_at_ingress_and_delivery() {
             pkt: with_ct(to_p1, deliver, TRK | NEW),
             bytes: vec![],
             actions: "drop",
-            mask: "recirc_id(0x40000003),ct_state(-est),eth()",
+            mask: "recirc_id(0x40000003),ct_state(-est),eth(),eth_type(0x0800)",
             tags: vec![Tag::port("p1"), Tag::chain("c-est")],
             verdict: Verdict::Drop(DropReason::Acl),
         },
@@ -199,7 +199,7 @@ fn stateful_chain_uses_the_ports_zone_at_ingress_and_delivery() {
             pkt: with_ct(to_p1, deliver, TRK | EST),
             bytes: vec![],
             actions: "2",
-            mask: "recirc_id(0x40000003),ct_state(-new+est),eth()",
+            mask: "recirc_id(0x40000003),ct_state(-new+est),eth(),eth_type(0x0800)",
             tags: vec![Tag::port("p1"), Tag::chain("c-est")],
             verdict: Verdict::Forward,
         },
@@ -208,7 +208,7 @@ fn stateful_chain_uses_the_ports_zone_at_ingress_and_delivery() {
             pkt: from_p1,
             bytes: vec![],
             actions: "ct(zone=3,nat),recirc(0x1)",
-            mask: "recirc_id(0),in_port(2),eth()",
+            mask: "recirc_id(0),in_port(2),eth(),eth_type(0x0800)",
             tags: vec![Tag::port("p1")],
             verdict: Verdict::Recirculate,
         },
@@ -242,4 +242,45 @@ fn stateful_chain_uses_the_ports_zone_at_ingress_and_delivery() {
         },
     ];
     check(&t, &rows);
+}
+
+/// Conntrack applies to IP only: the kernel refuses `ct()` on a flow that does not match an
+/// IP Ethertype. ARP from and to a stateful port takes the walk untracked (and is answered by
+/// the bridge), and every flow that does go through conntrack matches the Ethertype.
+#[test]
+fn arp_on_a_stateful_port_is_not_sent_through_conntrack() {
+    let b = two_bridges()
+        .chain(
+            "c-est",
+            RuleAction::Drop,
+            vec![Rule {
+                ct_state: Some(CtMatch {
+                    established: Some(true),
+                    ..CtMatch::default()
+                }),
+                ..rule("est", RuleAction::Accept)
+            }],
+        )
+        .port_chains("p1", Some("c-est"), Some("c-est"));
+    let t = b.build();
+    let arp = pkt::arp_request(b.dp("p1"), b.mac("p1"), "10.0.1.11", "10.0.1.12");
+    let s = sim::simulate(&t, &sim::PacketContext::new(arp));
+    assert!(
+        !s.actions_text().contains("ct("),
+        "ARP went through conntrack: {}",
+        s.actions_text()
+    );
+    assert!(
+        s.match_text(&arp).contains("eth_type(0x0806)"),
+        "the untracked ARP flow matches its Ethertype: {}",
+        s.match_text(&arp)
+    );
+    let ping = pkt::ping(b.dp("p1"), b.mac("p1"), b.mac("p2"), "10.0.1.11", "10.0.1.12");
+    let s = sim::simulate(&t, &sim::PacketContext::new(ping));
+    assert!(s.actions_text().starts_with("ct("), "{}", s.actions_text());
+    assert!(
+        s.match_text(&ping).contains("eth_type(0x0800)"),
+        "a flow with ct() matches the IP Ethertype: {}",
+        s.match_text(&ping)
+    );
 }

@@ -377,7 +377,7 @@ fn snat_and_dnat_on_the_uplink() {
             pkt: inbound,
             bytes: vec![],
             actions: "ct(zone=12,nat),recirc(0x1)",
-            mask: "recirc_id(0),in_port(5),eth()",
+            mask: "recirc_id(0),in_port(5),eth(),eth_type(0x0800)",
             tags: vec![Tag::port("r1-up")],
             verdict: Verdict::Recirculate,
         },
