@@ -275,7 +275,13 @@ fn arp_on_a_stateful_port_is_not_sent_through_conntrack() {
         "the untracked ARP flow matches its Ethertype: {}",
         s.match_text(&arp)
     );
-    let ping = pkt::ping(b.dp("p1"), b.mac("p1"), b.mac("p2"), "10.0.1.11", "10.0.1.12");
+    let ping = pkt::ping(
+        b.dp("p1"),
+        b.mac("p1"),
+        b.mac("p2"),
+        "10.0.1.11",
+        "10.0.1.12",
+    );
     let s = sim::simulate(&t, &sim::PacketContext::new(ping));
     assert!(s.actions_text().starts_with("ct("), "{}", s.actions_text());
     assert!(
