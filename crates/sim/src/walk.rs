@@ -457,6 +457,17 @@ impl Walker<'_, '_> {
 
     fn chain(&mut self, top: Idx, owner: &str) -> R<Decision> {
         let t = self.t;
+        // Rule chains filter IP traffic: ARP and other non-IP frames pass them, as
+        // Kubernetes NetworkPolicy and OVN ACLs leave address resolution alone, so a
+        // default-drop policy cannot cut its own pods off their neighbours.
+        if !self.r_is_ip() {
+            note!(
+                self,
+                "  chain {} (of {owner}): not IP, passes",
+                t.chains[top as usize].id
+            );
+            return Ok(Decision::Accept);
+        }
         let mut stack: [(Idx, u32); MAX_JUMPS] = [(0, 0); MAX_JUMPS];
         let mut sp = 0usize;
         let (mut c, mut i) = (top, 0u32);

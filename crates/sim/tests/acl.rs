@@ -245,8 +245,9 @@ fn stateful_chain_uses_the_ports_zone_at_ingress_and_delivery() {
 }
 
 /// Conntrack applies to IP only: the kernel refuses `ct()` on a flow that does not match an
-/// IP Ethertype. ARP from and to a stateful port takes the walk untracked (and is answered by
-/// the bridge), and every flow that does go through conntrack matches the Ethertype.
+/// IP Ethertype. ARP from and to a stateful port takes the walk untracked, passes the
+/// port's default-drop chain (chains filter IP) and is answered by the bridge; every flow
+/// that does go through conntrack matches the Ethertype.
 #[test]
 fn arp_on_a_stateful_port_is_not_sent_through_conntrack() {
     let b = two_bridges()
@@ -265,6 +266,9 @@ fn arp_on_a_stateful_port_is_not_sent_through_conntrack() {
     let t = b.build();
     let arp = pkt::arp_request(b.dp("p1"), b.mac("p1"), "10.0.1.11", "10.0.1.12");
     let s = sim::simulate(&t, &sim::PacketContext::new(arp));
+    // The chain's default is Drop, but chains filter IP: the ARP is answered.
+    assert_eq!(s.verdict, Verdict::Consumed, "{}", s.trace);
+    assert_eq!(s.emit.len(), 1, "one ARP reply");
     assert!(
         !s.actions_text().contains("ct("),
         "ARP went through conntrack: {}",
