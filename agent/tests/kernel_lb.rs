@@ -1,0 +1,357 @@
+//! Load balancing and NAT across three hosts in the kernel guest, as a user of the virtual
+//! network sees them: a VIP spreading many connections over backends on other hosts while
+//! the client only ever talks to the VIP, a backend removed under traffic getting no new
+//! connection, and pods reaching an external network through the router's uplink with
+//! source NAT.
+
+mod hosts_support;
+mod kernel_support;
+mod scen2_support;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Instant;
+
+use hosts_support::Cluster;
+use nsdb::{LoadBalancer, Protocol};
+use scen2_support::{
+    BackgroundExchanges, Exchange, External, NamedServer, exchanges, generation, wait_exchange,
+    wait_generation,
+};
+use sim::Topology;
+use sim::fixtures::TopoBuilder;
+
+/// Bound of one scenario, setup included (TCG emulation is slow); only ends a hung run.
+const SCENARIO_SECS: u64 = 480;
+
+const VIP: &str = "10.96.0.10";
+const VIP_PORT: u16 = 80;
+const BACKEND_PORT: u16 = 8080;
+const CLIENT: &str = "10.0.1.21";
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().expect("test address")
+}
+
+fn sa(addr: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(ip(addr)), port)
+}
+
+/// Client c1 on h3 in b1 (10.0.1.0/24); backends be1 on h1 and be2 on h2 in b2
+/// (10.0.2.0/24); router r1 joins them and holds load balancer `web`: VIP 10.96.0.10:80
+/// over both backends' port 8080, equal weights, no session affinity.
+fn lb_topology() -> TopoBuilder {
+    Topology::test()
+        .bridge("b1")
+        .bridge("b2")
+        .router("r1")
+        .link("r1", "b1", "10.0.1.1/24")
+        .link("r1", "b2", "10.0.2.1/24")
+        .port_on("c1", "b1", CLIENT, "h3")
+        .port_on("be1", "b2", "10.0.2.31", "h1")
+        .port_on("be2", "b2", "10.0.2.32", "h2")
+        .vip(
+            "web",
+            Some("r1"),
+            VIP,
+            Protocol::Tcp,
+            VIP_PORT,
+            &[
+                ("10.0.2.31", BACKEND_PORT, 1, true),
+                ("10.0.2.32", BACKEND_PORT, 1, true),
+            ],
+            false,
+        )
+}
+
+/// Starts three hosts, writes `b`'s records and attaches the pods where `b` binds them.
+fn cluster(name: &str, b: &TopoBuilder) -> Cluster {
+    let mut c = Cluster::start(name, 3, SCENARIO_SECS);
+    c.write_topology(&b.records);
+    for pb in b.records.bindings.clone() {
+        c.add_pod(&pb.port, &pb.host);
+    }
+    c
+}
+
+/// The two backends' servers, each naming itself.
+fn backends(c: &Cluster) -> (NamedServer, NamedServer) {
+    let be1 = NamedServer::start(&c.pod("be1").ns, "be1", sa("10.0.2.31", BACKEND_PORT));
+    let be2 = NamedServer::start(&c.pod("be2").ns, "be2", sa("10.0.2.32", BACKEND_PORT));
+    (be1, be2)
+}
+
+/// What the client must see of every connection to the VIP: the VIP as its peer, and the
+/// backend seeing the client's own address and port (destination NAT only).
+fn check_vip_exchange(c: &Cluster, x: &Exchange, i: usize) {
+    let vip = sa(VIP, VIP_PORT);
+    if x.peer != vip {
+        c.fail(&format!(
+            "connection {i}: the client's socket reports peer {} instead of the VIP {vip}",
+            x.peer
+        ));
+    }
+    if x.server_saw != x.local {
+        c.fail(&format!(
+            "connection {i}: backend {} saw the client as {} but the client is {}",
+            x.backend, x.server_saw, x.local
+        ));
+    }
+}
+
+#[test]
+#[ignore = "needs the OVS kernel datapath: run by e2e/kernel-tests.sh inside the guest"]
+fn vip_spreads_many_connections_over_backends_on_two_hosts_and_the_client_sees_only_the_vip() {
+    let b = lb_topology();
+    let c = cluster("lb-spread", &b);
+    let (be1, be2) = backends(&c);
+    // The backends are reachable directly first (the agents know every binding)...
+    c.wait_reachable("c1", ip("10.0.2.31"), 30);
+    c.wait_reachable("c1", ip("10.0.2.32"), 30);
+    // ...then through the VIP.
+    let first = wait_exchange(&c, "c1", sa(VIP, VIP_PORT), 30);
+    check_vip_exchange(&c, &first, 0);
+
+    const N: usize = 60;
+    let results = exchanges(&c.pod("c1").ns, sa(VIP, VIP_PORT), N, 3000);
+    let mut per_backend: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(x) => {
+                check_vip_exchange(&c, x, i + 1);
+                *per_backend.entry(x.backend.clone()).or_default() += 1;
+            }
+            Err(e) => c.fail(&format!(
+                "connection {} of {N} to the VIP failed: {e}",
+                i + 1
+            )),
+        }
+    }
+    eprintln!("lb-spread: {N} connections to {VIP}:{VIP_PORT}: {per_backend:?}");
+    // Equal weights: each backend gets a fair share. With a uniform choice per connection,
+    // fewer than 15 of 60 on one side has a probability of about 3e-5.
+    for name in ["be1", "be2"] {
+        let n = per_backend.get(name).copied().unwrap_or(0);
+        if n < N / 4 {
+            c.fail(&format!(
+                "backend {name} got {n} of {N} connections, not a fair share: {per_backend:?}"
+            ));
+        }
+    }
+    assert_eq!(
+        per_backend.values().sum::<usize>(),
+        N,
+        "only the two backends answer: {per_backend:?}"
+    );
+    // The servers agree with what the client saw (plus the first exchange).
+    assert_eq!(
+        be1.accepted() + be2.accepted(),
+        N as u64 + 1,
+        "the backends accepted a different number of connections than the client made"
+    );
+}
+
+#[test]
+#[ignore = "needs the OVS kernel datapath: run by e2e/kernel-tests.sh inside the guest"]
+fn vip_backend_removed_under_traffic_gets_no_new_connection() {
+    let b = lb_topology();
+    let c = cluster("lb-remove", &b);
+    let (_be1, be2) = backends(&c);
+    c.wait_reachable("c1", ip("10.0.2.31"), 30);
+    c.wait_reachable("c1", ip("10.0.2.32"), 30);
+    wait_exchange(&c, "c1", sa(VIP, VIP_PORT), 30);
+
+    // Connections open one after the other for the whole scenario.
+    let bg = BackgroundExchanges::start(&c.pod("c1").ns, sa(VIP, VIP_PORT), 2000);
+    // Both backends take connections before the change (polls count connections, not time).
+    let mut polls = 0;
+    loop {
+        let seen: Vec<String> = bg
+            .attempts()
+            .iter()
+            .filter_map(|a| a.result.as_ref().ok().map(|x| x.backend.clone()))
+            .collect();
+        if seen.iter().any(|s| s == "be1") && seen.iter().any(|s| s == "be2") && seen.len() >= 10 {
+            break;
+        }
+        polls += 1;
+        if polls > 600 || bg.count() > 80 {
+            c.fail(&format!(
+                "before the change the VIP did not spread over both backends: {:?}",
+                bg.attempts()
+                    .iter()
+                    .map(|a| a.result.as_ref().map(|x| x.backend.clone()))
+                    .collect::<Vec<_>>()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    // The client's host is the one that picks the backend (the ingress host decides).
+    let before = generation(&c, "h3");
+    let mut lb: LoadBalancer = b
+        .records
+        .load_balancers
+        .iter()
+        .find(|l| l.id == "web")
+        .expect("load balancer web")
+        .clone();
+    lb.vips[0]
+        .members
+        .retain(|m| m.ip != IpAddr::V4(ip("10.0.2.32")));
+    let written = Instant::now();
+    c.put(&lb);
+    let g = wait_generation(&c, "h3", before, 1200);
+    let applied = Instant::now();
+    let be2_at_apply = be2.accepted();
+    eprintln!(
+        "lb-remove: be2 removed from {VIP}; h3 generation {before} -> {g} after {:?}",
+        applied - written
+    );
+    // Keep connecting: at least 30 connections opened after the agent applied the change.
+    let mut polls = 0;
+    while bg
+        .attempts()
+        .iter()
+        .filter(|a| a.started >= applied)
+        .count()
+        < 30
+    {
+        polls += 1;
+        if polls > 1200 {
+            c.fail("the background connections stopped making progress");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let attempts = bg.stop();
+
+    let mut failed = Vec::new();
+    let mut to_removed_after = Vec::new();
+    let (mut between, mut after) = (BTreeMap::<String, usize>::new(), 0usize);
+    for (i, a) in attempts.iter().enumerate() {
+        match &a.result {
+            Err(e) => failed.push(format!("#{i}: {e}")),
+            Ok(x) => {
+                check_vip_exchange(&c, x, i);
+                if a.started >= applied {
+                    after += 1;
+                    if x.backend != "be1" {
+                        to_removed_after.push(format!("#{i} -> {} ({})", x.backend, x.local));
+                    }
+                } else if a.started >= written {
+                    *between.entry(x.backend.clone()).or_default() += 1;
+                }
+            }
+        }
+    }
+    eprintln!(
+        "lb-remove: {} connections in all; between the write and the agent applying it: {between:?}; \
+         after: {after}, be2 accepted {} before and {} after",
+        attempts.len(),
+        be2_at_apply,
+        be2.accepted()
+    );
+    if !failed.is_empty() {
+        c.fail(&format!(
+            "connections to the VIP failed while a backend was removed (the remaining one was up): {failed:?}"
+        ));
+    }
+    if !to_removed_after.is_empty() {
+        c.fail(&format!(
+            "new connections went to the removed backend after the agent applied the change: {to_removed_after:?}"
+        ));
+    }
+}
+
+#[test]
+#[ignore = "needs the OVS kernel datapath: run by e2e/kernel-tests.sh inside the guest"]
+fn snat_through_the_router_uplink_shows_the_outside_only_the_snat_address() {
+    // Router r1: b1 (10.0.1.0/24: p1 on h1, p2 on h3) and uplink up1 192.0.2.2/24 on h3,
+    // whose next hop 192.0.2.1 is the external namespace; default route out of the uplink,
+    // SNAT to the uplink's address over ports 20000-30000.
+    const EXT_MAC: &str = "02:00:00:00:ee:01";
+    let b = Topology::test()
+        .bridge("b1")
+        .router("r1")
+        .link("r1", "b1", "10.0.1.1/24")
+        .port_on("p1", "b1", "10.0.1.11", "h1")
+        .port_on("p2", "b1", "10.0.1.12", "h3")
+        .uplink("r1", "up1", "192.0.2.2/24", EXT_MAC)
+        .route("default", "r1", "0.0.0.0/0", Some("192.0.2.1"), "up1", 1)
+        .snat("r1", "up1", &["192.0.2.2"], (20000, 30000));
+    let mut c = Cluster::start("snat", 3, SCENARIO_SECS);
+    c.write_topology(&b.records);
+    // The pods; the uplink is not a pod (the fixture binds it, the external side attaches it).
+    for pb in b.records.bindings.clone() {
+        if pb.port != "up1" {
+            c.add_pod(&pb.port, &pb.host);
+        }
+    }
+    let ext = External::attach(&c, "ext1", "h3", "up1", ip("192.0.2.1"), 24, EXT_MAC);
+    let server = NamedServer::start(&ext.ns, "outside", sa("192.0.2.1", 9000));
+    c.wait_reachable("p1", ip("10.0.1.12"), 30);
+
+    // From a pod on another host than the uplink (through the tunnel), and from one on the
+    // uplink's host.
+    for pod in ["p1", "p2"] {
+        let ns = c.pod(pod).ns.clone();
+        let mut last = String::new();
+        let mut got = None;
+        for _ in 0..30 {
+            match scen2_support::exchange(&ns, sa("192.0.2.1", 9000), 5000) {
+                Ok(x) => {
+                    got = Some(x);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let Some(x) = got else {
+            c.fail(&format!(
+                "{pod} never reached the outside 192.0.2.1:9000 through the uplink: {last}\n\
+                 the outside's neighbour entry for the uplink address: {}",
+                ext.neigh(ip("192.0.2.2"))
+            ))
+        };
+        check_snat(&c, pod, &x);
+        // More connections, each a new SNAT mapping.
+        for (i, r) in scen2_support::exchanges(&ns, sa("192.0.2.1", 9000), 10, 5000)
+            .into_iter()
+            .enumerate()
+        {
+            match r {
+                Ok(x) => check_snat(&c, pod, &x),
+                Err(e) => c.fail(&format!("{pod}: connection {i} to the outside failed: {e}")),
+            }
+        }
+        // Ping too: ICMP is translated as well, and the replies come back.
+        c.ping_ok(pod, ip("192.0.2.1"), 3);
+    }
+    assert_eq!(
+        server.accepted(),
+        2 * 11,
+        "the outside accepted every connection"
+    );
+    // The outside resolved the uplink's address (the SNAT address) to the uplink's MAC.
+    let n = ext.neigh(ip("192.0.2.2"));
+    let up_mac = nsdb::MacAddr(b.mac("up1")).to_string();
+    assert!(
+        n.contains(&up_mac),
+        "the outside resolves 192.0.2.2 to the uplink's MAC {up_mac}: {n}"
+    );
+}
+
+/// The outside saw the SNAT address and a port of the SNAT range, never the pod; the pod
+/// saw the outside's own address as its peer, payload intact.
+fn check_snat(c: &Cluster, pod: &str, x: &Exchange) {
+    let snat = IpAddr::V4(ip("192.0.2.2"));
+    if x.server_saw.ip() != snat || !(20000..=30000).contains(&x.server_saw.port()) {
+        c.fail(&format!(
+            "{pod} ({}) reached the outside as {}, not as the SNAT address {snat} with a port in 20000-30000",
+            x.local, x.server_saw
+        ));
+    }
+    if x.peer != sa("192.0.2.1", 9000) {
+        c.fail(&format!("{pod}'s socket reports peer {}", x.peer));
+    }
+}
