@@ -9,7 +9,7 @@ mod kernel_support;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use hosts_support::{BackgroundPing, Cluster, TcpError};
-use nsdb::{Chain, Protocol, Route, RuleAction};
+use nsdb::{Chain, CtMatch, Protocol, Route, RuleAction};
 use sim::Topology;
 use sim::fixtures::{TopoBuilder, rule};
 
@@ -216,6 +216,66 @@ fn an_acl_that_drops_icmp_stops_pings_but_not_tcp() {
     c.wait_reachable("p1", ip("10.0.1.13"), 30);
     c.ping_ok("p1", ip("10.0.1.13"), 5);
     c.ping_ok("p3", ip("10.0.1.11"), 5);
+}
+
+#[test]
+#[ignore = "needs the OVS kernel datapath: run by e2e/kernel-tests.sh inside the guest"]
+fn a_stateful_acl_lets_only_replies_back() {
+    // p1 (on h1) accepts only traffic of connections it opened: established and related
+    // packets pass its outbound chain, new ones are dropped.
+    let b = one_bridge()
+        .chain(
+            "replies-only",
+            RuleAction::Drop,
+            vec![
+                nsdb::Rule {
+                    ct_state: Some(CtMatch {
+                        established: Some(true),
+                        ..CtMatch::default()
+                    }),
+                    ..rule("established", RuleAction::Accept)
+                },
+                nsdb::Rule {
+                    ct_state: Some(CtMatch {
+                        related: Some(true),
+                        ..CtMatch::default()
+                    }),
+                    ..rule("related", RuleAction::Accept)
+                },
+            ],
+        )
+        .port_chains("p1", None, Some("replies-only"));
+    let c = cluster("acl-stateful", &b);
+    let _s3 = c.echo_server("p3", 7000);
+    let s1 = c.echo_server("p1", 7000);
+    // p1 connects out: its replies come back.
+    wait_tcp(&c, "p1", sa("10.0.1.13", 7000), 30);
+    c.tcp_echo_ok("p1", sa("10.0.1.13", 7000), 300_000);
+    c.ping_ok("p1", ip("10.0.1.13"), 5);
+    c.ping_ok("p1", ip("10.0.1.12"), 3);
+    // Nobody connects in to p1, although it listens: the SYN is dropped (no RST either).
+    for from in ["p3", "p2"] {
+        match c.tcp_echo(from, sa("10.0.1.11", 7000), 1000) {
+            Err(TcpError::ConnectTimeout) => {}
+            other => c.fail(&format!(
+                "{from} -> p1 must time out on p1's stateful ACL, got {other:?}"
+            )),
+        }
+        let p = c.ping(from, ip("10.0.1.11"), 3);
+        if p.received != 0 {
+            c.fail(&format!(
+                "{from} pinged p1 through its stateful ACL:\n{}",
+                p.out
+            ));
+        }
+    }
+    assert_eq!(
+        s1.accepted(),
+        0,
+        "p1's server accepted a connection through its ACL"
+    );
+    // And p1's own connections still work afterwards.
+    c.tcp_echo_ok("p1", sa("10.0.1.13", 7000), 100_000);
 }
 
 #[test]
