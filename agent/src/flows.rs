@@ -303,10 +303,8 @@ impl FlowManager {
                     },
                     None => r.flow.to_string(),
                 };
-                let mut ufid = String::new();
-                odp::text::format_ufid(&mut ufid, *u);
                 FlowInfo {
-                    ufid,
+                    ufid: ufid_text(*u),
                     flow,
                     kind: match r.kind {
                         FlowKind::Normal => "normal",
@@ -365,9 +363,30 @@ pub fn now_ms() -> u64 {
     dpflow::monotonic_ms().unwrap_or(0)
 }
 
+/// A tracked UFID as `ovs-dpctl dump-flows -m` prints it. The table keys UFIDs by their
+/// wire bytes read big-endian, while ovs-dpctl reads the same bytes as four host-order
+/// words; printing the table's number directly gave byte-swapped words that neither
+/// ovs-dpctl nor `weftctl dp get-flow` recognise (seen in the kernel restart test).
+fn ufid_text(u: u128) -> String {
+    let mut s = String::new();
+    odp::text::format_ufid(&mut s, dpflow::ufid_from_wire(u.to_be_bytes()));
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flow_s_ufid_is_printed_as_ovs_dpctl_prints_its_wire_bytes() {
+        let u: u128 = 0x3aad_a212_2e68_97a7_5e14_d207_7db8_2a37;
+        let text = ufid_text(u);
+        let parsed = dpflow::parse_ufid(&text).expect("printed UFID parses");
+        // Parsing the text the way `weftctl dp get-flow` does gives back the kernel's bytes.
+        assert_eq!(dpflow::ufid_to_wire(parsed), u.to_be_bytes());
+        #[cfg(target_endian = "little")]
+        assert_eq!(text, "ufid:12a2ad3a-a797-682e-07d2-145e372ab87d");
+    }
 
     fn log(entries: &[(u64, Option<&[&str]>)]) -> VecDeque<(u64, Option<Vec<Tag>>)> {
         entries
@@ -399,6 +418,11 @@ mod tests {
         // Generations 3..9 were dropped from the log: unknown, so stale.
         assert!(simulated_on_stale_topology(&l, 11, 3, &[Tag::device("b1")]));
         // Generation 9's successor (10) is the oldest logged: still decidable.
-        assert!(!simulated_on_stale_topology(&l, 11, 9, &[Tag::device("b1")]));
+        assert!(!simulated_on_stale_topology(
+            &l,
+            11,
+            9,
+            &[Tag::device("b1")]
+        ));
     }
 }
