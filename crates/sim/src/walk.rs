@@ -133,6 +133,11 @@ pub fn simulate_into(t: &Topology, ctx: &PacketContext<'_>, sim: &mut Simulation
     w.run();
     let mut mask = w.read;
     let orig = w.orig;
+    if sim.actions.iter().any(|a| matches!(a, odp::Action::Ct(_))) {
+        // The kernel accepts ct() only on a flow that matches an IP Ethertype, wherever in
+        // the walk the conntrack step came from.
+        mask.eth_type = !0;
+    }
     if orig.is_ipv4() && (mask.ipv4_src | mask.ipv4_dst != 0 || mask.ip_proto | mask.ip_ttl != 0) {
         // As OVS does: an IPv4 match also matches the fragment type.
         mask.ip_frag = !0;

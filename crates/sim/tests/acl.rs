@@ -217,7 +217,7 @@ fn stateful_chain_uses_the_ports_zone_at_ingress_and_delivery() {
             pkt: with_ct(from_p1, RECIRC_CT, TRK | NEW),
             bytes: vec![],
             actions: "ct(commit,zone=3),3",
-            mask: "recirc_id(0x1),in_port(2),ct_state(+new),eth(dst=02:00:00:00:00:04)",
+            mask: "recirc_id(0x1),in_port(2),ct_state(+new),eth(dst=02:00:00:00:00:04),eth_type(0x0800)",
             tags: vec![
                 Tag::port("p1"),
                 Tag::device("b1"),
