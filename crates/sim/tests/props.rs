@@ -367,6 +367,20 @@ proptest! {
         prop_assert_eq!(a.install, b.install);
     }
 
+    /// The kernel accepts ct() only on a flow that matches an IP Ethertype: every
+    /// simulation that sends a packet through conntrack matches it, and only IP goes there.
+    #[test]
+    fn conntrack_flows_match_an_ip_ethertype(pkt in packets()) {
+        // Only IP is ever recirculated, so a later pass of a non-IP frame cannot happen.
+        prop_assume!(pkt.recirc_id == 0 || pkt.is_ipv4() || pkt.is_ipv6());
+        let t = rich();
+        let a = sim(&t, pkt);
+        if a.actions.iter().any(|x| matches!(x, odp::Action::Ct(_))) {
+            prop_assert_eq!(a.fields_mask.eth_type, !0, "{}", a.trace);
+            prop_assert!(pkt.is_ipv4() || pkt.is_ipv6(), "{}", a.trace);
+        }
+    }
+
     /// The same snapshot and packet give the same result, and a reused buffer holds
     /// nothing from the previous packet.
     #[test]
