@@ -63,6 +63,7 @@ fn snapshot_of(r: &RecordSet) -> nsdb::Snapshot {
 /// A running setup: pods, the datapath, the agent's handler and flow manager threads.
 struct Rig {
     b: TopoBuilder,
+    shared: SharedTopo,
     metrics: Arc<Metrics>,
     flows: Sender<FlowEvent>,
     stop: Arc<AtomicBool>,
@@ -90,6 +91,11 @@ impl Drop for Rig {
 /// is a namespace `ks-<port>` whose eth0 has the port's MAC and address; the host end of
 /// its veth, `wf-<port>`, is a netdev vport of datapath `wsim`.
 fn rig() -> Rig {
+    rig_with(10_000, IdleTimeouts::default())
+}
+
+/// The rig with a flow cap and idle timeouts of its own (the manager sweeps every 200 ms).
+fn rig_with(capacity: usize, timeouts: IdleTimeouts) -> Rig {
     require_kernel_datapath();
     let b = Topology::test()
         .bridge("b1")
@@ -160,9 +166,9 @@ fn rig() -> Rig {
     let manager = FlowManager::new(
         Dpif::open().expect("manager's socket"),
         info.ifindex,
-        10_000,
-        IdleTimeouts::default(),
-        Duration::from_secs(1),
+        capacity,
+        timeouts,
+        Duration::from_millis(200),
         1,
         metrics.clone(),
     );
@@ -172,7 +178,7 @@ fn rig() -> Rig {
         Dpif::open().expect("handler's socket"),
         HandlerCtx {
             dp_ifindex: info.ifindex,
-            topo: shared,
+            topo: shared.clone(),
             flows: flows.clone(),
             metrics: metrics.clone(),
             stop: stop.clone(),
@@ -187,6 +193,7 @@ fn rig() -> Rig {
     ];
     Rig {
         b,
+        shared,
         metrics,
         flows,
         stop,
@@ -254,10 +261,11 @@ impl Rig {
         let mut d = Dpif::open().unwrap();
         let mut kernel = BTreeSet::new();
         for e in d.flow_dump(self.ifindex).expect("dump") {
+            // As ovs-dpctl dump-flows -m (and the agent's API) print it.
             let mut u = String::new();
             odp::text::format_ufid(
                 &mut u,
-                u128::from_be_bytes(e.ufid.expect("every flow has a UFID")),
+                weft_agent::ctl::dpflow::ufid_from_wire(e.ufid.expect("every flow has a UFID")),
             );
             kernel.insert(u);
         }
@@ -412,4 +420,163 @@ fn simulated_flows_forward_across_a_bridge_and_a_router_and_tcp_round_trips() {
         "kernel_sim: TCP transfer: {sims} simulations, {hits} kernel hits; flows:\n{}",
         r.flows_text()
     );
+}
+
+/// Waits (polling the agent's view) until `done` holds; a generous bound only ends a hung test.
+fn eventually(r: &Rig, what: &str, done: impl Fn(&Rig) -> bool) {
+    for _ in 0..300 {
+        if done(r) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} never happened; flows:\n{}", r.flows_text());
+}
+
+#[test]
+#[ignore = "needs the OVS kernel datapath: run by e2e/kernel-tests.sh inside the guest"]
+fn idle_flows_expire_by_the_kernels_used_time_and_busy_ones_stay() {
+    let r = rig_with(
+        10_000,
+        IdleTimeouts {
+            normal_ms: 3_000,
+            tunnel_ms: 3_000,
+            error_ms: 3_000,
+        },
+    );
+    r.ping("p1", "10.0.1.12", 1);
+    let bridged: BTreeSet<String> = r.flows().into_iter().map(|f| f.ufid).collect();
+    assert_eq!(
+        bridged.len(),
+        2,
+        "request and reply flows:\n{}",
+        r.flows_text()
+    );
+    // A ping that keeps going keeps its routed flows; the idle pair between p1 and p2 expires.
+    let busy =
+        std::thread::spawn(|| sh_try("ip netns exec ks-p1 ping -c 100 -i 0.2 -W 2 10.0.2.14"));
+    let routed = |r: &Rig| -> Vec<FlowInfo> {
+        r.flows()
+            .into_iter()
+            .filter(|f| f.tags.contains(&Tag::device("r1").to_string()))
+            .collect()
+    };
+    eventually(
+        &r,
+        "the idle flows expire while the routed ones stay",
+        |r| {
+            let now: BTreeSet<String> = r.flows().into_iter().map(|f| f.ufid).collect();
+            now.is_disjoint(&bridged) && routed(r).len() == 2
+        },
+    );
+    assert!(
+        r.counter("weft_agent_flows_deleted_total{reason=\"expired\"} ") >= 2,
+        "{}",
+        r.metrics.encode()
+    );
+    r.assert_agent_and_kernel_agree();
+    let (ok, out, err) = busy.join().unwrap();
+    assert!(
+        ok && out.contains("100 received"),
+        "the busy ping lost replies while idle flows expired:\n{out}{err}"
+    );
+    // Then they expire too.
+    eventually(&r, "every flow expires", |r| r.flows().is_empty());
+    let d = Dpif::open().unwrap().flow_dump(r.ifindex).unwrap();
+    assert!(d.is_empty(), "{} flows left in the kernel", d.len());
+}
+
+#[test]
+#[ignore = "needs the OVS kernel datapath: run by e2e/kernel-tests.sh inside the guest"]
+fn the_flow_cap_evicts_the_least_recently_used() {
+    let r = rig_with(3, IdleTimeouts::default());
+    r.ping("p1", "10.0.1.12", 1);
+    r.ping("p1", "10.0.2.14", 1);
+    // Four flows for a cap of three: the oldest went.
+    eventually(&r, "eviction", |r| {
+        r.counter("weft_agent_flows_deleted_total{reason=\"evicted\"} ") >= 1
+    });
+    assert_eq!(r.flows().len(), 3, "{}", r.flows_text());
+    r.assert_agent_and_kernel_agree();
+}
+
+#[test]
+#[ignore = "needs the OVS kernel datapath: run by e2e/kernel-tests.sh inside the guest"]
+fn malformed_upcalls_and_unknown_tunnel_keys_are_counted_and_dropped() {
+    let r = rig();
+    let mut d = Dpif::open().unwrap();
+    let up = UpcallSocket::open(d.families()).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let (tx, _rx) = std::sync::mpsc::channel();
+    let mut h = Handler::new(
+        up,
+        Dpif::open().unwrap(),
+        HandlerCtx {
+            dp_ifindex: r.ifindex,
+            topo: r.shared.clone(),
+            flows: tx,
+            metrics: metrics.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            rate: 1000,
+            burst: 1000,
+            trace: false,
+        },
+    );
+    let upcall = |key: Vec<u8>, packet: Vec<u8>| odp::upcall::Upcall {
+        kind: odp::upcall::UpcallKind::Miss,
+        dp_ifindex: r.ifindex,
+        key,
+        packet,
+        userdata: None,
+        egress_tun_key: None,
+        mru: None,
+        orig_len: None,
+        hash: None,
+    };
+    // A key that is not a valid attribute stream, a truncated one, and an empty packet.
+    h.handle(&upcall(vec![0xff; 7], vec![0; 60]));
+    h.handle(&upcall(vec![8, 0, 3, 0, 1], vec![0; 60]));
+    let mut key = Vec::new();
+    let k = odp::FlowKey {
+        in_port: Some(r.b.dp("p1")),
+        ..Default::default()
+    };
+    odp::encode_key(&k, &mut key).unwrap();
+    h.handle(&upcall(key, Vec::new()));
+    // A tunnelled packet whose key names no port.
+    let k = odp::FlowKey {
+        in_port: Some(999),
+        tunnel: Some(odp::TunnelKey {
+            tun_id: Some(0x0badc0),
+            ipv4_src: Some("192.0.2.9".parse().unwrap()),
+            ipv4_dst: Some("192.0.2.1".parse().unwrap()),
+            ..Default::default()
+        }),
+        eth: Some(odp::KeyEthernet {
+            src: [2, 0, 0, 0, 0, 0x99],
+            dst: r.b.mac("p1"),
+        }),
+        eth_type: Some(0x0800),
+        ..Default::default()
+    };
+    let mut key = Vec::new();
+    odp::encode_key(&k, &mut key).unwrap();
+    h.handle(&upcall(key, vec![0u8; 64]));
+    let text = metrics.encode();
+    let get = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        get("weft_agent_upcalls_dropped_total{reason=\"malformed\"} "),
+        3,
+        "{text}"
+    );
+    assert_eq!(get("weft_agent_tunnel_drops_total "), 1, "{text}");
+    assert_eq!(get("weft_agent_upcalls_total "), 4, "{text}");
+    // The handler still works: the pods' traffic goes on.
+    drop(h);
+    r.ping("p1", "10.0.1.12", 2);
+    let _ = &mut d;
 }
