@@ -39,6 +39,9 @@ use weft_agent::api::{Reply, Request};
 const BENCH_SECS: u64 = 1500;
 /// The port of every agent's metrics endpoint (the agent's default).
 const METRICS_PORT: u16 = 9478;
+/// The idle timeout of the agent in the memory benchmark: long enough that no flow expires
+/// while the 10,000 are set up under emulation (the default is 60 s).
+const IDLE_TIMEOUT_SECS: u64 = 1800;
 /// The VIP whose members only receive (no replies, so connections stay unreplied).
 const VIP_SINK: &str = "10.96.0.10";
 const SINK_PORT: u16 = 5000;
@@ -194,7 +197,7 @@ fn agent_pid(h: &Host) -> u32 {
         let is_agent = args
             .first()
             .is_some_and(|a| a.ends_with("weft-agent") || a.ends_with("/weft-agent"));
-        if is_agent && args.iter().any(|a| *a == sock) {
+        if is_agent && args.contains(&sock) {
             found.push(pid);
         }
     }
@@ -535,8 +538,14 @@ fn write_records(c: &mut Cluster, records: &RecordSet, bind: &HashSet<String>) -
 /// Starts hosts h1 and h2, writes the LB topology (with `extra_ports` more ports), attaches
 /// the pods `p1`, `m1`, `m2` and the first `attach_extra` extra ports bound to h1, starts a
 /// sink and an echo server in each member, and warms the paths up.
-fn lb_cluster(name: &str, extra_ports: usize, attach_extra: usize) -> LbCluster {
+fn lb_cluster(
+    name: &str,
+    extra_ports: usize,
+    attach_extra: usize,
+    idle_timeout_secs: Option<u64>,
+) -> LbCluster {
     let mut c = Cluster::start(name, 2, BENCH_SECS);
+    let own_agent = idle_timeout_secs.map(|t| OwnAgent::replace(&mut c, "h1", t));
     let idle_rss_kib = proc_kib(agent_pid(c.host("h1")), "VmRSS");
     let b = scaled_topology(extra_ports);
     let mut attach: Vec<(String, String)> = vec![
@@ -582,6 +591,7 @@ fn lb_cluster(name: &str, extra_ports: usize, attach_extra: usize) -> LbCluster 
     c.wait_reachable("p1", ip("10.0.2.22"), 60);
     let topo_rss_kib = proc_kib(agent_pid(c.host("h1")), "VmRSS");
     let lb = LbCluster {
+        _own_agent: own_agent,
         ports: b.records.ports.len(),
         idle_rss_kib,
         topo_rss_kib,
@@ -593,10 +603,68 @@ fn lb_cluster(name: &str, extra_ports: usize, attach_extra: usize) -> LbCluster 
     lb
 }
 
+/// A host's agent started by the benchmark itself, with the harness's arguments plus a
+/// longer idle timeout; killed on drop.
+struct OwnAgent(std::process::Child);
+
+impl OwnAgent {
+    /// Stops `host`'s agent and starts one with `--idle-timeout-secs idle_secs` in its place
+    /// (same namespace, socket, log and etcd; it adopts the datapath), and waits until it
+    /// answers `Status`.
+    fn replace(c: &mut Cluster, host: &str, idle_secs: u64) -> OwnAgent {
+        c.kill_agent(host);
+        let h = c.host(host);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&h.log)
+            .expect("agent log");
+        let _ = std::fs::remove_file(&h.api);
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &h.name])
+            .arg(hosts_support::agent_bin())
+            .args(["--node-name", &h.name])
+            .args(["--underlay-ip", &h.underlay_ip.to_string()])
+            .args(["--underlay-mtu", &hosts_support::UNDERLAY_MTU.to_string()])
+            .args(["--etcd-endpoints", &hosts_support::EtcdProc::endpoint()])
+            .args(["--idle-timeout-secs", &idle_secs.to_string()])
+            .arg("--api-socket")
+            .arg(&h.api)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("agent log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start weft-agent in {host}: {e}"));
+        let mut me = OwnAgent(child);
+        for _ in 0..600 {
+            if let Ok(Some(st)) = me.0.try_wait() {
+                c.fail(&format!("the agent started on {host} exited ({st})"));
+            }
+            if h.api.exists() && matches!(api_call(&h.api, &Request::Status), Ok(Reply::Status(_)))
+            {
+                return me;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        c.fail(&format!(
+            "the agent started on {host} never answered Status"
+        ))
+    }
+}
+
+impl Drop for OwnAgent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct LbCluster {
     // Servers first: they stop before the pods' namespaces go.
     sinks: Vec<UdpServer>,
     _echoes: Vec<UdpServer>,
+    /// h1's agent when the benchmark runs its own (stopped before the cluster goes).
+    _own_agent: Option<OwnAgent>,
     c: Cluster,
     /// Ports in NSDB.
     ports: usize,
@@ -664,7 +732,7 @@ impl LbCluster {
 fn bench_flow_setups_per_second_against_the_kernel_fast_path() {
     let n: u16 = env_or("WEFT_BENCH_CONNS", 5000);
     let window: u64 = env_or("WEFT_BENCH_WINDOW", 32);
-    let lb = lb_cluster("bench-setups", 0, 0);
+    let lb = lb_cluster("bench-setups", 0, 0, None);
     let h1 = lb.c.host("h1");
     let ports: Vec<u16> = (20000..20000 + n).collect();
 
@@ -814,7 +882,7 @@ fn request_response(
 fn bench_first_packet_latency_against_later_packets() {
     let flows: u16 = env_or("WEFT_BENCH_LATENCY_FLOWS", 200);
     let later: usize = env_or("WEFT_BENCH_LATER", 5);
-    let lb = lb_cluster("bench-first-packet", 0, 0);
+    let lb = lb_cluster("bench-first-packet", 0, 0, None);
     let (h1, p1) = (lb.c.host("h1"), lb.c.pod("p1"));
     let dst = SocketAddrV4::new(ip(VIP_ECHO), ECHO_PORT);
     // A few connections first, unmeasured: the flows all connections share (the first pass,
@@ -884,59 +952,31 @@ fn bench_agent_rss_with_10k_flows_and_1k_ports() {
     let target: usize = env_or("WEFT_BENCH_RSS_FLOWS", 10_000);
     let extra_ports: usize = env_or("WEFT_BENCH_RSS_PORTS", 1000);
     let window: u64 = env_or("WEFT_BENCH_WINDOW", 32);
-    const CHUNK: usize = 2000;
-    let lb = lb_cluster("bench-rss", extra_ports, 4);
+    let lb = lb_cluster("bench-rss", extra_ports, 4, Some(IDLE_TIMEOUT_SECS));
     let h1 = lb.c.host("h1");
     let pid = agent_pid(h1);
     let s0 = h1.status();
 
-    // Conntrack forgets an unreplied UDP connection after this many seconds in h1's
-    // namespace (the kernel default is 30). A datagram of a forgotten connection is new again,
-    // so it takes the connection's own installed flow (the member choice) instead of the
-    // already-translated path: replaying the older connections keeps their flows in use, so
-    // none reaches the agent's idle timeout (60 s) before the measurement.
-    const CT_UDP_TIMEOUT: u64 = 5;
-    kernel_support::sh(&format!(
-        "ip netns exec h1 sysctl -qw net.netfilter.nf_conntrack_udp_timeout={CT_UDP_TIMEOUT}"
-    ));
-    let mut next: u16 = 10000;
-    let mut opened: Vec<u16> = Vec::new();
+    // The new connections in one run: the agent runs with a long idle timeout, so the first
+    // flows are still installed when the last ones are.
     let start = Instant::now();
-    let mut rounds = 0;
-    loop {
+    let want = target.saturating_sub(s0.flows) as u16;
+    let next: u16 = 10000;
+    let b = lb.connect(VIP_FAR, (next..next + want).collect(), window);
+    eprintln!(
+        "bench-rss: {want} new connections: {}/{} delivered in {:.2?}",
+        b.delivered, b.sent, b.elapsed
+    );
+    // Datagrams lost on the way (none so far) would leave the target short: top up.
+    let mut extra = next + want;
+    for _ in 0..5 {
         let have = h1.status().flows;
         if have >= target {
             break;
         }
-        rounds += 1;
-        assert!(
-            rounds <= 20 && next < 65000,
-            "after {} connections the agent tracks only {have} flows (target {target})",
-            opened.len()
-        );
-        let want = (target - have).min(CHUNK) as u16;
-        let ports: Vec<u16> = (next..next + want).collect();
-        next += want;
-        let b = lb.connect(VIP_FAR, ports.clone(), window);
-        eprintln!(
-            "bench-rss: {want} new connections: {}/{} delivered in {:.2?}; agent tracks {} flows",
-            b.delivered,
-            b.sent,
-            b.elapsed,
-            h1.status().flows
-        );
-        if !opened.is_empty() {
-            std::thread::sleep(Duration::from_secs(CT_UDP_TIMEOUT + 1));
-            let r = lb.connect(VIP_FAR, opened.clone(), window);
-            eprintln!(
-                "bench-rss: {} older connections again: {}/{} delivered in {:.2?}",
-                opened.len(),
-                r.delivered,
-                r.sent,
-                r.elapsed
-            );
-        }
-        opened.extend(ports);
+        let more: Vec<u16> = (extra..extra + (target - have) as u16).collect();
+        extra += more.len() as u16;
+        lb.connect(VIP_FAR, more, window);
     }
     let fill = start.elapsed();
     let s1 = h1.status();
@@ -946,7 +986,7 @@ fn bench_agent_rss_with_10k_flows_and_1k_ports() {
     let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
 
     println!(
-        "BENCH agent memory (h1's weft-agent, VmRSS from /proc/<pid>/status; flows keep their simulation trace, the default)"
+        "BENCH agent memory (h1's weft-agent, VmRSS from /proc/<pid>/status; flows keep their simulation trace, the default; --idle-timeout-secs {IDLE_TIMEOUT_SECS})"
     );
     println!(
         "BENCH | state | VmRSS | ports in NSDB | ports attached on h1 | flows tracked | kernel flows |"
@@ -964,7 +1004,7 @@ fn bench_agent_rss_with_10k_flows_and_1k_ports() {
     );
     println!(
         "BENCH | after {} new connections ({fill:.2?}) | {} (peak {}) | {} | {} | {} | {kernel} |",
-        opened.len(),
+        extra - next,
         mib(rss),
         mib(hwm),
         lb.ports,
@@ -993,15 +1033,17 @@ fn bench_agent_rss_with_10k_flows_and_1k_ports() {
 
 /// A thread in a host's namespace that, per job, polls the kernel flow table until none of
 /// the given UFIDs is left, and answers with the time it saw that.
+/// One poll job: the UFIDs to wait for, and where to send the time they were gone.
+type PollJob = (HashSet<[u8; 16]>, mpsc::Sender<Result<Instant, String>>);
+
 struct FlowPoller {
-    jobs: mpsc::Sender<(HashSet<[u8; 16]>, mpsc::Sender<Result<Instant, String>>)>,
+    jobs: mpsc::Sender<PollJob>,
     _thread: JoinHandle<()>,
 }
 
 impl FlowPoller {
     fn start(h: &Host) -> FlowPoller {
-        let (tx, rx) =
-            mpsc::channel::<(HashSet<[u8; 16]>, mpsc::Sender<Result<Instant, String>>)>();
+        let (tx, rx) = mpsc::channel::<PollJob>();
         let dp = h.datapath.clone();
         let thread = spawn_in_netns(&h.name, move || {
             let mut d = Dpif::open().expect("datapath socket");
