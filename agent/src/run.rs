@@ -156,6 +156,7 @@ async fn run_async(cfg: Config, settings: Settings) -> anyhow::Result<()> {
         flows: flows_tx.clone(),
         metrics: metrics.clone(),
         pending_full_flush: false,
+        known_hosts: Default::default(),
     };
     let watcher = tokio::spawn(watcher.run(updates, local_rx));
 

@@ -7,12 +7,12 @@
 //! task, so generations are totally ordered and every generation's invalidation is sent
 //! after the topology it describes is visible to handlers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use nsdb::{Snapshot, Update};
+use nsdb::{Host, PortBinding, Snapshot, Update};
 use sim::{LocalDatapath, RecordSet, Tag, Topology};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -76,13 +76,27 @@ pub enum LocalChange {
 }
 
 /// Compiles `records` for `host`. Problems are logged; an error keeps the caller's topology.
+/// `known_hosts` are hosts seen earlier: one whose record is gone (its agent is down and its
+/// lease expired) but that ports are still bound to is compiled from its last known record.
 pub fn compile(
     records: &Snapshot,
     host: &str,
     tunnel_port: u32,
     vports: BTreeMap<String, u32>,
+    known_hosts: &BTreeMap<String, Host>,
 ) -> Result<Topology, sim::SimError> {
-    let set = RecordSet::from_records(records.iter().map(|(_, e)| &*e.record));
+    let mut set = RecordSet::from_records(records.iter().map(|(_, e)| &*e.record));
+    let missing: BTreeSet<&str> = set
+        .bindings
+        .iter()
+        .map(|b| b.host.as_str())
+        .filter(|h| !set.hosts.iter().any(|x| x.id == *h))
+        .collect();
+    let kept: Vec<Host> = missing
+        .into_iter()
+        .filter_map(|h| known_hosts.get(h).cloned())
+        .collect();
+    set.hosts.extend(kept);
     let dp = LocalDatapath {
         tunnel_port,
         vports,
@@ -107,6 +121,10 @@ pub struct TopologyWatcher {
     /// Set when an update could not be compiled: its changes were never invalidated, so the
     /// next topology that compiles deletes every flow.
     pub pending_full_flush: bool,
+    /// The last record of every host seen, kept while ports are bound to it: an agent that
+    /// is down (its lease expired) leaves a datapath that still forwards, so the other hosts
+    /// keep tunnelling to it, as MidoNet's host records outlive their liveness.
+    pub known_hosts: BTreeMap<String, Host>,
 }
 
 impl TopologyWatcher {
@@ -117,8 +135,14 @@ impl TopologyWatcher {
         records: Arc<Snapshot>,
         ports: &LocalPorts,
     ) -> anyhow::Result<SharedTopo> {
-        let topo = compile(&records, host, tunnel_port, ports.snapshot())
-            .map_err(|e| anyhow::anyhow!("compiling the topology: {e}"))?;
+        let topo = compile(
+            &records,
+            host,
+            tunnel_port,
+            ports.snapshot(),
+            &BTreeMap::new(),
+        )
+        .map_err(|e| anyhow::anyhow!("compiling the topology: {e}"))?;
         Ok(Arc::new(ArcSwap::from_pointee(TopoSnap {
             generation: 1,
             records,
@@ -162,12 +186,24 @@ impl TopologyWatcher {
     }
 
     fn publish(&mut self, records: Arc<Snapshot>, tags: Vec<Tag>, full_flush: bool, at: Instant) {
-        let generation = self.shared.load().generation + 1;
+        let prev = self.shared.load_full();
+        let generation = prev.generation + 1;
+        for h in prev.records.list::<Host>().chain(records.list::<Host>()) {
+            self.known_hosts.insert(h.id.clone(), h.clone());
+        }
+        // Forget hosts that are gone and that no port is bound to any more.
+        let bound: BTreeSet<&str> = records
+            .list::<PortBinding>()
+            .map(|b| b.host.as_str())
+            .collect();
+        self.known_hosts
+            .retain(|id, _| bound.contains(id.as_str()) || records.get::<Host>(id).is_some());
         let topo = match compile(
             &records,
             &self.host,
             self.tunnel_port,
             self.ports.snapshot(),
+            &self.known_hosts,
         ) {
             Ok(t) => t,
             Err(e) => {

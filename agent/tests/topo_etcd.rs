@@ -105,6 +105,7 @@ async fn nsdb_writes_become_generations_with_exactly_their_invalidations() {
         flows: flows_tx,
         metrics: Arc::new(Metrics::new()),
         pending_full_flush: false,
+        known_hosts: Default::default(),
     };
     let task = tokio::spawn(watcher.run(updates, local_rx));
 
@@ -168,6 +169,83 @@ async fn nsdb_writes_become_generations_with_exactly_their_invalidations() {
     assert_eq!(
         verdict(&shared, &b, "p1", "r1-b1", "10.0.2.14"),
         Verdict::Forward
+    );
+    task.abort();
+    drop(cache);
+}
+
+/// A host whose agent is down loses its NSDB record when its lease expires, but its
+/// datapath still forwards: the other hosts keep tunnelling to the ports bound to it, using
+/// its last known record, until no port is bound there any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_record_expired_still_receives_its_ports_traffic() {
+    let etcd = Etcd::start();
+    let db = etcd.client().await;
+    // Host h2 (underlay 192.168.0.2) comes with the fixture.
+    let b = topology().port_on("p3", "b1", "10.0.1.13", "h2");
+    write(&db, &b.records).await;
+    let ports = Arc::new(LocalPorts::default());
+    for (name, no) in b.datapath().vports {
+        ports.insert(&name, no);
+    }
+    let cache = WatchCache::start(db.clone()).await;
+    let (first, updates) = cache.subscribe();
+    let shared = TopologyWatcher::initial("h1", TUNNEL_PORT, first, &ports).expect("compiles");
+    let (flows_tx, rx) = std::sync::mpsc::channel();
+    let (_local_tx, local_rx) = mpsc::unbounded_channel();
+    let watcher = TopologyWatcher {
+        host: "h1".into(),
+        tunnel_port: TUNNEL_PORT,
+        shared: shared.clone(),
+        ports: ports.clone(),
+        flows: flows_tx,
+        metrics: Arc::new(Metrics::new()),
+        pending_full_flush: false,
+        known_hosts: Default::default(),
+    };
+    let task = tokio::spawn(watcher.run(updates, local_rx));
+    let to_p3 = |shared: &SharedTopo| {
+        let snap = shared.load();
+        let mut s = Simulation::new();
+        let f = pkt::ping(
+            b.dp("p1"),
+            b.mac("p1"),
+            b.mac("p3"),
+            "10.0.1.11",
+            "10.0.1.13",
+        );
+        sim::simulate_into(&snap.topo, &PacketContext::new(f), &mut s);
+        (s.verdict, s.actions_text())
+    };
+    let (v, a) = to_p3(&shared);
+    assert_eq!(v, Verdict::Forward);
+    assert!(a.contains("dst=192.168.0.2"), "tunnelled to h2: {a}");
+
+    // h2's record goes (its agent died and the lease expired): still tunnelled to h2.
+    db.delete::<nsdb::Host>("h2").await.unwrap();
+    let (_, tags, _) = tokio::task::block_in_place(|| next_invalidation(&rx));
+    assert!(tags.contains(&Tag::host("h2")), "{tags:?}");
+    let (v, a) = to_p3(&shared);
+    assert_eq!(v, Verdict::Forward, "{a}");
+    assert!(a.contains("dst=192.168.0.2"), "still tunnelled to h2: {a}");
+
+    // Once no port is bound to h2, it is forgotten: a port bound there again is dropped
+    // until h2 registers.
+    db.delete::<nsdb::PortBinding>("p3").await.unwrap();
+    tokio::task::block_in_place(|| next_invalidation(&rx));
+    let binding = b
+        .records
+        .bindings
+        .iter()
+        .find(|x| x.port == "p3")
+        .unwrap()
+        .clone();
+    db.put(&binding).await.unwrap();
+    tokio::task::block_in_place(|| next_invalidation(&rx));
+    let (v, a) = to_p3(&shared);
+    assert!(
+        matches!(v, Verdict::Drop(_)),
+        "h2 is unknown now: {v:?} {a}"
     );
     task.abort();
     drop(cache);
