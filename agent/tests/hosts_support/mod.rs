@@ -191,6 +191,8 @@ pub struct Host {
     pub datapath: String,
     /// The pod MTU the agent reported.
     pub pod_mtu: u16,
+    /// Further command-line arguments of its agent (e.g. `--tunnel geneve`).
+    pub agent_args: Vec<String>,
     child: Option<Child>,
     ns: Netns,
 }
@@ -215,6 +217,7 @@ impl Host {
             .args(["--etcd-endpoints", &EtcdProc::endpoint()])
             .arg("--api-socket")
             .arg(&self.api)
+            .args(&self.agent_args)
             .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(log)
@@ -521,6 +524,11 @@ impl Cluster {
     /// Starts etcd, the underlay, and hosts `h1..=hN` each with its agent, and waits until
     /// every agent answers `Status`. `secs` bounds the whole scenario (watchdog).
     pub fn start(name: &str, n_hosts: usize, secs: u64) -> Cluster {
+        Cluster::start_with(name, n_hosts, secs, &[])
+    }
+
+    /// [`Cluster::start`] with further arguments for every agent (e.g. `--tunnel geneve`).
+    pub fn start_with(name: &str, n_hosts: usize, secs: u64, agent_args: &[&str]) -> Cluster {
         require_kernel_datapath();
         let bin = agent_bin();
         let names: Vec<String> = (1..=n_hosts).map(|i| format!("h{i}")).collect();
@@ -576,6 +584,7 @@ impl Cluster {
                     log: dir.join(format!("{h}.log")),
                     datapath: String::new(),
                     pod_mtu: 0,
+                    agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
                     child: None,
                     ns,
                 },
