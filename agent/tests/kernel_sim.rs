@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use kernel_support::{DpGuard, Netns, in_netns, require_kernel_datapath, sh, sh_try};
-use nsdb::AnyRecord;
 use odp::dpif::{Dpif, VportSpec, VportType};
 use odp::upcall::UpcallSocket;
 use sim::fixtures::TopoBuilder;
@@ -38,26 +37,7 @@ fn mac_text(m: [u8; 6]) -> String {
 
 /// The topology as NSDB would hold it.
 fn snapshot_of(r: &RecordSet) -> nsdb::Snapshot {
-    let mut all: Vec<(AnyRecord, i64)> = Vec::new();
-    all.extend(r.hosts.iter().cloned().map(|x| (AnyRecord::Host(x), 1)));
-    all.extend(r.bridges.iter().cloned().map(|x| (AnyRecord::Bridge(x), 1)));
-    all.extend(r.routers.iter().cloned().map(|x| (AnyRecord::Router(x), 1)));
-    all.extend(r.ports.iter().cloned().map(|x| (AnyRecord::Port(x), 1)));
-    all.extend(r.routes.iter().cloned().map(|x| (AnyRecord::Route(x), 1)));
-    all.extend(r.chains.iter().cloned().map(|x| (AnyRecord::Chain(x), 1)));
-    all.extend(
-        r.load_balancers
-            .iter()
-            .cloned()
-            .map(|x| (AnyRecord::LoadBalancer(x), 1)),
-    );
-    all.extend(
-        r.bindings
-            .iter()
-            .cloned()
-            .map(|x| (AnyRecord::PortBinding(x), 1)),
-    );
-    nsdb::Snapshot::from_records(1, all)
+    nsdb::Snapshot::from_records(1, r.to_records().into_iter().map(|x| (x, 1)).collect())
 }
 
 /// A running setup: pods, the datapath, the agent's handler and flow manager threads.

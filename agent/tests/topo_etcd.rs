@@ -7,7 +7,7 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use nsdb::testing::Etcd;
-use nsdb::{AnyRecord, Nsdb, Route, WatchCache};
+use nsdb::{Nsdb, Route, WatchCache};
 use sim::fixtures::{TopoBuilder, pkt};
 use sim::{DropReason, PacketContext, RecordSet, Simulation, Tag, Topology, Verdict};
 use tokio::sync::mpsc;
@@ -29,21 +29,9 @@ fn topology() -> TopoBuilder {
         .link("r1", "b2", "10.0.2.1/24")
 }
 
-fn all(r: &RecordSet) -> Vec<AnyRecord> {
-    let mut v: Vec<AnyRecord> = Vec::new();
-    v.extend(r.hosts.iter().cloned().map(AnyRecord::Host));
-    v.extend(r.bridges.iter().cloned().map(AnyRecord::Bridge));
-    v.extend(r.routers.iter().cloned().map(AnyRecord::Router));
-    v.extend(r.ports.iter().cloned().map(AnyRecord::Port));
-    v.extend(r.routes.iter().cloned().map(AnyRecord::Route));
-    v.extend(r.chains.iter().cloned().map(AnyRecord::Chain));
-    v.extend(r.bindings.iter().cloned().map(AnyRecord::PortBinding));
-    v
-}
-
 async fn write(db: &Nsdb, r: &RecordSet) {
     let mut t = db.txn();
-    for rec in all(r) {
+    for rec in r.to_records() {
         t = t.put_any(&rec);
     }
     t.commit().await.expect("write topology");

@@ -666,13 +666,11 @@ impl Cluster {
     /// Writes the records of a topology to NSDB in one transaction, except hosts and port
     /// bindings: the agents write those.
     pub fn write_topology(&mut self, records: &RecordSet) {
-        let mut all: Vec<AnyRecord> = Vec::new();
-        all.extend(records.bridges.iter().cloned().map(Record::into_any));
-        all.extend(records.routers.iter().cloned().map(Record::into_any));
-        all.extend(records.ports.iter().cloned().map(Record::into_any));
-        all.extend(records.routes.iter().cloned().map(Record::into_any));
-        all.extend(records.chains.iter().cloned().map(Record::into_any));
-        all.extend(records.load_balancers.iter().cloned().map(Record::into_any));
+        let all: Vec<AnyRecord> = records
+            .to_records()
+            .into_iter()
+            .filter(|r| !matches!(r, AnyRecord::Host(_) | AnyRecord::PortBinding(_)))
+            .collect();
         assert!(
             all.len() <= nsdb::MAX_TXN_OPS,
             "topology of {} records does not fit one transaction",

@@ -45,6 +45,25 @@ pub struct RecordSet {
 }
 
 impl RecordSet {
+    /// Every record of the set, as NSDB stores them (the inverse of [`RecordSet::from_records`]).
+    pub fn to_records(&self) -> Vec<AnyRecord> {
+        let mut v = Vec::new();
+        v.extend(self.hosts.iter().cloned().map(AnyRecord::Host));
+        v.extend(self.bridges.iter().cloned().map(AnyRecord::Bridge));
+        v.extend(self.routers.iter().cloned().map(AnyRecord::Router));
+        v.extend(self.ports.iter().cloned().map(AnyRecord::Port));
+        v.extend(self.routes.iter().cloned().map(AnyRecord::Route));
+        v.extend(self.chains.iter().cloned().map(AnyRecord::Chain));
+        v.extend(
+            self.load_balancers
+                .iter()
+                .cloned()
+                .map(AnyRecord::LoadBalancer),
+        );
+        v.extend(self.bindings.iter().cloned().map(AnyRecord::PortBinding));
+        v
+    }
+
     /// Sorts records of any kind into a set; leases and tunnel-key allocations are not needed.
     pub fn from_records<'a>(records: impl IntoIterator<Item = &'a AnyRecord>) -> RecordSet {
         let mut s = RecordSet::default();
