@@ -230,7 +230,7 @@ impl FlowManager {
                 self.metrics.deleted(reason, gone);
                 for (u, r) in ufids.iter().zip(&results) {
                     if let Err(errno) = r
-                        && *errno != libc_enoent()
+                        && *errno != ENOENT
                     {
                         warn!(
                             ufid = format_args!("{u:032x}"),
@@ -354,9 +354,8 @@ pub fn simulated_on_stale_topology(
     })
 }
 
-fn libc_enoent() -> i32 {
-    2
-}
+/// `ENOENT`: the flow was already gone.
+const ENOENT: i32 = 2;
 
 /// Milliseconds on the clock the kernel stamps `used` with.
 pub fn now_ms() -> u64 {
