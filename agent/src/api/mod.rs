@@ -1,13 +1,10 @@
-//! The agent's local API: the protocol ([`proto`]) spoken over a root-only unix socket by
-//! the CNI binary and `weftctl`, the agent's side of it ([`server`]) and the blocking
-//! client ([`client`]).
+//! The agent's local API: the protocol and client live in the `agent-api` crate (re-exported
+//! here), shared with the CNI binary and `weftctl`; the agent's side of it is [`server`].
 
-pub mod client;
-pub mod error;
-pub mod proto;
 pub mod server;
 
-pub use client::Client;
-pub use error::ApiError;
-pub use proto::{AttachedPort, FlowInfo, Reply, Request, Response, Status, TraceInfo};
+pub use agent_api::{
+    ApiError, AttachedPort, Client, FlowInfo, Reply, Request, Response, Status, TraceInfo,
+};
+pub use agent_api::{client, error, proto};
 pub use server::{Handler, ServeOptions, bind, serve, serve_with};

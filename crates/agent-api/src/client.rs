@@ -5,8 +5,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::error::ApiError;
-use super::proto::{Reply, Request, Response};
+use crate::error::ApiError;
+use crate::proto::{Reply, Request, Response};
 
 /// How long a call waits for each write and read unless [`Client::set_timeout`] says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
