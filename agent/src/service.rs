@@ -33,27 +33,26 @@ pub struct Agent {
 
 impl crate::api::Handler for Agent {
     async fn handle(&self, req: Request) -> Response {
-        let op = match &req {
-            Request::Attach { .. } => "attach",
-            Request::Detach { .. } => "detach",
-            Request::Flows => "flows",
-            Request::Trace { .. } => "trace",
-            Request::Status => "status",
-        };
+        let op = req.op();
         let r = match req {
             Request::Attach { port, ifname } => self.attach(port, ifname).await,
             Request::Detach { port } => self.detach(port).await,
             Request::Flows => self.flows().await,
             Request::Trace { flow } => self.trace(&flow),
             Request::Status => self.status().await,
+            Request::CniAdd { .. }
+            | Request::CniDel { .. }
+            | Request::CniCheck { .. }
+            | Request::CniGc { .. }
+            | Request::CniStatus { .. } => {
+                Err(anyhow::anyhow!("{op} is not served by this agent yet"))
+            }
         };
         match r {
             Ok(reply) => Response::Ok { reply },
             Err(e) => {
                 info!(op, error = format!("{e:#}"), "API request refused");
-                Response::Error {
-                    message: format!("{e:#}"),
-                }
+                Response::error(format!("{e:#}"))
             }
         }
     }

@@ -99,6 +99,7 @@ fn canned(req: &Request) -> Response {
             trace: "ingress p1".into(),
         }),
         Request::Status => Reply::Status(status()),
+        other => return Response::error(format!("{} is not canned", other.op())),
     };
     Response::Ok { reply }
 }
@@ -108,9 +109,7 @@ const FLOWS_REFUSAL: &str = "datapath weft is gone; no flows to show";
 /// An agent that refuses `flows` and panics on `trace`.
 fn troubled(req: &Request) -> Response {
     match req {
-        Request::Flows => Response::Error {
-            message: FLOWS_REFUSAL.into(),
-        },
+        Request::Flows => Response::error(FLOWS_REFUSAL),
         Request::Trace { .. } => panic!("the handler fails on trace"),
         other => canned(other),
     }
@@ -231,7 +230,7 @@ fn raw(path: &Path) -> BufReader<UnixStream> {
 
 fn error_message(r: Response) -> String {
     match r {
-        Response::Error { message } => message,
+        Response::Error { message, .. } => message,
         other => panic!("expected an error response, got {other:?}"),
     }
 }

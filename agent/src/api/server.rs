@@ -298,17 +298,6 @@ async fn read_line<R: AsyncBufRead + Unpin>(
     }
 }
 
-/// The name of a request's operation, for spans and logs.
-fn op_name(req: &Request) -> &'static str {
-    match req {
-        Request::Attach { .. } => "attach",
-        Request::Detach { .. } => "detach",
-        Request::Flows => "flows",
-        Request::Trace { .. } => "trace",
-        Request::Status => "status",
-    }
-}
-
 /// Serves one connection until the peer closes it, it idles out, or the server stops.
 async fn connection<H: Handler>(
     id: u64,
@@ -354,12 +343,10 @@ async fn connection<H: Handler>(
                         limit = opts.max_request_bytes,
                         "request line too long; closing"
                     );
-                    let resp = Response::Error {
-                        message: format!(
-                            "request line longer than {} bytes; closing the connection",
-                            opts.max_request_bytes
-                        ),
-                    };
+                    let resp = Response::error(format!(
+                        "request line longer than {} bytes; closing the connection",
+                        opts.max_request_bytes
+                    ));
                     if send(&mut w, &resp, opts.idle_timeout).await.is_ok() {
                         let _ = w.shutdown().await;
                     }
@@ -388,12 +375,10 @@ async fn answer<H: Handler>(handler: &Arc<H>, line: &[u8]) -> Response {
         Ok(req) => req,
         Err(err) => {
             debug!(%err, "invalid request");
-            return Response::Error {
-                message: format!("invalid request: {err}"),
-            };
+            return Response::error(format!("invalid request: {err}"));
         }
     };
-    let op = op_name(&req);
+    let op = req.op();
     let span = info_span!("api_request", op);
     let h = Arc::clone(handler);
     // Its own task: a handler that panics costs the client an error, not the connection,
@@ -403,14 +388,12 @@ async fn answer<H: Handler>(handler: &Arc<H>, line: &[u8]) -> Response {
         Ok(resp) => resp,
         Err(err) => {
             span.in_scope(|| error!(?err, "the request handler failed"));
-            Response::Error {
-                message: format!("internal error in the agent while handling {op}"),
-            }
+            Response::error(format!("internal error in the agent while handling {op}"))
         }
     };
     span.in_scope(|| match &resp {
         Response::Ok { .. } => debug!("ok"),
-        Response::Error { message } => debug!(%message, "refused"),
+        Response::Error { message, code } => debug!(%message, ?code, "refused"),
     });
     resp
 }
@@ -419,9 +402,9 @@ async fn answer<H: Handler>(handler: &Arc<H>, line: &[u8]) -> Response {
 async fn send(w: &mut OwnedWriteHalf, resp: &Response, within: Duration) -> io::Result<()> {
     let mut buf = serde_json::to_vec(resp).unwrap_or_else(|err| {
         // Every response type serializes; keep the client informed if that ever changes.
-        serde_json::to_vec(&Response::Error {
-            message: format!("cannot encode the response: {err}"),
-        })
+        serde_json::to_vec(&Response::error(format!(
+            "cannot encode the response: {err}"
+        )))
         .unwrap_or_default()
     });
     buf.push(b'\n');

@@ -157,20 +157,10 @@ impl AgentCmd {
             }
             (_, other) => bail!(
                 "the agent answered {} with an unexpected reply: {}",
-                op(&self.request()),
+                self.request().op(),
                 serde_json::to_string(other)?
             ),
         })
-    }
-}
-
-fn op(r: &Request) -> &'static str {
-    match r {
-        Request::Attach { .. } => "attach",
-        Request::Detach { .. } => "detach",
-        Request::Flows => "flows",
-        Request::Trace { .. } => "trace",
-        Request::Status => "status",
     }
 }
 

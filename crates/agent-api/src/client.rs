@@ -74,11 +74,12 @@ impl Client {
     }
 
     /// Sends `req` and returns the agent's reply. An error the agent answers becomes
-    /// [`ApiError::Agent`] with its message.
+    /// [`ApiError::Agent`] with its message; a caller that needs the failure's class
+    /// (the CNI plugin) uses [`Client::call_raw`].
     pub fn call(&mut self, req: &Request) -> Result<Reply, ApiError> {
         match self.call_raw(req)? {
             Response::Ok { reply } => Ok(reply),
-            Response::Error { message } => Err(ApiError::Agent(message)),
+            Response::Error { message, .. } => Err(ApiError::Agent(message)),
         }
     }
 

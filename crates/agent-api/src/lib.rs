@@ -8,4 +8,7 @@ pub mod proto;
 
 pub use client::Client;
 pub use error::ApiError;
-pub use proto::{AttachedPort, FlowInfo, Reply, Request, Response, Status, TraceInfo};
+pub use proto::{
+    AttachedPort, CniAttachmentId, CniDns, CniInterface, CniIp, CniResult, CniRoute, ErrorCode,
+    FlowInfo, Reply, Request, Response, Status, TraceInfo,
+};
