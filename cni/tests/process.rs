@@ -126,7 +126,12 @@ impl Run {
     }
 }
 
-fn run(env: &[(&str, &str)], stdin: &[u8]) -> Run {
+/// How long any run of the plugin may take before the test kills it and fails.
+const RUN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs the plugin with `env` and `stdin`; with `close_stdin` false, stdin stays open
+/// after `stdin` is written.
+fn run_with(env: &[(&str, &str)], stdin: &[u8], close_stdin: bool) -> Run {
     let start = Instant::now();
     let mut child = Command::new(BIN)
         .env_clear()
@@ -137,16 +142,49 @@ fn run(env: &[(&str, &str)], stdin: &[u8]) -> Run {
         .spawn()
         .expect("run weft-cni");
     let mut input = child.stdin.take().unwrap();
-    // The plugin may exit before reading everything (it refuses an oversized stdin).
-    let _ = input.write_all(stdin);
-    drop(input);
-    let out = child.wait_with_output().expect("wait for weft-cni");
+    let data = stdin.to_vec();
+    let writer = thread::spawn(move || {
+        // The plugin may exit before reading everything (it refuses an oversized stdin).
+        let _ = input.write_all(&data);
+        if close_stdin {
+            drop(input);
+            None
+        } else {
+            Some(input)
+        }
+    });
+    let read_all = |mut r: Box<dyn std::io::Read + Send>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = read_all(Box::new(child.stdout.take().unwrap()));
+    let err = read_all(Box::new(child.stderr.take().unwrap()));
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for weft-cni") {
+            break s;
+        }
+        if start.elapsed() > RUN_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("weft-cni still runs after {RUN_LIMIT:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = start.elapsed();
+    let _open_stdin = writer.join().expect("stdin writer");
     Run {
-        status: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        elapsed: start.elapsed(),
+        status: status.code(),
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+        elapsed,
     }
+}
+
+fn run(env: &[(&str, &str)], stdin: &[u8]) -> Run {
+    run_with(env, stdin, true)
 }
 
 fn env_of(cmd: &str) -> Vec<(&str, &str)> {
@@ -653,36 +691,7 @@ fn invalid_or_missing_environment_is_code_4_naming_the_variable() {
 
 #[test]
 fn stdin_left_open_is_an_io_failure_within_the_deadline() {
-    let start = Instant::now();
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .envs(env_of("ADD"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run weft-cni");
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(br#"{"cniVersion":"1.1.0","#).unwrap();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("weft-cni still waits for stdin after 20 s");
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
-    let elapsed = start.elapsed();
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    let r = Run {
-        status: status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        elapsed,
-    };
+    let r = run_with(&env_of("ADD"), br#"{"cniVersion":"1.1.0","#, false);
     let d = r.error(5);
     assert!(d.contains("stdin was not closed"), "{d}");
     assert!(
@@ -831,6 +840,21 @@ fn an_unreachable_agent_is_code_11_within_the_timeout() {
     let deaf = dir.path().join("deaf.sock");
     let _deaf = UnixListener::bind(&deaf).unwrap();
     let r = run(&env_of("ADD"), &stdin(&deaf));
+    let d = r.error(11);
+    assert!(d.contains("did not answer"), "{d}");
+    assert!(r.elapsed < bound, "{:?}", r.elapsed);
+
+    // A listener whose backlog is full: connect(2) itself blocks, which no socket timeout
+    // bounds; the plugin's deadline does.
+    let full = dir.path().join("full.sock");
+    let listener =
+        socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+    listener
+        .bind(&socket2::SockAddr::unix(&full).unwrap())
+        .unwrap();
+    listener.listen(0).unwrap();
+    let _queued = UnixStream::connect(&full).expect("the one queued connection");
+    let r = run(&env_of("ADD"), &stdin(&full));
     let d = r.error(11);
     assert!(d.contains("did not answer"), "{d}");
     assert!(r.elapsed < bound, "{:?}", r.elapsed);
