@@ -44,23 +44,26 @@ pub const AGENT_GRACE: Duration = Duration::from_secs(1);
 /// The code of a failure the agent reported without a class (plugin-specific).
 pub const AGENT_ERROR: u32 = 100;
 
-/// The process: reads stdin and the environment, runs the command, prints its answer.
+/// The process: reads the command, then stdin, runs the command, prints its answer.
 pub fn main() -> ExitCode {
     guard::install_panic_hook();
-    let dog = Watchdog::start();
-    dog.arm(
-        STDIN_DEADLINE,
-        Error::IOFailure(format!(
-            "stdin was not closed within {STDIN_DEADLINE:?}: the runtime must write the \
-             network configuration and close stdin"
-        )),
-    );
-    let stdin = read_stdin(&mut io::stdin().lock(), conf::MAX_STDIN_BYTES);
-    dog.disarm();
     let get = |k: &str| std::env::var_os(k);
-    let outcome = stdin.and_then(|bytes| {
+    // The command first: a bare invocation from a shell is told what is missing at once
+    // instead of waiting for a stdin that never comes.
+    let outcome = args::command(&get).and_then(|cmd| {
+        let dog = Watchdog::start();
+        dog.arm(
+            STDIN_DEADLINE,
+            Error::IOFailure(format!(
+                "stdin was not closed within {STDIN_DEADLINE:?}: the runtime must write the \
+                 network configuration and close stdin"
+            )),
+        );
+        let stdin = read_stdin(&mut io::stdin().lock(), conf::MAX_STDIN_BYTES);
+        dog.disarm();
+        let bytes = stdin?;
         guard::set_error_version(conf::declared_version(&bytes).as_deref());
-        run(&get, &bytes, &dog)
+        run(cmd, &get, &bytes, &dog)
     });
     match outcome {
         Ok(text) => {
@@ -89,14 +92,14 @@ pub fn read_stdin(r: &mut dyn Read, max: usize) -> Result<Vec<u8>, Error> {
     Ok(buf)
 }
 
-/// Runs the command the environment `get` names with configuration `stdin`, and returns
-/// what to print on success.
+/// Runs `cmd` with the rest of the environment `get` gives and configuration `stdin`, and
+/// returns what to print on success.
 pub fn run(
+    cmd: Cmd,
     get: &dyn Fn(&str) -> Option<OsString>,
     stdin: &[u8],
     dog: &Watchdog,
 ) -> Result<String, Error> {
-    let cmd = args::command(get)?;
     if cmd == Cmd::Version {
         return conf::version_reply(stdin);
     }

@@ -702,6 +702,14 @@ fn stdin_left_open_is_an_io_failure_within_the_deadline() {
 }
 
 #[test]
+fn a_bare_invocation_answers_at_once() {
+    let r = run_with(&[], b"", false);
+    let d = r.error(4);
+    assert!(d.contains("CNI_COMMAND"), "{d}");
+    assert!(r.elapsed < Duration::from_secs(2), "{:?}", r.elapsed);
+}
+
+#[test]
 fn stdin_that_does_not_decode_is_code_6() {
     let agent = TestAgent::answering(added());
     let good = String::from_utf8(conf("1.1.0", agent.path())).unwrap();
