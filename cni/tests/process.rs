@@ -377,6 +377,26 @@ fn the_configuration_of_a_conflist_plugin_carries_prev_result_to_check_and_del()
     run(&env_of("CHECK"), stdin.as_bytes()).silent_success();
 }
 
+/// The shipped conflist, turned into the plugin's configuration the way libcni does it:
+/// the plugin's object with the list's `name` and `cniVersion` injected.
+#[test]
+fn the_shipped_conflist_configures_the_plugin() {
+    let agent = TestAgent::answering(added());
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("10-weft.conflist");
+    let list: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let plugins = list["plugins"].as_array().expect("plugins");
+    assert_eq!(plugins.len(), 1, "{list}");
+    let mut c = plugins[0].clone();
+    assert_eq!(c["type"], "weft-cni");
+    assert_eq!(c["agentSocket"], agent_api::proto::DEFAULT_SOCKET);
+    c["name"] = list["name"].clone();
+    c["cniVersion"] = list["cniVersion"].clone();
+    c["agentSocket"] = json!(agent.path());
+    let r = run(&env_of("ADD"), c.to_string().as_bytes());
+    assert_eq!(r.status, Some(0), "{r:?}");
+    assert_eq!(r.json()["cniVersion"], "1.1.0");
+}
+
 #[test]
 fn gc_sends_the_valid_attachments_from_either_spec_key() {
     let agent = TestAgent::answering(Response::Ok {
