@@ -6,7 +6,9 @@
 //! revision applied, so no event is missed, and events at or below that revision are
 //! dropped, so none is applied twice. When the history it needs was compacted (or etcd
 //! came back with a different history), it lists again, diffs the new list against
-//! the cache, and emits exactly the differences as changes.
+//! the cache, and emits exactly the differences as changes. It also lists again when a
+//! resume cannot complete: a response too large to decode, or several streams in a row
+//! that break before delivering any of the history etcd holds for the cache.
 
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
@@ -20,8 +22,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::client::{Nsdb, decode_kv};
-use crate::error::{NsdbError, Result};
+use crate::client::{Nsdb, decode_kv, response_too_large};
+use crate::error::{NsdbError, Result, chain};
 use crate::keys::{self, Kind, ROOT};
 use crate::metrics;
 use crate::records::{AnyRecord, Record};
@@ -207,7 +209,7 @@ impl WatchCache {
             match list(&nsdb, prefix).await {
                 Ok(s) => break s,
                 Err(err) => {
-                    warn!(%prefix, %err, "initial NSDB list failed, retrying");
+                    warn!(%prefix, error = %chain(&err), "initial NSDB list failed, retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
@@ -411,10 +413,15 @@ fn apply(
     None
 }
 
+/// How many watch streams in a row may break without applying anything while etcd has
+/// history the cache has not seen, before the resume is given up for a re-list.
+const MAX_STALLED_RESUMES: u32 = 3;
+
 async fn run(nsdb: Nsdb, prefix: String, shared: Arc<Shared>, mut state: Snapshot) {
     let mut backoff = BACKOFF_MIN;
     let mut cluster = 0u64;
     let mut relist = false;
+    let mut stalled = 0u32;
     loop {
         if relist {
             match list(&nsdb, &prefix).await {
@@ -426,9 +433,10 @@ async fn run(nsdb: Nsdb, prefix: String, shared: Arc<Shared>, mut state: Snapsho
                     state = fresh;
                     shared.publish(state.clone(), changes, true);
                     relist = false;
+                    stalled = 0;
                 }
                 Err(err) => {
-                    warn!(%prefix, %err, "NSDB re-list failed, retrying");
+                    warn!(%prefix, error = %chain(&err), "NSDB re-list failed, retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
@@ -438,7 +446,7 @@ async fn run(nsdb: Nsdb, prefix: String, shared: Arc<Shared>, mut state: Snapsho
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(state.revision + 1);
-        let stream = match nsdb.etcd().watch(prefix.as_str(), Some(opts)).await {
+        let stream = match nsdb.watch_client().watch(prefix.as_str(), Some(opts)).await {
             Ok(s) => s,
             Err(err) => {
                 warn!(%prefix, %err, "NSDB watch failed, retrying");
@@ -449,6 +457,9 @@ async fn run(nsdb: Nsdb, prefix: String, shared: Arc<Shared>, mut state: Snapsho
         };
         // Keep the request half open: closing it ends the watch on the server.
         let (_requests, mut responses) = stream.split();
+        let started_at = state.revision;
+        // Whether etcd, when it accepted the watch, had revisions the cache has not seen.
+        let mut behind = false;
         let interrupt = loop {
             let first = responses.next().await;
             let mut changes = Vec::new();
@@ -458,11 +469,22 @@ async fn run(nsdb: Nsdb, prefix: String, shared: Arc<Shared>, mut state: Snapsho
             loop {
                 match item {
                     Some(Ok(resp)) => {
+                        if resp.created() {
+                            behind = resp.header().is_some_and(|h| h.revision() > state.revision);
+                        }
                         if let Some(i) = apply(&mut state, &mut cluster, &resp, &mut changes) {
                             stop = Some(i);
                             break;
                         }
                         backoff = BACKOFF_MIN;
+                    }
+                    // The response holds more history than one message may carry (a
+                    // resume over many large writes): resuming again would fail the same
+                    // way, while a list is paged and always completes.
+                    Some(Err(err)) if response_too_large(&err) => {
+                        warn!(%prefix, %err, "NSDB watch response too large; re-listing");
+                        stop = Some(Interrupt::Relist);
+                        break;
                     }
                     Some(Err(err)) => {
                         warn!(%prefix, %err, "NSDB watch stream broke");
@@ -485,6 +507,26 @@ async fn run(nsdb: Nsdb, prefix: String, shared: Arc<Shared>, mut state: Snapsho
             }
             if let Some(i) = stop {
                 break i;
+            }
+        };
+        let interrupt = match interrupt {
+            Interrupt::Disconnected if behind && state.revision == started_at => {
+                // etcd was reachable and had history for us, but the stream broke before
+                // delivering any of it. A few of these in a row mean the resume cannot
+                // complete (for example, every attempt dies on the same response).
+                stalled += 1;
+                if stalled >= MAX_STALLED_RESUMES {
+                    warn!(%prefix, attempts = stalled, revision = state.revision, "NSDB watch cannot catch up; re-listing");
+                    Interrupt::Relist
+                } else {
+                    Interrupt::Disconnected
+                }
+            }
+            other => {
+                if state.revision > started_at {
+                    stalled = 0;
+                }
+                other
             }
         };
         if matches!(interrupt, Interrupt::Relist) {
