@@ -12,7 +12,7 @@
 
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{EventType, WatchOptions, WatchResponse};
 use futures::FutureExt;
@@ -150,6 +150,34 @@ pub struct Update {
 struct Shared {
     snapshot: watch::Sender<Arc<Snapshot>>,
     subscribers: Mutex<Vec<mpsc::UnboundedSender<Arc<Update>>>>,
+    health: WatchHealth,
+}
+
+/// Whether a watch cache is keeping up with etcd: a cheap, cloneable handle for health
+/// endpoints. The cache is failing from the moment its watch breaks (or a re-list
+/// fails) until a new watch is current, or has delivered some of the history it missed.
+#[derive(Debug, Clone, Default)]
+pub struct WatchHealth {
+    failing_since: Arc<Mutex<Option<Instant>>>,
+}
+
+impl WatchHealth {
+    /// How long the cache has been failing to follow etcd; `None` while it follows.
+    pub fn failing_for(&self) -> Option<Duration> {
+        self.lock().map(|since| since.elapsed())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.failing_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn failing(&self) {
+        self.lock().get_or_insert_with(Instant::now);
+    }
+
+    fn following(&self) {
+        *self.lock() = None;
+    }
 }
 
 impl Shared {
@@ -233,6 +261,7 @@ impl WatchCache {
         let shared = Arc::new(Shared {
             snapshot: tx,
             subscribers: Mutex::new(vec![sub_tx]),
+            health: WatchHealth::default(),
         });
         let task = tokio::spawn(run(nsdb, prefix.to_owned(), shared.clone(), snapshot));
         let cache = WatchCache {
@@ -261,6 +290,11 @@ impl WatchCache {
         let snap = self.shared.snapshot.borrow().clone();
         subs.push(tx);
         (snap, rx)
+    }
+
+    /// A handle telling whether (and for how long) the cache has been failing to follow etcd.
+    pub fn health(&self) -> WatchHealth {
+        self.shared.health.clone()
     }
 
     /// A receiver that always holds the latest snapshot (for `arc-swap`-style readers).
@@ -417,6 +451,10 @@ fn apply(
 /// history the cache has not seen, before the resume is given up for a re-list.
 const MAX_STALLED_RESUMES: u32 = 3;
 
+/// How long a resumed watch with history to catch up on may stay silent before the
+/// cache counts it as following (see [`WatchHealth`]).
+const QUIET_RESUME: Duration = Duration::from_secs(5);
+
 async fn run(nsdb: Nsdb, prefix: String, shared: Arc<Shared>, mut state: Snapshot) {
     let mut backoff = BACKOFF_MIN;
     let mut cluster = 0u64;
@@ -432,10 +470,12 @@ async fn run(nsdb: Nsdb, prefix: String, shared: Arc<Shared>, mut state: Snapsho
                     info!(%prefix, revision = fresh.revision, changes = changes.len(), "NSDB cache re-listed");
                     state = fresh;
                     shared.publish(state.clone(), changes, true);
+                    shared.health.following();
                     relist = false;
                     stalled = 0;
                 }
                 Err(err) => {
+                    shared.health.failing();
                     warn!(%prefix, error = %chain(&err), "NSDB re-list failed, retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -449,6 +489,7 @@ async fn run(nsdb: Nsdb, prefix: String, shared: Arc<Shared>, mut state: Snapsho
         let stream = match nsdb.watch_client().watch(prefix.as_str(), Some(opts)).await {
             Ok(s) => s,
             Err(err) => {
+                shared.health.failing();
                 warn!(%prefix, %err, "NSDB watch failed, retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -461,7 +502,21 @@ async fn run(nsdb: Nsdb, prefix: String, shared: Arc<Shared>, mut state: Snapsho
         // Whether etcd, when it accepted the watch, had revisions the cache has not seen.
         let mut behind = false;
         let interrupt = loop {
-            let first = responses.next().await;
+            // A stream that etcd created with history to send, and that stays up without
+            // delivering any of it, is following: the missed revisions were all outside
+            // the prefix.
+            let first = if behind && state.revision == started_at {
+                match tokio::time::timeout(QUIET_RESUME, responses.next()).await {
+                    Ok(first) => first,
+                    Err(_) => {
+                        behind = false;
+                        shared.health.following();
+                        continue;
+                    }
+                }
+            } else {
+                responses.next().await
+            };
             let mut changes = Vec::new();
             let mut stop = None;
             let mut item = first;
@@ -472,9 +527,13 @@ async fn run(nsdb: Nsdb, prefix: String, shared: Arc<Shared>, mut state: Snapsho
                         if resp.created() {
                             behind = resp.header().is_some_and(|h| h.revision() > state.revision);
                         }
+                        let before = state.revision;
                         if let Some(i) = apply(&mut state, &mut cluster, &resp, &mut changes) {
                             stop = Some(i);
                             break;
+                        }
+                        if (resp.created() && !behind) || state.revision > before {
+                            shared.health.following();
                         }
                         backoff = BACKOFF_MIN;
                     }
@@ -529,6 +588,7 @@ async fn run(nsdb: Nsdb, prefix: String, shared: Arc<Shared>, mut state: Snapsho
                 other
             }
         };
+        shared.health.failing();
         if matches!(interrupt, Interrupt::Relist) {
             relist = true;
         } else {

@@ -48,6 +48,8 @@ async fn cache_resumes_over_more_than_8_mib_of_history() {
         .expect("cache sees a write before the cut")
         .unwrap();
 
+    let health = cache.health();
+    assert_eq!(health.failing_for(), None, "a following cache is healthy");
     relay.cut();
     // 850 separate puts of about 10 KB: 8.5 MB of history in 850 revisions, which etcd
     // sends to a resuming watch in one response.
@@ -59,12 +61,17 @@ async fn cache_resumes_over_more_than_8_mib_of_history() {
             .await
             .unwrap();
     }
+    assert!(
+        health.failing_for().is_some(),
+        "a cache cut off from etcd reports it is failing"
+    );
     relay.restore();
 
     let snap = tokio::time::timeout(Duration::from_secs(60), cache.wait_for_revision(last))
         .await
         .expect("the cache caught up over 8.5 MB of history within 60 s")
         .unwrap();
+    assert_eq!(health.failing_for(), None, "healthy again once caught up");
     let (rev, all) = db.list_all().await.unwrap();
     assert!(
         snap.same_records(&Snapshot::from_records(rev, all)),
