@@ -97,6 +97,7 @@ async fn run_async(cfg: Config, settings: Settings) -> anyhow::Result<()> {
 
     // The topology.
     let cache = WatchCache::start(nsdb.clone()).await;
+    let _ = metrics.nsdb_watch.set(cache.health());
     let (first, updates) = cache.subscribe();
     let shared = TopologyWatcher::initial(&settings.host, dp.tunnel_port_no, first, &ports)?;
     metrics.generation.set(1);
