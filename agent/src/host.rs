@@ -35,7 +35,7 @@ async fn write_under_new_lease(nsdb: &Nsdb, host: &Host, ttl_secs: i64) -> Resul
     if let Err(err) = nsdb.txn().put_with_lease(host, lease).commit().await {
         // Do not leave an unused lease behind; its TTL would end it anyway.
         if let Err(revoke) = nsdb.revoke_lease(lease).await {
-            warn!(host = %host.id, ?revoke, "cannot revoke the unused lease");
+            warn!(host = %host.id, error = %nsdb::error::chain(&revoke), "cannot revoke the unused lease");
         }
         return Err(err);
     }

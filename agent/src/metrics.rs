@@ -57,6 +57,24 @@ pub struct Metrics {
     pub topology_errors: Counter,
     /// The topology generation in use.
     pub generation: Gauge,
+    /// The NSDB watch cache's health, once it has loaded: `/healthz` fails while the
+    /// watch has been failing for longer than [`NSDB_WATCH_FAILING_MAX`].
+    pub nsdb_watch: std::sync::OnceLock<nsdb::WatchHealth>,
+}
+
+/// How long the NSDB watch may fail to follow etcd before `/healthz` says so: beyond it
+/// the agent's topology and ACLs are stale.
+pub const NSDB_WATCH_FAILING_MAX: Duration = Duration::from_secs(30);
+
+/// The `/healthz` answer for a watch that has been failing for `failing_for`.
+fn healthz(failing_for: Option<Duration>) -> (axum::http::StatusCode, String) {
+    match failing_for {
+        Some(d) if d > NSDB_WATCH_FAILING_MAX => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("NSDB watch failing for {}s", d.as_secs()),
+        ),
+        _ => (axum::http::StatusCode::OK, "ok".to_owned()),
+    }
 }
 
 impl Default for Metrics {
@@ -85,6 +103,7 @@ impl Metrics {
             invalidation_latency: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             topology_errors: Counter::default(),
             generation: Gauge::default(),
+            nsdb_watch: std::sync::OnceLock::new(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -210,7 +229,14 @@ pub fn router(metrics: Arc<Metrics>) -> axum::Router {
                 },
             ),
         )
-        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            axum::routing::get(
+                |axum::extract::State(m): axum::extract::State<Arc<Metrics>>| async move {
+                    healthz(m.nsdb_watch.get().and_then(|h| h.failing_for()))
+                },
+            ),
+        )
         .route("/readyz", axum::routing::get(|| async { "ok" }))
         .with_state(metrics)
 }
@@ -218,6 +244,16 @@ pub fn router(metrics: Arc<Metrics>) -> axum::Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn healthz_fails_only_past_the_bound() {
+        use axum::http::StatusCode;
+        assert_eq!(healthz(None).0, StatusCode::OK);
+        assert_eq!(healthz(Some(Duration::from_secs(5))).0, StatusCode::OK);
+        let (code, body) = healthz(Some(Duration::from_secs(31)));
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "NSDB watch failing for 31s");
+    }
 
     #[test]
     fn every_metric_the_issue_names_is_exported() {

@@ -51,7 +51,7 @@ async fn connect(endpoints: &[String]) -> Nsdb {
         match Nsdb::connect(endpoints).await {
             Ok(n) => return n,
             Err(e) => {
-                warn!(error = %e, ?endpoints, "NSDB unreachable; retrying");
+                warn!(error = %nsdb::error::chain(&e), ?endpoints, "NSDB unreachable; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
@@ -97,6 +97,7 @@ async fn run_async(cfg: Config, settings: Settings) -> anyhow::Result<()> {
 
     // The topology.
     let cache = WatchCache::start(nsdb.clone()).await;
+    let _ = metrics.nsdb_watch.set(cache.health());
     let (first, updates) = cache.subscribe();
     let shared = TopologyWatcher::initial(&settings.host, dp.tunnel_port_no, first, &ports)?;
     metrics.generation.set(1);
@@ -209,7 +210,7 @@ async fn run_async(cfg: Config, settings: Settings) -> anyhow::Result<()> {
         tokio::select! {
             _ = tick.tick() => {
                 if let Err(e) = registration.ensure().await {
-                    warn!(error = %e, "cannot check the host registration");
+                    warn!(error = %nsdb::error::chain(&e), "cannot check the host registration");
                 }
             }
             _ = term.recv() => break,

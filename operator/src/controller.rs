@@ -422,7 +422,7 @@ pub fn error_policy<K: WeftResource>(obj: Arc<K>, err: &Error, ctx: Arc<Context>
     let key = object_key(obj.as_ref());
     ctx.metrics.reconcile_failed(K::KIND.as_str(), err);
     let delay = ctx.backoff(&key);
-    warn!(object = %key, error = %err, ?delay, "reconcile failed");
+    warn!(object = %key, error = %nsdb::error::chain(err), ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 

@@ -84,7 +84,7 @@ pub async fn owned(nsdb: &Nsdb, owner: &ObjectKey) -> Result<Stored, Error> {
         .map(|k| TxnOp::get(k.key(&base), Some(GetOptions::new().with_prefix())))
         .collect();
     let resp = nsdb
-        .etcd()
+        .kv()
         .txn(etcd_client::Txn::new().and_then(ops))
         .await
         .map_err(|source| Error::Nsdb {
@@ -255,7 +255,7 @@ pub async fn apply(nsdb: &Nsdb, mut t: Translation) -> Result<Applied, Error> {
 async fn release(nsdb: &Nsdb, keys: &[(u32, String)]) {
     for (key, owner) in keys {
         if let Err(err) = nsdb.release_tunnel_key(*key, owner).await {
-            warn!(key, %owner, %err, "cannot release tunnel key");
+            warn!(key, %owner, error = %nsdb::error::chain(&err), "cannot release tunnel key");
         }
     }
 }

@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, TxnOp, TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient, TxnOp,
+    TxnOpResponse, WatchClient,
 };
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use crate::alloc::PoolState;
 use crate::codec;
@@ -20,8 +21,23 @@ use crate::records::{AnyRecord, Record};
 /// The most operations etcd accepts in one transaction by default (`--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;
 
-/// Page size for listing, so large prefixes stay below gRPC message limits.
-const PAGE: i64 = 500;
+/// The largest gRPC message this client decodes (tonic's default is 4 MiB).
+///
+/// A watch that resumes over history gets up to 1,000 revisions in one response, and a
+/// list page holds whole records, so 4 MiB was passed by ordinary NSDB content (800 puts
+/// of 10 KB; five chains of the largest ACL). Lists are paged by bytes (see
+/// [`PAGE_BYTES`]) and a watch response that still does not fit makes the watch cache
+/// re-list, so this bound only caps the memory one message may take, well above what
+/// etcd sends for one record (`--max-request-bytes`, 1.5 MiB by default).
+pub const MAX_DECODE_BYTES: usize = 64 << 20;
+
+/// The size a list page aims at. etcd limits a range by record count, not bytes, so the
+/// count of each page is adapted to the record sizes seen in the previous one.
+pub const PAGE_BYTES: usize = 1 << 20;
+
+/// The record count of a list's first page, and the most in any page.
+const PAGE_FIRST: i64 = 128;
+const PAGE_MAX: i64 = 1000;
 
 /// A record with its version (the etcd `mod_revision` of its key).
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +68,10 @@ pub(crate) struct RawList {
 #[derive(Clone)]
 pub struct Nsdb {
     client: Client,
+    /// The KV and watch clients of `client` with the decode limit raised to
+    /// [`MAX_DECODE_BYTES`]: every read and write of this crate goes through them.
+    kv: KvClient,
+    watch: WatchClient,
     endpoints: Arc<Vec<String>>,
     pub(crate) pools: Arc<Mutex<HashMap<String, PoolState>>>,
 }
@@ -93,8 +113,22 @@ impl Nsdb {
                     endpoints: eps.join(","),
                     source,
                 })?;
+        // etcd-client 0.21's ConnectOptions has no message size setting, and its `Client`
+        // builds each service client with tonic's defaults (also from a raw channel). The
+        // limit lives in the per-service tonic clients, which `KvClient` and `WatchClient`
+        // expose through `max_decoding_message_size`; they share the client's channel and
+        // auth token. The encode limit is already unbounded (tonic's default `usize::MAX`):
+        // what bounds a request is etcd's `--max-request-bytes`.
+        let kv = client
+            .kv_client()
+            .max_decoding_message_size(MAX_DECODE_BYTES);
+        let watch = client
+            .watch_client()
+            .max_decoding_message_size(MAX_DECODE_BYTES);
         Ok(Nsdb {
             client,
+            kv,
+            watch,
             endpoints: Arc::new(eps),
             pools: Arc::default(),
         })
@@ -105,9 +139,21 @@ impl Nsdb {
         &self.endpoints
     }
 
-    /// The underlying etcd client, for operations this crate does not wrap.
+    /// The underlying etcd client, for operations this crate does not wrap (leases).
+    /// Its own KV and watch calls keep tonic's 4 MiB decode limit: read through
+    /// [`Nsdb::kv`] and [`Nsdb::watch_client`] instead.
     pub fn etcd(&self) -> Client {
         self.client.clone()
+    }
+
+    /// The etcd KV client, decoding responses up to [`MAX_DECODE_BYTES`].
+    pub fn kv(&self) -> KvClient {
+        self.kv.clone()
+    }
+
+    /// The etcd watch client, decoding responses up to [`MAX_DECODE_BYTES`].
+    pub fn watch_client(&self) -> WatchClient {
+        self.watch.clone()
     }
 
     /// Reads one record. A value that does not decode is an error here (unlike `list`).
@@ -115,8 +161,7 @@ impl Nsdb {
         keys::validate_id(R::KIND, id)?;
         let key = R::KIND.key(id);
         let resp = self
-            .client
-            .clone()
+            .kv()
             .get(key.as_str(), None)
             .await
             .map_err(|source| NsdbError::Etcd {
@@ -159,8 +204,7 @@ impl Nsdb {
         let (kind, id) = keys::parse(key)?;
         keys::validate_id(kind, id)?;
         let resp = self
-            .client
-            .clone()
+            .kv()
             .get(key, None)
             .await
             .map_err(|source| NsdbError::Etcd {
@@ -191,27 +235,38 @@ impl Nsdb {
     }
 
     /// Lists a prefix page by page, all pages at the revision of the first one.
+    ///
+    /// Pages are sized by bytes: each page's record count comes from the sizes seen so
+    /// far ([`next_page_count`]), and a page that still exceeds [`MAX_DECODE_BYTES`] is
+    /// fetched again with half the count, down to one record, so any record etcd
+    /// accepted can be listed.
     pub(crate) async fn list_raw(&self, prefix: &str) -> Result<RawList> {
         let end = prefix_end(prefix);
         let mut from = prefix.as_bytes().to_vec();
         let mut revision = 0;
         let mut cluster_id = 0;
         let mut kvs = Vec::new();
+        let mut count = PAGE_FIRST;
         loop {
-            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(count);
             if revision > 0 {
                 opts = opts.with_revision(revision);
             }
-            let mut resp = self
-                .client
-                .clone()
-                .get(from.clone(), Some(opts))
-                .await
-                .map_err(|source| NsdbError::Etcd {
-                    op: "list",
-                    key: prefix.to_owned(),
-                    source,
-                })?;
+            let mut resp = match self.kv().get(from.clone(), Some(opts)).await {
+                Ok(resp) => resp,
+                Err(source) if count > 1 && response_too_large(&source) => {
+                    debug!(%prefix, count, %source, "list page too large; halving it");
+                    count /= 2;
+                    continue;
+                }
+                Err(source) => {
+                    return Err(NsdbError::Etcd {
+                        op: "list",
+                        key: prefix.to_owned(),
+                        source,
+                    });
+                }
+            };
             if revision == 0 {
                 revision = resp.header().map_or(0, |h| h.revision());
                 cluster_id = resp.header().map_or(0, |h| h.cluster_id());
@@ -222,6 +277,11 @@ impl Nsdb {
                 from = last.key().to_vec();
                 from.push(0);
             }
+            let bytes: usize = page
+                .iter()
+                .map(|kv| kv.key().len() + kv.value().len())
+                .sum();
+            count = next_page_count(count, page.len(), bytes);
             let empty = page.is_empty();
             kvs.extend(page);
             if !more || empty {
@@ -261,8 +321,7 @@ impl Nsdb {
         keys::validate_id(R::KIND, id)?;
         let key = R::KIND.key(id);
         let resp = self
-            .client
-            .clone()
+            .kv()
             .delete(key.as_str(), None)
             .await
             .map_err(|source| NsdbError::Etcd {
@@ -292,7 +351,7 @@ impl Nsdb {
     /// Starts a multi-op transaction.
     pub fn txn(&self) -> Txn {
         Txn {
-            client: self.client.clone(),
+            client: self.kv(),
             compares: Vec::new(),
             ops: Vec::new(),
             compared: Vec::new(),
@@ -304,8 +363,7 @@ impl Nsdb {
     /// need to store something that is not a valid record.
     pub async fn put_raw(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<i64> {
         let resp = self
-            .client
-            .clone()
+            .kv()
             .put(key, value, None)
             .await
             .map_err(|source| NsdbError::Etcd {
@@ -319,8 +377,7 @@ impl Nsdb {
     /// Deletes every key under `/weft/v1/`. Returns how many were deleted.
     pub async fn delete_everything(&self) -> Result<i64> {
         let resp = self
-            .client
-            .clone()
+            .kv()
             .delete(ROOT, Some(etcd_client::DeleteOptions::new().with_prefix()))
             .await
             .map_err(|source| NsdbError::Etcd {
@@ -333,8 +390,7 @@ impl Nsdb {
 
     /// Compacts the etcd history up to `revision`.
     pub async fn compact(&self, revision: i64) -> Result<()> {
-        self.client
-            .clone()
+        self.kv()
             .compact(revision, None)
             .await
             .map_err(|source| NsdbError::Etcd {
@@ -344,6 +400,27 @@ impl Nsdb {
             })?;
         Ok(())
     }
+}
+
+/// The record count of the next list page, from the last page's `count` limit and the
+/// `records` and `bytes` it returned: as many records of the average size seen as fit
+/// in [`PAGE_BYTES`], growing at most twofold per page (sizes can change along the
+/// prefix), between 1 and [`PAGE_MAX`].
+fn next_page_count(count: i64, records: usize, bytes: usize) -> i64 {
+    if records == 0 {
+        return count;
+    }
+    let average = (bytes / records).max(1);
+    let fit = i64::try_from(PAGE_BYTES / average).unwrap_or(PAGE_MAX);
+    fit.min(count.saturating_mul(2)).clamp(1, PAGE_MAX)
+}
+
+/// Whether a request failed because its response exceeded the client's decode limit.
+/// tonic reports that as `OutOfRange` with "decoded message length too large"; etcd's
+/// own `OutOfRange` (a compacted revision) says "required revision has been compacted".
+pub(crate) fn response_too_large(err: &etcd_client::Error) -> bool {
+    matches!(err, etcd_client::Error::GRpcStatus(s)
+        if s.code() == tonic::Code::OutOfRange && s.message().contains("message length too large"))
 }
 
 /// Decodes a listed or watched key-value; logs and counts corrupt values.
@@ -366,14 +443,14 @@ pub(crate) fn decode_kv(kv: &KeyValue) -> Option<(AnyRecord, i64)> {
 
 fn skip_corrupt(key: &str, err: &NsdbError) {
     metrics::inc_corrupt();
-    error!(%key, %err, "skipping corrupt NSDB record");
+    error!(%key, error = %crate::error::chain(err), "skipping corrupt NSDB record");
 }
 
 /// A multi-op transaction: conditions on record versions, then puts and deletes that
 /// are applied all together or not at all.
 #[must_use = "a transaction does nothing until committed"]
 pub struct Txn {
-    client: Client,
+    client: KvClient,
     compares: Vec<Compare>,
     ops: Vec<TxnOp>,
     compared: Vec<String>,
@@ -565,6 +642,32 @@ impl Txn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_count_follows_record_sizes() {
+        // Small records: grows twofold per page up to the cap.
+        assert_eq!(next_page_count(128, 128, 128 * 200), 256);
+        assert_eq!(next_page_count(1000, 1000, 1000 * 200), PAGE_MAX);
+        // 10 KB records: about 100 per MiB.
+        assert_eq!(next_page_count(1000, 1000, 1000 * 10_000), 104);
+        // Records larger than a page: one at a time, and never zero.
+        assert_eq!(next_page_count(104, 3, 3 * 3_000_000), 1);
+        assert_eq!(next_page_count(1, 1, 5_000_000), 1);
+        // An empty page keeps the count.
+        assert_eq!(next_page_count(64, 0, 0), 64);
+    }
+
+    #[test]
+    fn too_large_is_told_from_compaction() {
+        let big = etcd_client::Error::GRpcStatus(tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 8201850 bytes, the limit is: 4194304 bytes",
+        ));
+        let compacted = etcd_client::Error::GRpcStatus(tonic::Status::out_of_range(
+            "etcdserver: mvcc: required revision has been compacted",
+        ));
+        assert!(response_too_large(&big));
+        assert!(!response_too_large(&compacted));
+    }
 
     #[test]
     fn prefix_end_increments_last_byte() {

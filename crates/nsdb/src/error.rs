@@ -88,3 +88,65 @@ pub enum NsdbError {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = NsdbError> = std::result::Result<T, E>;
+
+/// An error and every `source()` under it, shown as `outer: inner: innermost`.
+///
+/// tracing's `%err` shows only the outermost message, which for [`NsdbError::Etcd`] is
+/// "etcd list on /weft/v1/ failed" without the cause. Log errors as
+/// `error = %nsdb::error::chain(&err)`: it works for any error type, so callers whose
+/// errors wrap an `NsdbError` get its cause too.
+pub struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+/// Shows `err` with its whole chain of sources (see [`Chain`]).
+pub fn chain<'a>(err: &'a (dyn std::error::Error + 'static)) -> Chain<'a> {
+    Chain(err)
+}
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_shows_the_cause() {
+        let err = NsdbError::Etcd {
+            op: "list",
+            key: "/weft/v1/".into(),
+            source: etcd_client::Error::GRpcStatus(tonic::Status::out_of_range(
+                "decoded message length too large",
+            )),
+        };
+        let shown = chain(&err).to_string();
+        assert!(
+            shown.starts_with("etcd list on /weft/v1/ failed: grpc request error: "),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("decoded message length too large"),
+            "{shown}"
+        );
+        // A plain error without a source shows just itself.
+        let corrupt = NsdbError::Corrupt {
+            key: "k".into(),
+            reason: "bad".into(),
+        };
+        assert_eq!(chain(&corrupt).to_string(), "corrupt record at k: bad");
+    }
+}

@@ -55,6 +55,6 @@ pub use keys::Kind;
 pub use lease::KeptLease;
 pub use metrics::register;
 pub use records::*;
-pub use watch::{Change, ChangeOp, Entry, Snapshot, Update, WatchCache};
+pub use watch::{Change, ChangeOp, Entry, Snapshot, Update, WatchCache, WatchHealth};
 #[cfg(feature = "test-util")]
 pub mod testing;

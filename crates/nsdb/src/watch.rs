@@ -6,11 +6,13 @@
 //! revision applied, so no event is missed, and events at or below that revision are
 //! dropped, so none is applied twice. When the history it needs was compacted (or etcd
 //! came back with a different history), it lists again, diffs the new list against
-//! the cache, and emits exactly the differences as changes.
+//! the cache, and emits exactly the differences as changes. It also lists again when a
+//! resume cannot complete: a response too large to decode, or several streams in a row
+//! that break before delivering any of the history etcd holds for the cache.
 
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{EventType, WatchOptions, WatchResponse};
 use futures::FutureExt;
@@ -20,8 +22,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::client::{Nsdb, decode_kv};
-use crate::error::{NsdbError, Result};
+use crate::client::{Nsdb, decode_kv, response_too_large};
+use crate::error::{NsdbError, Result, chain};
 use crate::keys::{self, Kind, ROOT};
 use crate::metrics;
 use crate::records::{AnyRecord, Record};
@@ -148,6 +150,34 @@ pub struct Update {
 struct Shared {
     snapshot: watch::Sender<Arc<Snapshot>>,
     subscribers: Mutex<Vec<mpsc::UnboundedSender<Arc<Update>>>>,
+    health: WatchHealth,
+}
+
+/// Whether a watch cache is keeping up with etcd: a cheap, cloneable handle for health
+/// endpoints. The cache is failing from the moment its watch breaks (or a re-list
+/// fails) until a new watch is current, or has delivered some of the history it missed.
+#[derive(Debug, Clone, Default)]
+pub struct WatchHealth {
+    failing_since: Arc<Mutex<Option<Instant>>>,
+}
+
+impl WatchHealth {
+    /// How long the cache has been failing to follow etcd; `None` while it follows.
+    pub fn failing_for(&self) -> Option<Duration> {
+        self.lock().map(|since| since.elapsed())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.failing_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn failing(&self) {
+        self.lock().get_or_insert_with(Instant::now);
+    }
+
+    fn following(&self) {
+        *self.lock() = None;
+    }
 }
 
 impl Shared {
@@ -207,7 +237,7 @@ impl WatchCache {
             match list(&nsdb, prefix).await {
                 Ok(s) => break s,
                 Err(err) => {
-                    warn!(%prefix, %err, "initial NSDB list failed, retrying");
+                    warn!(%prefix, error = %chain(&err), "initial NSDB list failed, retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
@@ -231,6 +261,7 @@ impl WatchCache {
         let shared = Arc::new(Shared {
             snapshot: tx,
             subscribers: Mutex::new(vec![sub_tx]),
+            health: WatchHealth::default(),
         });
         let task = tokio::spawn(run(nsdb, prefix.to_owned(), shared.clone(), snapshot));
         let cache = WatchCache {
@@ -259,6 +290,11 @@ impl WatchCache {
         let snap = self.shared.snapshot.borrow().clone();
         subs.push(tx);
         (snap, rx)
+    }
+
+    /// A handle telling whether (and for how long) the cache has been failing to follow etcd.
+    pub fn health(&self) -> WatchHealth {
+        self.shared.health.clone()
     }
 
     /// A receiver that always holds the latest snapshot (for `arc-swap`-style readers).
@@ -411,10 +447,19 @@ fn apply(
     None
 }
 
+/// How many watch streams in a row may break without applying anything while etcd has
+/// history the cache has not seen, before the resume is given up for a re-list.
+const MAX_STALLED_RESUMES: u32 = 3;
+
+/// How long a resumed watch with history to catch up on may stay silent before the
+/// cache counts it as following (see [`WatchHealth`]).
+const QUIET_RESUME: Duration = Duration::from_secs(5);
+
 async fn run(nsdb: Nsdb, prefix: String, shared: Arc<Shared>, mut state: Snapshot) {
     let mut backoff = BACKOFF_MIN;
     let mut cluster = 0u64;
     let mut relist = false;
+    let mut stalled = 0u32;
     loop {
         if relist {
             match list(&nsdb, &prefix).await {
@@ -425,10 +470,13 @@ async fn run(nsdb: Nsdb, prefix: String, shared: Arc<Shared>, mut state: Snapsho
                     info!(%prefix, revision = fresh.revision, changes = changes.len(), "NSDB cache re-listed");
                     state = fresh;
                     shared.publish(state.clone(), changes, true);
+                    shared.health.following();
                     relist = false;
+                    stalled = 0;
                 }
                 Err(err) => {
-                    warn!(%prefix, %err, "NSDB re-list failed, retrying");
+                    shared.health.failing();
+                    warn!(%prefix, error = %chain(&err), "NSDB re-list failed, retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
@@ -438,9 +486,10 @@ async fn run(nsdb: Nsdb, prefix: String, shared: Arc<Shared>, mut state: Snapsho
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(state.revision + 1);
-        let stream = match nsdb.etcd().watch(prefix.as_str(), Some(opts)).await {
+        let stream = match nsdb.watch_client().watch(prefix.as_str(), Some(opts)).await {
             Ok(s) => s,
             Err(err) => {
+                shared.health.failing();
                 warn!(%prefix, %err, "NSDB watch failed, retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -449,8 +498,25 @@ async fn run(nsdb: Nsdb, prefix: String, shared: Arc<Shared>, mut state: Snapsho
         };
         // Keep the request half open: closing it ends the watch on the server.
         let (_requests, mut responses) = stream.split();
+        let started_at = state.revision;
+        // Whether etcd, when it accepted the watch, had revisions the cache has not seen.
+        let mut behind = false;
         let interrupt = loop {
-            let first = responses.next().await;
+            // A stream that etcd created with history to send, and that stays up without
+            // delivering any of it, is following: the missed revisions were all outside
+            // the prefix.
+            let first = if behind && state.revision == started_at {
+                match tokio::time::timeout(QUIET_RESUME, responses.next()).await {
+                    Ok(first) => first,
+                    Err(_) => {
+                        behind = false;
+                        shared.health.following();
+                        continue;
+                    }
+                }
+            } else {
+                responses.next().await
+            };
             let mut changes = Vec::new();
             let mut stop = None;
             let mut item = first;
@@ -458,11 +524,26 @@ async fn run(nsdb: Nsdb, prefix: String, shared: Arc<Shared>, mut state: Snapsho
             loop {
                 match item {
                     Some(Ok(resp)) => {
+                        if resp.created() {
+                            behind = resp.header().is_some_and(|h| h.revision() > state.revision);
+                        }
+                        let before = state.revision;
                         if let Some(i) = apply(&mut state, &mut cluster, &resp, &mut changes) {
                             stop = Some(i);
                             break;
                         }
+                        if (resp.created() && !behind) || state.revision > before {
+                            shared.health.following();
+                        }
                         backoff = BACKOFF_MIN;
+                    }
+                    // The response holds more history than one message may carry (a
+                    // resume over many large writes): resuming again would fail the same
+                    // way, while a list is paged and always completes.
+                    Some(Err(err)) if response_too_large(&err) => {
+                        warn!(%prefix, %err, "NSDB watch response too large; re-listing");
+                        stop = Some(Interrupt::Relist);
+                        break;
                     }
                     Some(Err(err)) => {
                         warn!(%prefix, %err, "NSDB watch stream broke");
@@ -487,6 +568,27 @@ async fn run(nsdb: Nsdb, prefix: String, shared: Arc<Shared>, mut state: Snapsho
                 break i;
             }
         };
+        let interrupt = match interrupt {
+            Interrupt::Disconnected if behind && state.revision == started_at => {
+                // etcd was reachable and had history for us, but the stream broke before
+                // delivering any of it. A few of these in a row mean the resume cannot
+                // complete (for example, every attempt dies on the same response).
+                stalled += 1;
+                if stalled >= MAX_STALLED_RESUMES {
+                    warn!(%prefix, attempts = stalled, revision = state.revision, "NSDB watch cannot catch up; re-listing");
+                    Interrupt::Relist
+                } else {
+                    Interrupt::Disconnected
+                }
+            }
+            other => {
+                if state.revision > started_at {
+                    stalled = 0;
+                }
+                other
+            }
+        };
+        shared.health.failing();
         if matches!(interrupt, Interrupt::Relist) {
             relist = true;
         } else {
