@@ -50,7 +50,7 @@ say "translating it again: the operator is idempotent, so nothing changes"
 say "what NSDB now holds"
 "$bin" nsdb-dump --etcd-endpoints "$endpoint"
 
-say "an invalid object is refused with the field named, and the rest is untouched"
+say "an invalid object, or one setting a field not supported yet, is refused with the field named, and the rest is untouched"
 for f in examples/invalid/*.yaml; do
   printf '\n  %s:\n' "$f"
   "$bin" translate --etcd-endpoints "$endpoint" --dry-run examples/ "$f" 2>&1 | grep -v ': valid, ' | sed 's/^/    /' || true

@@ -38,7 +38,7 @@ pub const FINALIZER: &str = "weft.dev/nsdb-cleanup";
 pub const FIELD_MANAGER: &str = "weft-operator";
 /// How often a programmed object is reconciled again, to repair drift in NSDB.
 pub const RESYNC: Duration = Duration::from_secs(300);
-/// How often a refused object is checked again.
+/// How often an object refused by the semantic check is checked again.
 pub const INVALID_RECHECK: Duration = Duration::from_secs(60);
 /// First and largest delay of the error backoff.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -240,8 +240,9 @@ impl WeftResource for VirtualLoadBalancer {
                     "ip": v.ip.to_string(),
                     "protocol": spec.protocol,
                     "port": v.port,
+                    // Members are not probed: their health is not known, so none is reported.
                     "members": v.members.iter().map(|m| json!({
-                        "ip": m.ip.to_string(), "port": m.port, "healthy": m.healthy,
+                        "ip": m.ip.to_string(), "port": m.port,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -322,6 +323,28 @@ fn now() -> Time {
     Time(Timestamp::now())
 }
 
+/// How a refusal of the spec is reported: the `Ready` reason (also the Warning event's),
+/// the message naming the fields, and when to look again. `None` for failures that are not
+/// the spec's fault.
+fn refusal(err: &Error) -> Option<(&'static str, &str, Action)> {
+    match err {
+        Error::Unsupported { message, .. } => {
+            // Only the object's own spec decides, so only its change can lift the refusal.
+            Some((reason::UNSUPPORTED, message, Action::await_change()))
+        }
+        Error::InvalidSpec { message, .. } => {
+            // The fault may lie in another object (a missing reference, a duplicate VIP),
+            // whose change does not always trigger this one: look again now and then.
+            Some((
+                reason::INVALID_SPEC,
+                message,
+                Action::requeue(INVALID_RECHECK),
+            ))
+        }
+        _ => None,
+    }
+}
+
 async fn apply<K: WeftResource>(obj: Arc<K>, ctx: &Context) -> Result<Action, Error> {
     let key = object_key(obj.as_ref());
     let mut inv = ctx.stores.inventory();
@@ -343,34 +366,26 @@ async fn apply<K: WeftResource>(obj: Arc<K>, ctx: &Context) -> Result<Action, Er
             ctx.succeeded(&key);
             Ok(Action::requeue(RESYNC))
         }
-        Err(Error::InvalidSpec { message, .. }) => {
-            // Nothing of the topology is touched; the object waits for a corrected spec.
-            let cond =
-                api::ready_condition(false, reason::INVALID_SPEC, &message, generation, now());
-            write_status(ctx, obj.as_ref(), cond, json!({})).await?;
-            let event = KubeEvent {
-                type_: EventType::Warning,
-                reason: reason::INVALID_SPEC.into(),
-                note: Some(message.chars().take(1000).collect()),
-                action: "Validate".into(),
-                secondary: None,
-            };
-            if let Err(err) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-                warn!(object = %key, %err, "cannot publish event");
-            }
-            ctx.metrics.reconcile_failed(
-                K::KIND.as_str(),
-                &Error::InvalidSpec {
-                    kind: K::KIND.as_str(),
-                    name: key.name.clone(),
-                    message,
-                },
-            );
-            // The fault may lie in another object (a missing reference, a duplicate VIP), whose
-            // change does not always trigger this one: look again now and then.
-            Ok(Action::requeue(INVALID_RECHECK))
-        }
         Err(err) => {
+            let refused = refusal(&err).map(|(why, message, next)| (why, message.to_owned(), next));
+            if let Some((why, message, next)) = refused {
+                // Nothing of the topology is touched: the records of the last spec that was
+                // programmed stay, and the object waits for a corrected spec.
+                let cond = api::ready_condition(false, why, &message, generation, now());
+                write_status(ctx, obj.as_ref(), cond, json!({})).await?;
+                let event = KubeEvent {
+                    type_: EventType::Warning,
+                    reason: why.into(),
+                    note: Some(message.chars().take(1000).collect()),
+                    action: "Validate".into(),
+                    secondary: None,
+                };
+                if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+                    warn!(object = %key, err = %e, "cannot publish event");
+                }
+                ctx.metrics.reconcile_failed(K::KIND.as_str(), &err);
+                return Ok(next);
+            }
             let cond = api::ready_condition(
                 false,
                 reason::NSDB_ERROR,
@@ -555,6 +570,56 @@ mod tests {
         assert_eq!(ports[0]["portId"], "vrt:edge:port:blue");
         assert!(ports[0]["tunnelKey"].as_u64().unwrap() >= 100);
         assert!(facts["tunnelKey"].as_u64().unwrap() >= 100);
+    }
+
+    #[test]
+    fn a_refused_spec_is_reported_with_its_reason_and_field() {
+        let mut inv = crate::fixtures::topology();
+        let web = ObjectKey::new(CrKind::VirtualLoadBalancer, "web");
+        // As the fixture says it: programmed.
+        assert!(program::check(&web, &inv).is_ok());
+
+        inv.load_balancers.get_mut("web").unwrap().spec.health_check =
+            serde_json::from_value(json!({"type": "TCP"})).unwrap();
+        let err = program::check(&web, &inv).unwrap_err();
+        let (why, message, next) = refusal(&err).expect("a refusal");
+        assert_eq!(why, "Unsupported");
+        assert!(message.starts_with("spec.healthCheck: "), "{message}");
+        assert_eq!(next, Action::await_change());
+        assert_eq!(err.metric_label(), "unsupported");
+        assert!(!err.is_transient());
+
+        let invalid = Error::InvalidSpec {
+            kind: "VirtualBridge",
+            name: "b".into(),
+            message: "spec.gateway: outside".into(),
+        };
+        let (why, _, next) = refusal(&invalid).expect("a refusal");
+        assert_eq!(why, "InvalidSpec");
+        assert_eq!(next, Action::requeue(INVALID_RECHECK));
+        let nsdb = Error::MissingMetadata {
+            kind: "VirtualBridge",
+            field: "metadata.name",
+        };
+        assert!(refusal(&nsdb).is_none());
+    }
+
+    #[test]
+    fn load_balancer_status_reports_no_member_health() {
+        let inv = crate::fixtures::topology();
+        let key = ObjectKey::new(CrKind::VirtualLoadBalancer, "web");
+        let t = crate::translate(&key, &inv).unwrap();
+        let applied = Applied {
+            records: t.records,
+            ..Applied::default()
+        };
+        let facts = inv.load_balancers["web"].status_facts(&applied);
+        let members = facts["vips"][0]["members"].as_array().unwrap();
+        assert_eq!(members.len(), 2);
+        assert_eq!(members[0], json!({"ip": "10.1.0.5", "port": 8080}));
+        // What is written parses as the status the CRD declares.
+        let status: api::VipStatus = serde_json::from_value(facts["vips"][0].clone()).unwrap();
+        assert_eq!(status.members.len(), 2);
     }
 
     #[test]

@@ -14,6 +14,14 @@ pub enum Error {
         name: String,
         message: String,
     },
+    /// The spec sets a field nothing implements yet (`api::unsupported`). The message names
+    /// the field.
+    #[error("{kind} {name} sets a field that is not supported yet: {message}")]
+    Unsupported {
+        kind: &'static str,
+        name: String,
+        message: String,
+    },
     /// Reading or writing NSDB failed for this object.
     #[error("NSDB operation for {object} failed")]
     Nsdb {
@@ -112,6 +120,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::InvalidSpec { .. } => "invalid_spec",
+            Error::Unsupported { .. } => "unsupported",
             Error::Nsdb { .. } => "nsdb",
             Error::Kube { .. } => "kube",
             Error::Finalizer { source, .. } => match source.as_ref() {
@@ -137,6 +146,7 @@ impl Error {
         !matches!(
             self,
             Error::InvalidSpec { .. }
+                | Error::Unsupported { .. }
                 | Error::UnknownKind { .. }
                 | Error::Yaml { .. }
                 | Error::Decode { .. }

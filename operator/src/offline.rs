@@ -216,7 +216,9 @@ pub async fn program_all(
             },
             Some(db) => match program::program_with(db, &key, inv, &report).await {
                 Ok(a) => Outcome::Programmed(a),
-                Err(e @ Error::InvalidSpec { .. }) => Outcome::Refused(e),
+                Err(e @ (Error::InvalidSpec { .. } | Error::Unsupported { .. })) => {
+                    Outcome::Refused(e)
+                }
                 Err(e) => return Err(e),
             },
         };
@@ -258,7 +260,10 @@ pub fn describe(key: &ObjectKey, outcome: &Outcome) -> String {
             t.records.len()
         ),
         Outcome::Refused(Error::InvalidSpec { message, .. }) => {
-            format!("{key}: refused, InvalidSpec: {message}")
+            format!("{key}: refused, {}: {message}", api::reason::INVALID_SPEC)
+        }
+        Outcome::Refused(Error::Unsupported { message, .. }) => {
+            format!("{key}: refused, {}: {message}", api::reason::UNSUPPORTED)
         }
         Outcome::Refused(e) => format!("{key}: refused: {e}"),
     }

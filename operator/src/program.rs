@@ -2,26 +2,26 @@
 //! order. The controllers and the offline `translate` command both go through here, so they
 //! write exactly the same records.
 
-use api::validate::Report;
 use nsdb::Nsdb;
 
 use crate::error::Error;
 use crate::ids::ObjectKey;
 use crate::store::{self, Applied};
 use crate::translate::{self, Inventory, Translation};
-use crate::validate;
+use crate::validate::{self, Checks};
 
 /// Checks an object against the inventory and translates it. Pure: no I/O.
 ///
-/// A refused object yields [`Error::InvalidSpec`] whose message names each refused field.
+/// A refused object yields [`Error::Unsupported`] or [`Error::InvalidSpec`], whose message
+/// names each refused field.
 pub fn check(key: &ObjectKey, inv: &Inventory) -> Result<Translation, Error> {
     check_with(key, inv, &validate::report(inv))
 }
 
-/// [`check`] with the semantic report of the inventory already computed (it covers every
-/// object at once, so a caller programming many objects computes it once).
-pub fn check_with(key: &ObjectKey, inv: &Inventory, report: &Report) -> Result<Translation, Error> {
-    validate::faults_of(report, key)?;
+/// [`check`] with the checks of the inventory already computed (they cover every object at
+/// once, so a caller programming many objects computes them once).
+pub fn check_with(key: &ObjectKey, inv: &Inventory, checks: &Checks) -> Result<Translation, Error> {
+    validate::faults_of(checks, key)?;
     translate::translate(key, inv)
 }
 
@@ -31,13 +31,13 @@ pub async fn program(nsdb: &Nsdb, key: &ObjectKey, inv: &Inventory) -> Result<Ap
     program_with(nsdb, key, inv, &validate::report(inv)).await
 }
 
-/// [`program`] with the semantic report already computed.
+/// [`program`] with the checks already computed.
 pub async fn program_with(
     nsdb: &Nsdb,
     key: &ObjectKey,
     inv: &Inventory,
-    report: &Report,
+    checks: &Checks,
 ) -> Result<Applied, Error> {
-    let t = check_with(key, inv, report)?;
+    let t = check_with(key, inv, checks)?;
     store::apply(nsdb, t).await
 }

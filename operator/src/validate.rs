@@ -1,20 +1,37 @@
-//! The semantic check: `api::validate` over the whole inventory, narrowed to one object and
-//! turned into [`Error::InvalidSpec`] naming each refused field.
+//! The checks before translation: the fields nothing implements yet (`api::unsupported`) and
+//! the semantic check (`api::validate`), over the whole inventory, narrowed to one object and
+//! turned into [`Error::Unsupported`] or [`Error::InvalidSpec`] naming each refused field.
 
-use api::validate::{self as v, Objects, Report};
+use api::validate::{self as v, Invalid, Objects, Report};
 
 use crate::error::Error;
 use crate::ids::{CrKind, ObjectKey};
 use crate::translate::Inventory;
 
-/// Checks every object of the inventory against the others.
-pub fn report(inv: &Inventory) -> Report {
-    v::validate(Objects {
+/// What the checks found in an inventory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Checks {
+    /// The fields each object sets that nothing implements yet.
+    pub unsupported: Report,
+    /// The semantic faults of each object, against the others.
+    pub invalid: Report,
+}
+
+fn objects(inv: &Inventory) -> Objects<'_> {
+    Objects {
         bridges: &inv.bridges,
         routers: &inv.routers,
         load_balancers: &inv.load_balancers,
         acls: &inv.acls,
-    })
+    }
+}
+
+/// Checks every object of the inventory, on its own and against the others.
+pub fn report(inv: &Inventory) -> Checks {
+    Checks {
+        unsupported: api::unsupported::unsupported(objects(inv)),
+        invalid: v::validate(objects(inv)),
+    }
 }
 
 fn api_kind(kind: CrKind) -> v::Kind {
@@ -26,24 +43,76 @@ fn api_kind(kind: CrKind) -> v::Kind {
     }
 }
 
-/// The faults a report holds for one object, as an error.
-pub fn faults_of(report: &Report, key: &ObjectKey) -> Result<(), Error> {
-    let faults = report.of(api_kind(key.kind), &key.name);
-    if faults.is_empty() {
-        return Ok(());
-    }
-    Err(Error::InvalidSpec {
-        kind: key.kind.as_str(),
-        name: key.name.clone(),
-        message: faults
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; "),
-    })
+fn joined(faults: &[Invalid]) -> String {
+    faults
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
-/// Refuses an object whose spec is inconsistent on its own or with the inventory.
+/// The faults the checks hold for one object, as an error. An unsupported field comes first:
+/// correcting the rest of the spec would not make the object do what it says.
+pub fn faults_of(checks: &Checks, key: &ObjectKey) -> Result<(), Error> {
+    let (kind, name) = (api_kind(key.kind), key.name.as_str());
+    let unsupported = checks.unsupported.of(kind, name);
+    if !unsupported.is_empty() {
+        return Err(Error::Unsupported {
+            kind: key.kind.as_str(),
+            name: key.name.clone(),
+            message: joined(unsupported),
+        });
+    }
+    let invalid = checks.invalid.of(kind, name);
+    if !invalid.is_empty() {
+        return Err(Error::InvalidSpec {
+            kind: key.kind.as_str(),
+            name: key.name.clone(),
+            message: joined(invalid),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses an object that sets an unsupported field or whose spec is inconsistent on its own
+/// or with the inventory.
 pub fn validate(key: &ObjectKey, inv: &Inventory) -> Result<(), Error> {
     faults_of(&report(inv), key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unsupported_field_is_refused_before_the_semantic_check() {
+        let mut inv = crate::fixtures::topology();
+        // red sets spec.mtu in the fixture; the rest of it is valid.
+        let red = ObjectKey::new(CrKind::VirtualBridge, "red");
+        let Err(Error::Unsupported { message, .. }) = validate(&red, &inv) else {
+            panic!("{:?}", validate(&red, &inv))
+        };
+        assert!(
+            message.starts_with("spec.mtu: not supported yet"),
+            "{message}"
+        );
+
+        // Also invalid: still reported as unsupported, naming only that field.
+        inv.bridges.get_mut("red").unwrap().spec.gateway = Some("10.9.9.9".into());
+        let Err(Error::Unsupported { message, .. }) = validate(&red, &inv) else {
+            panic!("{:?}", validate(&red, &inv))
+        };
+        assert!(!message.contains("spec.gateway"), "{message}");
+
+        // Without the field, the semantic fault shows.
+        inv.bridges.get_mut("red").unwrap().spec.mtu = None;
+        let Err(Error::InvalidSpec { message, .. }) = validate(&red, &inv) else {
+            panic!("{:?}", validate(&red, &inv))
+        };
+        assert!(message.starts_with("spec.gateway:"), "{message}");
+
+        // An object that sets none and is valid passes.
+        let blue = ObjectKey::new(CrKind::VirtualBridge, "blue");
+        assert!(validate(&blue, &inv).is_ok());
+    }
 }

@@ -1,6 +1,7 @@
 //! Every manifest in examples/invalid/ is refused by the offline `translate` path, by the CRD
-//! schema or the semantic check, naming the field its header names; the examples themselves
-//! stay valid next to it.
+//! schema, the semantic check (`InvalidSpec`) or the list of unsupported fields
+//! (`Unsupported`), as its header says, naming the field its header names; the examples
+//! themselves stay valid next to it.
 
 use std::path::{Path, PathBuf};
 
@@ -34,21 +35,45 @@ async fn every_invalid_example_is_refused_naming_its_field() {
         let object =
             header(&text, "Object").unwrap_or_else(|| panic!("{file:?}: no Object header"));
         let field = header(&text, "Field").unwrap_or_else(|| panic!("{file:?}: no Field header"));
+        let refused_by =
+            header(&text, "Refused by").unwrap_or_else(|| panic!("{file:?}: no Refused by header"));
         let (kind, name) = object.split_once(' ').unwrap();
         let key = ObjectKey::new(CrKind::from_kind_name(kind).unwrap(), name);
 
         let loaded = Loaded::from_paths(&[examples(), file.clone()]).unwrap();
         let message = match loaded.refused.iter().find(|r| r.key == key) {
-            Some(r) => r.message.clone(),
+            Some(r) => {
+                assert_eq!(refused_by, "schema", "{file:?}: refused by the schema");
+                r.message.clone()
+            }
             None => {
                 let outcomes = offline::program_all(None, &loaded.inventory).await.unwrap();
                 let (_, outcome) = outcomes
                     .iter()
                     .find(|(k, _)| *k == key)
                     .unwrap_or_else(|| panic!("{file:?}: {key} was neither refused nor checked"));
-                match outcome {
-                    Outcome::Refused(Error::InvalidSpec { message, .. }) => message.clone(),
-                    other => panic!("{file:?}: {key} was not refused: {other:?}"),
+                let described = offline::describe(&key, outcome);
+                match (refused_by.as_str(), outcome) {
+                    ("unsupported", Outcome::Refused(Error::Unsupported { message, .. })) => {
+                        assert!(
+                            described.contains("refused, Unsupported: "),
+                            "{file:?}: {described}"
+                        );
+                        message.clone()
+                    }
+                    (
+                        "semantic" | "cel+semantic",
+                        Outcome::Refused(Error::InvalidSpec { message, .. }),
+                    ) => {
+                        assert!(
+                            described.contains("refused, InvalidSpec: "),
+                            "{file:?}: {described}"
+                        );
+                        message.clone()
+                    }
+                    (_, other) => panic!(
+                        "{file:?}: {key} was not refused as `Refused by: {refused_by}` says: {other:?}"
+                    ),
                 }
             }
         };

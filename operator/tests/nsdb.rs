@@ -1,6 +1,7 @@
 //! The operator's translation written to a real etcd: the examples produce the expected
 //! records, re-running changes nothing, deleting an object removes exactly its records, and
-//! an invalid object is refused without touching anything while fixing it recovers.
+//! an invalid object, or one that sets a field nothing implements yet, is refused without
+//! touching anything while fixing it recovers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -338,4 +339,87 @@ async fn the_command_translates_and_dumps() {
         "{stdout}"
     );
     assert!(stdout.contains("0 written, 0 deleted"), "{stdout}");
+}
+
+#[tokio::test]
+async fn an_unsupported_field_is_refused_and_nsdb_keeps_the_last_programmed_spec() {
+    let etcd = Etcd::start();
+    let db = etcd.client().await;
+    let mut inv = load_examples();
+    assert_all_programmed(&program_all(&db, &inv).await);
+    let (rev, before) = snapshot(&db).await;
+
+    // A health check on the programmed load balancer, and a new bridge mapping a namespace.
+    inv.load_balancers.get_mut("web").unwrap().spec.health_check =
+        serde_json::from_value(serde_json::json!({"type": "TCP"})).unwrap();
+    let mut orange = inv.bridges["green"].clone();
+    orange.metadata.name = Some("orange".into());
+    orange.spec.subnet = "10.30.0.0/24".into();
+    orange.spec.subnet_v6 = None;
+    orange.spec.gateway = None;
+    orange.spec.namespaces =
+        serde_json::from_value(serde_json::json!({"names": ["orange"]})).unwrap();
+    inv.add_bridge(orange);
+
+    let outcomes: BTreeMap<ObjectKey, Outcome> = program_all(&db, &inv).await.into_iter().collect();
+    let message = |kind, name: &str| match &outcomes[&ObjectKey::new(kind, name)] {
+        Outcome::Refused(Error::Unsupported { message, .. }) => message.clone(),
+        other => panic!("{name}: {other:?}"),
+    };
+    assert!(
+        message(CrKind::VirtualLoadBalancer, "web").starts_with("spec.healthCheck: not supported")
+    );
+    assert!(message(CrKind::VirtualBridge, "orange").starts_with("spec.namespaces: not supported"));
+    assert_eq!(outcomes.values().filter(|o| o.is_refused()).count(), 2);
+    // web keeps the records of its last programmed spec; orange has none.
+    let (rev2, after) = snapshot(&db).await;
+    assert_eq!(rev, rev2, "nothing of the topology is touched");
+    assert_eq!(before, after);
+
+    // Taking the field out programs it again, with nothing to change for web.
+    inv.load_balancers.get_mut("web").unwrap().spec.health_check = None;
+    inv.bridges.get_mut("orange").unwrap().spec.namespaces = None;
+    let outcomes: BTreeMap<ObjectKey, Outcome> = program_all(&db, &inv).await.into_iter().collect();
+    let Outcome::Programmed(a) = &outcomes[&ObjectKey::new(CrKind::VirtualLoadBalancer, "web")]
+    else {
+        panic!("{outcomes:?}")
+    };
+    assert_eq!((a.written, a.deleted), (0, 0));
+    assert!(matches!(
+        outcomes[&ObjectKey::new(CrKind::VirtualBridge, "orange")],
+        Outcome::Programmed(_)
+    ));
+}
+
+#[tokio::test]
+async fn the_command_refuses_an_unsupported_field_naming_it() {
+    let etcd = Etcd::start();
+    let bin = env!("CARGO_BIN_EXE_weft-operator");
+    let ex = examples();
+    let bad = ex.join("invalid/unsupported-health-check.yaml");
+    let ep = etcd.endpoint();
+    let out = std::process::Command::new(bin)
+        .args(["translate", "--etcd-endpoints", ep.as_str()])
+        .arg(&ex)
+        .arg(&bad)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains(
+            "VirtualLoadBalancer health-check: refused, Unsupported: spec.healthCheck: not supported yet"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("6 objects, 5 programmed, 1 refused"),
+        "{stdout}"
+    );
+    let (_, all) = etcd.client().await.list_all().await.unwrap();
+    assert!(
+        !all.iter()
+            .any(|(r, _)| r.key().contains("vlb:health-check")),
+        "a refused object writes nothing"
+    );
 }

@@ -78,6 +78,7 @@ pub struct Attachment {
     #[schemars(inner(pattern(patterns::OBJECT_NAME)))]
     pub routers: Vec<String>,
     /// Pod ports, by label.
+    /// Not supported yet: the operator refuses an object that sets it (reason `Unsupported`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pods: Option<PodSelector>,
 }
@@ -221,7 +222,4 @@ pub struct AccessControlListStatus {
     /// Number of programmed rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<u32>,
-    /// Number of ports the ACL is currently applied to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attached_ports: Option<u32>,
 }

@@ -36,7 +36,6 @@ use crate::patterns;
         type_ = "integer",
         json_path = ".status.tunnelKey"
     ),
-    printcolumn(name = "Ports", type_ = "integer", json_path = ".status.ports"),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -61,7 +60,8 @@ pub struct VirtualBridgeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(patterns::IPV4))]
     pub gateway: Option<String>,
-    /// MTU of the pod interfaces; defaults to 1450 (1500 less the VXLAN overhead).
+    /// MTU of the pod interfaces.
+    /// Not supported yet: the operator refuses an object that sets it (reason `Unsupported`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 576, max = 9000))]
     pub mtu: Option<u16>,
@@ -70,6 +70,7 @@ pub struct VirtualBridgeSpec {
     #[schemars(length(max = 4096), inner(pattern(patterns::IP)))]
     pub excluded_ips: Vec<String>,
     /// The namespaces whose pods attach to this bridge.
+    /// Not supported yet: the operator refuses an object that sets it (reason `Unsupported`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespaces: Option<NamespaceSelection>,
     /// Optional 802.1Q VLAN id of the segment.
@@ -105,10 +106,4 @@ pub struct VirtualBridgeStatus {
     /// The 24-bit tunnel key allocated to the bridge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_key: Option<u32>,
-    /// Number of ports on the bridge (pods and router interfaces).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ports: Option<u32>,
-    /// The namespaces currently mapped to this bridge.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub namespaces: Vec<String>,
 }

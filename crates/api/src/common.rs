@@ -15,6 +15,9 @@ pub mod reason {
     pub const PROGRAMMED: &str = "Programmed";
     /// The spec is refused by the semantic check; the message names the field.
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The spec sets a field nothing implements yet ([`crate::unsupported`]); the message
+    /// names the field.
+    pub const UNSUPPORTED: &str = "Unsupported";
     /// The object refers to something that is not programmed yet (not an error in the spec).
     pub const WAITING: &str = "Waiting";
     /// Writing to the network state database failed; it will be retried.

@@ -1,5 +1,6 @@
 //! Weft's Kubernetes API: the four CRD kinds of group `weft.dev/v1alpha1`, their status
-//! conditions, CRD manifest generation, and the semantic validation the operator applies.
+//! conditions, CRD manifest generation, the semantic validation the operator applies, and the
+//! list of fields it refuses because nothing implements them yet ([`unsupported`]).
 //!
 //! ```
 //! use std::collections::BTreeMap;
@@ -33,6 +34,7 @@ pub mod loadbalancer;
 pub mod patterns;
 pub mod router;
 pub mod schema;
+pub mod unsupported;
 pub mod validate;
 
 pub use acl::{

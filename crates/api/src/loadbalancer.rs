@@ -52,6 +52,7 @@ pub struct VirtualLoadBalancerSpec {
     #[schemars(length(min = 1, max = 1024))]
     pub vips: Vec<Vip>,
     /// How members are probed; without it every member counts as healthy.
+    /// Not supported yet: the operator refuses an object that sets it (reason `Unsupported`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
     /// `ClientIP` keeps a client on the same member.
@@ -82,9 +83,11 @@ pub struct Vip {
     #[schemars(length(max = 4096))]
     pub members: Vec<Member>,
     /// Pods selected as members instead of a list.
+    /// Not supported yet: the operator refuses an object that sets it (reason `Unsupported`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pods: Option<PodSelector>,
     /// The port on the selected pods; defaults to `port`.
+    /// Not supported yet: the operator refuses an object that sets it (reason `Unsupported`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub target_port: Option<u16>,
@@ -190,12 +193,12 @@ pub struct VirtualLoadBalancerStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Each VIP with its members as currently known.
+    /// Each VIP with its programmed members.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vips: Vec<VipStatus>,
 }
 
-/// A VIP and the health of its members.
+/// A VIP and its programmed members.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VipStatus {
@@ -205,12 +208,12 @@ pub struct VipStatus {
     pub protocol: L4Protocol,
     /// The virtual port.
     pub port: u16,
-    /// The members, resolved from the list or the pod selector.
+    /// The members, as listed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberStatus>,
 }
 
-/// A member and its health.
+/// A programmed member. Members are not probed, so no health is reported.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberStatus {
@@ -218,9 +221,4 @@ pub struct MemberStatus {
     pub ip: String,
     /// Member port.
     pub port: u16,
-    /// Whether the member receives new connections.
-    pub healthy: bool,
-    /// The pod behind the member, when selected by labels (`namespace/name`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
 }

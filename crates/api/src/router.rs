@@ -124,6 +124,7 @@ pub struct Uplink {
     #[schemars(pattern(patterns::IPV4))]
     pub gateway: Option<String>,
     /// Host interface the uplink is bound to on the gateway node(s).
+    /// Not supported yet: the operator refuses an object that sets it (reason `Unsupported`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 15))]
     pub host_interface: Option<String>,

@@ -94,7 +94,7 @@ impl Report {
         self.faults.is_empty()
     }
 
-    fn push(&mut self, kind: Kind, name: &str, invalid: Vec<Invalid>) {
+    pub(crate) fn push(&mut self, kind: Kind, name: &str, invalid: Vec<Invalid>) {
         if !invalid.is_empty() {
             self.faults
                 .entry((kind, name.to_string()))

@@ -1,11 +1,13 @@
 //! The committed CRDs against the examples: every object in examples/ passes the generated
-//! schema, its CEL rules and the semantic check; every file in examples/invalid/ is refused by
-//! the check its header names, at the field its header names.
+//! schema, its CEL rules and the semantic check, and sets no unsupported field; every file in
+//! examples/invalid/ is refused by the check its header names, at the field its header names,
+//! and every unsupported field has such a file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use api::unsupported::unsupported;
 use api::validate::{Kind, Objects, Report, validate};
 use api::{AccessControlList, VirtualBridge, VirtualLoadBalancer, VirtualRouter};
 use serde_json::{Value, json};
@@ -135,13 +137,21 @@ impl Set {
         Ok(())
     }
 
-    fn check(&self) -> Report {
-        validate(Objects {
+    fn objects(&self) -> Objects<'_> {
+        Objects {
             bridges: &self.bridges,
             routers: &self.routers,
             load_balancers: &self.lbs,
             acls: &self.acls,
-        })
+        }
+    }
+
+    fn check(&self) -> Report {
+        validate(self.objects())
+    }
+
+    fn unsupported(&self) -> Report {
+        unsupported(self.objects())
     }
 }
 
@@ -196,6 +206,11 @@ fn every_example_passes_schema_cel_and_semantic_checks() -> Result<()> {
     assert!(
         report.is_empty(),
         "examples/ refused by the semantic check:\n{report}"
+    );
+    let unsupported = set.unsupported();
+    assert!(
+        unsupported.is_empty(),
+        "examples/ set fields that are not supported yet:\n{unsupported}"
     );
     // The typed objects serialize back to what the files say (no field silently dropped).
     for doc in docs {
@@ -301,6 +316,26 @@ fn check_invalid(schemas: &Schemas, examples: &Set, path: &Path) -> Result<Strin
             doc["metadata"]["name"]
         );
     }
+    let mut set = examples.clone();
+    for doc in &docs {
+        set.add(doc)?;
+    }
+    if layers == ["unsupported"] {
+        ensure!(cel.is_empty(), "unexpected CEL refusal {cel:?}");
+        // The object is valid otherwise: only the unsupported field refuses it.
+        let report = set.check();
+        ensure!(
+            report.is_empty(),
+            "expected only unsupported fields, the semantic check said:\n{report}"
+        );
+        let found = set.unsupported();
+        let hit = found
+            .of(kind_of(&exp.kind)?, &exp.name)
+            .iter()
+            .find(|f| f.field == exp.field)
+            .ok_or_else(|| anyhow!("expected {} to be unsupported, found:\n{found}", exp.field))?;
+        return Ok(format!("unsupported: {hit}"));
+    }
     let mut out = Vec::new();
     if layers.contains(&"cel") {
         // kube-cel reports the path of the object holding the rule, e.g. spec.rules[0].
@@ -316,14 +351,10 @@ fn check_invalid(schemas: &Schemas, examples: &Set, path: &Path) -> Result<Strin
     }
     ensure!(
         layers.contains(&"semantic"),
-        "unknown `Refused by: {}` (schema, semantic, cel+semantic)",
+        "unknown `Refused by: {}` (schema, semantic, cel+semantic, unsupported)",
         exp.refused_by
     );
     // Semantic faults are checked together with examples/, whose objects must stay valid.
-    let mut set = examples.clone();
-    for doc in &docs {
-        set.add(doc)?;
-    }
     let report = set.check();
     let faults = report.of(kind_of(&exp.kind)?, &exp.name);
     let hit = faults
@@ -377,6 +408,21 @@ fn every_invalid_example_is_refused_at_the_named_field() -> Result<()> {
         "{layers:?}"
     );
     assert!(files.len() >= 9, "only {} invalid examples", files.len());
+    // Every field nothing implements yet has its file, at the first list item.
+    let mut covered = Vec::new();
+    for file in &files {
+        let exp = header(file)?;
+        if exp.refused_by == "unsupported" {
+            covered.push((kind_of(&exp.kind)?, exp.field));
+        }
+    }
+    for (kind, path) in api::unsupported::listed() {
+        let field = path.replacen("[]", "[0]", 1);
+        assert!(
+            covered.iter().any(|(k, f)| *k == kind && *f == field),
+            "no file in examples/invalid/ refused by `unsupported` at {kind} {field}"
+        );
+    }
     Ok(())
 }
 

@@ -1,0 +1,242 @@
+//! The fields the schema accepts and nothing implements yet. An object that sets one is
+//! refused (`Ready=False`, reason `Unsupported`, the field named) instead of being reported
+//! programmed while the field does nothing. Implementing a field means taking its row out of
+//! the table of its kind here.
+
+use std::collections::BTreeMap;
+
+use crate::acl::{AccessControlList, AccessControlListSpec};
+use crate::bridge::{VirtualBridge, VirtualBridgeSpec};
+use crate::loadbalancer::{VirtualLoadBalancer, VirtualLoadBalancerSpec};
+use crate::router::{VirtualRouter, VirtualRouterSpec};
+use crate::validate::{Invalid, Kind, Objects, Report};
+
+/// A field nothing implements yet.
+#[derive(Clone, Copy, Debug)]
+pub struct Field<S: 'static> {
+    /// Its path; `[]` stands for the index of a list item: `spec.vips[].pods`.
+    pub path: &'static str,
+    /// What would go wrong if it were accepted.
+    pub why: &'static str,
+    /// The indices of the list items that set it (the `[]` of `path`); for a field outside
+    /// a list, `[0]` when it is set.
+    set_in: fn(&S) -> Vec<usize>,
+}
+
+fn set(is_set: bool) -> Vec<usize> {
+    if is_set { vec![0] } else { Vec::new() }
+}
+
+fn items<T>(list: &[T], is_set: impl Fn(&T) -> bool) -> Vec<usize> {
+    (0..list.len()).filter(|&i| is_set(&list[i])).collect()
+}
+
+/// `VirtualBridge` fields nothing implements yet.
+pub const BRIDGE: &[Field<VirtualBridgeSpec>] = &[
+    Field {
+        path: "spec.mtu",
+        why: "pods get the MTU their node's agent derives from the underlay, not the bridge's",
+        set_in: |s| set(s.mtu.is_some()),
+    },
+    Field {
+        path: "spec.namespaces",
+        why: "namespaces are not mapped to bridges, so their pods would not attach here",
+        set_in: |s| set(s.namespaces.is_some()),
+    },
+];
+
+/// `VirtualRouter` fields nothing implements yet.
+pub const ROUTER: &[Field<VirtualRouterSpec>] = &[Field {
+    path: "spec.uplink.hostInterface",
+    why: "uplinks are not bound to host interfaces, so the uplink would reach nothing",
+    set_in: |s| {
+        set(s
+            .uplink
+            .as_ref()
+            .is_some_and(|u| u.host_interface.is_some()))
+    },
+}];
+
+/// `VirtualLoadBalancer` fields nothing implements yet.
+pub const LOAD_BALANCER: &[Field<VirtualLoadBalancerSpec>] = &[
+    Field {
+        path: "spec.vips[].pods",
+        why: "members are not selected from pods, so the VIP would refuse every connection; \
+              list them in members",
+        set_in: |s| items(&s.vips, |v| v.pods.is_some()),
+    },
+    Field {
+        path: "spec.vips[].targetPort",
+        why: "it is the port of the members selected by pods, which are not selected",
+        set_in: |s| items(&s.vips, |v| v.target_port.is_some()),
+    },
+    Field {
+        path: "spec.healthCheck",
+        why: "members are not probed, so a member that stops answering would keep getting \
+              new connections",
+        set_in: |s| set(s.health_check.is_some()),
+    },
+];
+
+/// `AccessControlList` fields nothing implements yet.
+pub const ACL: &[Field<AccessControlListSpec>] = &[Field {
+    path: "spec.attachTo.pods",
+    why: "ACLs are not attached to pod ports, so the rules would not apply to those pods; \
+          attach it to bridges or routers",
+    set_in: |s| set(s.attach_to.pods.is_some()),
+}];
+
+/// The fields of `table` that `spec` sets, each at its own path (`spec.vips[1].pods`).
+pub fn check<S>(table: &[Field<S>], spec: &S) -> Vec<Invalid> {
+    table
+        .iter()
+        .flat_map(|f| {
+            (f.set_in)(spec).into_iter().map(move |i| Invalid {
+                field: f.path.replacen("[]", &format!("[{i}]"), 1),
+                reason: format!("not supported yet: {}", f.why),
+            })
+        })
+        .collect()
+}
+
+/// Every listed field, by kind, with its path as in [`Field::path`].
+pub fn listed() -> Vec<(Kind, &'static str)> {
+    fn paths<S>(kind: Kind, table: &[Field<S>]) -> impl Iterator<Item = (Kind, &'static str)> {
+        table.iter().map(move |f| (kind, f.path))
+    }
+    paths(Kind::VirtualBridge, BRIDGE)
+        .chain(paths(Kind::VirtualRouter, ROUTER))
+        .chain(paths(Kind::VirtualLoadBalancer, LOAD_BALANCER))
+        .chain(paths(Kind::AccessControlList, ACL))
+        .collect()
+}
+
+fn each<K, S>(
+    report: &mut Report,
+    kind: Kind,
+    objects: &BTreeMap<String, K>,
+    table: &[Field<S>],
+    spec: fn(&K) -> &S,
+) {
+    for (name, o) in objects {
+        report.push(kind, name, check(table, spec(o)));
+    }
+}
+
+/// The unsupported fields each object sets. Objects that set none do not appear.
+pub fn unsupported(objects: Objects<'_>) -> Report {
+    let mut report = Report::default();
+    each(
+        &mut report,
+        Kind::VirtualBridge,
+        objects.bridges,
+        BRIDGE,
+        |o: &VirtualBridge| &o.spec,
+    );
+    each(
+        &mut report,
+        Kind::VirtualRouter,
+        objects.routers,
+        ROUTER,
+        |o: &VirtualRouter| &o.spec,
+    );
+    each(
+        &mut report,
+        Kind::VirtualLoadBalancer,
+        objects.load_balancers,
+        LOAD_BALANCER,
+        |o: &VirtualLoadBalancer| &o.spec,
+    );
+    each(
+        &mut report,
+        Kind::AccessControlList,
+        objects.acls,
+        ACL,
+        |o: &AccessControlList| &o.spec,
+    );
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::common::PodSelector;
+    use crate::loadbalancer::{HealthCheck, HealthCheckType, Member, Vip};
+
+    fn vip(pods: bool, target_port: Option<u16>) -> Vip {
+        Vip {
+            ip: "10.96.0.1".into(),
+            port: 80,
+            members: if pods {
+                vec![]
+            } else {
+                vec![Member {
+                    ip: "10.0.0.5".into(),
+                    port: 80,
+                    weight: 1,
+                }]
+            },
+            pods: pods.then(PodSelector::default),
+            target_port,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_set_field_is_named_at_its_own_index() {
+        let spec = VirtualLoadBalancerSpec {
+            vips: vec![vip(false, None), vip(true, Some(8080)), vip(true, None)],
+            health_check: Some(HealthCheck {
+                kind: HealthCheckType::Tcp,
+                path: None,
+                interval_seconds: 5,
+                timeout_seconds: 2,
+                healthy_threshold: 2,
+                unhealthy_threshold: 3,
+            }),
+            ..Default::default()
+        };
+        let fields: Vec<String> = check(LOAD_BALANCER, &spec)
+            .into_iter()
+            .map(|i| i.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.vips[1].pods",
+                "spec.vips[2].pods",
+                "spec.vips[1].targetPort",
+                "spec.healthCheck"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_object_setting_none_is_not_reported() {
+        let spec = VirtualLoadBalancerSpec {
+            vips: vec![vip(false, None)],
+            ..Default::default()
+        };
+        assert!(check(LOAD_BALANCER, &spec).is_empty());
+        assert!(check(BRIDGE, &VirtualBridgeSpec::default()).is_empty());
+        assert!(check(ROUTER, &VirtualRouterSpec::default()).is_empty());
+        assert!(check(ACL, &AccessControlListSpec::default()).is_empty());
+    }
+
+    #[test]
+    fn the_reason_says_it_is_not_supported_and_why() {
+        let spec = VirtualBridgeSpec {
+            mtu: Some(1400),
+            ..Default::default()
+        };
+        let found = check(BRIDGE, &spec);
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0]
+                .to_string()
+                .starts_with("spec.mtu: not supported yet: pods get the MTU"),
+            "{}",
+            found[0]
+        );
+    }
+}
