@@ -124,7 +124,7 @@ build_k8s() {
     must_build "$name" "$K8S_VERSION"
     local dir
     dir=$(with_lock k8s-wrapper k8s_wrapper)
-    say "building $name $K8S_VERSION (nice 19; kube-apiserver takes about 7 CPU-minutes)"
+    say "building $name $K8S_VERSION (nice 19; kube-apiserver alone takes about 7 CPU-minutes)"
     local start=$SECONDS
     (cd "$dir" && gonice build -ldflags "$(k8s_ldflags)" -o "$out.tmp" "k8s.io/kubernetes/cmd/$name")
     mv -f "$out.tmp" "$out"
