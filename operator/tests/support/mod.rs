@@ -1,0 +1,3 @@
+//! Support for the operator's tests against a real control plane.
+
+pub mod controlplane;
