@@ -74,6 +74,9 @@ pub struct Config {
     /// The local API socket (root only).
     #[arg(long, env = "WEFT_AGENT_SOCKET", default_value = crate::api::proto::DEFAULT_SOCKET)]
     pub api_socket: PathBuf,
+    /// What outlives the agent: the record of the ports it attached.
+    #[arg(long, env = "WEFT_STATE_DIR", default_value = "/run/weft")]
+    pub state_dir: PathBuf,
     /// Where to serve /metrics, /healthz and /readyz; `off` disables it.
     #[arg(long, default_value = "0.0.0.0:9478")]
     pub metrics_addr: String,

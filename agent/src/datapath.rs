@@ -122,18 +122,19 @@ pub fn setup(
     })
 }
 
-/// Adds netdev `ifname` to the datapath, or returns its port number if it is there already.
+/// Adds netdev `ifname` to the datapath, or finds it there already. Returns its port number
+/// and whether this call added it.
 pub fn attach_vport(
     d: &mut Dpif,
     dp_ifindex: i32,
     ifname: &str,
     pids: &[u32],
-) -> anyhow::Result<u32> {
+) -> anyhow::Result<(u32, bool)> {
     if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ', '\0']) {
         bail!("interface name {ifname:?} is not a valid Linux interface name");
     }
     match d.vport_get(dp_ifindex, ifname) {
-        Ok(v) if v.kind == VportType::Netdev => return Ok(v.port_no),
+        Ok(v) if v.kind == VportType::Netdev => return Ok((v.port_no, false)),
         Ok(v) => bail!(
             "{ifname} is already a {:?} vport of the datapath, not a netdev",
             v.kind
@@ -157,11 +158,25 @@ pub fn attach_vport(
             }
             _ => anyhow::Error::new(e).context(format!("adding vport {ifname}")),
         })?;
-    Ok(v.port_no)
+    Ok((v.port_no, true))
 }
 
-/// Removes vport `ifname`; returns false if it was not there.
+/// Removes netdev vport `ifname`; returns false if it was not there. Any other vport (the
+/// tunnel, the datapath's local port) and Weft's own `weft-*` names are refused and stay.
 pub fn detach_vport(d: &mut Dpif, dp_ifindex: i32, ifname: &str) -> anyhow::Result<bool> {
+    if ifname.starts_with(crate::netdev::RESERVED_PREFIX) {
+        bail!("{ifname} is one of Weft's own vports, not a pod's: it stays");
+    }
+    match d.vport_get(dp_ifindex, ifname) {
+        Ok(v) if v.kind != VportType::Netdev || v.port_no == 0 => bail!(
+            "{ifname} is a {:?} vport of the datapath (port {}), not a pod's netdev: it stays",
+            v.kind,
+            v.port_no
+        ),
+        Ok(_) => {}
+        Err(e) if is_missing(&e) => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("looking up vport {ifname}")),
+    }
     match d.vport_delete(dp_ifindex, ifname) {
         Ok(()) => Ok(true),
         Err(e) if is_missing(&e) => Ok(false),

@@ -3,6 +3,7 @@
 //! topology changes.
 
 pub mod api;
+pub mod attachments;
 pub mod config;
 pub mod ctl;
 pub mod datapath;
@@ -14,6 +15,7 @@ pub mod install;
 pub mod invalidate;
 pub mod metrics;
 pub mod mtu;
+pub mod netdev;
 pub mod ratelimit;
 pub mod revalidate;
 pub mod run;

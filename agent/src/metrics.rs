@@ -25,6 +25,13 @@ pub struct UpcallDropLabels {
     pub reason: &'static str,
 }
 
+/// A kind of topology problem (`sim::SimError::metric_label`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProblemLabels {
+    /// `duplicate_binding`, `bad_binding`, `chain_missing`, ...
+    pub kind: &'static str,
+}
+
 /// Every agent metric.
 #[derive(Debug)]
 pub struct Metrics {
@@ -57,6 +64,8 @@ pub struct Metrics {
     pub topology_errors: Counter,
     /// The topology generation in use.
     pub generation: Gauge,
+    /// Problems of the topology in use (records left out of it), by kind.
+    pub topology_problems: Family<ProblemLabels, Gauge>,
     /// The NSDB watch cache's health, once it has loaded: `/healthz` fails while the
     /// watch has been failing for longer than [`NSDB_WATCH_FAILING_MAX`].
     pub nsdb_watch: std::sync::OnceLock<nsdb::WatchHealth>,
@@ -104,6 +113,7 @@ impl Metrics {
             topology_errors: Counter::default(),
             generation: Gauge::default(),
             nsdb_watch: std::sync::OnceLock::new(),
+            topology_problems: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -179,8 +189,25 @@ impl Metrics {
             "The topology generation in use",
             m.generation.clone(),
         );
+        r.register(
+            "weft_agent_topology_problems",
+            "Problems of the topology in use (records left out of it), by kind",
+            m.topology_problems.clone(),
+        );
         nsdb::register(r);
         Metrics { registry, ..m }
+    }
+
+    /// Sets the problem gauges to the problems of the topology now in use.
+    pub fn set_problems(&self, problems: &[sim::SimError]) {
+        self.topology_problems.clear();
+        for p in problems {
+            self.topology_problems
+                .get_or_create(&ProblemLabels {
+                    kind: p.metric_label(),
+                })
+                .inc();
+        }
     }
 
     /// Counts `n` deleted flows.
@@ -262,6 +289,11 @@ mod tests {
         m.deleted("expired", 2);
         m.upcall_dropped("malformed");
         m.observe_handler(Duration::from_micros(50));
+        m.set_problems(&[sim::SimError::DuplicateBinding {
+            host: "h1".into(),
+            vport: "wf1".into(),
+            ports: vec!["p1".into(), "p2".into()],
+        }]);
         let text = m.encode();
         for name in [
             "weft_agent_upcalls_total 1",
@@ -273,6 +305,7 @@ mod tests {
             "weft_agent_tunnel_drops_total",
             "weft_agent_handler_latency_seconds_count 1",
             "weft_nsdb_corrupt_records",
+            "weft_agent_topology_problems{kind=\"duplicate_binding\"} 1",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

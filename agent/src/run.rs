@@ -61,6 +61,7 @@ async fn connect(endpoints: &[String]) -> Nsdb {
 
 async fn run_async(cfg: Config, settings: Settings) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    let attachments = crate::attachments::Attachments::load(&cfg.state_dir)?;
     let nsdb = connect(&cfg.etcd_endpoints).await;
     let mut registration = register_host(
         &nsdb,
@@ -188,6 +189,7 @@ async fn run_async(cfg: Config, settings: Settings) -> anyhow::Result<()> {
         ports: ports.clone(),
         local: local_tx,
         flows: flows_tx,
+        attachments,
     });
     let (stop_api_tx, stop_api_rx) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(crate::api::serve(listener, agent, async move {

@@ -3,17 +3,19 @@
 
 use std::sync::Arc;
 
-use nsdb::{Nsdb, Port, PortBinding};
+use anyhow::{Context, bail};
+use nsdb::{Nsdb, Port, PortBinding, Unbind};
 use odp::dpif::Dpif;
 use sim::{PacketContext, Simulation};
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::proto::{AttachedPort, Reply, Request, Response, Status, TraceInfo};
+use crate::attachments::{Attachment, Attachments, Locked};
 use crate::config::{Settings, tunnel_vport_name};
-use crate::datapath;
 use crate::flows::FlowEvent;
 use crate::topo::{LocalChange, LocalPorts, SharedTopo};
+use crate::{datapath, netdev};
 
 /// Everything the API needs of the running agent.
 #[derive(Debug)]
@@ -29,6 +31,8 @@ pub struct Agent {
     pub ports: Arc<LocalPorts>,
     pub local: mpsc::UnboundedSender<LocalChange>,
     pub flows: std::sync::mpsc::Sender<FlowEvent>,
+    /// What this agent attached (the state directory's record).
+    pub attachments: Attachments,
 }
 
 impl crate::api::Handler for Agent {
@@ -59,18 +63,73 @@ impl crate::api::Handler for Agent {
 }
 
 impl Agent {
+    /// Attaches `ifname` as `port`: refuses what is not a pod's veth and a vport or port
+    /// that is attached already, records the attachment, adds the vport, and binds the port
+    /// to it by transaction. A refused binding removes the vport again.
     async fn attach(&self, port: String, ifname: String) -> anyhow::Result<Reply> {
-        let Some(p) = self.nsdb.get::<Port>(&port).await? else {
-            anyhow::bail!(
-                "no port {port:?} in NSDB: create it (or its pod's namespace bridge) first"
+        netdev::check_name(&ifname, &self.datapath)?;
+        let mut rec = self.attachments.lock().await;
+        if let Some(a) = rec.record().get(&port)
+            && a.vport != ifname
+        {
+            bail!(
+                "port {port} is attached here as {} already: detach it first",
+                a.vport
             );
+        }
+        if let Some(a) = rec.record().by_vport(&ifname)
+            && a.port != port
+        {
+            bail!(
+                "{ifname} is attached here as port {} already: detach it first",
+                a.port
+            );
+        }
+        // A binding of this vport to another port that no record of this agent holds.
+        let snap = self.topo.load();
+        if let Some(b) = snap
+            .records
+            .list::<PortBinding>()
+            .find(|b| b.host == self.settings.host && b.vport == ifname && b.port != port)
+        {
+            bail!(
+                "{ifname} is bound to port {} on this host in NSDB: detach that port first",
+                b.port
+            );
+        }
+        drop(snap);
+        let Some(p) = self.nsdb.get::<Port>(&port).await? else {
+            bail!("no port {port:?} in NSDB: create it (or its pod's namespace bridge) first");
         };
+        netdev::check_attachable(&ifname, &self.datapath, self.settings.underlay_ip).await?;
+
+        // Recorded before the vport exists, so whatever happens next a detach finds it.
+        let recorded = rec.record().get(&port).is_none();
+        if recorded {
+            rec.insert(Attachment {
+                port: port.clone(),
+                vport: ifname.clone(),
+            })?;
+        }
         let (ifindex, pids, name) = (self.dp_ifindex, self.pids.clone(), ifname.clone());
-        let port_no = tokio::task::spawn_blocking(move || {
+        let added = tokio::task::spawn_blocking(move || {
             let mut d = Dpif::open()?;
             datapath::attach_vport(&mut d, ifindex, &name, &pids)
         })
-        .await??;
+        .await?;
+        let (port_no, created) = match added {
+            Ok(a) => a,
+            Err(e) => {
+                if recorded && let Err(re) = rec.remove(&port) {
+                    warn!(
+                        port,
+                        error = format!("{re:#}"),
+                        "cannot forget the failed attachment"
+                    );
+                }
+                return Err(e);
+            }
+        };
         // The vport is known before the binding is written, so the topology compiled from
         // the binding's update already has the port local.
         if self.ports.insert(&ifname, port_no) {
@@ -83,7 +142,18 @@ impl Agent {
             host: self.settings.host.clone(),
             vport: ifname.clone(),
         };
-        self.nsdb.put(&binding).await?;
+        if let Err(e) = self.nsdb.bind_port(&binding).await {
+            let e = anyhow::Error::new(e).context(format!("binding port {port} to {ifname}"));
+            return Err(
+                match self
+                    .roll_back(&mut rec, &port, &ifname, created, recorded)
+                    .await
+                {
+                    Ok(()) => e,
+                    Err(re) => e.context(format!("and undoing the attach failed: {re:#}")),
+                },
+            );
+        }
         info!(port, ifname, port_no, "port attached");
         Ok(Reply::Attached {
             port,
@@ -92,29 +162,72 @@ impl Agent {
         })
     }
 
+    /// Undoes an attach whose binding failed: the vport if this attach added it, and the
+    /// record if this attach made it. The record stays while the vport does.
+    async fn roll_back(
+        &self,
+        rec: &mut Locked<'_>,
+        port: &str,
+        ifname: &str,
+        created: bool,
+        recorded: bool,
+    ) -> anyhow::Result<()> {
+        if created {
+            self.remove_vport(ifname).await?;
+        }
+        if recorded {
+            rec.remove(port)?;
+        }
+        info!(port, ifname, created, "attach undone");
+        Ok(())
+    }
+
+    /// Deletes a pod's netdev vport (never the tunnel or the datapath's local port) and
+    /// tells the topology.
+    async fn remove_vport(&self, name: &str) -> anyhow::Result<()> {
+        let ifindex = self.dp_ifindex;
+        let n = name.to_owned();
+        let removed = tokio::task::spawn_blocking(move || {
+            let mut d = Dpif::open()?;
+            datapath::detach_vport(&mut d, ifindex, &n)
+        })
+        .await??;
+        if self.ports.remove(name).is_some() || removed {
+            let _ = self.local.send(LocalChange::Vport {
+                name: name.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Detaches `port`: removes this host's binding of it, and the vport this agent's
+    /// record holds for it. The datapath is touched only through the record, so a binding
+    /// naming any other device (the tunnel port, say) removes nothing but the binding.
+    /// Detaching what is not attached succeeds.
     async fn detach(&self, port: String) -> anyhow::Result<Reply> {
-        let binding = self.nsdb.get::<PortBinding>(&port).await?;
-        let mut was_attached = false;
-        let mut vport = None;
-        if let Some(b) = binding
-            && b.record.host == self.settings.host
-        {
-            self.nsdb.delete::<PortBinding>(&port).await?;
-            vport = Some(b.record.vport.clone());
-            was_attached = true;
-        }
-        if let Some(name) = vport {
-            let ifindex = self.dp_ifindex;
-            let n = name.clone();
-            let removed = tokio::task::spawn_blocking(move || {
-                let mut d = Dpif::open()?;
-                datapath::detach_vport(&mut d, ifindex, &n)
-            })
-            .await??;
-            if self.ports.remove(&name).is_some() || removed {
-                let _ = self.local.send(LocalChange::Vport { name });
+        let mut rec = self.attachments.lock().await;
+        let attached = rec.record().get(&port).cloned();
+        let unbound = self
+            .nsdb
+            .unbind_port(&port, &self.settings.host, None)
+            .await
+            .with_context(|| format!("unbinding port {port}"))?;
+        match &unbound {
+            Unbind::Removed(b) if attached.is_none() => warn!(
+                port,
+                vport = %b.vport,
+                "binding removed; no attachment of this agent holds its vport, so the datapath is left as it is"
+            ),
+            Unbind::NotOurs(b) => {
+                info!(port, host = %b.host, vport = %b.vport, "the port is bound elsewhere; its binding stays")
             }
+            _ => {}
         }
+        if let Some(a) = &attached {
+            self.remove_vport(&a.vport).await?;
+            rec.remove(&port)?;
+        }
+        let was_attached = attached.is_some() || matches!(unbound, Unbind::Removed(_));
         info!(port, was_attached, "port detached");
         Ok(Reply::Detached { port, was_attached })
     }

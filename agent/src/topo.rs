@@ -103,7 +103,7 @@ pub fn compile(
     };
     let topo = Topology::compile(&set, host, &dp)?;
     for p in topo.problems() {
-        warn!(problem = %p, "topology problem (the affected objects drop traffic)");
+        warn!(problem = %p, kind = p.metric_label(), "topology problem (the affected objects drop traffic)");
     }
     Ok(topo)
 }
@@ -156,6 +156,8 @@ impl TopologyWatcher {
         mut updates: mpsc::UnboundedReceiver<Arc<Update>>,
         mut local: mpsc::UnboundedReceiver<LocalChange>,
     ) {
+        self.metrics
+            .set_problems(self.shared.load().topo.problems());
         loop {
             tokio::select! {
                 u = updates.recv() => match u {
@@ -215,6 +217,7 @@ impl TopologyWatcher {
             }
         };
         let full_flush = full_flush || std::mem::take(&mut self.pending_full_flush);
+        self.metrics.set_problems(topo.problems());
         self.shared.store(Arc::new(TopoSnap {
             generation,
             records,

@@ -630,6 +630,7 @@ impl OwnAgent {
             .args(["--idle-timeout-secs", &idle_secs.to_string()])
             .arg("--api-socket")
             .arg(&h.api)
+            .env("WEFT_STATE_DIR", h.state_dir())
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().expect("agent log"))
             .stderr(log)

@@ -7,7 +7,7 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use nsdb::testing::Etcd;
-use nsdb::{Nsdb, Route, WatchCache};
+use nsdb::{Nsdb, PortBinding, Route, WatchCache};
 use sim::fixtures::{TopoBuilder, pkt};
 use sim::{DropReason, PacketContext, RecordSet, Simulation, Tag, Topology, Verdict};
 use tokio::sync::mpsc;
@@ -237,4 +237,75 @@ async fn a_host_whose_record_expired_still_receives_its_ports_traffic() {
     );
     task.abort();
     drop(cache);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vport_bound_to_two_ports_is_a_problem_reported_and_counted() {
+    let etcd = Etcd::start();
+    let db = etcd.client().await;
+    let b = topology();
+    write(&db, &b.records).await;
+    let ports = Arc::new(LocalPorts::default());
+    for (name, no) in b.datapath().vports {
+        ports.insert(&name, no);
+    }
+    let cache = WatchCache::start(db.clone()).await;
+    let (first, updates) = cache.subscribe();
+    let shared = TopologyWatcher::initial("h1", TUNNEL_PORT, first, &ports).expect("compiles");
+    let metrics = Arc::new(Metrics::new());
+    let (flows_tx, flows_rx) = std::sync::mpsc::channel();
+    let (local_tx, local_rx) = mpsc::unbounded_channel();
+    let watcher = TopologyWatcher {
+        host: "h1".into(),
+        tunnel_port: TUNNEL_PORT,
+        shared: shared.clone(),
+        ports: ports.clone(),
+        flows: flows_tx,
+        metrics: metrics.clone(),
+        pending_full_flush: false,
+        known_hosts: Default::default(),
+    };
+    let task = tokio::spawn(watcher.run(updates, local_rx));
+    let problem = "weft_agent_topology_problems{kind=\"duplicate_binding\"} 1";
+    assert_eq!(
+        verdict(&shared, &b, "p1", "p2", "10.0.1.12"),
+        Verdict::Forward
+    );
+    assert!(!metrics.encode().contains(problem));
+
+    // p2 bound to p1's vport as well, as a writer that does not use bind_port could do.
+    db.put(&PortBinding {
+        port: "p2".into(),
+        host: "h1".into(),
+        vport: "wf-p1".into(),
+    })
+    .await
+    .unwrap();
+    let (g, _, _) = tokio::task::block_in_place(|| next_invalidation(&flows_rx));
+    assert_eq!(g, 2);
+    let text = metrics.encode();
+    assert!(text.contains(problem), "{problem} missing from:\n{text}");
+    assert_eq!(
+        verdict(&shared, &b, "p1", "p2", "10.0.1.12"),
+        Verdict::Drop(DropReason::UnknownInPort),
+        "the vport's traffic is simulated as neither port"
+    );
+
+    // Binding p2 to its own vport again clears the problem.
+    db.put(&PortBinding {
+        port: "p2".into(),
+        host: "h1".into(),
+        vport: "wf-p2".into(),
+    })
+    .await
+    .unwrap();
+    let (g, _, _) = tokio::task::block_in_place(|| next_invalidation(&flows_rx));
+    assert_eq!(g, 3);
+    assert!(!metrics.encode().contains("duplicate_binding"));
+    assert_eq!(
+        verdict(&shared, &b, "p1", "p2", "10.0.1.12"),
+        Verdict::Forward
+    );
+    drop(local_tx);
+    task.abort();
 }

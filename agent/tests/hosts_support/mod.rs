@@ -218,6 +218,7 @@ impl Host {
             .arg("--api-socket")
             .arg(&self.api)
             .args(&self.agent_args)
+            .env("WEFT_STATE_DIR", self.state_dir())
             .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(log)
@@ -262,6 +263,11 @@ impl Host {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// The agent's state directory (its record of attachments), kept across restarts.
+    pub fn state_dir(&self) -> PathBuf {
+        self.api.with_extension("state")
     }
 
     /// The agent's status now.

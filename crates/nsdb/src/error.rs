@@ -64,6 +64,13 @@ pub enum NsdbError {
     /// The bridge an allocation refers to does not exist.
     #[error("bridge {bridge} not found")]
     BridgeNotFound { bridge: String },
+    /// A port is bound to a vport already, and a different binding was asked for.
+    #[error("port {port} is already bound to vport {vport} on host {host}")]
+    PortAlreadyBound {
+        port: String,
+        host: String,
+        vport: String,
+    },
     /// A lease or key is held by another owner and cannot be released by this one.
     #[error("{key} is owned by {holder}, not {owner}")]
     NotOwner {

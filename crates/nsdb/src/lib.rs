@@ -38,6 +38,7 @@
 //! ```
 
 pub mod alloc;
+pub mod binding;
 pub mod client;
 pub mod codec;
 pub mod error;
@@ -49,6 +50,7 @@ pub mod tunnel_key;
 pub mod watch;
 
 pub use alloc::IpFamily;
+pub use binding::{Bind, Unbind};
 pub use client::{Listed, MAX_TXN_OPS, Nsdb, Txn, Versioned};
 pub use error::{NsdbError, Result};
 pub use keys::Kind;

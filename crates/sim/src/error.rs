@@ -61,6 +61,17 @@ pub enum SimError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// Two or more ports are bound to the same vport of one host. None of them is taken as
+    /// bound: the vport's traffic cannot tell them apart.
+    #[error("vport {vport} of host {host} is bound to several ports: {ports:?}")]
+    DuplicateBinding {
+        /// The host id.
+        host: String,
+        /// The vport name.
+        vport: String,
+        /// The ports bound to it, sorted.
+        ports: Vec<String>,
+    },
     /// Two ports share a tunnel key.
     #[error("tunnel key {key:#x} is used by both {first} and {second}")]
     DuplicateTunnelKey {
@@ -79,4 +90,21 @@ pub enum SimError {
         /// What is unsupported.
         what: &'static str,
     },
+}
+
+impl SimError {
+    /// A short stable name of the kind of problem, for metric labels.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            SimError::UnknownLocalHost { .. } => "unknown_local_host",
+            SimError::PortDeviceMissing { .. } => "port_device_missing",
+            SimError::BadPeer { .. } => "bad_peer",
+            SimError::ChainMissing { .. } => "chain_missing",
+            SimError::BadRoute { .. } => "bad_route",
+            SimError::BadBinding { .. } => "bad_binding",
+            SimError::DuplicateBinding { .. } => "duplicate_binding",
+            SimError::DuplicateTunnelKey { .. } => "duplicate_tunnel_key",
+            SimError::Unsupported { .. } => "unsupported",
+        }
+    }
 }

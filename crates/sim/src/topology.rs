@@ -1,7 +1,7 @@
 //! The compiled topology snapshot: NSDB records turned into indexed, integer-keyed tables so
 //! that every lookup of the walk is O(1) or O(log n) and allocates nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
@@ -397,10 +397,33 @@ impl Topology {
             router_idx.insert(&r.id, i as Idx);
         }
 
-        // Bindings.
+        // Bindings. A vport of a host is one interface: two ports bound to it would both
+        // claim its traffic, so neither is taken as bound and the clash is a problem.
+        let mut by_vport: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+        for b in &records.bindings {
+            by_vport
+                .entry((b.host.as_str(), b.vport.as_str()))
+                .or_default()
+                .push(b.port.as_str());
+        }
+        let mut clashing: HashSet<&str> = HashSet::new();
+        for ((host, vport), bound) in &by_vport {
+            if bound.len() > 1 {
+                let mut ports: Vec<String> = bound.iter().map(|p| p.to_string()).collect();
+                ports.sort();
+                clashing.extend(bound.iter().copied());
+                problems.push(SimError::DuplicateBinding {
+                    host: host.to_string(),
+                    vport: vport.to_string(),
+                    ports,
+                });
+            }
+        }
         let mut binding: HashMap<&str, &PortBinding> = HashMap::new();
         for b in &records.bindings {
-            binding.insert(&b.port, b);
+            if !clashing.contains(b.port.as_str()) {
+                binding.insert(&b.port, b);
+            }
         }
 
         // Ports, first pass: everything but interior peers.
@@ -805,7 +828,11 @@ impl Topology {
 
         let mut port_by_vport = HashMap::new();
         let mut port_by_dp = FxMap::default();
-        for b in &records.bindings {
+        for b in records
+            .bindings
+            .iter()
+            .filter(|b| !clashing.contains(b.port.as_str()))
+        {
             if let Some(&pi) = port_by_id.get(&b.port) {
                 port_by_vport.insert((b.host.clone(), b.vport.clone()), pi);
                 if let Loc::Local(n) = ports[pi as usize].loc {
