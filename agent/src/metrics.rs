@@ -1,7 +1,7 @@
 //! The agent's Prometheus metrics (`weft_agent_*`), shared by the handler threads, the flow
 //! manager and the topology watcher, and served on /metrics.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -69,6 +69,10 @@ pub struct Metrics {
     /// The NSDB watch cache's health, once it has loaded: `/healthz` fails while the
     /// watch has been failing for longer than [`NSDB_WATCH_FAILING_MAX`].
     pub nsdb_watch: std::sync::OnceLock<nsdb::WatchHealth>,
+    /// 1 once the agent runs on its first topology, 0 while it waits at start.
+    pub ready: Gauge,
+    /// What the agent waits for while it is not ready.
+    waiting: Mutex<String>,
 }
 
 /// How long the NSDB watch may fail to follow etcd before `/healthz` says so: beyond it
@@ -114,6 +118,8 @@ impl Metrics {
             generation: Gauge::default(),
             nsdb_watch: std::sync::OnceLock::new(),
             topology_problems: Family::default(),
+            ready: Gauge::default(),
+            waiting: Mutex::new("starting".into()),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -194,6 +200,11 @@ impl Metrics {
             "Problems of the topology in use (records left out of it), by kind",
             m.topology_problems.clone(),
         );
+        r.register(
+            "weft_agent_ready",
+            "1 once the agent runs on its first topology, 0 while it waits for NSDB at start",
+            m.ready.clone(),
+        );
         nsdb::register(r);
         Metrics { registry, ..m }
     }
@@ -207,6 +218,34 @@ impl Metrics {
                     kind: p.metric_label(),
                 })
                 .inc();
+        }
+    }
+
+    /// Marks the agent not ready, waiting for `what` (shown by `/readyz`).
+    pub fn set_waiting(&self, what: String) {
+        *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = what;
+        self.ready.set(0);
+    }
+
+    /// Marks the agent ready.
+    pub fn set_ready(&self) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.ready.set(1);
+    }
+
+    /// Ok once the agent is ready; otherwise what it waits for.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.ready.get() == 1 {
+            Ok(())
+        } else {
+            Err(self
+                .waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone())
         }
     }
 
@@ -239,6 +278,11 @@ impl Metrics {
 }
 
 /// The routes of the agent's HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
+///
+/// `/healthz` answers ok while the process serves it. `/readyz` answers 503 with what the
+/// agent waits for until it runs on its first topology: a liveness probe must not restart an
+/// agent that waits for etcd (a new one would wait the same), a readiness probe may hold pods
+/// back from it.
 pub fn router(metrics: Arc<Metrics>) -> axum::Router {
     use axum::http::header;
     axum::Router::new()
@@ -264,7 +308,20 @@ pub fn router(metrics: Arc<Metrics>) -> axum::Router {
                 },
             ),
         )
-        .route("/readyz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            axum::routing::get(
+                |axum::extract::State(m): axum::extract::State<Arc<Metrics>>| async move {
+                    match m.readiness() {
+                        Ok(()) => (axum::http::StatusCode::OK, "ok".to_string()),
+                        Err(why) => (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
+                        ),
+                    }
+                },
+            ),
+        )
         .with_state(metrics)
 }
 
@@ -306,8 +363,23 @@ mod tests {
             "weft_agent_handler_latency_seconds_count 1",
             "weft_nsdb_corrupt_records",
             "weft_agent_topology_problems{kind=\"duplicate_binding\"} 1",
+            "weft_agent_ready 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn readiness_says_what_the_agent_waits_for_until_it_is_ready() {
+        let m = Metrics::new();
+        assert_eq!(m.readiness(), Err("starting".to_string()));
+        m.set_waiting("waiting for NSDB: registering the host".into());
+        assert_eq!(
+            m.readiness(),
+            Err("waiting for NSDB: registering the host".to_string())
+        );
+        m.set_ready();
+        assert_eq!(m.readiness(), Ok(()));
+        assert!(m.encode().contains("weft_agent_ready 1"));
     }
 }

@@ -280,6 +280,7 @@ impl Agent {
         }
         Ok(Reply::Status(Status {
             host: self.settings.host.clone(),
+            ready: true,
             datapath: self.datapath.clone(),
             dp_ifindex: self.dp_ifindex,
             tunnel: tunnel_vport_name(self.settings.tunnel).to_string(),

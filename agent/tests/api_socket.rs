@@ -36,6 +36,7 @@ impl Handler for Recorder {
 fn status() -> Status {
     Status {
         host: "node-a".into(),
+        ready: true,
         datapath: "weft".into(),
         dp_ifindex: 12,
         tunnel: "vxlan".into(),

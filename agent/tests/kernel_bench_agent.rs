@@ -610,7 +610,7 @@ struct OwnAgent(std::process::Child);
 impl OwnAgent {
     /// Stops `host`'s agent and starts one with `--idle-timeout-secs idle_secs` in its place
     /// (same namespace, socket, log and etcd; it adopts the datapath), and waits until it
-    /// answers `Status`.
+    /// answers `Status` as ready.
     fn replace(c: &mut Cluster, host: &str, idle_secs: u64) -> OwnAgent {
         c.kill_agent(host);
         let h = c.host(host);
@@ -641,14 +641,15 @@ impl OwnAgent {
             if let Ok(Some(st)) = me.0.try_wait() {
                 c.fail(&format!("the agent started on {host} exited ({st})"));
             }
-            if h.api.exists() && matches!(api_call(&h.api, &Request::Status), Ok(Reply::Status(_)))
+            if h.api.exists()
+                && matches!(api_call(&h.api, &Request::Status), Ok(Reply::Status(s)) if s.ready)
             {
                 return me;
             }
             std::thread::sleep(Duration::from_millis(200));
         }
         c.fail(&format!(
-            "the agent started on {host} never answered Status"
+            "the agent started on {host} never answered Status as ready"
         ))
     }
 }

@@ -7,4 +7,4 @@ pub use agent_api::{
     ApiError, AttachedPort, Client, FlowInfo, Reply, Request, Response, Status, TraceInfo,
 };
 pub use agent_api::{client, error, proto};
-pub use server::{Handler, ServeOptions, bind, serve, serve_with};
+pub use server::{Deferred, Handler, ServeOptions, bind, serve, serve_with};

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -35,6 +35,46 @@ pub trait Handler: Send + Sync + 'static {
     /// Carries out one request. A refusal or failure is a [`Response::Error`] whose message
     /// the client shows to its user.
     fn handle(&self, req: Request) -> impl Future<Output = Response> + Send;
+}
+
+/// A handler that answers with `before` until the real handler is installed with
+/// [`Deferred::set`]: an API that answers while the service behind it is still starting.
+pub struct Deferred<B, H> {
+    before: B,
+    ready: OnceLock<Arc<H>>,
+}
+
+impl<B, H> std::fmt::Debug for Deferred<B, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deferred")
+            .field("ready", &self.ready.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B, H> Deferred<B, H> {
+    /// Answers with `before` for now.
+    pub fn new(before: B) -> Self {
+        Deferred {
+            before,
+            ready: OnceLock::new(),
+        }
+    }
+
+    /// Installs the real handler: requests read from now on go to it. Returns false, and
+    /// changes nothing, if one was installed already.
+    pub fn set(&self, handler: Arc<H>) -> bool {
+        self.ready.set(handler).is_ok()
+    }
+}
+
+impl<B: Handler, H: Handler> Handler for Deferred<B, H> {
+    async fn handle(&self, req: Request) -> Response {
+        match self.ready.get() {
+            Some(h) => h.handle(req).await,
+            None => self.before.handle(req).await,
+        }
+    }
 }
 
 /// Limits of [`serve_with`]; [`serve`] uses the defaults.
@@ -435,6 +475,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    struct Says(&'static str);
+
+    impl Handler for Says {
+        async fn handle(&self, _req: Request) -> Response {
+            Response::error(self.0)
+        }
+    }
+
+    #[tokio::test]
+    async fn deferred_answers_with_the_starting_handler_until_the_real_one_is_set() {
+        let d = Deferred::new(Says("starting"));
+        let said = |r: Response| match r {
+            Response::Error { message, .. } => message,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(said(d.handle(Request::Status).await), "starting");
+        assert!(d.set(Arc::new(Says("running"))));
+        assert_eq!(said(d.handle(Request::Status).await), "running");
+        assert!(!d.set(Arc::new(Says("again"))), "a second set is refused");
+        assert_eq!(said(d.handle(Request::Flows).await), "running");
     }
 
     #[tokio::test]

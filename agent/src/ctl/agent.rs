@@ -181,6 +181,15 @@ pub fn run(cmd: AgentCmd) -> Result<()> {
 pub fn format_status(s: &Status) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "host:       {}", s.host);
+    let _ = writeln!(
+        o,
+        "ready:      {}",
+        if s.ready {
+            "yes"
+        } else {
+            "no (waiting for NSDB)"
+        }
+    );
     let _ = writeln!(o, "datapath:   {} (ifindex {})", s.datapath, s.dp_ifindex);
     let _ = writeln!(
         o,
@@ -310,6 +319,7 @@ mod tests {
     fn status_names_every_field_and_lists_ports() {
         let s = Status {
             host: "node-a".into(),
+            ready: true,
             datapath: "weft".into(),
             dp_ifindex: 12,
             tunnel: "vxlan".into(),
@@ -328,6 +338,7 @@ mod tests {
         assert_eq!(
             format_status(&s),
             "host:       node-a\n\
+             ready:      yes\n\
              datapath:   weft (ifindex 12)\n\
              tunnel:     vxlan (port 1, udp 4789)\n\
              pod mtu:    1450\n\

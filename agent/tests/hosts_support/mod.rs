@@ -87,7 +87,11 @@ impl EtcdProc {
             bin.display()
         );
         let log = dir.join("etcd.log");
-        let out = File::create(&log).expect("etcd log file");
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("etcd log file");
         let err = out.try_clone().expect("etcd log file");
         let client = format!("http://{ETCD_ADDR}:2379");
         let peer = "http://127.0.0.1:2380";
@@ -198,18 +202,18 @@ pub struct Host {
 }
 
 impl Host {
-    fn spawn(&mut self) {
+    /// The agent's command line in this host's namespace, its output appended to `log`.
+    fn agent_command(&self, log: &Path) -> Command {
         let bin = agent_bin();
-        let log = OpenOptions::new()
+        let out = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&self.log)
+            .open(log)
             .expect("agent log file");
-        let err = log.try_clone().expect("agent log file");
-        let _ = std::fs::remove_file(&self.api);
+        let err = out.try_clone().expect("agent log file");
         let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.name])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name])
             .arg(&bin)
             .args(["--node-name", &self.name])
             .args(["--underlay-ip", &self.underlay_ip.to_string()])
@@ -221,15 +225,91 @@ impl Host {
             .env("WEFT_STATE_DIR", self.state_dir())
             .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} in {}: {e}", bin.display(), self.name));
+            .stdout(out)
+            .stderr(err);
+        cmd
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(&self.api);
+        let child = self.agent_command(&self.log).spawn().unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} in {}: {e}",
+                agent_bin().display(),
+                self.name
+            )
+        });
         self.child = Some(child);
     }
 
-    /// Polls `Status` until the agent answers; fails if it exits or never answers.
+    /// Runs one more agent on this host with the same command line, next to the running
+    /// one, until it exits (killed after `within`): its exit status (`None` if it had to be
+    /// killed) and everything it printed.
+    pub fn run_another_agent(
+        &self,
+        within: Duration,
+    ) -> (Option<std::process::ExitStatus>, String) {
+        let log = self.log.with_extension("second.log");
+        let _ = std::fs::remove_file(&log);
+        let mut child = self
+            .agent_command(&log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start a second agent in {}: {e}", self.name));
+        let deadline = Instant::now() + within;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(st)) => break Some(st),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+            }
+        };
+        (status, std::fs::read_to_string(&log).unwrap_or_default())
+    }
+
+    /// The agent's process id (of `ip netns exec`, which execs the agent).
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `GET path` on the agent's metrics endpoint (the default port, on the underlay
+    /// address): the status code and the body.
+    pub fn http_get(&self, path: &str) -> Result<(u16, String), String> {
+        let addr = SocketAddr::new(IpAddr::V4(self.underlay_ip), 9478);
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n").as_bytes())
+            .map_err(|e| format!("write to {addr}: {e}"))?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)
+            .map_err(|e| format!("read from {addr}: {e}"))?;
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("no HTTP status from {addr}{path}: {out:?}"))?;
+        let body = out
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_string();
+        Ok((code, body))
+    }
+
+    /// Polls `Status` until the agent answers and is ready; fails if it exits or is not
+    /// ready in time.
     fn wait_ready(&mut self) -> Status {
+        self.wait_status(true)
+    }
+
+    /// Polls `Status` until the agent answers (and, if `ready`, says it is ready); fails
+    /// if it exits or does not in time.
+    fn wait_status(&mut self, ready: bool) -> Status {
         let deadline = Instant::now() + AGENT_READY;
         let mut last = String::new();
         loop {
@@ -244,11 +324,12 @@ impl Host {
             }
             if self.api.exists() {
                 match api_call(&self.api, &Request::Status) {
-                    Ok(Reply::Status(s)) => {
+                    Ok(Reply::Status(s)) if s.ready || !ready => {
                         self.datapath = s.datapath.clone();
                         self.pod_mtu = s.pod_mtu;
                         return s;
                     }
+                    Ok(Reply::Status(s)) => last = format!("not ready: {s:?}"),
                     Ok(other) => {
                         panic!("the agent of {} answered Status with {other:?}", self.name)
                     }
@@ -257,8 +338,9 @@ impl Host {
             }
             assert!(
                 Instant::now() < deadline,
-                "the agent of {} did not answer Status within {AGENT_READY:?} (last: {last}); its log:\n{}",
+                "the agent of {} did not answer Status{} within {AGENT_READY:?} (last: {last}); its log:\n{}",
                 self.name,
+                if ready { " as ready" } else { "" },
                 tail(&self.log, 80)
             );
             std::thread::sleep(Duration::from_millis(200));
@@ -883,6 +965,50 @@ impl Cluster {
         assert!(h.child.is_none(), "the agent of {name} is still running");
         h.spawn();
         h.wait_ready()
+    }
+
+    /// Starts host `name`'s agent without waiting for it.
+    pub fn spawn_agent(&mut self, name: &str) {
+        let h = self
+            .hosts
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("no host {name}"));
+        assert!(h.child.is_none(), "the agent of {name} is still running");
+        h.spawn();
+    }
+
+    /// Waits until host `name`'s agent answers `Status`, ready or not.
+    pub fn wait_answering(&mut self, name: &str) -> Status {
+        let h = self
+            .hosts
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("no host {name}"));
+        h.wait_status(false)
+    }
+
+    /// Waits until host `name`'s agent answers `Status` as ready.
+    pub fn wait_agent_ready(&mut self, name: &str) -> Status {
+        let h = self
+            .hosts
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("no host {name}"));
+        h.wait_ready()
+    }
+
+    /// Kills etcd (SIGKILL); its data directory stays for [`Cluster::start_etcd`].
+    pub fn stop_etcd(&mut self) {
+        assert!(self.etcd.is_some(), "etcd is not running");
+        self.etcd = None;
+        assert!(
+            !etcd_healthy(),
+            "etcd on {ETCD_ADDR}:2379 still answers after it was killed"
+        );
+    }
+
+    /// Starts etcd again on its data directory and waits until it is healthy.
+    pub fn start_etcd(&mut self) {
+        assert!(self.etcd.is_none(), "etcd is already running");
+        self.etcd = Some(EtcdProc::start(&self.dir));
     }
 
     /// Kills host `name`'s agent with SIGKILL and starts it again.

@@ -338,6 +338,9 @@ pub struct TraceInfo {
 pub struct Status {
     /// This host's id in NSDB.
     pub host: String,
+    /// False while the agent waits at start for NSDB and its first topology: it then
+    /// answers only `Status`, and has not yet touched the datapath.
+    pub ready: bool,
     /// The datapath name and its ifindex.
     pub datapath: String,
     pub dp_ifindex: i32,
