@@ -67,4 +67,7 @@ for pkg_dir in odp:crates/odp/tests weft-agent:agent/tests; do
 done
 [ -s "$work/bins" ] || { echo "kernel-tests: cargo produced no test binary" >&2; exit 1; }
 export WEFT_CTL_BIN WEFT_AGENT_BIN
+# The whole kernel suite runs in one boot; under emulation on a loaded 2-core machine it has
+# taken over 30 minutes, so the guest gets an hour unless told otherwise.
+export WEFT_VM_TIMEOUT=${WEFT_VM_TIMEOUT:-3600}
 exec "$HERE/vm.sh" "$HERE/kernel-tests.sh" --in-guest "$work/bins" "$@"
