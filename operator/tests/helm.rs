@@ -11,9 +11,16 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
+use nsdb::testing::Etcd;
 use serde_json::Value;
 use support::controlplane::{ControlPlane, repo};
+use support::operator::{KINDS, Operator, example_objects, not_ready};
+
+/// Held by the tests that `helm install`: two installs at once race to create the CRDs.
+static INSTALLS: Mutex<()> = Mutex::new(());
 
 fn chart() -> PathBuf {
     repo().join("charts").join("weft")
@@ -177,6 +184,7 @@ fn rendered_chart_passes_server_side_dry_run() {
 
 #[test]
 fn helm_install_upgrade_uninstall() {
+    let _one = INSTALLS.lock().unwrap_or_else(|e| e.into_inner());
     let cp = ControlPlane::shared();
     let ns = namespace(&cp, "weft-release");
     let chart = chart();
@@ -416,4 +424,169 @@ fn a_flag_the_binary_lacks_fails_the_help_check() {
         Command::new(binary("weft-agent")).args(["--tunnel=gre", "--help"]),
     );
     assert!(!out.status.success(), "weft-agent accepted --tunnel=gre");
+}
+
+/// How long the operator may take to make every example Ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A kubeconfig for `cp`'s API server that authenticates as the chart's operator
+/// ServiceAccount, by a token from `kubectl create token`.
+fn service_account_kubeconfig(cp: &ControlPlane, ns: &str, sa: &str, path: &Path) {
+    let token = cp.kubectl(&["create", "token", sa, "-n", ns, "--duration=1h"]);
+    let admin: Value =
+        serde_json::from_str(&cp.kubectl(&["config", "view", "--raw", "--minify", "-o", "json"]))
+            .unwrap();
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "cp", "cluster": admin["clusters"][0]["cluster"]}],
+        "users": [{"name": sa, "user": {"token": token.trim()}}],
+        "contexts": [{"name": sa, "context": {"cluster": "cp", "user": sa}}],
+        "current-context": sa,
+    });
+    std::fs::write(path, serde_json::to_vec(&config).unwrap()).unwrap();
+}
+
+/// Waits until every example object is Ready for its generation; panics after the bound.
+fn wait_examples_ready(cp: &ControlPlane, operator: &mut Operator) {
+    let want = example_objects();
+    assert!(want > 0, "examples/ defines no objects");
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        operator.assert_running();
+        let list: Value = serde_json::from_str(&cp.kubectl(&["get", KINDS, "-o", "json"])).unwrap();
+        let have = list["items"].as_array().map_or(0, Vec::len);
+        let waiting = not_ready(&list);
+        if have == want && waiting.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {READY_TIMEOUT:?} with the chart's RBAC, {have} of {want} example objects \
+             exist and these are not Ready: {waiting:#?}\nweft-operator's stderr:\n{}",
+            operator.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn chart_rbac_is_sufficient_and_each_rule_is_needed() {
+    let _one = INSTALLS.lock().unwrap_or_else(|e| e.into_inner());
+    let cp = ControlPlane::shared();
+    let ns = namespace(&cp, "weft-rbac");
+    let chart = chart();
+    helm(
+        Some(&cp),
+        &[
+            "install",
+            "rbac",
+            chart.to_str().unwrap(),
+            "--namespace",
+            &ns,
+        ],
+    );
+    cp.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd",
+        "--all",
+        "--timeout=60s",
+    ]);
+    let sa = "rbac-weft-operator";
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("operator.kubeconfig");
+    service_account_kubeconfig(&cp, &ns, sa, &kubeconfig);
+    // The token is the ServiceAccount's and nothing more: it may not read Secrets.
+    let out = run(
+        "kubectl auth can-i",
+        Command::new(support_kubectl())
+            .args(["auth", "can-i", "list", "secrets", "-n", &ns])
+            .env("KUBECONFIG", &kubeconfig),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no");
+
+    let etcd = Etcd::start();
+    let examples = repo().join("examples");
+    let examples = examples.to_str().unwrap();
+    let lease_ns = ["--lease-namespace", ns.as_str(), "--identity", "rbac-test"];
+
+    // With the chart's ClusterRole the operator reconciles every example to Ready, and
+    // removes them through its finalizer on delete.
+    let mut operator = Operator::start(
+        &kubeconfig,
+        &etcd.endpoint(),
+        &lease_ns,
+        &dir.path().join("1.stderr"),
+    );
+    cp.kubectl(&["apply", "-f", examples]);
+    let started = Instant::now();
+    wait_examples_ready(&cp, &mut operator);
+    let took = started.elapsed();
+    cp.kubectl(&["delete", "-f", examples, "--wait", "--timeout=60s"]);
+    let stderr = operator.stop();
+    assert!(
+        !stderr.contains("forbidden"),
+        "forbidden with the chart's RBAC:\n{stderr}"
+    );
+
+    // Without the rule that lets it patch status, nothing becomes Ready, and it says why.
+    let role: Value = get_json(&cp, &["clusterrole", sa]);
+    let rules = role["rules"].as_array().unwrap();
+    let status_rule = rules
+        .iter()
+        .position(|r| r["resources"][0] == "virtualbridges/status")
+        .expect("the ClusterRole has a rule for the status subresources");
+    cp.kubectl(&[
+        "patch",
+        "clusterrole",
+        sa,
+        "--type=json",
+        "-p",
+        &format!(r#"[{{"op":"remove","path":"/rules/{status_rule}"}}]"#),
+    ]);
+    let mut operator = Operator::start(
+        &kubeconfig,
+        &etcd.endpoint(),
+        &lease_ns,
+        &dir.path().join("2.stderr"),
+    );
+    cp.kubectl(&["apply", "-f", examples]);
+    // Three times what the full role needed, within 15 s to 45 s.
+    let watch = (took * 3).clamp(Duration::from_secs(15), Duration::from_secs(45));
+    let deadline = Instant::now() + watch;
+    while Instant::now() < deadline {
+        operator.assert_running();
+        let list: Value = serde_json::from_str(&cp.kubectl(&["get", KINDS, "-o", "json"])).unwrap();
+        let have = list["items"].as_array().map_or(0, Vec::len);
+        assert_eq!(have, example_objects(), "examples/ applied");
+        let ready = have - not_ready(&list).len();
+        assert_eq!(
+            ready, 0,
+            "objects became Ready without status patch: {list:#}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let stderr = operator.stop();
+    assert!(
+        stderr.contains("forbidden"),
+        "no forbidden error without the status rule; weft-operator's stderr:\n{stderr}"
+    );
+}
+
+/// kubectl, as e2e/tools.sh built it.
+fn support_kubectl() -> PathBuf {
+    let out = ok(
+        "e2e/tools.sh kubectl",
+        run(
+            "e2e/tools.sh",
+            Command::new(repo().join("e2e").join("tools.sh"))
+                .arg("kubectl")
+                .env("WEFT_TOOLS_NO_BUILD", "1"),
+        ),
+    );
+    out.lines()
+        .find_map(|l| l.strip_prefix("kubectl="))
+        .map(PathBuf::from)
+        .expect("e2e/tools.sh printed kubectl=PATH")
 }
