@@ -8,70 +8,14 @@
 
 mod support;
 
-use std::fs;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nsdb::testing::Etcd;
 use support::controlplane::{ControlPlane, repo};
+use support::operator::{KINDS, Operator, example_objects, not_ready};
 
 /// How long the operator may take to make every example Ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
-
-const KINDS: &str = "virtualbridges,virtualrouters,virtualloadbalancers,accesscontrollists";
-
-/// A child process killed and reaped when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The number of objects examples/*.yaml defines (one top-level `kind:` each).
-fn example_objects() -> usize {
-    let mut n = 0;
-    for entry in fs::read_dir(repo().join("examples")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "yaml") {
-            n += fs::read_to_string(&path)
-                .unwrap()
-                .lines()
-                .filter(|l| l.starts_with("kind: "))
-                .count();
-        }
-    }
-    n
-}
-
-/// "Kind/name" of each object that is not Ready=True for its current generation, with why.
-fn not_ready(list: &serde_json::Value) -> Vec<String> {
-    let items = list["items"].as_array().cloned().unwrap_or_default();
-    items
-        .iter()
-        .filter_map(|o| {
-            let name = format!("{}/{}", o["kind"], o["metadata"]["name"]);
-            let ready = o["status"]["conditions"]
-                .as_array()
-                .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"));
-            let current = o["status"]["observedGeneration"] == o["metadata"]["generation"];
-            match ready {
-                Some(c) if c["status"] == "True" && current => None,
-                Some(c) => Some(format!(
-                    "{name}: Ready={} reason={} message={} observedGeneration={} generation={}",
-                    c["status"],
-                    c["reason"],
-                    c["message"],
-                    o["status"]["observedGeneration"],
-                    o["metadata"]["generation"]
-                )),
-                None => Some(format!("{name}: no Ready condition")),
-            }
-        })
-        .collect()
-}
 
 #[test]
 fn operator_run_makes_every_example_ready() {
@@ -89,23 +33,12 @@ fn operator_run_makes_every_example_ready() {
 
     let etcd = Etcd::start();
     let dir = tempfile::tempdir().unwrap();
-    let stderr_path = dir.path().join("operator.stderr");
-    let mut operator = Proc(
-        Command::new(env!("CARGO_BIN_EXE_weft-operator"))
-            .args(["run", "--etcd-endpoints", &etcd.endpoint()])
-            .args(["--metrics-addr", "127.0.0.1:0", "--identity", "cp-test"])
-            .env("KUBECONFIG", cp.kubeconfig())
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env_remove("KUBERNETES_SERVICE_PORT")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .expect("cannot start weft-operator"),
+    let mut operator = Operator::start(
+        cp.kubeconfig(),
+        &etcd.endpoint(),
+        &["--identity", "cp-test"],
+        &dir.path().join("operator.stderr"),
     );
-    let stderr = || fs::read_to_string(&stderr_path).unwrap_or_default();
 
     cp.kubectl(&["apply", "-f", root.join("examples").to_str().unwrap()]);
     let want = example_objects();
@@ -113,9 +46,7 @@ fn operator_run_makes_every_example_ready() {
 
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        if let Some(status) = operator.0.try_wait().unwrap() {
-            panic!("weft-operator exited ({status}); stderr:\n{}", stderr());
-        }
+        operator.assert_running();
         let list: serde_json::Value =
             serde_json::from_str(&cp.kubectl(&["get", KINDS, "-o", "json"])).unwrap();
         let have = list["items"].as_array().map_or(0, Vec::len);
@@ -127,12 +58,11 @@ fn operator_run_makes_every_example_ready() {
             Instant::now() < deadline,
             "after {READY_TIMEOUT:?}, {have} of {want} example objects exist and these are not \
              Ready: {waiting:#?}\nweft-operator's stderr:\n{}",
-            stderr()
+            operator.stderr()
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    drop(operator);
-    let stderr = stderr();
+    let stderr = operator.stop();
     assert!(
         !stderr.contains("panicked"),
         "weft-operator panicked:\n{stderr}"
