@@ -14,6 +14,9 @@
 #                              `go install pkg@version` refuses modules with replace directives)
 #   lock/<name>.lock           flock(1) locks, so parallel callers build each tool once
 #
+# Once every tool is built, the Go build and module caches (several GB) are removed: the
+# binaries are cached by version, so nothing needs them again until a version changes.
+#
 # Builds run at nice 19: kube-apiserver alone takes about 7 CPU-minutes. With WEFT_TOOLS_NO_BUILD=1
 # a missing tool is an error instead of a build (tests use this: they never build for minutes).
 set -euo pipefail
@@ -56,9 +59,10 @@ with_lock() {
   local name=$1
   shift
   (
+    flock -s 8
     flock 9
     "$@"
-  ) 9>"$CACHE/lock/$name.lock"
+  ) 9>"$CACHE/lock/$name.lock" 8>"$CACHE/lock/go.lock"
 }
 
 # link NAME TARGET: points the stable name at the versioned file and prints it.
@@ -233,3 +237,20 @@ done
 for name in "$@"; do
   install_one "$name"
 done
+# Free the Go caches once all the tools exist, unless another caller is building right now.
+all_built() {
+  local t
+  for t in "${ALL[@]}"; do
+    case $t in
+      cni-plugins) [ -x "$CACHE/cni/bin/loopback" ] || return 1 ;;
+      *) [ -x "$BIN/$t" ] || return 1 ;;
+    esac
+  done
+}
+if all_built && { [ -d "$GOCACHE" ] || [ -d "$GOMODCACHE" ]; }; then
+  (
+    flock -n 8 || exit 0
+    go clean -cache -modcache >/dev/null 2>&1 || true
+    rm -rf "$GOCACHE" "$GOMODCACHE" "$GOPATH"
+  ) 8>"$CACHE/lock/go.lock"
+fi
