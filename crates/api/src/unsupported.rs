@@ -36,12 +36,7 @@ pub const BRIDGE: &[Field<VirtualBridgeSpec>] = &[Field {
     path: "spec.namespaces.selector",
     why: "namespaces are not chosen by label yet, so their pods would not attach here; \
           list them in names",
-    set_in: |s| {
-        set(s
-            .namespaces
-            .as_ref()
-            .is_some_and(|n| n.selector.is_some()))
-    },
+    set_in: |s| set(s.namespaces.as_ref().is_some_and(|n| n.selector.is_some())),
 }];
 
 /// `VirtualRouter` fields nothing implements yet.

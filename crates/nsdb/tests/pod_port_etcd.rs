@@ -46,11 +46,20 @@ async fn a_pod_port_is_written_whole_and_a_retry_returns_it() {
     assert_eq!(p.port.mac, MacAddr::local_from_name("pod-a"));
     assert_eq!(p.port.labels["weft.dev/container-id"], "pod-a");
     let v4 = p.address(IpFamily::V4).expect("an IPv4 address");
-    let v6 = p.address(IpFamily::V6).expect("an IPv6 address (b1 has a v6 subnet)");
+    let v6 = p
+        .address(IpFamily::V6)
+        .expect("an IPv6 address (b1 has a v6 subnet)");
     assert_eq!(v4.prefix_len(), 24, "the subnet's prefix");
     assert_eq!(v6.prefix_len(), 112);
-    assert_ne!(v4.addr().to_string(), "10.8.0.1", "the gateway is never leased");
-    assert_eq!(tunnel_key::key_type(p.port.tunnel_key), tunnel_key::TYPE_PORT);
+    assert_ne!(
+        v4.addr().to_string(),
+        "10.8.0.1",
+        "the gateway is never leased"
+    );
+    assert_eq!(
+        tunnel_key::key_type(p.port.tunnel_key),
+        tunnel_key::TYPE_PORT
+    );
     assert_eq!(counts(&db).await, (1, 1, 2, 1));
 
     // Same port, same host and vport: the same answer, nothing new written.
@@ -159,11 +168,18 @@ async fn an_exhausted_subnet_writes_nothing() {
     }
     let err = db.allocate_pod_port(&req("p5", "h1")).await.unwrap_err();
     assert!(matches!(err, NsdbError::Exhausted { .. }), "{err}");
-    assert_eq!(counts(&db).await, (5, 5, 5, 5), "the refused port left nothing");
+    assert_eq!(
+        counts(&db).await,
+        (5, 5, 5, 5),
+        "the refused port left nothing"
+    );
     assert!(db.get::<Port>("p5").await.unwrap().is_none());
 
     // Released addresses are handed out again.
     db.release_pod_port("p2", "h1").await.unwrap();
     let p = db.allocate_pod_port(&req("p5", "h1")).await.unwrap();
-    assert_eq!(p.address(IpFamily::V4).unwrap().addr().to_string(), "10.7.0.4");
+    assert_eq!(
+        p.address(IpFamily::V4).unwrap().addr().to_string(),
+        "10.7.0.4"
+    );
 }
