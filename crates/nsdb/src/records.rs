@@ -562,6 +562,7 @@ pub(crate) mod tests {
                 excluded_ips: vec!["10.0.0.2".parse().unwrap(), "fd00:10::9".parse().unwrap()],
                 inbound_chain: Some("c-in".into()),
                 outbound_chain: None,
+                namespaces: vec!["team-a".into()],
             }
             .into_any(),
             Bridge {
@@ -576,6 +577,7 @@ pub(crate) mod tests {
                 excluded_ips: vec![],
                 inbound_chain: None,
                 outbound_chain: None,
+                namespaces: vec![],
             }
             .into_any(),
             Router {
