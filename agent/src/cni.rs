@@ -32,7 +32,14 @@ use crate::service::Agent;
 
 /// How long one NSDB step of a CNI call may take before the call answers "try again later":
 /// the plugin's own deadline is longer, so the runtime hears the agent's reason.
-pub const NSDB_TIMEOUT: Duration = Duration::from_secs(4);
+/// With etcd gone an ADD spends at most two of these (its write, and undoing it) before it
+/// answers, well inside the 5 s a runtime's retry loop expects.
+pub const NSDB_TIMEOUT: Duration = Duration::from_millis(2_000);
+
+/// The fault-injection variable of the crash tests: set to `cni-add-after-nsdb`, the agent
+/// aborts right after an ADD's NSDB transaction, before the veth and the vport exist: the
+/// state a `kill -9` at that moment leaves.
+pub const FAILPOINT_ENV: &str = "WEFT_FAILPOINT";
 
 /// Labels on a pod's port: who it belongs to.
 pub const LABEL_CONTAINER: &str = "weft.dev/container-id";
@@ -333,6 +340,10 @@ impl Agent {
             self.nsdb.allocate_pod_port(&req),
         )
         .await?;
+        if std::env::var(FAILPOINT_ENV).is_ok_and(|f| f == "cni-add-after-nsdb") {
+            tracing::error!(port = %port_id, "{FAILPOINT_ENV}=cni-add-after-nsdb: aborting");
+            std::process::abort();
+        }
         let iface = PodInterface {
             ifname: a.ifname.clone(),
             mac: pod.port.mac.octets(),
