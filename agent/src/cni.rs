@@ -32,9 +32,12 @@ use crate::service::Agent;
 
 /// How long one NSDB step of a CNI call may take before the call answers "try again later":
 /// the plugin's own deadline is longer, so the runtime hears the agent's reason.
-/// With etcd gone an ADD spends at most two of these (its write, and undoing it) before it
-/// answers, well inside the 5 s a runtime's retry loop expects.
-pub const NSDB_TIMEOUT: Duration = Duration::from_millis(2_000);
+/// An unreachable etcd fails a call at once; a hung one is waited for this long.
+pub const NSDB_TIMEOUT: Duration = Duration::from_millis(4_000);
+
+/// How long undoing a failed ADD waits for NSDB: what it cannot remove in time stays in
+/// the record for DEL or GC, and the ADD answers without waiting longer.
+pub const UNDO_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// The fault-injection variable of the crash tests: set to `cni-add-after-nsdb`, the agent
 /// aborts right after an ADD's NSDB transaction, before the veth and the vport exist: the
@@ -109,7 +112,16 @@ fn nsdb_class(e: &NsdbError) -> ErrorCode {
 
 /// An NSDB call bounded by [`NSDB_TIMEOUT`].
 async fn nsdb<T>(what: &str, f: impl Future<Output = nsdb::Result<T>>) -> CniOutcome<T> {
-    match tokio::time::timeout(NSDB_TIMEOUT, f).await {
+    nsdb_within(NSDB_TIMEOUT, what, f).await
+}
+
+/// An NSDB call bounded by `limit`.
+async fn nsdb_within<T>(
+    limit: Duration,
+    what: &str,
+    f: impl Future<Output = nsdb::Result<T>>,
+) -> CniOutcome<T> {
+    match tokio::time::timeout(limit, f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(Refusal {
             code: nsdb_class(&e),
@@ -117,7 +129,7 @@ async fn nsdb<T>(what: &str, f: impl Future<Output = nsdb::Result<T>>) -> CniOut
         }),
         Err(_) => refuse(
             ErrorCode::TryAgainLater,
-            format!("{what}: NSDB (etcd) did not answer within {NSDB_TIMEOUT:?}"),
+            format!("{what}: NSDB (etcd) did not answer within {limit:?}"),
         ),
     }
 }
@@ -292,7 +304,7 @@ impl Agent {
             Ok(r) => Ok(r),
             Err(e) => {
                 // Nothing of a failed ADD stays: the runtime may never call DEL for it.
-                if let Err(c) = self.teardown(&port_id, &vport).await {
+                if let Err(c) = self.teardown(&port_id, &vport, UNDO_TIMEOUT).await {
                     warn!(port = %port_id, error = format!("{:#}", c.error), "undoing a failed ADD left something behind; DEL or GC will retry");
                     return Err(Refusal {
                         code: e.code,
@@ -390,7 +402,7 @@ impl Agent {
     /// Removes what an attachment holds, keeping on after a failure: the vport, the veth,
     /// the NSDB port (with its leases, tunnel key and binding), then the record, which goes
     /// only when everything else is gone. Returns whether anything was there.
-    async fn teardown(&self, port_id: &str, vport: &str) -> CniOutcome<bool> {
+    async fn teardown(&self, port_id: &str, vport: &str, limit: Duration) -> CniOutcome<bool> {
         let mut errors: Vec<(ErrorCode, String)> = Vec::new();
         let mut found = false;
         match self.remove_vport(vport).await {
@@ -401,7 +413,8 @@ impl Agent {
             Ok(gone) => found |= gone,
             Err(e) => errors.push((ErrorCode::Io, format!("removing veth {vport}: {e:#}"))),
         }
-        match nsdb(
+        match nsdb_within(
+            limit,
             &format!("releasing port {port_id}"),
             self.nsdb.release_pod_port(port_id, &self.settings.host),
         )
@@ -456,7 +469,7 @@ impl Agent {
                 ),
             }
         };
-        let was_attached = self.teardown(&port_id, &vport).await?;
+        let was_attached = self.teardown(&port_id, &vport, NSDB_TIMEOUT).await?;
         info!(port = %port_id, container = container_id, ifname, network, was_attached, "pod detached");
         Ok(Reply::CniDeleted { was_attached })
     }
@@ -649,7 +662,7 @@ impl Agent {
         let mut removed = Vec::new();
         let mut errors = Vec::new();
         for (port, (vport, id)) in stale {
-            match self.teardown(&port, &vport).await {
+            match self.teardown(&port, &vport, NSDB_TIMEOUT).await {
                 Ok(_) => removed.push(id),
                 Err(r) => errors.push((r.code, format!("{port}: {:#}", r.error))),
             }

@@ -67,6 +67,9 @@ fn assert_code(c: &Cluster, out: &CniOut, code: u64, what: &str) {
     }
 }
 
+/// A bad-input row: what it is, the plugin's environment and stdin, the code it must get.
+type BadCase<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u64);
+
 /// Runs every command at once, each on its own thread; their outputs in order.
 fn all_at_once(cmds: Vec<std::process::Command>) -> Vec<CniOut> {
     let hs: Vec<_> = cmds
@@ -177,7 +180,7 @@ fn cnitool_drives_weft_cni_against_three_agents() {
         "GC must remove exactly b2 and keep b: {h2:?}"
     );
     assert!(
-        kernel_support::sh_try(&format!("ip -n h2 link show {}", b2.vport)).0 == false,
+        !kernel_support::sh_try(&format!("ip -n h2 link show {}", b2.vport)).0,
         "b2's veth survived GC"
     );
     c.forget_pod("b2");
@@ -222,7 +225,7 @@ fn cnitool_drives_weft_cni_against_three_agents() {
         "interfaces": [{"name": "eth0", "mac": "02:00:00:00:00:01", "sandbox": netns}],
         "ips": [{"address": "10.20.1.99/24", "interface": 0}],
     });
-    let cases: Vec<(&str, Vec<(&str, &str)>, String, u64)> = vec![
+    let cases: Vec<BadCase> = vec![
         (
             "cniVersion 9.9.9",
             plugin_env("ADD", netns, "bad-1"),

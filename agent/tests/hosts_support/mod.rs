@@ -494,7 +494,8 @@ pub fn pod_addr(records: &RecordSet, port: &str) -> PodAddr {
         prefix_len,
         gateway,
         mac: p.mac.to_string(),
-        mtu: br.mtu,
+        // 0: unset, the agent's pod MTU applies.
+        mtu: if br.mtu == 0 { u16::MAX } else { br.mtu },
     }
 }
 

@@ -221,14 +221,18 @@ mod tests {
     fn the_reason_says_it_is_not_supported_and_why() {
         let spec = VirtualBridgeSpec {
             mtu: Some(1400),
+            namespaces: Some(crate::bridge::NamespaceSelection {
+                names: vec!["blue".into()],
+                selector: Some(Default::default()),
+            }),
             ..Default::default()
         };
         let found = check(BRIDGE, &spec);
-        assert_eq!(found.len(), 1);
+        assert_eq!(found.len(), 1, "mtu and namespaces.names are implemented");
         assert!(
-            found[0]
-                .to_string()
-                .starts_with("spec.mtu: not supported yet: pods get the MTU"),
+            found[0].to_string().starts_with(
+                "spec.namespaces.selector: not supported yet: namespaces are not chosen by label"
+            ),
             "{}",
             found[0]
         );
