@@ -32,12 +32,13 @@ use crate::service::Agent;
 
 /// How long one NSDB step of a CNI call may take before the call answers "try again later":
 /// the plugin's own deadline is longer, so the runtime hears the agent's reason.
-/// An unreachable etcd fails a call at once; a hung one is waited for this long.
-pub const NSDB_TIMEOUT: Duration = Duration::from_millis(4_000);
+/// An unreachable etcd fails a call at once; a hung one is waited for this long, which is
+/// less than the plugin waits for the agent (10 s by default), so the runtime hears why.
+pub const NSDB_TIMEOUT: Duration = Duration::from_millis(8_000);
 
 /// How long undoing a failed ADD waits for NSDB: what it cannot remove in time stays in
 /// the record for DEL or GC, and the ADD answers without waiting longer.
-pub const UNDO_TIMEOUT: Duration = Duration::from_millis(800);
+pub const UNDO_TIMEOUT: Duration = Duration::from_millis(2_000);
 
 /// The fault-injection variable of the crash tests: set to `cni-add-after-nsdb`, the agent
 /// aborts right after an ADD's NSDB transaction, before the veth and the vport exist: the

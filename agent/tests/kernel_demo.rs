@@ -1,6 +1,7 @@
 //! The examples, end to end, on three hosts in the kernel guest: examples/*.yaml translated
-//! into NSDB by the operator's code, four pods on the two namespace bridges attached through
-//! the agents (as the CNI plugin will), and the reachability matrix a user would draw: ping
+//! into NSDB by the operator's code, four pods of namespaces blue and green attached the way a
+//! container runtime attaches them (libcni's `cnitool` running `weft-cni` against each host's
+//! agent), and the reachability matrix a user would draw: ping
 //! between every pair, TCP to the web port (8080) and to another port (9090) that the
 //! `blue-ingress` ACL keeps green out of, and connections to the `web` VIP. `make demo` runs
 //! it to print the matrix; `make test` runs it as a test of the examples.
@@ -13,12 +14,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use hosts_support::{Cluster, EchoServer, TcpError};
-use ipnet::IpNet;
-use nsdb::{DeviceRef, MacAddr, Port, PortKind};
 use sim::RecordSet;
 use weft_operator::offline::{self, Loaded};
 
-/// Pods: (port id, bridge name, address, host).
+/// Pods: (name, Kubernetes namespace, the address its bridge hands out, host). They are added
+/// in this order, so each bridge's pool gives its first free addresses (.11, then .12).
 const PODS: [(&str, &str, &str, &str); 4] = [
     ("blue-a", "blue", "10.10.0.11", "h1"),
     ("blue-b", "blue", "10.10.0.12", "h2"),
@@ -56,28 +56,6 @@ fn translate_examples(c: &Cluster) -> RecordSet {
     RecordSet::from_records(all.iter().map(|(r, _)| r))
 }
 
-fn pod_port(c: &Cluster, id: &str, bridge: &str, addr: &str) -> Port {
-    let a = ip(addr).octets();
-    let tunnel_key = c
-        .block_on(
-            c.db()
-                .allocate_tunnel_key(&format!("port:{id}"), nsdb::tunnel_key::TYPE_PORT),
-        )
-        .expect("tunnel key");
-    Port {
-        id: id.into(),
-        device: DeviceRef::Bridge(format!("vbr:{bridge}")),
-        kind: PortKind::Exterior,
-        mac: MacAddr::from([0x02, 0x00, a[0], a[1], a[2], a[3]]),
-        addresses: vec![format!("{addr}/32").parse::<IpNet>().unwrap()],
-        tunnel_key,
-        inbound_chain: None,
-        outbound_chain: None,
-        admin_up: true,
-        labels: Default::default(),
-    }
-}
-
 fn cell(r: &Result<(), TcpError>) -> &'static str {
     match r {
         Ok(()) => "ok",
@@ -91,14 +69,19 @@ fn cell(r: &Result<(), TcpError>) -> &'static str {
 #[ignore = "needs the OVS kernel datapath: run by e2e/kernel-tests.sh or make demo inside the guest"]
 fn examples_reachability_matrix() {
     let mut c = Cluster::start("demo", 3, 900);
-    let mut records = translate_examples(&c);
-    for (id, bridge, addr, _) in PODS {
-        let p = pod_port(&c, id, bridge, addr);
-        records.ports.push(p);
-    }
+    let records = translate_examples(&c);
     c.write_topology(&records);
-    for (id, _, _, host) in PODS {
-        c.add_pod(id, host);
+    for (id, ns, addr, host) in PODS {
+        let p = c.cni_add(id, host, ns);
+        eprintln!(
+            "demo: cnitool add {id} (namespace {ns}) on {host}: {} {}",
+            p.ip, p.mac
+        );
+        assert_eq!(
+            p.ip,
+            ip(addr),
+            "{id} did not get its bridge's first free address"
+        );
     }
     // Every pod reaches its gateway once the other agents have seen the new bindings.
     for (id, bridge, _, _) in PODS {

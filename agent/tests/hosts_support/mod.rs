@@ -793,6 +793,17 @@ impl Cluster {
             })
             .filter(|(k, _)| *k != 0)
             .collect();
+        let held: std::collections::BTreeSet<u32> = self
+            .block_on(self.db().list::<nsdb::TunnelKeyAlloc>())
+            .unwrap_or_else(|e| self.fail(&format!("listing tunnel keys failed: {e}")))
+            .records
+            .iter()
+            .map(|k| k.record.key)
+            .collect();
+        let keys: Vec<(u32, String)> = keys
+            .into_iter()
+            .filter(|(k, _)| !held.contains(k))
+            .collect();
         for chunk in keys.chunks(nsdb::MAX_TXN_OPS) {
             let mut txn = self.db().txn();
             for (key, owner) in chunk {

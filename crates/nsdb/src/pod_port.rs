@@ -91,9 +91,8 @@ impl Nsdb {
                 bridge: req.bridge.clone(),
             })?
             .record;
-        if let Some(found) = self.existing_pod_port(req, &bridge).await? {
-            return Ok(found);
-        }
+        // A port that exists already (a retry) makes the transaction fail on its key, and
+        // is found then: the common case costs no extra read.
         let mut families = Vec::new();
         if bridge.subnet_v4.is_some() {
             families.push((IpFamily::V4, Space::for_bridge(&bridge, IpFamily::V4)?));
