@@ -1,26 +1,20 @@
 //! Pods attached the way a container runtime attaches them: libcni's `cnitool` runs the
 //! `weft-cni` plugin against real agents on three hosts in the kernel guest, with etcd. One
 //! cluster carries the whole scenario: ADD on two bridges and two hosts, traffic across the
-//! router, CHECK, DEL twice, GC, STATUS with the agent down, the plugin's error codes with
-//! nothing left behind, 50 concurrent ADDs, a crash between NSDB and the vport, and etcd down.
+//! router, CHECK, DEL twice, GC, STATUS with the agent down, and the plugin's error codes
+//! with nothing left behind.
 
 mod hosts_support;
 mod kernel_support;
 
-use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, SocketAddr};
 
 use hosts_support::{Cluster, CniHoldings, CniOut};
 use sim::Topology;
 use sim::fixtures::TopoBuilder;
 
 /// Bound of the scenario, setup included (TCG emulation is slow); only ends a hung run.
-const SCENARIO_SECS: u64 = 1500;
-
-fn ip(s: &str) -> Ipv4Addr {
-    s.parse().expect("test address")
-}
+const SCENARIO_SECS: u64 = 900;
 
 /// Bridges blue (10.20.1.0/24, namespace blue) and green (10.20.2.0/24, namespace green)
 /// joined by router r1 (10.20.1.1, 10.20.2.1), no pods: the CNI plugin makes them.
@@ -69,17 +63,6 @@ fn assert_code(c: &Cluster, out: &CniOut, code: u64, what: &str) {
 
 /// A bad-input row: what it is, the plugin's environment and stdin, the code it must get.
 type BadCase<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u64);
-
-/// Runs every command at once, each on its own thread; their outputs in order.
-fn all_at_once(cmds: Vec<std::process::Command>) -> Vec<CniOut> {
-    let hs: Vec<_> = cmds
-        .into_iter()
-        .map(|cmd| std::thread::spawn(move || CniOut::run(cmd)))
-        .collect();
-    hs.into_iter()
-        .map(|h| h.join().expect("CNI command thread"))
-        .collect()
-}
 
 fn plugin_env<'a>(cmd: &'a str, netns: &'a str, id: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
@@ -302,118 +285,4 @@ fn cnitool_drives_weft_cni_against_three_agents() {
         "cni: {} bad inputs refused with their codes, nothing left behind",
         cases.len()
     );
-
-    // 8. 50 concurrent ADDs on one host, then 50 over three hosts; DEL leaves nothing.
-    for (round, hosts) in [
-        ("one host", vec!["h1"]),
-        ("three hosts", vec!["h1", "h2", "h3"]),
-    ] {
-        let names: Vec<(String, String)> = (0..50)
-            .map(|i| (format!("c{i}"), hosts[i % hosts.len()].to_owned()))
-            .collect();
-        let nss: Vec<kernel_support::Netns> = names
-            .iter()
-            .map(|(n, _)| kernel_support::Netns::new(&format!("pod-{n}")))
-            .collect();
-        let t = Instant::now();
-        let cmds = names
-            .iter()
-            .map(|(n, h)| c.cnitool_cmd(h, "add", &format!("pod-{n}"), Some(("blue", n))))
-            .collect();
-        let outs = all_at_once(cmds);
-        eprintln!("cni: 50 concurrent ADDs on {round} took {:?}", t.elapsed());
-        let mut ips = BTreeSet::new();
-        for ((n, h), out) in names.iter().zip(&outs) {
-            if !out.ok {
-                c.fail(&format!("concurrent ADD of {n} on {h}: {out:?}"));
-            }
-            let p = c.cni_pod(n, h, out);
-            assert!(ips.insert(p.ip), "{} handed out twice", p.ip);
-        }
-        // Every pod answers a ping from b (on h2).
-        for ipaddr in &ips {
-            c.wait_reachable("b", *ipaddr, 30);
-        }
-        let cmds = names
-            .iter()
-            .map(|(n, h)| c.cnitool_cmd(h, "del", &format!("pod-{n}"), None))
-            .collect();
-        let outs = all_at_once(cmds);
-        for ((n, h), out) in names.iter().zip(&outs) {
-            assert!(out.ok, "concurrent DEL of {n} on {h}: {out:?}");
-        }
-        drop(nss);
-        assert_clean(&c, "h1", &format!("after 50 DELs on {round}"));
-        assert_clean(&c, "h3", &format!("after 50 DELs on {round}"));
-        let h2 = c.cni_holdings("h2");
-        assert_eq!(
-            h2.ports, 1,
-            "after 50 DELs on {round}, h2 holds more than b: {h2:?}"
-        );
-    }
-
-    // 9. The agent dies between the NSDB write and the vport; after its restart DEL cleans up.
-    c.kill_agent("h1");
-    c.set_agent_env("h1", &[("WEFT_FAILPOINT", "cni-add-after-nsdb")]);
-    c.start_agent("h1");
-    let crash = kernel_support::Netns::new("pod-crash");
-    let out = c.cnitool("h1", "add", "pod-crash", Some(("blue", "crash")));
-    assert!(
-        !out.ok,
-        "ADD succeeded although the agent died in it: {out:?}"
-    );
-    c.wait_agent_exit("h1", Duration::from_secs(30));
-    let held = c.cni_holdings("h1");
-    assert_eq!(
-        held.ports, 1,
-        "the crash happened after the NSDB write: {held:?}"
-    );
-    c.set_agent_env("h1", &[]);
-    c.start_agent("h1");
-    let out = c.cnitool("h1", "del", "pod-crash", None);
-    assert!(out.ok, "DEL after the crash: {out:?}");
-    assert_clean(&c, "h1", "after the crash and DEL");
-    drop(crash);
-
-    // 10. etcd down: ADD answers 11 within 5 s, running pods keep forwarding, and ADD works
-    //     again once etcd is back.
-    let down = kernel_support::Netns::new("pod-down");
-    c.stop_etcd();
-    let t = Instant::now();
-    let out = c.cni_plugin(
-        "h1",
-        &[
-            ("CNI_COMMAND", "ADD"),
-            ("CNI_CONTAINERID", "etcd-down"),
-            ("CNI_NETNS", "/run/netns/pod-down"),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_PATH", "/nonexistent"),
-        ],
-        c.cni_conf("h1").to_string().as_bytes(),
-    );
-    let took = t.elapsed();
-    assert_code(&c, &out, 11, "ADD with etcd down");
-    assert!(
-        took < Duration::from_secs(5),
-        "ADD with etcd down took {took:?}"
-    );
-    let gw = ip("10.20.1.1");
-    c.ping_ok("b", gw, 3);
-    c.start_etcd();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let out = c.cnitool("h1", "add", "pod-down", Some(("blue", "down")));
-        if out.ok {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ADD never worked again after etcd came back: {out:?}"
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    }
-    let out = c.cnitool("h1", "del", "pod-down", None);
-    assert!(out.ok, "DEL after etcd came back: {out:?}");
-    drop(down);
-    assert_clean(&c, "h1", "at the end");
 }
