@@ -8,7 +8,7 @@ export RUST_BACKTRACE ?= 1
 
 .PHONY: demo test deps tools build fmt-check clippy crd-check crds unit-test kernel-test bench
 
-demo: deps
+demo: deps tools
 	scripts/demo.sh
 
 test: deps tools fmt-check clippy crd-check unit-test kernel-test

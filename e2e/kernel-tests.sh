@@ -4,7 +4,8 @@
 # Builds the kernel test binaries (crates/odp/tests/kernel*.rs and agent/tests/kernel*.rs),
 # weftctl and weft-agent on the host, boots the guest once (e2e/vm.sh) and runs every one of
 # their ignored tests inside it, one thread at a time. The binaries' paths reach the guest as
-# WEFT_CTL_BIN and WEFT_AGENT_BIN (the three-host tests run one weft-agent per host).
+# WEFT_CTL_BIN and WEFT_AGENT_BIN (the three-host tests run one weft-agent per host), the CNI
+# plugin and libcni's cnitool as WEFT_CNI_BIN and WEFT_CNITOOL.
 # Fails if any test fails, if the guest cannot boot, or if no test ran at all.
 # FILTER arguments are passed to the test binaries (substring match on test names).
 set -euo pipefail
@@ -38,9 +39,17 @@ cd "$ROOT"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 CARGO=${CARGO:-cargo}
 echo "==> building weftctl, weft-agent and the kernel test binaries" >&2
-$CARGO build --locked -p weft-agent --bin weftctl --bin weft-agent >&2
+$CARGO build --locked -p weft-agent --bin weftctl --bin weft-agent -p weft-cni --bin weft-cni >&2
 WEFT_CTL_BIN=$CARGO_TARGET_DIR/debug/weftctl
 WEFT_AGENT_BIN=$CARGO_TARGET_DIR/debug/weft-agent
+WEFT_CNI_BIN=$CARGO_TARGET_DIR/debug/weft-cni
+[ -x "$WEFT_CNI_BIN" ] || { echo "kernel-tests: weft-cni was not built at $WEFT_CNI_BIN" >&2; exit 1; }
+# libcni's cnitool and the reference plugins, built by `make tools` (e2e/tools.sh).
+tools=$(WEFT_TOOLS_NO_BUILD=1 "$HERE/tools.sh" cnitool cni-plugins) ||
+  { echo "kernel-tests: cnitool is not built: run make tools (e2e/tools.sh)" >&2; exit 1; }
+WEFT_CNITOOL=$(sed -n 's/^cnitool=//p' <<<"$tools")
+WEFT_CNI_PLUGINS=$(sed -n 's/^cni-plugins=//p' <<<"$tools")
+export WEFT_CNI_BIN WEFT_CNITOOL WEFT_CNI_PLUGINS
 [ -x "$WEFT_CTL_BIN" ] || { echo "kernel-tests: weftctl was not built at $WEFT_CTL_BIN" >&2; exit 1; }
 [ -x "$WEFT_AGENT_BIN" ] || { echo "kernel-tests: weft-agent was not built at $WEFT_AGENT_BIN" >&2; exit 1; }
 # kernel_bench*.rs are benchmarks: e2e/kernel-bench.sh runs them.

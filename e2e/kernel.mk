@@ -3,7 +3,7 @@
 
 KERNEL_TEST_ARGS ?=
 
-kernel-test:
+kernel-test: tools
 	e2e/kernel-tests.sh $(KERNEL_TEST_ARGS)
 
 kernel-bench:

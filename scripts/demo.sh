@@ -2,7 +2,8 @@
 # The Weft demo: a private etcd as the network state database (NSDB), the operator's translation
 # of the example topology in examples/ into NSDB records, and what NSDB then holds; then the
 # same topology running: three hosts in a QEMU guest with Debian's kernel (its OVS datapath),
-# one weft-agent per host, four pods, and the reachability matrix between them.
+# one weft-agent per host, four pods attached through weft-cni by libcni's cnitool, and the
+# reachability matrix between them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,15 +57,19 @@ for f in examples/invalid/*.yaml; do
   "$bin" translate --etcd-endpoints "$endpoint" --dry-run examples/ "$f" 2>&1 | grep -v ': valid, ' | sed 's/^/    /' || true
 done
 
-say "building weft-agent and the three-host demo"
-cargo build --quiet --locked -p weft-agent --bin weft-agent
+say "building weft-agent, weft-cni and the three-host demo"
+cargo build --quiet --locked -p weft-agent --bin weft-agent -p weft-cni --bin weft-cni
 demo_bin=$(cargo test --quiet --locked -p weft-agent --test kernel_demo --no-run --message-format=json 2>/dev/null |
   grep -F '"kind":["test"]' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 [ -x "$demo_bin" ] || { echo "demo: the kernel_demo test binary was not built"; exit 1; }
 export WEFT_AGENT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/weft-agent"
 case $WEFT_AGENT_BIN in /*) ;; *) WEFT_AGENT_BIN=$PWD/$WEFT_AGENT_BIN ;; esac
+export WEFT_CNI_BIN="${WEFT_AGENT_BIN%/*}/weft-cni"
+# Pods are attached as a container runtime attaches them: libcni's cnitool runs weft-cni.
+WEFT_CNITOOL=$(e2e/tools.sh cnitool | sed -n 's/^cnitool=//p')
+export WEFT_CNITOOL
 
-say "three hosts in a kernel guest: etcd, a weft-agent per host, examples/ translated, pods on blue and green"
+say "three hosts in a kernel guest: etcd, a weft-agent per host, examples/ translated, pods of namespaces blue and green added through cnitool and weft-cni"
 echo "  (the guest boots Debian's kernel under QEMU; the first run downloads it, later runs take a few minutes)"
 e2e/vm.sh "$demo_bin" --ignored --nocapture --test-threads=1 examples_reachability_matrix 2>&1 |
   grep -v -E '^(running [0-9]+ tests?|test result:)' || {

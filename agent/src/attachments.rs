@@ -59,6 +59,21 @@ pub struct Attachment {
     pub port: String,
     /// The datapath vport (the host end of the pod's veth).
     pub vport: String,
+    /// Set when the CNI plugin made the attachment: whose interface it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<CniAttachment>,
+}
+
+/// The container side of an attachment the CNI plugin made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniAttachment {
+    pub container_id: String,
+    /// The interface name inside the container (`CNI_IFNAME`).
+    pub ifname: String,
+    /// The network namespace path at ADD.
+    pub netns: String,
+    /// The network configuration's name.
+    pub network: String,
 }
 
 /// The file's content.
@@ -73,6 +88,15 @@ impl Record {
     /// The attachment of `port`.
     pub fn get(&self, port: &str) -> Option<&Attachment> {
         self.attachments.get(port)
+    }
+
+    /// The CNI attachment of `container_id`'s interface `ifname`.
+    pub fn by_container(&self, container_id: &str, ifname: &str) -> Option<&Attachment> {
+        self.attachments.values().find(|a| {
+            a.cni
+                .as_ref()
+                .is_some_and(|c| c.container_id == container_id && c.ifname == ifname)
+        })
     }
 
     /// The attachment that holds `vport`.
@@ -199,6 +223,7 @@ mod tests {
 
     fn att(port: &str, vport: &str) -> Attachment {
         Attachment {
+            cni: None,
             port: port.into(),
             vport: vport.into(),
         }

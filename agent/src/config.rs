@@ -98,6 +98,10 @@ pub struct Config {
     /// Keep the simulation trace of each installed flow (shown by `weftctl flows --trace`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub trace_flows: bool,
+    /// The bridge (its NSDB id, `vbr:<VirtualBridge name>`) that pods of a namespace no
+    /// bridge serves attach to; without it their ADD fails.
+    #[arg(long, env = "WEFT_DEFAULT_BRIDGE")]
+    pub default_bridge: Option<String>,
 }
 
 /// What the agent runs with, derived from [`Config`] and checked.
@@ -113,6 +117,8 @@ pub struct Settings {
     pub timeouts: IdleTimeouts,
     /// How often the flow manager reads the kernel's `used` statistics.
     pub expiry_interval: Duration,
+    /// The bridge of pods whose namespace no bridge serves.
+    pub default_bridge: Option<String>,
 }
 
 /// The tunnel vport's name for a tunnel type.
@@ -185,6 +191,13 @@ impl Config {
                     .map_err(|e| anyhow::anyhow!("--metrics-addr {a:?}: {e}"))?,
             ),
         };
+        let default_bridge = match self.default_bridge.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(b) if b.contains('/') => {
+                bail!("--default-bridge {b:?} contains '/', which NSDB ids cannot hold")
+            }
+            Some(b) => Some(b.to_owned()),
+        };
         let normal_ms = self.idle_timeout_secs * 1000;
         let timeouts = IdleTimeouts {
             normal_ms,
@@ -201,6 +214,7 @@ impl Config {
             metrics_addr,
             timeouts,
             expiry_interval: Duration::from_millis((normal_ms / 10).clamp(200, 5_000)),
+            default_bridge,
         })
     }
 }

@@ -161,6 +161,16 @@ pub fn attach_vport(
     Ok((v.port_no, true))
 }
 
+/// The port number of netdev vport `ifname`, if the datapath has one of that name.
+pub fn vport_port_no(d: &mut Dpif, dp_ifindex: i32, ifname: &str) -> anyhow::Result<Option<u32>> {
+    match d.vport_get(dp_ifindex, ifname) {
+        Ok(v) if v.kind == VportType::Netdev => Ok(Some(v.port_no)),
+        Ok(_) => Ok(None),
+        Err(e) if is_missing(&e) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("looking up vport {ifname}")),
+    }
+}
+
 /// Removes netdev vport `ifname`; returns false if it was not there. Any other vport (the
 /// tunnel, the datapath's local port) and Weft's own `weft-*` names are refused and stay.
 pub fn detach_vport(d: &mut Dpif, dp_ifindex: i32, ifname: &str) -> anyhow::Result<bool> {

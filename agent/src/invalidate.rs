@@ -719,6 +719,7 @@ mod tests {
                     excluded_ips: vec![],
                     inbound_chain: None,
                     outbound_chain: None,
+                    namespaces: vec![],
                 })),
                 false,
             ),

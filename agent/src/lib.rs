@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod attachments;
+pub mod cni;
 pub mod config;
 pub mod ctl;
 pub mod datapath;
@@ -16,6 +17,7 @@ pub mod invalidate;
 pub mod metrics;
 pub mod mtu;
 pub mod netdev;
+pub mod podnet;
 pub mod ratelimit;
 pub mod revalidate;
 pub mod run;

@@ -44,13 +44,52 @@ impl crate::api::Handler for Agent {
             Request::Flows => self.flows().await,
             Request::Trace { flow } => self.trace(&flow),
             Request::Status => self.status().await,
-            Request::CniAdd { .. }
-            | Request::CniDel { .. }
-            | Request::CniCheck { .. }
-            | Request::CniGc { .. }
-            | Request::CniStatus { .. } => {
-                Err(anyhow::anyhow!("{op} is not served by this agent yet"))
+            Request::CniAdd {
+                container_id,
+                ifname,
+                netns,
+                network,
+                pod_namespace,
+                pod_name,
+            } => {
+                let add = crate::cni::Add {
+                    container_id,
+                    ifname,
+                    netns,
+                    network,
+                    pod_namespace,
+                    pod_name,
+                };
+                return crate::cni::respond(op, self.cni_add(add).await);
             }
+            Request::CniDel {
+                container_id,
+                ifname,
+                network,
+                ..
+            } => {
+                return crate::cni::respond(
+                    op,
+                    self.cni_del(&container_id, &ifname, &network).await,
+                );
+            }
+            Request::CniCheck {
+                container_id,
+                ifname,
+                netns,
+                prev_result,
+                ..
+            } => {
+                return crate::cni::respond(
+                    op,
+                    self.cni_check(&container_id, &ifname, &netns, &prev_result)
+                        .await,
+                );
+            }
+            Request::CniGc { network, valid } => {
+                return crate::cni::respond(op, self.cni_gc(&network, &valid).await);
+            }
+            Request::CniStatus { .. } => Ok(Reply::CniReady),
         };
         match r {
             Ok(reply) => Response::Ok { reply },
@@ -107,17 +146,12 @@ impl Agent {
         let recorded = rec.record().get(&port).is_none();
         if recorded {
             rec.insert(Attachment {
+                cni: None,
                 port: port.clone(),
                 vport: ifname.clone(),
             })?;
         }
-        let (ifindex, pids, name) = (self.dp_ifindex, self.pids.clone(), ifname.clone());
-        let added = tokio::task::spawn_blocking(move || {
-            let mut d = Dpif::open()?;
-            datapath::attach_vport(&mut d, ifindex, &name, &pids)
-        })
-        .await?;
-        let (port_no, created) = match added {
+        let (port_no, created) = match self.add_vport(&ifname).await {
             Ok(a) => a,
             Err(e) => {
                 if recorded && let Err(re) = rec.remove(&port) {
@@ -130,13 +164,6 @@ impl Agent {
                 return Err(e);
             }
         };
-        // The vport is known before the binding is written, so the topology compiled from
-        // the binding's update already has the port local.
-        if self.ports.insert(&ifname, port_no) {
-            let _ = self.local.send(LocalChange::Vport {
-                name: ifname.clone(),
-            });
-        }
         let binding = PortBinding {
             port: p.record.id.clone(),
             host: self.settings.host.clone(),
@@ -182,9 +209,28 @@ impl Agent {
         Ok(())
     }
 
+    /// Adds netdev `ifname` to the datapath (or finds it there) and tells the topology.
+    /// Returns its port number and whether this call added it. The vport is known before
+    /// any binding of it is written, so the topology compiled from the binding's update
+    /// already has the port local.
+    pub(crate) async fn add_vport(&self, ifname: &str) -> anyhow::Result<(u32, bool)> {
+        let (ifindex, pids, name) = (self.dp_ifindex, self.pids.clone(), ifname.to_owned());
+        let (port_no, created) = tokio::task::spawn_blocking(move || {
+            let mut d = Dpif::open()?;
+            datapath::attach_vport(&mut d, ifindex, &name, &pids)
+        })
+        .await??;
+        if self.ports.insert(ifname, port_no) {
+            let _ = self.local.send(LocalChange::Vport {
+                name: ifname.to_owned(),
+            });
+        }
+        Ok((port_no, created))
+    }
+
     /// Deletes a pod's netdev vport (never the tunnel or the datapath's local port) and
     /// tells the topology.
-    async fn remove_vport(&self, name: &str) -> anyhow::Result<()> {
+    pub(crate) async fn remove_vport(&self, name: &str) -> anyhow::Result<()> {
         let ifindex = self.dp_ifindex;
         let n = name.to_owned();
         let removed = tokio::task::spawn_blocking(move || {

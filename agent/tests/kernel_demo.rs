@@ -1,6 +1,7 @@
 //! The examples, end to end, on three hosts in the kernel guest: examples/*.yaml translated
-//! into NSDB by the operator's code, four pods on the two namespace bridges attached through
-//! the agents (as the CNI plugin will), and the reachability matrix a user would draw: ping
+//! into NSDB by the operator's code, four pods of namespaces blue and green attached the way a
+//! container runtime attaches them (libcni's `cnitool` running `weft-cni` against each host's
+//! agent), and the reachability matrix a user would draw: ping
 //! between every pair, TCP to the web port (8080) and to another port (9090) that the
 //! `blue-ingress` ACL keeps green out of, and connections to the `web` VIP. `make demo` runs
 //! it to print the matrix; `make test` runs it as a test of the examples.
@@ -13,18 +14,23 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use hosts_support::{Cluster, EchoServer, TcpError};
-use ipnet::IpNet;
-use nsdb::{DeviceRef, MacAddr, Port, PortKind};
 use sim::RecordSet;
 use weft_operator::offline::{self, Loaded};
 
-/// Pods: (port id, bridge name, address, host).
-const PODS: [(&str, &str, &str, &str); 4] = [
-    ("blue-a", "blue", "10.10.0.11", "h1"),
-    ("blue-b", "blue", "10.10.0.12", "h2"),
-    ("green-a", "green", "10.20.0.11", "h3"),
-    ("green-b", "green", "10.20.0.12", "h2"),
+/// Pods: (name, Kubernetes namespace, the address it must get, host). The first pod of each
+/// bridge gets the pool's first free address (.11), which the `web` VIP names as a member;
+/// the others get whatever their bridge hands out.
+const PODS: [(&str, &str, Option<&str>, &str); 4] = [
+    ("blue-a", "blue", Some("10.10.0.11"), "h1"),
+    ("blue-b", "blue", None, "h2"),
+    ("green-a", "green", Some("10.20.0.11"), "h3"),
+    ("green-b", "green", None, "h2"),
 ];
+
+/// The VIP's members.
+fn is_member(p: &str) -> bool {
+    p == "blue-a" || p == "green-a"
+}
 
 const VIP: &str = "10.96.0.10";
 
@@ -56,28 +62,6 @@ fn translate_examples(c: &Cluster) -> RecordSet {
     RecordSet::from_records(all.iter().map(|(r, _)| r))
 }
 
-fn pod_port(c: &Cluster, id: &str, bridge: &str, addr: &str) -> Port {
-    let a = ip(addr).octets();
-    let tunnel_key = c
-        .block_on(
-            c.db()
-                .allocate_tunnel_key(&format!("port:{id}"), nsdb::tunnel_key::TYPE_PORT),
-        )
-        .expect("tunnel key");
-    Port {
-        id: id.into(),
-        device: DeviceRef::Bridge(format!("vbr:{bridge}")),
-        kind: PortKind::Exterior,
-        mac: MacAddr::from([0x02, 0x00, a[0], a[1], a[2], a[3]]),
-        addresses: vec![format!("{addr}/32").parse::<IpNet>().unwrap()],
-        tunnel_key,
-        inbound_chain: None,
-        outbound_chain: None,
-        admin_up: true,
-        labels: Default::default(),
-    }
-}
-
 fn cell(r: &Result<(), TcpError>) -> &'static str {
     match r {
         Ok(()) => "ok",
@@ -91,14 +75,21 @@ fn cell(r: &Result<(), TcpError>) -> &'static str {
 #[ignore = "needs the OVS kernel datapath: run by e2e/kernel-tests.sh or make demo inside the guest"]
 fn examples_reachability_matrix() {
     let mut c = Cluster::start("demo", 3, 900);
-    let mut records = translate_examples(&c);
-    for (id, bridge, addr, _) in PODS {
-        let p = pod_port(&c, id, bridge, addr);
-        records.ports.push(p);
-    }
+    let records = translate_examples(&c);
     c.write_topology(&records);
-    for (id, _, _, host) in PODS {
-        c.add_pod(id, host);
+    for (id, ns, addr, host) in PODS {
+        let p = c.cni_add(id, host, ns);
+        eprintln!(
+            "demo: cnitool add {id} (namespace {ns}) on {host}: {} {}",
+            p.ip, p.mac
+        );
+        if let Some(want) = addr {
+            assert_eq!(
+                p.ip,
+                ip(want),
+                "{id} did not get its bridge's first free address"
+            );
+        }
     }
     // Every pod reaches its gateway once the other agents have seen the new bindings.
     for (id, bridge, _, _) in PODS {
@@ -129,14 +120,16 @@ fn examples_reachability_matrix() {
     };
 
     header(&mut out, "ping (from \\ to)");
-    for (from, _, addr, host) in PODS {
+    for (from, _, _, host) in PODS {
+        let addr = c.pod(from).ip;
         let _ = write!(out, "{:<28}", format!("{from} ({addr}, {host})"));
-        for (to, _, to_addr, _) in PODS {
+        for (to, _, _, _) in PODS {
+            let to_addr = c.pod(to).ip;
             if from == to {
                 let _ = write!(out, "{:>9}", "-");
                 continue;
             }
-            let p = c.ping(from, ip(to_addr), 2);
+            let p = c.ping(from, to_addr, 2);
             let ok = p.ok && p.received > 0;
             let _ = write!(out, "{:>9}", if ok { "ok" } else { "FAIL" });
             if !ok {
@@ -148,14 +141,16 @@ fn examples_reachability_matrix() {
 
     for port in [8080u16, 9090] {
         header(&mut out, &format!("TCP :{port} (from \\ to)"));
-        for (from, _, addr, host) in PODS {
+        for (from, _, _, host) in PODS {
+            let addr = c.pod(from).ip;
             let _ = write!(out, "{:<28}", format!("{from} ({addr}, {host})"));
-            for (to, _, to_addr, _) in PODS {
+            for (to, _, _, _) in PODS {
+                let to_addr = c.pod(to).ip;
                 if from == to {
                     let _ = write!(out, "{:>9}", "-");
                     continue;
                 }
-                let r = c.tcp_echo(from, SocketAddr::new(IpAddr::V4(ip(to_addr)), port), 2000);
+                let r = c.tcp_echo(from, SocketAddr::new(IpAddr::V4(to_addr), port), 2000);
                 let _ = write!(out, "{:>9}", cell(&r));
                 if r.is_ok() != expected_tcp(from, to, port) {
                     wrong.push(format!(
@@ -176,8 +171,8 @@ fn examples_reachability_matrix() {
         out,
         "\nVIP {VIP}:80 (web: blue-a:8080, green-a:8080, ClientIP affinity)"
     );
-    for (from, _, addr, _) in PODS {
-        if addr == "10.10.0.11" || addr == "10.20.0.11" {
+    for (from, _, _, _) in PODS {
+        if is_member(from) {
             // A member reaching its own VIP and being picked itself needs hairpin SNAT,
             // which the load balancer does not do yet.
             let _ = writeln!(out, "  from {from:<8} (a member of the VIP: not probed)");

@@ -23,8 +23,6 @@ use nsdb::{
 use crate::error::Error;
 use crate::ids::{self, CrKind, ObjectKey};
 
-/// MTU of a bridge whose spec leaves it out: 1500 less the VXLAN overhead.
-pub const DEFAULT_MTU: u16 = 1450;
 /// Source ports SNAT uses when the spec leaves them out.
 pub const DEFAULT_SNAT_PORTS: (u16, u16) = (1024, 65535);
 
@@ -355,13 +353,27 @@ fn bridge(name: &str, o: &VirtualBridge, inv: &Inventory) -> Result<Vec<AnyRecor
         subnet_v4: subnet,
         subnet_v6,
         gateway_v4: gateway,
-        mtu: s.mtu.unwrap_or(DEFAULT_MTU),
+        // 0: each agent derives it from its underlay and encapsulation.
+        mtu: s.mtu.unwrap_or(0),
         vlan: s.vlan,
         excluded_ips,
         inbound_chain,
         outbound_chain,
+        namespaces: namespace_names(s),
     }));
     f.finish(records)
+}
+
+/// The namespaces a bridge serves by name, sorted and without repeats.
+fn namespace_names(s: &api::VirtualBridgeSpec) -> Vec<String> {
+    let mut names: Vec<String> = s
+        .namespaces
+        .iter()
+        .flat_map(|n| n.names.iter().cloned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 fn l4(p: api::L4Protocol) -> Protocol {
@@ -772,7 +784,7 @@ mod tests {
                 "blue",
                 &["/weft/v1/bridges/vbr:blue", "/weft/v1/chains/vbr:blue:in"],
                 "10.1.0.1",
-                DEFAULT_MTU,
+                0,
                 Some("vbr:blue:in"),
             ),
             (

@@ -87,13 +87,17 @@ mod tests {
     #[test]
     fn an_unsupported_field_is_refused_before_the_semantic_check() {
         let mut inv = crate::fixtures::topology();
-        // red sets spec.mtu in the fixture; the rest of it is valid.
+        // red chooses its namespaces by label; the rest of it is valid.
         let red = ObjectKey::new(CrKind::VirtualBridge, "red");
+        inv.bridges.get_mut("red").unwrap().spec.namespaces = Some(api::NamespaceSelection {
+            names: vec![],
+            selector: Some(Default::default()),
+        });
         let Err(Error::Unsupported { message, .. }) = validate(&red, &inv) else {
             panic!("{:?}", validate(&red, &inv))
         };
         assert!(
-            message.starts_with("spec.mtu: not supported yet"),
+            message.starts_with("spec.namespaces.selector: not supported yet"),
             "{message}"
         );
 
@@ -105,7 +109,7 @@ mod tests {
         assert!(!message.contains("spec.gateway"), "{message}");
 
         // Without the field, the semantic fault shows.
-        inv.bridges.get_mut("red").unwrap().spec.mtu = None;
+        inv.bridges.get_mut("red").unwrap().spec.namespaces = None;
         let Err(Error::InvalidSpec { message, .. }) = validate(&red, &inv) else {
             panic!("{:?}", validate(&red, &inv))
         };

@@ -349,7 +349,8 @@ async fn an_unsupported_field_is_refused_and_nsdb_keeps_the_last_programmed_spec
     assert_all_programmed(&program_all(&db, &inv).await);
     let (rev, before) = snapshot(&db).await;
 
-    // A health check on the programmed load balancer, and a new bridge mapping a namespace.
+    // A health check on the programmed load balancer, and a new bridge choosing namespaces by
+    // label.
     inv.load_balancers.get_mut("web").unwrap().spec.health_check =
         serde_json::from_value(serde_json::json!({"type": "TCP"})).unwrap();
     let mut orange = inv.bridges["green"].clone();
@@ -357,8 +358,10 @@ async fn an_unsupported_field_is_refused_and_nsdb_keeps_the_last_programmed_spec
     orange.spec.subnet = "10.30.0.0/24".into();
     orange.spec.subnet_v6 = None;
     orange.spec.gateway = None;
-    orange.spec.namespaces =
-        serde_json::from_value(serde_json::json!({"names": ["orange"]})).unwrap();
+    orange.spec.namespaces = serde_json::from_value(
+        serde_json::json!({"selector": {"matchLabels": {"team": "orange"}}}),
+    )
+    .unwrap();
     inv.add_bridge(orange);
 
     let outcomes: BTreeMap<ObjectKey, Outcome> = program_all(&db, &inv).await.into_iter().collect();
@@ -369,7 +372,10 @@ async fn an_unsupported_field_is_refused_and_nsdb_keeps_the_last_programmed_spec
     assert!(
         message(CrKind::VirtualLoadBalancer, "web").starts_with("spec.healthCheck: not supported")
     );
-    assert!(message(CrKind::VirtualBridge, "orange").starts_with("spec.namespaces: not supported"));
+    assert!(
+        message(CrKind::VirtualBridge, "orange")
+            .starts_with("spec.namespaces.selector: not supported")
+    );
     assert_eq!(outcomes.values().filter(|o| o.is_refused()).count(), 2);
     // web keeps the records of its last programmed spec; orange has none.
     let (rev2, after) = snapshot(&db).await;

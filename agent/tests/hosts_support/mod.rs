@@ -197,6 +197,8 @@ pub struct Host {
     pub pod_mtu: u16,
     /// Further command-line arguments of its agent (e.g. `--tunnel geneve`).
     pub agent_args: Vec<String>,
+    /// Further environment of its agent (e.g. a fault-injection point).
+    pub agent_env: Vec<(String, String)>,
     child: Option<Child>,
     ns: Netns,
 }
@@ -222,6 +224,7 @@ impl Host {
             .arg("--api-socket")
             .arg(&self.api)
             .args(&self.agent_args)
+            .envs(self.agent_env.iter().map(|(k, v)| (k, v)))
             .env("WEFT_STATE_DIR", self.state_dir())
             .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
@@ -491,7 +494,8 @@ pub fn pod_addr(records: &RecordSet, port: &str) -> PodAddr {
         prefix_len,
         gateway,
         mac: p.mac.to_string(),
-        mtu: br.mtu,
+        // 0: unset, the agent's pod MTU applies.
+        mtu: if br.mtu == 0 { u16::MAX } else { br.mtu },
     }
 }
 
@@ -673,6 +677,7 @@ impl Cluster {
                     datapath: String::new(),
                     pod_mtu: 0,
                     agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
+                    agent_env: Vec::new(),
                     child: None,
                     ns,
                 },
@@ -776,6 +781,40 @@ impl Cluster {
             self.name,
             all.len()
         );
+        // The fixtures number their tunnel keys themselves: reserve them, so that keys the
+        // agents allocate (CNI pods) never collide with them.
+        let keys: Vec<(u32, String)> = all
+            .iter()
+            .filter_map(|r| match r {
+                AnyRecord::Bridge(b) => Some((b.tunnel_key, b.id.clone())),
+                AnyRecord::Router(x) => Some((x.tunnel_key, x.id.clone())),
+                AnyRecord::Port(p) => Some((p.tunnel_key, p.id.clone())),
+                _ => None,
+            })
+            .filter(|(k, _)| *k != 0)
+            .collect();
+        let held: std::collections::BTreeSet<u32> = self
+            .block_on(self.db().list::<nsdb::TunnelKeyAlloc>())
+            .unwrap_or_else(|e| self.fail(&format!("listing tunnel keys failed: {e}")))
+            .records
+            .iter()
+            .map(|k| k.record.key)
+            .collect();
+        let keys: Vec<(u32, String)> = keys
+            .into_iter()
+            .filter(|(k, _)| !held.contains(k))
+            .collect();
+        for chunk in keys.chunks(nsdb::MAX_TXN_OPS) {
+            let mut txn = self.db().txn();
+            for (key, owner) in chunk {
+                txn = txn.put(&nsdb::TunnelKeyAlloc {
+                    key: *key,
+                    owner: owner.clone(),
+                });
+            }
+            self.block_on(txn.commit())
+                .unwrap_or_else(|e| self.fail(&format!("reserving tunnel keys failed: {e}")));
+        }
         self.records = records.clone();
     }
 
@@ -1338,5 +1377,419 @@ impl Drop for BackgroundPing {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CNI: pods attached the way a container runtime attaches them
+// ---------------------------------------------------------------------------------------------
+
+/// The network name of the harness's CNI configuration.
+pub const CNI_NETWORK: &str = "weft";
+
+/// An environment variable that names an existing file, or a failed test saying what is
+/// missing.
+fn tool_path(var: &str, what: &str) -> PathBuf {
+    let p = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("{var} is not set: {what} (e2e/kernel-tests.sh sets it)"));
+    assert!(p.exists(), "{var}={} does not exist: {what}", p.display());
+    p
+}
+
+/// libcni's reference client, `cnitool` (`WEFT_CNITOOL`).
+pub fn cnitool_bin() -> PathBuf {
+    tool_path("WEFT_CNITOOL", "the path of cnitool, built by e2e/tools.sh")
+}
+
+/// The `weft-cni` plugin (`WEFT_CNI_BIN`).
+pub fn cni_bin() -> PathBuf {
+    tool_path("WEFT_CNI_BIN", "the path of the weft-cni plugin")
+}
+
+/// What one run of cnitool or of the plugin printed.
+#[derive(Debug, Clone)]
+pub struct CniOut {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CniOut {
+    /// Runs `cmd` to its end.
+    pub fn run(mut cmd: Command) -> CniOut {
+        CniOut::of(cmd.output().expect("run a CNI command"))
+    }
+
+    fn of(out: std::process::Output) -> CniOut {
+        CniOut {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Its stdout as JSON (a result, or the spec's error object).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {:?} (stderr {:?})",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// The spec's error code on stdout, if it printed an error object.
+    pub fn code(&self) -> Option<u64> {
+        serde_json::from_str::<serde_json::Value>(self.stdout.trim())
+            .ok()?
+            .get("code")?
+            .as_u64()
+    }
+}
+
+/// The attachment a CNI ADD made, as its result says.
+#[derive(Debug, Clone)]
+pub struct CniPod {
+    /// The pod's namespace name (`pod-<name>`).
+    pub ns: String,
+    pub host: String,
+    /// The container id cnitool derives from the netns path.
+    pub container_id: String,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub mac: String,
+    /// The host end of its veth.
+    pub vport: String,
+    /// The printed result.
+    pub result: serde_json::Value,
+}
+
+/// What CNI attachments hold on one host and in NSDB: what a leak would leave.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CniHoldings {
+    /// `wf` + 12 hex veths in the host's namespace.
+    pub veths: usize,
+    /// Such vports on the host's datapath.
+    pub vports: usize,
+    /// NSDB ports labelled as this host's CNI pods, their bindings, leases and tunnel keys.
+    pub ports: usize,
+    pub bindings: usize,
+    pub leases: usize,
+    pub tunnel_keys: usize,
+}
+
+fn is_cni_vport(name: &str) -> bool {
+    name.len() == 14 && name.starts_with("wf") && name[2..].chars().all(|c| c.is_ascii_hexdigit())
+}
+
+impl Cluster {
+    /// The NETCONFPATH of `host`: one conflist naming the host's agent socket.
+    pub fn netconf_dir(&self, host: &str) -> PathBuf {
+        let dir = self.dir.join(format!("netconf-{host}"));
+        if !dir.join("10-weft.conflist").exists() {
+            std::fs::create_dir_all(&dir).expect("netconf dir");
+            let conf = serde_json::json!({
+                "cniVersion": "1.1.0",
+                "name": CNI_NETWORK,
+                "plugins": [{
+                    "type": "weft-cni",
+                    "agentSocket": self.host(host).api,
+                    "agentTimeoutMs": 10000,
+                }],
+            });
+            std::fs::write(dir.join("10-weft.conflist"), conf.to_string()).expect("conflist");
+        }
+        dir
+    }
+
+    /// The CNI_PATH: a directory holding the plugin.
+    fn cni_path(&self) -> PathBuf {
+        let dir = self.dir.join("cni-bin");
+        if !dir.join("weft-cni").exists() {
+            std::fs::create_dir_all(&dir).expect("cni bin dir");
+            let _ = std::fs::remove_file(dir.join("weft-cni"));
+            std::os::unix::fs::symlink(cni_bin(), dir.join("weft-cni")).expect("plugin link");
+        }
+        dir
+    }
+
+    /// `cnitool VERB weft /run/netns/POD_NS` in `host`'s namespace, as a runtime on that
+    /// node would run it, with `CNI_ARGS` for the pod's Kubernetes namespace and name.
+    pub fn cnitool(
+        &self,
+        host: &str,
+        verb: &str,
+        pod_ns: &str,
+        k8s: Option<(&str, &str)>,
+    ) -> CniOut {
+        CniOut::run(self.cnitool_cmd(host, verb, pod_ns, k8s))
+    }
+
+    /// The command [`Cluster::cnitool`] runs, for running many at once.
+    pub fn cnitool_cmd(
+        &self,
+        host: &str,
+        verb: &str,
+        pod_ns: &str,
+        k8s: Option<(&str, &str)>,
+    ) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", host])
+            .arg(cnitool_bin())
+            .args([verb, CNI_NETWORK, &format!("/run/netns/{pod_ns}")])
+            .env("CNI_PATH", self.cni_path())
+            .env("NETCONFPATH", self.netconf_dir(host))
+            .env("CNI_IFNAME", "eth0")
+            .env_remove("CNI_ARGS")
+            .stdin(Stdio::null());
+        if let Some((ns, name)) = k8s {
+            cmd.env(
+                "CNI_ARGS",
+                format!("K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}"),
+            );
+        }
+        cmd
+    }
+
+    /// Runs the plugin itself in `host`'s namespace with exactly `env` and `stdin`.
+    pub fn cni_plugin(&self, host: &str, env: &[(&str, &str)], stdin: &[u8]) -> CniOut {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", host, "env", "-i"]);
+        for (k, v) in env {
+            cmd.arg(format!("{k}={v}"));
+        }
+        let mut child = cmd
+            .arg(cni_bin())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run weft-cni");
+        if let Some(mut i) = child.stdin.take() {
+            let _ = i.write_all(stdin);
+        }
+        CniOut::of(child.wait_with_output().expect("weft-cni output"))
+    }
+
+    /// The single network configuration (no list) for `host`, as the plugin reads it.
+    pub fn cni_conf(&self, host: &str) -> serde_json::Value {
+        serde_json::json!({
+            "cniVersion": "1.1.0",
+            "name": CNI_NETWORK,
+            "type": "weft-cni",
+            "agentSocket": self.host(host).api,
+            "agentTimeoutMs": 10000,
+        })
+    }
+
+    /// Makes pod namespace `pod-<name>` and ADDs it on `host` through cnitool, as a pod of
+    /// Kubernetes namespace `k8s_ns`. Registers it as pod `name` for the ping and TCP helpers.
+    pub fn cni_add(&mut self, name: &str, host: &str, k8s_ns: &str) -> CniPod {
+        let ns_name = format!("pod-{name}");
+        let ns = Netns::new(&ns_name);
+        let out = self.cnitool(host, "add", &ns_name, Some((k8s_ns, name)));
+        if !out.ok {
+            self.fail(&format!("cnitool add {name} on {host}: {out:?}"));
+        }
+        let pod = self.cni_pod(name, host, &out);
+        self.pods.insert(
+            name.into(),
+            Pod {
+                port: name.into(),
+                host: host.into(),
+                ns: ns_name,
+                ip: pod.ip,
+                mac: pod.mac.clone(),
+                ifname: pod.vport.clone(),
+                port_no: 0,
+                _ns: ns,
+            },
+        );
+        self.rearm();
+        pod
+    }
+
+    /// Reads a cnitool ADD result.
+    pub fn cni_pod(&self, name: &str, host: &str, out: &CniOut) -> CniPod {
+        let r = out.json();
+        let ifaces = r["interfaces"].as_array().cloned().unwrap_or_default();
+        let vport = ifaces
+            .iter()
+            .find(|i| i.get("sandbox").is_none())
+            .and_then(|i| i["name"].as_str())
+            .unwrap_or_else(|| self.fail(&format!("no host interface in {r}")))
+            .to_owned();
+        let mac = ifaces
+            .iter()
+            .find(|i| i.get("sandbox").is_some())
+            .and_then(|i| i["mac"].as_str())
+            .unwrap_or_else(|| self.fail(&format!("no sandbox interface in {r}")))
+            .to_owned();
+        let addr: IpNet = r["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| self.fail(&format!("no address in {r}")));
+        let IpAddr::V4(ip) = addr.addr() else {
+            self.fail(&format!("the first address of {r} is not IPv4"))
+        };
+        // The container id cnitool made up, from the port the agent labelled with it.
+        let db = self.db();
+        let bound = self
+            .block_on(db.list::<nsdb::PortBinding>())
+            .expect("list bindings")
+            .records
+            .into_iter()
+            .find(|b| b.record.vport == vport)
+            .unwrap_or_else(|| self.fail(&format!("no NSDB binding of {vport}")));
+        let port = self
+            .block_on(db.get::<nsdb::Port>(&bound.record.port))
+            .expect("read port")
+            .unwrap_or_else(|| self.fail(&format!("no NSDB port {}", bound.record.port)));
+        let container_id = port
+            .record
+            .labels
+            .get("weft.dev/container-id")
+            .cloned()
+            .unwrap_or_else(|| {
+                self.fail(&format!("port {} has no container label", port.record.id))
+            });
+        CniPod {
+            ns: format!("pod-{name}"),
+            host: host.into(),
+            container_id,
+            ip,
+            prefix_len: addr.prefix_len(),
+            mac,
+            vport,
+            result: r,
+        }
+    }
+
+    /// Forgets pod `name` (after its DEL), removing its namespace.
+    pub fn forget_pod(&mut self, name: &str) {
+        self.pods.remove(name);
+        self.rearm();
+    }
+
+    /// What CNI attachments hold on `host` (links, vports) and in NSDB (records labelled
+    /// with that host).
+    pub fn cni_holdings(&self, host: &str) -> CniHoldings {
+        let h = self.host(host);
+        let links = sh(&format!("ip -n {host} -o link show type veth"));
+        let veths = links
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or(""))
+            .filter(|n| is_cni_vport(n))
+            .count();
+        let (_, dp, _) = sh_try(&format!(
+            "ip netns exec {host} ovs-dpctl show {}",
+            h.datapath
+        ));
+        let vports = dp
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .filter(|n| is_cni_vport(n.trim()))
+            .count();
+        let db = self.db();
+        let ports: Vec<nsdb::Port> = self
+            .block_on(db.list::<nsdb::Port>())
+            .expect("list ports")
+            .records
+            .into_iter()
+            .map(|v| v.record)
+            .filter(|p| p.labels.get("weft.dev/host").map(String::as_str) == Some(host))
+            .collect();
+        let ids: std::collections::BTreeSet<String> = ports.iter().map(|p| p.id.clone()).collect();
+        let bindings = self
+            .block_on(db.list::<nsdb::PortBinding>())
+            .expect("list bindings")
+            .records
+            .iter()
+            .filter(|b| b.record.host == host && is_cni_vport(&b.record.vport))
+            .count();
+        let leases = self
+            .block_on(db.list::<nsdb::IpLease>())
+            .expect("list leases")
+            .records
+            .iter()
+            .filter(|l| ids.contains(&l.record.owner))
+            .count();
+        let tunnel_keys = self
+            .block_on(db.list::<nsdb::TunnelKeyAlloc>())
+            .expect("list tunnel keys")
+            .records
+            .iter()
+            .filter(|k| ids.contains(&k.record.owner))
+            .count();
+        CniHoldings {
+            veths,
+            vports,
+            ports: ports.len(),
+            bindings,
+            leases,
+            tunnel_keys,
+        }
+    }
+
+    /// Every NSDB record any CNI pod holds, on any host.
+    pub fn cni_records(&self) -> (usize, usize, usize, usize) {
+        let db = self.db();
+        let cni = |id: &str| id.starts_with("cni-");
+        (
+            self.block_on(db.list::<nsdb::Port>())
+                .expect("ports")
+                .records
+                .iter()
+                .filter(|p| cni(&p.record.id))
+                .count(),
+            self.block_on(db.list::<nsdb::PortBinding>())
+                .expect("bindings")
+                .records
+                .iter()
+                .filter(|b| cni(&b.record.port))
+                .count(),
+            self.block_on(db.list::<nsdb::IpLease>())
+                .expect("leases")
+                .records
+                .iter()
+                .filter(|l| cni(&l.record.owner))
+                .count(),
+            self.block_on(db.list::<nsdb::TunnelKeyAlloc>())
+                .expect("keys")
+                .records
+                .iter()
+                .filter(|k| cni(&k.record.owner))
+                .count(),
+        )
+    }
+
+    /// Sets further environment for `host`'s agent, used from its next start.
+    pub fn set_agent_env(&mut self, host: &str, env: &[(&str, &str)]) {
+        let h = self
+            .hosts
+            .get_mut(host)
+            .unwrap_or_else(|| panic!("no host {host}"));
+        h.agent_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
+    /// Waits until `host`'s agent process has exited (after a crash it caused itself).
+    pub fn wait_agent_exit(&mut self, host: &str, within: Duration) {
+        let h = self
+            .hosts
+            .get_mut(host)
+            .unwrap_or_else(|| panic!("no host {host}"));
+        let deadline = Instant::now() + within;
+        while h.agent_running() {
+            if Instant::now() > deadline {
+                panic!("the agent of {host} did not exit within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        h.child = None;
     }
 }

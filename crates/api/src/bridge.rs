@@ -60,8 +60,9 @@ pub struct VirtualBridgeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(patterns::IPV4))]
     pub gateway: Option<String>,
-    /// MTU of the pod interfaces.
-    /// Not supported yet: the operator refuses an object that sets it (reason `Unsupported`).
+    /// MTU of the pod interfaces. Without it each node's agent gives its pods the largest
+    /// MTU its underlay carries with the encapsulation; an MTU larger than that is refused
+    /// at attach time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 576, max = 9000))]
     pub mtu: Option<u16>,
@@ -69,8 +70,8 @@ pub struct VirtualBridgeSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 4096), inner(pattern(patterns::IP)))]
     pub excluded_ips: Vec<String>,
-    /// The namespaces whose pods attach to this bridge.
-    /// Not supported yet: the operator refuses an object that sets it (reason `Unsupported`).
+    /// The namespaces whose pods attach to this bridge. A namespace is served by one bridge
+    /// at most; pods of a namespace no bridge serves attach to the agents' default bridge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespaces: Option<NamespaceSelection>,
     /// Optional 802.1Q VLAN id of the segment.
@@ -88,6 +89,7 @@ pub struct NamespaceSelection {
     #[schemars(inner(pattern(patterns::OBJECT_NAME)))]
     pub names: Vec<String>,
     /// Namespaces by label.
+    /// Not supported yet: the operator refuses an object that sets it (reason `Unsupported`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
 }

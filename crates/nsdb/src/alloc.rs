@@ -17,9 +17,9 @@ use crate::records::{Bridge, IpLease, Record, TunnelKeyAlloc};
 use crate::tunnel_key;
 
 /// How many lost races an allocation tolerates before it gives up.
-const MAX_ATTEMPTS: u32 = 10_000;
+pub(crate) const MAX_ATTEMPTS: u32 = 10_000;
 /// Lost races in a row after which the used-slot cache is re-read from etcd.
-const RELOAD_AFTER_CONFLICTS: u32 = 8;
+pub(crate) const RELOAD_AFTER_CONFLICTS: u32 = 8;
 
 /// Address family to allocate from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,15 +38,16 @@ pub(crate) struct PoolState {
 
 /// An address range: `size` offsets from `base`, minus reserved offsets.
 #[derive(Debug, Clone)]
-struct Space {
-    name: String,
+pub(crate) struct Space {
+    /// The pool's name, as errors and the per-process cache name it.
+    pub(crate) name: String,
     base: u128,
     size: u128,
     reserved: BTreeSet<u128>,
 }
 
 impl Space {
-    fn for_bridge(bridge: &Bridge, family: IpFamily) -> Result<Space> {
+    pub(crate) fn for_bridge(bridge: &Bridge, family: IpFamily) -> Result<Space> {
         let name = format!("leases/{}/{family:?}", bridge.id);
         let mut reserved = BTreeSet::new();
         let (base, size, v4) = match family {
@@ -101,7 +102,7 @@ impl Space {
         (off < self.size).then_some(off)
     }
 
-    fn ip_at(&self, off: u128, family: IpFamily) -> IpAddr {
+    pub(crate) fn ip_at(&self, off: u128, family: IpFamily) -> IpAddr {
         let n = self.base + off;
         match family {
             // The v4 space never exceeds 32 bits, so the truncation is exact.
@@ -110,7 +111,7 @@ impl Space {
         }
     }
 
-    fn tunnel_keys(ty: u32) -> Space {
+    pub(crate) fn tunnel_keys(ty: u32) -> Space {
         Space {
             name: format!("tunnel_keys/{ty}"),
             base: u128::from(ty) << tunnel_key::INDEX_BITS,
@@ -150,7 +151,7 @@ impl Nsdb {
 
     /// After losing `off` to another process, jump a random distance ahead so that
     /// racing allocators spread out instead of walking the same sequence in lockstep.
-    fn skip_ahead(&self, space: &Space, off: u128) {
+    pub(crate) fn skip_ahead(&self, space: &Space, off: u128) {
         use std::hash::{BuildHasher, Hasher};
         let jitter = std::collections::hash_map::RandomState::new()
             .build_hasher()
@@ -162,7 +163,7 @@ impl Nsdb {
         }
     }
 
-    fn unpick(&self, space: &Space, off: u128) {
+    pub(crate) fn unpick(&self, space: &Space, off: u128) {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(st) = pools.get_mut(&space.name) {
             st.used.remove(&off);
@@ -176,7 +177,7 @@ impl Nsdb {
         st.loaded = true;
     }
 
-    async fn load_leases(&self, space: &Space, bridge: &str) -> Result<()> {
+    pub(crate) async fn load_leases(&self, space: &Space, bridge: &str) -> Result<()> {
         let raw = self.list_raw(&keys::lease_prefix(bridge)).await?;
         let used = raw
             .kvs
@@ -191,7 +192,7 @@ impl Nsdb {
         Ok(())
     }
 
-    async fn load_tunnel_keys(&self, space: &Space, ty: u32) -> Result<()> {
+    pub(crate) async fn load_tunnel_keys(&self, space: &Space, ty: u32) -> Result<()> {
         let raw = self.list_raw(&Kind::TunnelKey.prefix()).await?;
         let used = raw
             .kvs
@@ -204,6 +205,67 @@ impl Nsdb {
             .collect();
         self.store_used(space, used);
         Ok(())
+    }
+
+    /// A free address offset of `space` (the bridge's pool), reading the leases when the
+    /// cache is cold, and once more when the pool looks full: others may have released
+    /// addresses since. Errors with [`NsdbError::Exhausted`] when it is full.
+    pub(crate) async fn pick_ip(
+        &self,
+        space: &Space,
+        bridge: &str,
+        reloaded_when_full: &mut bool,
+    ) -> Result<u128> {
+        loop {
+            match self.pick(space) {
+                Pick::Offset(off) => return Ok(off),
+                Pick::NeedLoad => self.load_leases(space, bridge).await?,
+                Pick::Full if !*reloaded_when_full => {
+                    *reloaded_when_full = true;
+                    self.load_leases(space, bridge).await?;
+                }
+                Pick::Full => {
+                    return Err(NsdbError::Exhausted {
+                        pool: space.name.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// [`Nsdb::pick_ip`] for the tunnel keys of type `ty`.
+    pub(crate) async fn pick_tunnel_key(
+        &self,
+        space: &Space,
+        ty: u32,
+        reloaded_when_full: &mut bool,
+    ) -> Result<u128> {
+        loop {
+            match self.pick(space) {
+                Pick::Offset(off) => return Ok(off),
+                Pick::NeedLoad => self.load_tunnel_keys(space, ty).await?,
+                Pick::Full if !*reloaded_when_full => {
+                    *reloaded_when_full = true;
+                    self.load_tunnel_keys(space, ty).await?;
+                }
+                Pick::Full => {
+                    return Err(NsdbError::Exhausted {
+                        pool: space.name.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Forgets the cached leases of `bridge`, so the next allocation lists them again.
+    pub(crate) fn forget_leases(&self, bridge: &str) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        for fam in [IpFamily::V4, IpFamily::V6] {
+            if let Some(st) = pools.get_mut(&format!("leases/{bridge}/{fam:?}")) {
+                // Offsets are relative to the subnet, which is not re-read here.
+                st.loaded = false;
+            }
+        }
     }
 
     /// Leases a free address of `family` on `bridge` to `owner` (a port id). Skips the
@@ -244,22 +306,9 @@ impl Nsdb {
         let mut conflicts = 0u32;
         let mut reloaded_when_full = false;
         for _ in 0..MAX_ATTEMPTS {
-            let off = match self.pick(&space) {
-                Pick::Offset(off) => off,
-                Pick::NeedLoad => {
-                    self.load_leases(&space, bridge).await?;
-                    continue;
-                }
-                Pick::Full if !reloaded_when_full => {
-                    // Others may have released addresses since the cache was read.
-                    reloaded_when_full = true;
-                    self.load_leases(&space, bridge).await?;
-                    continue;
-                }
-                Pick::Full => {
-                    return Err(NsdbError::Exhausted { pool: space.name });
-                }
-            };
+            let off = self
+                .pick_ip(&space, bridge, &mut reloaded_when_full)
+                .await?;
             let ip = space.ip_at(off, family);
             let lease = IpLease {
                 bridge: bridge.to_owned(),
@@ -326,14 +375,7 @@ impl Nsdb {
             });
         }
         self.delete_if_version::<IpLease>(&id, cur.version).await?;
-        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        for fam in [IpFamily::V4, IpFamily::V6] {
-            if let Some(st) = pools.get_mut(&format!("leases/{bridge}/{fam:?}")) {
-                // Offsets are relative to the subnet, which we do not re-read here:
-                // forget the cache so the next allocation lists again.
-                st.loaded = false;
-            }
-        }
+        self.forget_leases(bridge);
         Ok(true)
     }
 
@@ -346,19 +388,9 @@ impl Nsdb {
         let mut conflicts = 0u32;
         let mut reloaded_when_full = false;
         for _ in 0..MAX_ATTEMPTS {
-            let off = match self.pick(&space) {
-                Pick::Offset(off) => off,
-                Pick::NeedLoad => {
-                    self.load_tunnel_keys(&space, ty).await?;
-                    continue;
-                }
-                Pick::Full if !reloaded_when_full => {
-                    reloaded_when_full = true;
-                    self.load_tunnel_keys(&space, ty).await?;
-                    continue;
-                }
-                Pick::Full => return Err(NsdbError::Exhausted { pool: space.name }),
-            };
+            let off = self
+                .pick_tunnel_key(&space, ty, &mut reloaded_when_full)
+                .await?;
             // off <= MAX_INDEX, so it fits a u32.
             let key = tunnel_key::compose(ty, off as u32)?;
             let alloc = TunnelKeyAlloc {
@@ -425,6 +457,7 @@ mod tests {
             excluded_ips: excluded.iter().map(|e| e.parse().unwrap()).collect(),
             inbound_chain: None,
             outbound_chain: None,
+            namespaces: vec![],
         }
     }
 

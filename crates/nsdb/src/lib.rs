@@ -45,6 +45,7 @@ pub mod error;
 pub mod keys;
 pub mod lease;
 pub mod metrics;
+pub mod pod_port;
 pub mod records;
 pub mod tunnel_key;
 pub mod watch;
@@ -56,6 +57,7 @@ pub use error::{NsdbError, Result};
 pub use keys::Kind;
 pub use lease::KeptLease;
 pub use metrics::register;
+pub use pod_port::{PodPort, PodPortRelease, PodPortRequest};
 pub use records::*;
 pub use watch::{Change, ChangeOp, Entry, Snapshot, Update, WatchCache, WatchHealth};
 #[cfg(feature = "test-util")]

@@ -71,6 +71,8 @@ pub struct Bridge {
     pub subnet_v6: Option<Ipv6Net>,
     #[serde(default)]
     pub gateway_v4: Option<Ipv4Addr>,
+    /// The MTU of the segment's pods; 0 leaves it to each agent, which derives it from its
+    /// underlay and encapsulation.
     pub mtu: u16,
     #[serde(default)]
     pub vlan: Option<u16>,
@@ -80,6 +82,10 @@ pub struct Bridge {
     pub inbound_chain: Option<String>,
     #[serde(default)]
     pub outbound_chain: Option<String>,
+    /// The Kubernetes namespaces whose pods attach to this bridge (the Kuryr network of a
+    /// namespace). A namespace is served by at most one bridge.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
 }
 
 /// An L4 protocol a rule, VIP or NAT rule can match.
@@ -556,6 +562,7 @@ pub(crate) mod tests {
                 excluded_ips: vec!["10.0.0.2".parse().unwrap(), "fd00:10::9".parse().unwrap()],
                 inbound_chain: Some("c-in".into()),
                 outbound_chain: None,
+                namespaces: vec!["team-a".into()],
             }
             .into_any(),
             Bridge {
@@ -570,6 +577,7 @@ pub(crate) mod tests {
                 excluded_ips: vec![],
                 inbound_chain: None,
                 outbound_chain: None,
+                namespaces: vec![],
             }
             .into_any(),
             Router {

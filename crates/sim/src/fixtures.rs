@@ -110,6 +110,7 @@ impl TopoBuilder {
             excluded_ips: vec![],
             inbound_chain: None,
             outbound_chain: None,
+            namespaces: vec![],
         });
         self
     }

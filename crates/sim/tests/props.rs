@@ -495,6 +495,7 @@ fn records(s: &Spec) -> (RecordSet, LocalDatapath) {
             excluded_ips: vec![],
             inbound_chain: None,
             outbound_chain: None,
+            namespaces: vec![],
         });
     }
     for x in 0..s.routers {

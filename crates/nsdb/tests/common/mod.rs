@@ -29,6 +29,7 @@ pub fn bridge(id: &str, subnet: &str, gateway: &str) -> Bridge {
         excluded_ips: vec![],
         inbound_chain: None,
         outbound_chain: None,
+        namespaces: vec![],
     }
 }
 

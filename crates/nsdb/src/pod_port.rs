@@ -1,0 +1,325 @@
+//! A pod's port, written whole: the IP lease (IPv4, and IPv6 where the bridge has a v6
+//! subnet), the tunnel key, the `Port` record and its binding to the host go to etcd in one
+//! transaction, and leave it in one. A crash between two writes cannot leave a lease without
+//! a port or a port without a binding, and of two agents racing for an address or a key
+//! exactly one wins it.
+//!
+//! The caller names the port (the CNI plugin derives the id from the container and its
+//! interface), so a retried allocation finds what the first one wrote instead of taking a
+//! second address.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use tracing::debug;
+
+use crate::alloc::{IpFamily, MAX_ATTEMPTS, RELOAD_AFTER_CONFLICTS, Space};
+use crate::client::{Nsdb, Versioned};
+use crate::error::{NsdbError, Result};
+use crate::keys;
+use crate::records::{
+    Bridge, DeviceRef, IpLease, MacAddr, Port, PortBinding, PortKind, Record, TunnelKeyAlloc,
+};
+use crate::tunnel_key;
+
+/// What a pod's port is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodPortRequest {
+    /// The port id; also the owner of its lease(s) and tunnel key.
+    pub port: String,
+    /// The bridge id.
+    pub bridge: String,
+    /// The host the port is bound to, and the vport (host end of the pod's veth) there.
+    pub host: String,
+    pub vport: String,
+    /// Labels of the port (who it belongs to).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A pod's port as NSDB holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodPort {
+    pub port: Port,
+    pub binding: PortBinding,
+    /// The bridge the port is on, as read when the port was allocated or found.
+    pub bridge: Bridge,
+    /// True if this call wrote the port; false if it was there already (a retry).
+    pub created: bool,
+}
+
+impl PodPort {
+    /// The port's address of `family`, with the prefix length of the bridge's subnet.
+    pub fn address(&self, family: IpFamily) -> Option<IpNet> {
+        self.port.addresses.iter().find_map(|a| {
+            let (ip, len) = match (family, a.addr()) {
+                (IpFamily::V4, ip @ IpAddr::V4(_)) => (ip, self.bridge.subnet_v4?.prefix_len()),
+                (IpFamily::V6, ip @ IpAddr::V6(_)) => (ip, self.bridge.subnet_v6?.prefix_len()),
+                _ => return None,
+            };
+            IpNet::new(ip, len).ok()
+        })
+    }
+}
+
+/// What [`Nsdb::release_pod_port`] removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodPortRelease {
+    /// The port, its binding, leases and tunnel key were deleted.
+    Removed(Port),
+    /// There was no such port.
+    Absent,
+    /// The port is bound to another host (or not bound by this host's vport) and was left.
+    NotOurs(PortBinding),
+}
+
+impl Nsdb {
+    /// Allocates a pod's port on `req.bridge`: free addresses, a free tunnel key of type
+    /// [`tunnel_key::TYPE_PORT`], the `Port` (MAC derived from its id, its addresses as
+    /// host routes) and the binding to `req.host`/`req.vport`, in one transaction.
+    ///
+    /// If the port exists and is bound to the same host and vport, returns it unchanged
+    /// (`created` false). If it exists otherwise, fails with
+    /// [`NsdbError::PortAlreadyBound`] (bound elsewhere) or [`NsdbError::VersionConflict`]
+    /// (an unbound port of that id that this call did not make).
+    pub async fn allocate_pod_port(&self, req: &PodPortRequest) -> Result<PodPort> {
+        keys::validate_id(crate::keys::Kind::Port, &req.port)?;
+        let bridge = self
+            .get::<Bridge>(&req.bridge)
+            .await?
+            .ok_or_else(|| NsdbError::BridgeNotFound {
+                bridge: req.bridge.clone(),
+            })?
+            .record;
+        // A port that exists already (a retry) makes the transaction fail on its key, and
+        // is found then: the common case costs no extra read.
+        let mut families = Vec::new();
+        if bridge.subnet_v4.is_some() {
+            families.push((IpFamily::V4, Space::for_bridge(&bridge, IpFamily::V4)?));
+        }
+        if bridge.subnet_v6.is_some() {
+            families.push((IpFamily::V6, Space::for_bridge(&bridge, IpFamily::V6)?));
+        }
+        if families.is_empty() {
+            return Err(NsdbError::NoSubnet {
+                bridge: bridge.id.clone(),
+                family: "IPv4 or IPv6",
+            });
+        }
+        let keys_space = Space::tunnel_keys(tunnel_key::TYPE_PORT);
+        let mut reloaded = vec![false; families.len()];
+        let mut reloaded_keys = false;
+        let mut conflicts = 0u32;
+        for _ in 0..MAX_ATTEMPTS {
+            // One offset per pool; an error gives back what was picked so far.
+            let mut picked: Vec<u128> = Vec::with_capacity(families.len());
+            for (i, (_, space)) in families.iter().enumerate() {
+                match self.pick_ip(space, &bridge.id, &mut reloaded[i]).await {
+                    Ok(off) => picked.push(off),
+                    Err(e) => {
+                        self.give_back(&families, &picked);
+                        return Err(e);
+                    }
+                }
+            }
+            let key_off = match self
+                .pick_tunnel_key(&keys_space, tunnel_key::TYPE_PORT, &mut reloaded_keys)
+                .await
+            {
+                Ok(off) => off,
+                Err(e) => {
+                    self.give_back(&families, &picked);
+                    return Err(e);
+                }
+            };
+            // off <= MAX_INDEX, so it fits a u32.
+            let key = tunnel_key::compose(tunnel_key::TYPE_PORT, key_off as u32)?;
+            let leases: Vec<IpLease> = families
+                .iter()
+                .zip(&picked)
+                .map(|((fam, space), off)| IpLease {
+                    bridge: bridge.id.clone(),
+                    ip: space.ip_at(*off, *fam),
+                    owner: req.port.clone(),
+                })
+                .collect();
+            let port = Port {
+                id: req.port.clone(),
+                device: DeviceRef::Bridge(bridge.id.clone()),
+                kind: PortKind::Exterior,
+                mac: MacAddr::local_from_name(&req.port),
+                addresses: leases.iter().map(|l| IpNet::from(l.ip)).collect(),
+                tunnel_key: key,
+                inbound_chain: None,
+                outbound_chain: None,
+                admin_up: true,
+                labels: req.labels.clone(),
+            };
+            let binding = PortBinding {
+                port: req.port.clone(),
+                host: req.host.clone(),
+                vport: req.vport.clone(),
+            };
+            let alloc = TunnelKeyAlloc {
+                key,
+                owner: req.port.clone(),
+            };
+            let mut txn = self.txn();
+            for l in &leases {
+                txn = txn.create(l);
+            }
+            txn = txn.create(&alloc).create(&port).create(&binding);
+            match txn.commit().await {
+                Ok(_) => {
+                    return Ok(PodPort {
+                        port,
+                        binding,
+                        bridge,
+                        created: true,
+                    });
+                }
+                Err(NsdbError::TxnConditionFailed { .. }) => {
+                    // Who got there first: the port itself (a concurrent retry), or another
+                    // port that took an address or the key.
+                    if let Some(found) = self.existing_pod_port(req, &bridge).await? {
+                        self.give_back(&families, &picked);
+                        self.unpick(&keys_space, key_off);
+                        return Ok(found);
+                    }
+                    for (((_, space), off), lease) in families.iter().zip(&picked).zip(&leases) {
+                        if self.get::<IpLease>(&lease.id()).await?.is_some() {
+                            self.skip_ahead(space, *off);
+                        } else {
+                            self.unpick(space, *off);
+                        }
+                    }
+                    if self.get::<TunnelKeyAlloc>(&alloc.id()).await?.is_some() {
+                        self.skip_ahead(&keys_space, key_off);
+                    } else {
+                        self.unpick(&keys_space, key_off);
+                    }
+                    debug!(port = %req.port, "an address or the tunnel key was taken meanwhile");
+                    conflicts += 1;
+                    if conflicts.is_multiple_of(RELOAD_AFTER_CONFLICTS) {
+                        for (_, space) in &families {
+                            self.load_leases(space, &bridge.id).await?;
+                        }
+                        self.load_tunnel_keys(&keys_space, tunnel_key::TYPE_PORT)
+                            .await?;
+                    }
+                }
+                Err(e) => {
+                    self.give_back(&families, &picked);
+                    self.unpick(&keys_space, key_off);
+                    return Err(e);
+                }
+            }
+        }
+        Err(NsdbError::Contended {
+            pool: format!("addresses of {}", bridge.id),
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    fn give_back(&self, families: &[(IpFamily, Space)], picked: &[u128]) {
+        for ((_, space), off) in families.iter().zip(picked) {
+            self.unpick(space, *off);
+        }
+    }
+
+    /// The port `req` names if it exists: `Some` when it is bound as `req` asks, an error
+    /// when it is bound elsewhere or not bound.
+    async fn existing_pod_port(
+        &self,
+        req: &PodPortRequest,
+        bridge: &Bridge,
+    ) -> Result<Option<PodPort>> {
+        let Some(Versioned { record: port, .. }) = self.get::<Port>(&req.port).await? else {
+            return Ok(None);
+        };
+        let binding = match self.get::<PortBinding>(&req.port).await? {
+            Some(Versioned { record, .. })
+                if record.host == req.host && record.vport == req.vport =>
+            {
+                record
+            }
+            Some(Versioned { record, .. }) => {
+                return Err(NsdbError::PortAlreadyBound {
+                    port: record.port,
+                    host: record.host,
+                    vport: record.vport,
+                });
+            }
+            None => {
+                return Err(NsdbError::VersionConflict {
+                    key: port.key(),
+                    expected: 0,
+                });
+            }
+        };
+        if port.device != DeviceRef::Bridge(bridge.id.clone()) {
+            return Err(NsdbError::VersionConflict {
+                key: port.key(),
+                expected: 0,
+            });
+        }
+        Ok(Some(PodPort {
+            port,
+            binding,
+            bridge: bridge.clone(),
+            created: false,
+        }))
+    }
+
+    /// Releases a pod's port bound to `host`: deletes the port, its binding, the leases it
+    /// owns and its tunnel key in one transaction, each at the version read. A port bound
+    /// elsewhere is left alone; no port is [`PodPortRelease::Absent`].
+    pub async fn release_pod_port(&self, port: &str, host: &str) -> Result<PodPortRelease> {
+        keys::validate_id(crate::keys::Kind::Port, port)?;
+        for _ in 0..8 {
+            let Some(cur) = self.get::<Port>(port).await? else {
+                return Ok(PodPortRelease::Absent);
+            };
+            let mut txn = self.txn().delete_if_version::<Port>(port, cur.version);
+            match self.get::<PortBinding>(port).await? {
+                Some(b) if b.record.host != host => return Ok(PodPortRelease::NotOurs(b.record)),
+                Some(b) => txn = txn.delete_if_version::<PortBinding>(port, b.version),
+                None => {}
+            }
+            let bridge = cur.record.device.id().to_owned();
+            for a in &cur.record.addresses {
+                let id = keys::lease_id(&bridge, a.addr());
+                if let Some(l) = self.get::<IpLease>(&id).await?
+                    && l.record.owner == port
+                {
+                    txn = txn.delete_if_version::<IpLease>(&id, l.version);
+                }
+            }
+            let key_id = keys::tunnel_key_id(cur.record.tunnel_key);
+            let key = self.get::<TunnelKeyAlloc>(&key_id).await?;
+            if let Some(k) = &key
+                && k.record.owner == port
+            {
+                txn = txn.delete_if_version::<TunnelKeyAlloc>(&key_id, k.version);
+            }
+            match txn.commit().await {
+                Ok(_) => {
+                    self.forget_leases(&bridge);
+                    if key.is_some_and(|k| k.record.owner == port) {
+                        let space = Space::tunnel_keys(tunnel_key::key_type(cur.record.tunnel_key));
+                        self.unpick(&space, u128::from(tunnel_key::index(cur.record.tunnel_key)));
+                    }
+                    return Ok(PodPortRelease::Removed(cur.record));
+                }
+                Err(NsdbError::TxnConditionFailed { .. }) => {
+                    debug!(port, "the port changed meanwhile, reading it again");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(NsdbError::Contended {
+            pool: format!("release of {port}"),
+            attempts: 8,
+        })
+    }
+}
