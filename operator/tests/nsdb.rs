@@ -358,6 +358,7 @@ async fn an_unsupported_field_is_refused_and_nsdb_keeps_the_last_programmed_spec
     orange.spec.subnet = "10.30.0.0/24".into();
     orange.spec.subnet_v6 = None;
     orange.spec.gateway = None;
+    orange.spec.excluded_ips = vec![];
     orange.spec.namespaces = serde_json::from_value(
         serde_json::json!({"selector": {"matchLabels": {"team": "orange"}}}),
     )
