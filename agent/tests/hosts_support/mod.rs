@@ -1484,7 +1484,9 @@ fn is_cni_vport(name: &str) -> bool {
 }
 
 impl Cluster {
-    /// The NETCONFPATH of `host`: one conflist naming the host's agent socket.
+    /// The NETCONFPATH of `host`: one conflist naming the host's agent socket. The plugin
+    /// waits 30 s for the agent, as on a slow node: under emulation a first ADD, which reads
+    /// the address and key pools, has taken more than the default 10 s.
     pub fn netconf_dir(&self, host: &str) -> PathBuf {
         let dir = self.dir.join(format!("netconf-{host}"));
         if !dir.join("10-weft.conflist").exists() {
@@ -1495,7 +1497,7 @@ impl Cluster {
                 "plugins": [{
                     "type": "weft-cni",
                     "agentSocket": self.host(host).api,
-                    "agentTimeoutMs": 10000,
+                    "agentTimeoutMs": 30000,
                 }],
             });
             std::fs::write(dir.join("10-weft.conflist"), conf.to_string()).expect("conflist");
@@ -1579,7 +1581,7 @@ impl Cluster {
             "name": CNI_NETWORK,
             "type": "weft-cni",
             "agentSocket": self.host(host).api,
-            "agentTimeoutMs": 10000,
+            "agentTimeoutMs": 30000,
         })
     }
 
