@@ -45,6 +45,12 @@ pub const UNDO_TIMEOUT: Duration = Duration::from_millis(2_000);
 /// state a `kill -9` at that moment leaves.
 pub const FAILPOINT_ENV: &str = "WEFT_FAILPOINT";
 
+/// Whether [`FAILPOINT_ENV`] asks for the crash after the NSDB write (read once).
+fn failpoint_after_nsdb() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var(FAILPOINT_ENV).is_ok_and(|f| f == "cni-add-after-nsdb"))
+}
+
 /// Labels on a pod's port: who it belongs to.
 pub const LABEL_CONTAINER: &str = "weft.dev/container-id";
 pub const LABEL_IFNAME: &str = "weft.dev/ifname";
@@ -135,19 +141,9 @@ async fn nsdb_within<T>(
     }
 }
 
-/// 64-bit FNV-1a of the attachment's identity.
+/// The stable hash of the attachment's identity.
 fn identity_hash(container_id: &str, ifname: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id
-        .as_bytes()
-        .iter()
-        .chain(b"/")
-        .chain(ifname.as_bytes())
-    {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    nsdb::stable_hash(format!("{container_id}/{ifname}").as_bytes())
 }
 
 /// The NSDB port id of a container's interface: `cni-` and 16 hex digits.
@@ -177,13 +173,7 @@ pub struct Add {
 
 /// Whether `name` can name an interface inside a pod.
 fn check_pod_ifname(name: &str) -> CniOutcome<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && !name.contains(['/', ':', '\0'])
-        && !name.chars().any(|c| c.is_whitespace() || c.is_control());
-    if ok {
+    if crate::netdev::valid_name(name) {
         Ok(())
     } else {
         refuse(
@@ -353,7 +343,7 @@ impl Agent {
             self.nsdb.allocate_pod_port(&req),
         )
         .await?;
-        if std::env::var(FAILPOINT_ENV).is_ok_and(|f| f == "cni-add-after-nsdb") {
+        if failpoint_after_nsdb() {
             tracing::error!(port = %port_id, "{FAILPOINT_ENV}=cni-add-after-nsdb: aborting");
             std::process::abort();
         }

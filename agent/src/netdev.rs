@@ -45,15 +45,20 @@ pub enum NetdevError {
     Socket(#[source] std::io::Error),
 }
 
+/// Whether `name` is a valid Linux interface name: 1-15 bytes, not `.` or `..`, no `/`,
+/// `:`, NUL, whitespace or control characters.
+pub fn valid_name(name: &str) -> bool {
+    !(name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || name.contains(['/', ':', '\0'])
+        || name.chars().any(|c| c.is_whitespace() || c.is_control()))
+}
+
 /// Checks a name before any lookup: a valid interface name, and none of Weft's own.
 pub fn check_name(ifname: &str, datapath: &str) -> Result<(), NetdevError> {
-    if ifname.is_empty()
-        || ifname.len() > 15
-        || ifname == "."
-        || ifname == ".."
-        || ifname.contains(['/', ':', '\0'])
-        || ifname.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
+    if !valid_name(ifname) {
         return Err(NetdevError::BadName(ifname.to_owned()));
     }
     if ifname.starts_with(RESERVED_PREFIX) {

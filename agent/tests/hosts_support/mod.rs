@@ -1638,16 +1638,14 @@ impl Cluster {
         // The container id cnitool made up, from the port the agent labelled with it.
         let db = self.db();
         let bound = self
-            .block_on(db.list::<nsdb::PortBinding>())
-            .expect("list bindings")
-            .records
+            .records::<nsdb::PortBinding>()
             .into_iter()
-            .find(|b| b.record.vport == vport)
+            .find(|b| b.vport == vport)
             .unwrap_or_else(|| self.fail(&format!("no NSDB binding of {vport}")));
         let port = self
-            .block_on(db.get::<nsdb::Port>(&bound.record.port))
+            .block_on(db.get::<nsdb::Port>(&bound.port))
             .expect("read port")
-            .unwrap_or_else(|| self.fail(&format!("no NSDB port {}", bound.record.port)));
+            .unwrap_or_else(|| self.fail(&format!("no NSDB port {}", bound.port)));
         let container_id = port
             .record
             .labels
@@ -1685,7 +1683,7 @@ impl Cluster {
             .map(|n| n.trim().split('@').next().unwrap_or(""))
             .filter(|n| is_cni_vport(n))
             .count();
-        let (_, dp, _) = sh_try(&format!(
+        let dp = sh(&format!(
             "ip netns exec {host} ovs-dpctl show {}",
             h.datapath
         ));
@@ -1694,36 +1692,26 @@ impl Cluster {
             .filter_map(|l| l.split(':').nth(1))
             .filter(|n| is_cni_vport(n.trim()))
             .count();
-        let db = self.db();
         let ports: Vec<nsdb::Port> = self
-            .block_on(db.list::<nsdb::Port>())
-            .expect("list ports")
-            .records
+            .records::<nsdb::Port>()
             .into_iter()
-            .map(|v| v.record)
             .filter(|p| p.labels.get("weft.dev/host").map(String::as_str) == Some(host))
             .collect();
-        let ids: std::collections::BTreeSet<String> = ports.iter().map(|p| p.id.clone()).collect();
+        let ids: std::collections::BTreeSet<&str> = ports.iter().map(|p| p.id.as_str()).collect();
         let bindings = self
-            .block_on(db.list::<nsdb::PortBinding>())
-            .expect("list bindings")
-            .records
+            .records::<nsdb::PortBinding>()
             .iter()
-            .filter(|b| b.record.host == host && is_cni_vport(&b.record.vport))
+            .filter(|b| b.host == host && is_cni_vport(&b.vport))
             .count();
         let leases = self
-            .block_on(db.list::<nsdb::IpLease>())
-            .expect("list leases")
-            .records
+            .records::<nsdb::IpLease>()
             .iter()
-            .filter(|l| ids.contains(&l.record.owner))
+            .filter(|l| ids.contains(l.owner.as_str()))
             .count();
         let tunnel_keys = self
-            .block_on(db.list::<nsdb::TunnelKeyAlloc>())
-            .expect("list tunnel keys")
-            .records
+            .records::<nsdb::TunnelKeyAlloc>()
             .iter()
-            .filter(|k| ids.contains(&k.record.owner))
+            .filter(|k| ids.contains(k.owner.as_str()))
             .count();
         CniHoldings {
             veths,
@@ -1735,36 +1723,35 @@ impl Cluster {
         }
     }
 
-    /// Every NSDB record any CNI pod holds, on any host.
+    /// Every NSDB record any CNI pod holds, on any host: ports, bindings, leases, keys.
     pub fn cni_records(&self) -> (usize, usize, usize, usize) {
-        let db = self.db();
         let cni = |id: &str| id.starts_with("cni-");
         (
-            self.block_on(db.list::<nsdb::Port>())
-                .expect("ports")
-                .records
+            self.records::<nsdb::Port>()
                 .iter()
-                .filter(|p| cni(&p.record.id))
+                .filter(|p| cni(&p.id))
                 .count(),
-            self.block_on(db.list::<nsdb::PortBinding>())
-                .expect("bindings")
-                .records
+            self.records::<nsdb::PortBinding>()
                 .iter()
-                .filter(|b| cni(&b.record.port))
+                .filter(|b| cni(&b.port))
                 .count(),
-            self.block_on(db.list::<nsdb::IpLease>())
-                .expect("leases")
-                .records
+            self.records::<nsdb::IpLease>()
                 .iter()
-                .filter(|l| cni(&l.record.owner))
+                .filter(|l| cni(&l.owner))
                 .count(),
-            self.block_on(db.list::<nsdb::TunnelKeyAlloc>())
-                .expect("keys")
-                .records
+            self.records::<nsdb::TunnelKeyAlloc>()
                 .iter()
-                .filter(|k| cni(&k.record.owner))
+                .filter(|k| cni(&k.owner))
                 .count(),
         )
+    }
+
+    /// Every NSDB record of kind `R`.
+    pub fn records<R: Record>(&self) -> Vec<R> {
+        match self.block_on(self.db().list::<R>()) {
+            Ok(l) => l.records.into_iter().map(|v| v.record).collect(),
+            Err(e) => self.fail(&format!("listing {}: {e}", R::prefix())),
+        }
     }
 
     /// Sets further environment for `host`'s agent, used from its next start.

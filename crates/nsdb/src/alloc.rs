@@ -122,6 +122,15 @@ impl Space {
     }
 }
 
+/// Where a pool's used slots are read from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum PoolSource<'a> {
+    /// The leases of a bridge.
+    Leases(&'a str),
+    /// The tunnel keys of a type.
+    TunnelKeys(u32),
+}
+
 enum Pick {
     Offset(u128),
     NeedLoad,
@@ -177,7 +186,7 @@ impl Nsdb {
         st.loaded = true;
     }
 
-    pub(crate) async fn load_leases(&self, space: &Space, bridge: &str) -> Result<()> {
+    async fn load_leases(&self, space: &Space, bridge: &str) -> Result<()> {
         let raw = self.list_raw(&keys::lease_prefix(bridge)).await?;
         let used = raw
             .kvs
@@ -192,7 +201,7 @@ impl Nsdb {
         Ok(())
     }
 
-    pub(crate) async fn load_tunnel_keys(&self, space: &Space, ty: u32) -> Result<()> {
+    async fn load_tunnel_keys(&self, space: &Space, ty: u32) -> Result<()> {
         let raw = self.list_raw(&Kind::TunnelKey.prefix()).await?;
         let used = raw
             .kvs
@@ -207,53 +216,36 @@ impl Nsdb {
         Ok(())
     }
 
-    /// A free address offset of `space` (the bridge's pool), reading the leases when the
-    /// cache is cold, and once more when the pool looks full: others may have released
-    /// addresses since. Errors with [`NsdbError::Exhausted`] when it is full.
-    pub(crate) async fn pick_ip(
+    /// A free offset of `space`, reading the pool's used slots from `source` when the cache
+    /// is cold, and once more when the pool looks full: others may have released slots
+    /// since. Errors with [`NsdbError::Exhausted`] when it is full.
+    pub(crate) async fn pick_free(
         &self,
         space: &Space,
-        bridge: &str,
+        source: PoolSource<'_>,
         reloaded_when_full: &mut bool,
     ) -> Result<u128> {
         loop {
             match self.pick(space) {
                 Pick::Offset(off) => return Ok(off),
-                Pick::NeedLoad => self.load_leases(space, bridge).await?,
-                Pick::Full if !*reloaded_when_full => {
-                    *reloaded_when_full = true;
-                    self.load_leases(space, bridge).await?;
-                }
-                Pick::Full => {
+                Pick::Full if *reloaded_when_full => {
                     return Err(NsdbError::Exhausted {
                         pool: space.name.clone(),
                     });
+                }
+                full_or_cold => {
+                    *reloaded_when_full |= matches!(full_or_cold, Pick::Full);
+                    self.load_pool(space, source).await?;
                 }
             }
         }
     }
 
-    /// [`Nsdb::pick_ip`] for the tunnel keys of type `ty`.
-    pub(crate) async fn pick_tunnel_key(
-        &self,
-        space: &Space,
-        ty: u32,
-        reloaded_when_full: &mut bool,
-    ) -> Result<u128> {
-        loop {
-            match self.pick(space) {
-                Pick::Offset(off) => return Ok(off),
-                Pick::NeedLoad => self.load_tunnel_keys(space, ty).await?,
-                Pick::Full if !*reloaded_when_full => {
-                    *reloaded_when_full = true;
-                    self.load_tunnel_keys(space, ty).await?;
-                }
-                Pick::Full => {
-                    return Err(NsdbError::Exhausted {
-                        pool: space.name.clone(),
-                    });
-                }
-            }
+    /// Reads the used slots of a pool into the cache.
+    pub(crate) async fn load_pool(&self, space: &Space, source: PoolSource<'_>) -> Result<()> {
+        match source {
+            PoolSource::Leases(bridge) => self.load_leases(space, bridge).await,
+            PoolSource::TunnelKeys(ty) => self.load_tunnel_keys(space, ty).await,
         }
     }
 
@@ -307,7 +299,7 @@ impl Nsdb {
         let mut reloaded_when_full = false;
         for _ in 0..MAX_ATTEMPTS {
             let off = self
-                .pick_ip(&space, bridge, &mut reloaded_when_full)
+                .pick_free(&space, PoolSource::Leases(bridge), &mut reloaded_when_full)
                 .await?;
             let ip = space.ip_at(off, family);
             let lease = IpLease {
@@ -329,7 +321,7 @@ impl Nsdb {
                     self.skip_ahead(&space, off);
                     conflicts += 1;
                     if conflicts.is_multiple_of(RELOAD_AFTER_CONFLICTS) {
-                        self.load_leases(&space, bridge).await?;
+                        self.load_pool(&space, PoolSource::Leases(bridge)).await?;
                     }
                 }
                 Err(e) => {
@@ -389,7 +381,7 @@ impl Nsdb {
         let mut reloaded_when_full = false;
         for _ in 0..MAX_ATTEMPTS {
             let off = self
-                .pick_tunnel_key(&space, ty, &mut reloaded_when_full)
+                .pick_free(&space, PoolSource::TunnelKeys(ty), &mut reloaded_when_full)
                 .await?;
             // off <= MAX_INDEX, so it fits a u32.
             let key = tunnel_key::compose(ty, off as u32)?;
@@ -404,7 +396,7 @@ impl Nsdb {
                     self.skip_ahead(&space, off);
                     conflicts += 1;
                     if conflicts.is_multiple_of(RELOAD_AFTER_CONFLICTS) {
-                        self.load_tunnel_keys(&space, ty).await?;
+                        self.load_pool(&space, PoolSource::TunnelKeys(ty)).await?;
                     }
                 }
                 Err(e) => {

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use tracing::debug;
 
-use crate::alloc::{IpFamily, MAX_ATTEMPTS, RELOAD_AFTER_CONFLICTS, Space};
+use crate::alloc::{IpFamily, MAX_ATTEMPTS, PoolSource, RELOAD_AFTER_CONFLICTS, Space};
 use crate::client::{Nsdb, Versioned};
 use crate::error::{NsdbError, Result};
 use crate::keys;
@@ -114,7 +114,10 @@ impl Nsdb {
             // One offset per pool; an error gives back what was picked so far.
             let mut picked: Vec<u128> = Vec::with_capacity(families.len());
             for (i, (_, space)) in families.iter().enumerate() {
-                match self.pick_ip(space, &bridge.id, &mut reloaded[i]).await {
+                match self
+                    .pick_free(space, PoolSource::Leases(&bridge.id), &mut reloaded[i])
+                    .await
+                {
                     Ok(off) => picked.push(off),
                     Err(e) => {
                         self.give_back(&families, &picked);
@@ -122,8 +125,9 @@ impl Nsdb {
                     }
                 }
             }
+            let keys_source = PoolSource::TunnelKeys(tunnel_key::TYPE_PORT);
             let key_off = match self
-                .pick_tunnel_key(&keys_space, tunnel_key::TYPE_PORT, &mut reloaded_keys)
+                .pick_free(&keys_space, keys_source, &mut reloaded_keys)
                 .await
             {
                 Ok(off) => off,
@@ -202,10 +206,10 @@ impl Nsdb {
                     conflicts += 1;
                     if conflicts.is_multiple_of(RELOAD_AFTER_CONFLICTS) {
                         for (_, space) in &families {
-                            self.load_leases(space, &bridge.id).await?;
+                            self.load_pool(space, PoolSource::Leases(&bridge.id))
+                                .await?;
                         }
-                        self.load_tunnel_keys(&keys_space, tunnel_key::TYPE_PORT)
-                            .await?;
+                        self.load_pool(&keys_space, keys_source).await?;
                     }
                 }
                 Err(e) => {

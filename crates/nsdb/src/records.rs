@@ -206,16 +206,21 @@ impl MacAddr {
     /// A stable, locally administered unicast address derived from a name (for
     /// example a port id), so the same port gets the same MAC on every rebuild.
     pub fn local_from_name(name: &str) -> MacAddr {
-        // 64-bit FNV-1a: tiny, stable across builds and platforms.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in name.as_bytes() {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        let b = h.to_be_bytes();
+        let b = stable_hash(name.as_bytes()).to_be_bytes();
         // 0x02: locally administered, unicast.
         MacAddr([(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]])
     }
+}
+
+/// 64-bit FNV-1a of `bytes`: tiny, and stable across builds and platforms, for names and
+/// addresses derived from ids.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 impl fmt::Display for MacAddr {
