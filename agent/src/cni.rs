@@ -333,7 +333,7 @@ impl Agent {
         }
         let req = PodPortRequest {
             port: port_id.to_owned(),
-            bridge: bridge.id.clone(),
+            bridge: bridge.clone(),
             host: self.settings.host.clone(),
             vport: vport.to_owned(),
             labels,

@@ -571,6 +571,18 @@ impl Txn {
         self.require_version::<R>(id, 0)
     }
 
+    /// Requires a record to exist, at any version, without reading or writing it.
+    pub fn require_present<R: Record>(mut self, id: &str) -> Self {
+        if let Err(e) = keys::validate_id(R::KIND, id) {
+            return self.fail(e);
+        }
+        let key = R::KIND.key(id);
+        self.compares
+            .push(Compare::version(key.as_str(), CompareOp::Greater, 0));
+        self.compared.push(key);
+        self
+    }
+
     fn require_key_version(mut self, kind: Kind, id: &str, expected: i64) -> Self {
         if let Err(e) = keys::validate_id(kind, id) {
             return self.fail(e);

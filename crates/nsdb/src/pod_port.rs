@@ -11,6 +11,8 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use futures::future::try_join_all;
+use futures::try_join;
 use ipnet::IpNet;
 use tracing::debug;
 
@@ -28,8 +30,9 @@ use crate::tunnel_key;
 pub struct PodPortRequest {
     /// The port id; also the owner of its lease(s) and tunnel key.
     pub port: String,
-    /// The bridge id.
-    pub bridge: String,
+    /// The bridge, as the caller knows it (an agent: from its watch cache). Its subnets
+    /// and gateway shape the port; the transaction requires the bridge to exist still.
+    pub bridge: Bridge,
     /// The host the port is bound to, and the vport (host end of the pod's veth) there.
     pub host: String,
     pub vport: String,
@@ -84,21 +87,15 @@ impl Nsdb {
     /// (an unbound port of that id that this call did not make).
     pub async fn allocate_pod_port(&self, req: &PodPortRequest) -> Result<PodPort> {
         keys::validate_id(crate::keys::Kind::Port, &req.port)?;
-        let bridge = self
-            .get::<Bridge>(&req.bridge)
-            .await?
-            .ok_or_else(|| NsdbError::BridgeNotFound {
-                bridge: req.bridge.clone(),
-            })?
-            .record;
-        // A port that exists already (a retry) makes the transaction fail on its key, and
-        // is found then: the common case costs no extra read.
+        let bridge = &req.bridge;
+        // A port that exists already (a retry), or a bridge deleted meanwhile, makes the
+        // transaction fail, and is told apart then: the common case is one round trip.
         let mut families = Vec::new();
         if bridge.subnet_v4.is_some() {
-            families.push((IpFamily::V4, Space::for_bridge(&bridge, IpFamily::V4)?));
+            families.push((IpFamily::V4, Space::for_bridge(bridge, IpFamily::V4)?));
         }
         if bridge.subnet_v6.is_some() {
-            families.push((IpFamily::V6, Space::for_bridge(&bridge, IpFamily::V6)?));
+            families.push((IpFamily::V6, Space::for_bridge(bridge, IpFamily::V6)?));
         }
         if families.is_empty() {
             return Err(NsdbError::NoSubnet {
@@ -168,7 +165,7 @@ impl Nsdb {
                 key,
                 owner: req.port.clone(),
             };
-            let mut txn = self.txn();
+            let mut txn = self.txn().require_present::<Bridge>(&bridge.id);
             for l in &leases {
                 txn = txn.create(l);
             }
@@ -178,26 +175,42 @@ impl Nsdb {
                     return Ok(PodPort {
                         port,
                         binding,
-                        bridge,
+                        bridge: bridge.clone(),
                         created: true,
                     });
                 }
                 Err(NsdbError::TxnConditionFailed { .. }) => {
-                    // Who got there first: the port itself (a concurrent retry), or another
-                    // port that took an address or the key.
-                    if let Some(found) = self.existing_pod_port(req, &bridge).await? {
+                    // Who got there first: the port itself (a concurrent retry), another
+                    // port that took an address or the key, or the bridge's deletion. The
+                    // reads go out together: one round trip.
+                    let lease_ids: Vec<String> = leases.iter().map(Record::id).collect();
+                    let alloc_id = alloc.id();
+                    let (found, bridge_now, held, key_held) = try_join!(
+                        self.existing_pod_port(req),
+                        self.get::<Bridge>(&bridge.id),
+                        try_join_all(lease_ids.iter().map(|id| self.get::<IpLease>(id))),
+                        self.get::<TunnelKeyAlloc>(&alloc_id),
+                    )?;
+                    if let Some(found) = found {
                         self.give_back(&families, &picked);
                         self.unpick(&keys_space, key_off);
                         return Ok(found);
                     }
-                    for (((_, space), off), lease) in families.iter().zip(&picked).zip(&leases) {
-                        if self.get::<IpLease>(&lease.id()).await?.is_some() {
+                    if bridge_now.is_none() {
+                        self.give_back(&families, &picked);
+                        self.unpick(&keys_space, key_off);
+                        return Err(NsdbError::BridgeNotFound {
+                            bridge: bridge.id.clone(),
+                        });
+                    }
+                    for (((_, space), off), lease) in families.iter().zip(&picked).zip(&held) {
+                        if lease.is_some() {
                             self.skip_ahead(space, *off);
                         } else {
                             self.unpick(space, *off);
                         }
                     }
-                    if self.get::<TunnelKeyAlloc>(&alloc.id()).await?.is_some() {
+                    if key_held.is_some() {
                         self.skip_ahead(&keys_space, key_off);
                     } else {
                         self.unpick(&keys_space, key_off);
@@ -233,15 +246,16 @@ impl Nsdb {
 
     /// The port `req` names if it exists: `Some` when it is bound as `req` asks, an error
     /// when it is bound elsewhere or not bound.
-    async fn existing_pod_port(
-        &self,
-        req: &PodPortRequest,
-        bridge: &Bridge,
-    ) -> Result<Option<PodPort>> {
-        let Some(Versioned { record: port, .. }) = self.get::<Port>(&req.port).await? else {
+    async fn existing_pod_port(&self, req: &PodPortRequest) -> Result<Option<PodPort>> {
+        let bridge = &req.bridge;
+        let (port, binding) = try_join!(
+            self.get::<Port>(&req.port),
+            self.get::<PortBinding>(&req.port)
+        )?;
+        let Some(Versioned { record: port, .. }) = port else {
             return Ok(None);
         };
-        let binding = match self.get::<PortBinding>(&req.port).await? {
+        let binding = match binding {
             Some(Versioned { record, .. })
                 if record.host == req.host && record.vport == req.vport =>
             {
@@ -284,23 +298,33 @@ impl Nsdb {
             let Some(cur) = self.get::<Port>(port).await? else {
                 return Ok(PodPortRelease::Absent);
             };
+            // What the port names is read in one round trip.
+            let bridge = cur.record.device.id().to_owned();
+            let lease_ids: Vec<String> = cur
+                .record
+                .addresses
+                .iter()
+                .map(|a| keys::lease_id(&bridge, a.addr()))
+                .collect();
+            let key_id = keys::tunnel_key_id(cur.record.tunnel_key);
+            let (binding, leases, key) = try_join!(
+                self.get::<PortBinding>(port),
+                try_join_all(lease_ids.iter().map(|id| self.get::<IpLease>(id))),
+                self.get::<TunnelKeyAlloc>(&key_id),
+            )?;
             let mut txn = self.txn().delete_if_version::<Port>(port, cur.version);
-            match self.get::<PortBinding>(port).await? {
+            match binding {
                 Some(b) if b.record.host != host => return Ok(PodPortRelease::NotOurs(b.record)),
                 Some(b) => txn = txn.delete_if_version::<PortBinding>(port, b.version),
                 None => {}
             }
-            let bridge = cur.record.device.id().to_owned();
-            for a in &cur.record.addresses {
-                let id = keys::lease_id(&bridge, a.addr());
-                if let Some(l) = self.get::<IpLease>(&id).await?
+            for (id, lease) in lease_ids.iter().zip(leases) {
+                if let Some(l) = lease
                     && l.record.owner == port
                 {
-                    txn = txn.delete_if_version::<IpLease>(&id, l.version);
+                    txn = txn.delete_if_version::<IpLease>(id, l.version);
                 }
             }
-            let key_id = keys::tunnel_key_id(cur.record.tunnel_key);
-            let key = self.get::<TunnelKeyAlloc>(&key_id).await?;
             if let Some(k) = &key
                 && k.record.owner == port
             {

@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, HashSet};
 use nsdb::testing::Etcd;
 use nsdb::*;
 
-fn req(port: &str, host: &str) -> PodPortRequest {
+fn req(bridge: &Bridge, port: &str, host: &str) -> PodPortRequest {
     PodPortRequest {
         port: port.into(),
-        bridge: "b1".into(),
+        bridge: bridge.clone(),
         host: host.into(),
         vport: format!("wf{port}"),
         labels: BTreeMap::from([("weft.dev/container-id".into(), port.into())]),
@@ -34,11 +34,10 @@ async fn a_pod_port_is_written_whole_and_a_retry_returns_it() {
     common::init_logs();
     let etcd = Etcd::start();
     let db = etcd.client().await;
-    db.put(&common::bridge("b1", "10.8.0.0/24", "10.8.0.1"))
-        .await
-        .unwrap();
+    let b = common::bridge("b1", "10.8.0.0/24", "10.8.0.1");
+    db.put(&b).await.unwrap();
 
-    let p = db.allocate_pod_port(&req("pod-a", "h1")).await.unwrap();
+    let p = db.allocate_pod_port(&req(&b, "pod-a", "h1")).await.unwrap();
     assert!(p.created);
     assert_eq!(p.binding.host, "h1");
     assert_eq!(p.binding.vport, "wfpod-a");
@@ -63,29 +62,32 @@ async fn a_pod_port_is_written_whole_and_a_retry_returns_it() {
     assert_eq!(counts(&db).await, (1, 1, 2, 1));
 
     // Same port, same host and vport: the same answer, nothing new written.
-    let again = db.allocate_pod_port(&req("pod-a", "h1")).await.unwrap();
+    let again = db.allocate_pod_port(&req(&b, "pod-a", "h1")).await.unwrap();
     assert!(!again.created);
     assert_eq!(again.port, p.port);
     assert_eq!(counts(&db).await, (1, 1, 2, 1));
 
     // The same port id from another host is refused, naming the holder.
-    let err = db.allocate_pod_port(&req("pod-a", "h2")).await.unwrap_err();
+    let err = db
+        .allocate_pod_port(&req(&b, "pod-a", "h2"))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, NsdbError::PortAlreadyBound { host, .. } if host == "h1"),
         "{err}"
     );
 
     // A missing bridge is an error that writes nothing.
-    let mut r = req("pod-b", "h1");
-    r.bridge = "nope".into();
+    let mut r = req(&b, "pod-b", "h1");
+    r.bridge.id = "nope".into();
     let err = db.allocate_pod_port(&r).await.unwrap_err();
     assert!(matches!(err, NsdbError::BridgeNotFound { .. }), "{err}");
     assert_eq!(counts(&db).await, (1, 1, 2, 1));
 
     // Release: everything goes; a second release finds nothing; another host's release of a
     // port bound here is refused.
-    let b = db.allocate_pod_port(&req("pod-b", "h1")).await.unwrap();
-    assert_ne!(b.address(IpFamily::V4), p.address(IpFamily::V4));
+    let pb = db.allocate_pod_port(&req(&b, "pod-b", "h1")).await.unwrap();
+    assert_ne!(pb.address(IpFamily::V4), p.address(IpFamily::V4));
     assert!(matches!(
         db.release_pod_port("pod-b", "h2").await.unwrap(),
         PodPortRelease::NotOurs(_)
@@ -120,13 +122,14 @@ async fn racing_agents_never_share_an_address_or_a_key() {
     let mut tasks = Vec::new();
     for host in ["h1", "h2", "h3"] {
         let db = etcd.client().await;
+        let b = b.clone();
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             let mut calls = Vec::new();
             for i in (0..PODS).filter(|i| ["h1", "h2", "h3"][i % 3] == host) {
                 for _ in 0..2 {
                     let db = db.clone();
-                    let r = req(&format!("p{i}"), host);
+                    let r = req(&b, &format!("p{i}"), host);
                     calls.push(tokio::spawn(async move { db.allocate_pod_port(&r).await }));
                 }
             }
@@ -162,11 +165,14 @@ async fn an_exhausted_subnet_writes_nothing() {
     b.subnet_v6 = None;
     db.put(&b).await.unwrap();
     for i in 0..5 {
-        db.allocate_pod_port(&req(&format!("p{i}"), "h1"))
+        db.allocate_pod_port(&req(&b, &format!("p{i}"), "h1"))
             .await
             .unwrap();
     }
-    let err = db.allocate_pod_port(&req("p5", "h1")).await.unwrap_err();
+    let err = db
+        .allocate_pod_port(&req(&b, "p5", "h1"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, NsdbError::Exhausted { .. }), "{err}");
     assert_eq!(
         counts(&db).await,
@@ -177,7 +183,7 @@ async fn an_exhausted_subnet_writes_nothing() {
 
     // Released addresses are handed out again.
     db.release_pod_port("p2", "h1").await.unwrap();
-    let p = db.allocate_pod_port(&req("p5", "h1")).await.unwrap();
+    let p = db.allocate_pod_port(&req(&b, "p5", "h1")).await.unwrap();
     assert_eq!(
         p.address(IpFamily::V4).unwrap().addr().to_string(),
         "10.7.0.4"
