@@ -40,12 +40,12 @@ pub const NSDB_TIMEOUT: Duration = Duration::from_millis(8_000);
 /// the record for DEL or GC, and the ADD answers without waiting longer.
 pub const UNDO_TIMEOUT: Duration = Duration::from_millis(2_000);
 
-/// The fault-injection variable of the crash tests: set to `cni-add-after-nsdb`, the agent
-/// aborts right after an ADD's NSDB transaction, before the veth and the vport exist: the
-/// state a `kill -9` at that moment leaves.
+/// The fault-injection variable of the crash tests: set to `cni-add-after-nsdb`, an ADD
+/// stops for good right after its NSDB transaction, before the veth and the vport exist, so
+/// that a test can `kill -9` the agent at exactly that point.
 pub const FAILPOINT_ENV: &str = "WEFT_FAILPOINT";
 
-/// Whether [`FAILPOINT_ENV`] asks for the crash after the NSDB write (read once).
+/// Whether [`FAILPOINT_ENV`] asks for the stop after the NSDB write (read once).
 fn failpoint_after_nsdb() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var(FAILPOINT_ENV).is_ok_and(|f| f == "cni-add-after-nsdb"))
@@ -344,8 +344,8 @@ impl Agent {
         )
         .await?;
         if failpoint_after_nsdb() {
-            tracing::error!(port = %port_id, "{FAILPOINT_ENV}=cni-add-after-nsdb: aborting");
-            std::process::abort();
+            tracing::error!(port = %port_id, "{FAILPOINT_ENV}=cni-add-after-nsdb: this ADD stops here");
+            std::future::pending::<()>().await;
         }
         let iface = PodInterface {
             ifname: a.ifname.clone(),
@@ -372,7 +372,7 @@ impl Agent {
 
         // 4. The vport.
         let (port_no, _) = self
-            .add_vport(vport)
+            .add_vport(vport, odp::dpif::VportType::Netdev)
             .await
             .with_context(|| format!("adding {vport} to the datapath"))
             .class(ErrorCode::Io)?;

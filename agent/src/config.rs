@@ -102,6 +102,12 @@ pub struct Config {
     /// bridge serves attach to; without it their ADD fails.
     #[arg(long, env = "WEFT_DEFAULT_BRIDGE")]
     pub default_bridge: Option<String>,
+    /// The bridge (NSDB id or name) of the nodes' own ports: the agent gives this host a port
+    /// on it through an internal vport, `weft-node`, with host routes to the subnets of the
+    /// bridges its router joins and a route back to this host's underlay address, so that
+    /// the node reaches its pods (kubelet probes) and pods reach their node. Unset: no port.
+    #[arg(long, env = "WEFT_NODE_BRIDGE")]
+    pub node_bridge: Option<String>,
 }
 
 /// What the agent runs with, derived from [`Config`] and checked.
@@ -119,6 +125,8 @@ pub struct Settings {
     pub expiry_interval: Duration,
     /// The bridge of pods whose namespace no bridge serves.
     pub default_bridge: Option<String>,
+    /// The bridge of the node's own port (`--node-bridge`).
+    pub node_bridge: Option<String>,
 }
 
 /// The tunnel vport's name for a tunnel type.
@@ -191,13 +199,15 @@ impl Config {
                     .map_err(|e| anyhow::anyhow!("--metrics-addr {a:?}: {e}"))?,
             ),
         };
-        let default_bridge = match self.default_bridge.as_deref().map(str::trim) {
-            None | Some("") => None,
+        let bridge_flag = |flag: &str, v: &Option<String>| match v.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
             Some(b) if b.contains('/') => {
-                bail!("--default-bridge {b:?} contains '/', which NSDB ids cannot hold")
+                bail!("{flag} {b:?} contains '/', which NSDB ids cannot hold")
             }
-            Some(b) => Some(b.to_owned()),
+            Some(b) => Ok(Some(b.to_owned())),
         };
+        let default_bridge = bridge_flag("--default-bridge", &self.default_bridge)?;
+        let node_bridge = bridge_flag("--node-bridge", &self.node_bridge)?;
         let normal_ms = self.idle_timeout_secs * 1000;
         let timeouts = IdleTimeouts {
             normal_ms,
@@ -215,6 +225,7 @@ impl Config {
             timeouts,
             expiry_interval: Duration::from_millis((normal_ms / 10).clamp(200, 5_000)),
             default_bridge,
+            node_bridge,
         })
     }
 }

@@ -70,6 +70,10 @@ pub fn setup(
             VportType::Netdev => {
                 vports.insert(v.name.clone(), v.port_no);
             }
+            // The node's own port (`--node-bridge`); the datapath's local port (0) is not.
+            VportType::Internal if v.name == crate::nodeport::NODE_VPORT && v.port_no != 0 => {
+                vports.insert(v.name.clone(), v.port_no);
+            }
             VportType::Vxlan { .. } | VportType::Geneve { .. } if v.name == tname => {
                 if v.kind == want {
                     tunnel_port_no = Some(v.port_no);
@@ -122,21 +126,23 @@ pub fn setup(
     })
 }
 
-/// Adds netdev `ifname` to the datapath, or finds it there already. Returns its port number
-/// and whether this call added it.
+/// Adds vport `ifname` of type `kind` (a netdev: an existing interface; internal: the
+/// kernel makes the interface) to the datapath, or finds it there already. Returns its port
+/// number and whether this call added it.
 pub fn attach_vport(
     d: &mut Dpif,
     dp_ifindex: i32,
     ifname: &str,
+    kind: VportType,
     pids: &[u32],
 ) -> anyhow::Result<(u32, bool)> {
     if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ', '\0']) {
         bail!("interface name {ifname:?} is not a valid Linux interface name");
     }
     match d.vport_get(dp_ifindex, ifname) {
-        Ok(v) if v.kind == VportType::Netdev => return Ok((v.port_no, false)),
+        Ok(v) if v.kind == kind => return Ok((v.port_no, false)),
         Ok(v) => bail!(
-            "{ifname} is already a {:?} vport of the datapath, not a netdev",
+            "{ifname} is already a {:?} vport of the datapath, not {kind:?}",
             v.kind
         ),
         Err(e) if is_missing(&e) => {}
@@ -147,7 +153,7 @@ pub fn attach_vport(
             dp_ifindex,
             &VportSpec {
                 name: ifname.to_string(),
-                kind: VportType::Netdev,
+                kind,
                 port_no: None,
                 upcall_pids: pids.to_vec(),
             },

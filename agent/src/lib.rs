@@ -17,6 +17,7 @@ pub mod invalidate;
 pub mod metrics;
 pub mod mtu;
 pub mod netdev;
+pub mod nodeport;
 pub mod podnet;
 pub mod ratelimit;
 pub mod revalidate;

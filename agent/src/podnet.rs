@@ -4,6 +4,7 @@
 //! rtnetlink: the pod's side from a short-lived thread that enters the pod's namespace, so
 //! no thread of the agent's runtime ever changes namespace.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
@@ -11,11 +12,11 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use futures::TryStreamExt;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use nix::sched::{CloneFlags, setns};
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 /// `ENODEV`, `ENOENT`: no such device or entry.
@@ -337,6 +338,136 @@ fn mac_of(l: &LinkMessage) -> [u8; 6] {
         })
         .unwrap_or([0; 6])
 }
+
+/// The node's interface (the device of the node port's internal vport), as
+/// [`configure_node_interface`] makes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInterface {
+    pub name: String,
+    pub mac: [u8; 6],
+    pub address: Ipv4Net,
+    pub mtu: u32,
+    /// The routes through it: destination subnet and next hop.
+    pub routes: BTreeMap<Ipv4Net, Ipv4Addr>,
+}
+
+/// Makes the node's interface in the agent's namespace what `want` says: its MAC and MTU,
+/// up, its one IPv4 address, and exactly `want.routes` through it (others through it go; the
+/// kernel's route to its own subnet stays). Changes only what differs.
+pub async fn configure_node_interface(want: &NodeInterface) -> anyhow::Result<()> {
+    let w = want.clone();
+    here(|h| async move {
+        let link = link_by_name(&h, &w.name)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no interface {}", w.name))?;
+        let index = link.header.index;
+        let mtu = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        });
+        let up = link
+            .header
+            .flags
+            .contains(rtnetlink::packet_route::link::LinkFlags::Up);
+        if mac_of(&link) != w.mac || mtu != Some(w.mtu) || !up {
+            let set = LinkUnspec::new_with_index(index)
+                .address(w.mac.to_vec())
+                .mtu(w.mtu)
+                .up()
+                .build();
+            h.link().set(set).execute().await.map_err(|e| {
+                anyhow::Error::new(e)
+                    .context(format!("setting the MAC, MTU and state of {}", w.name))
+            })?;
+        }
+        let mut has = false;
+        let mut stale = Vec::new();
+        let mut addrs = h.address().get().set_link_index_filter(index).execute();
+        while let Some(a) = addrs.try_next().await? {
+            let v4 = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            match v4 {
+                Some(ip)
+                    if ip == w.address.addr() && a.header.prefix_len == w.address.prefix_len() =>
+                {
+                    has = true;
+                }
+                Some(_) => stale.push(a),
+                None => {}
+            }
+        }
+        for a in stale {
+            h.address().del(a).execute().await.map_err(|e| {
+                anyhow::Error::new(e).context(format!("removing a stale address of {}", w.name))
+            })?;
+        }
+        if !has {
+            h.address()
+                .add(index, IpAddr::V4(w.address.addr()), w.address.prefix_len())
+                .execute()
+                .await
+                .map_err(|e| {
+                    anyhow::Error::new(e).context(format!("adding {} to {}", w.address, w.name))
+                })?;
+        }
+        let mut present = BTreeSet::new();
+        let mut stale = Vec::new();
+        let mut routes = h
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(r) = routes.try_next().await? {
+            let via_us = r
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+            if !via_us
+                || r.header.protocol == RouteProtocol::Kernel
+                || r.header.table != RT_TABLE_MAIN
+            {
+                continue;
+            }
+            let dst = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => {
+                    Ipv4Net::new(*d, r.header.destination_prefix_length).ok()
+                }
+                _ => None,
+            });
+            let gw = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+                _ => None,
+            });
+            match (dst, gw) {
+                (Some(d), Some(g)) if w.routes.get(&d) == Some(&g) => {
+                    present.insert(d);
+                }
+                _ => stale.push(r),
+            }
+        }
+        for r in stale {
+            h.route().del(r).execute().await.map_err(|e| {
+                anyhow::Error::new(e).context(format!("removing a stale route via {}", w.name))
+            })?;
+        }
+        for (dst, gw) in w.routes.iter().filter(|(d, _)| !present.contains(*d)) {
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dst.addr(), dst.prefix_len())
+                .gateway(*gw)
+                .output_interface(index)
+                .build();
+            h.route().add(route).execute().await.map_err(|e| {
+                anyhow::Error::new(e).context(format!("adding the route to {dst} via {gw}"))
+            })?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// The main routing table (`RT_TABLE_MAIN`).
+const RT_TABLE_MAIN: u8 = 254;
 
 /// Whether a netns path exists (DEL and GC may find it gone).
 pub fn netns_exists(path: &str) -> bool {

@@ -389,7 +389,7 @@ async fn run_async(cfg: Config, settings: Settings) -> anyhow::Result<()> {
     let watcher = tokio::spawn(watcher.run(updates, local_rx));
 
     // Ready: the API serves the running agent.
-    handler.set(Arc::new(Agent {
+    let agent = Arc::new(Agent {
         settings: settings.clone(),
         datapath: cfg.datapath.clone(),
         dp_ifindex: dp.info.ifindex,
@@ -401,7 +401,12 @@ async fn run_async(cfg: Config, settings: Settings) -> anyhow::Result<()> {
         local: local_tx,
         flows: flows_tx,
         attachments,
-    }));
+    });
+    handler.set(agent.clone());
+    let node_port = settings
+        .node_bridge
+        .clone()
+        .map(|b| tokio::spawn(crate::nodeport::run(agent, b)));
     metrics.set_ready();
     info!(
         host = %settings.host,
@@ -434,6 +439,9 @@ async fn run_async(cfg: Config, settings: Settings) -> anyhow::Result<()> {
         let _ = t.join();
     }
     watcher.abort();
+    if let Some(t) = node_port {
+        t.abort();
+    }
     drop(cache);
     let _ = manager;
     Ok(())

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use nsdb::{Nsdb, Port, PortBinding, Unbind};
-use odp::dpif::Dpif;
+use odp::dpif::{Dpif, VportType};
 use sim::{PacketContext, Simulation};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -151,7 +151,7 @@ impl Agent {
                 vport: ifname.clone(),
             })?;
         }
-        let (port_no, created) = match self.add_vport(&ifname).await {
+        let (port_no, created) = match self.add_vport(&ifname, VportType::Netdev).await {
             Ok(a) => a,
             Err(e) => {
                 if recorded && let Err(re) = rec.remove(&port) {
@@ -209,15 +209,19 @@ impl Agent {
         Ok(())
     }
 
-    /// Adds netdev `ifname` to the datapath (or finds it there) and tells the topology.
-    /// Returns its port number and whether this call added it. The vport is known before
-    /// any binding of it is written, so the topology compiled from the binding's update
-    /// already has the port local.
-    pub(crate) async fn add_vport(&self, ifname: &str) -> anyhow::Result<(u32, bool)> {
+    /// Adds vport `ifname` of type `kind` to the datapath (or finds it there) and tells the
+    /// topology. Returns its port number and whether this call added it. The vport is known
+    /// before any binding of it is written, so the topology compiled from the binding's
+    /// update already has the port local.
+    pub(crate) async fn add_vport(
+        &self,
+        ifname: &str,
+        kind: VportType,
+    ) -> anyhow::Result<(u32, bool)> {
         let (ifindex, pids, name) = (self.dp_ifindex, self.pids.clone(), ifname.to_owned());
         let (port_no, created) = tokio::task::spawn_blocking(move || {
             let mut d = Dpif::open()?;
-            datapath::attach_vport(&mut d, ifindex, &name, &pids)
+            datapath::attach_vport(&mut d, ifindex, &name, kind, &pids)
         })
         .await??;
         if self.ports.insert(ifname, port_no) {
