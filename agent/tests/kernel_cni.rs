@@ -1,33 +1,44 @@
 //! Pods attached the way a container runtime attaches them: libcni's `cnitool` runs the
 //! `weft-cni` plugin against real agents on three hosts in the kernel guest, with etcd. One
 //! cluster carries the whole scenario: ADD on two bridges and two hosts, traffic across the
-//! router, CHECK, DEL twice, GC, STATUS with the agent down, and the plugin's error codes
-//! with nothing left behind.
+//! router, CHECK, DEL twice, GC, STATUS with the agent down, the plugin's error codes with
+//! nothing left behind, 50 concurrent ADDs on one host and on three, the agent killed in the
+//! middle of an ADD, and etcd down.
 
 mod hosts_support;
 mod kernel_support;
 
-use std::net::{IpAddr, SocketAddr};
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use hosts_support::{Cluster, CniHoldings, CniOut};
 use sim::Topology;
 use sim::fixtures::TopoBuilder;
 
 /// Bound of the scenario, setup included (TCG emulation is slow); only ends a hung run.
-const SCENARIO_SECS: u64 = 900;
+const SCENARIO_SECS: u64 = 1500;
+
+/// How often a pod's ADD answered "try again later" (11) is retried, as kubelet retries a
+/// pod sandbox whose network setup failed.
+const ADD_RETRIES: u32 = 5;
 
 /// Bridges blue (10.20.1.0/24, namespace blue) and green (10.20.2.0/24, namespace green)
-/// joined by router r1 (10.20.1.1, 10.20.2.1), no pods: the CNI plugin makes them.
+/// joined by router r1 (10.20.1.1, 10.20.2.1), no pods: the CNI plugin makes them. The
+/// nodes' ports are on bridge join (100.64.0.0/24), joined to r1 at 100.64.0.1.
 fn topology() -> TopoBuilder {
     let mut b = Topology::test()
         .bridge("blue")
         .bridge("green")
+        .bridge("join")
         .router("r1")
         .link("r1", "blue", "10.20.1.1/24")
-        .link("r1", "green", "10.20.2.1/24");
+        .link("r1", "green", "10.20.2.1/24")
+        .link("r1", "join", "100.64.0.1/24");
     for (br, subnet, gw, ns) in [
         ("blue", "10.20.1.0/24", "10.20.1.1", "blue"),
         ("green", "10.20.2.0/24", "10.20.2.1", "green"),
+        ("join", "100.64.0.0/24", "100.64.0.1", ""),
     ] {
         let r = b
             .records
@@ -37,7 +48,11 @@ fn topology() -> TopoBuilder {
             .expect("bridge");
         r.subnet_v4 = Some(subnet.parse().unwrap());
         r.gateway_v4 = Some(gw.parse().unwrap());
-        r.namespaces = vec![ns.into()];
+        r.namespaces = if ns.is_empty() {
+            vec![]
+        } else {
+            vec![ns.into()]
+        };
         r.mtu = 0;
     }
     b
@@ -64,6 +79,59 @@ fn assert_code(c: &Cluster, out: &CniOut, code: u64, what: &str) {
 /// A bad-input row: what it is, the plugin's environment and stdin, the code it must get.
 type BadCase<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u64);
 
+/// ADDs every `(name, host)` pod at once through cnitool, as runtimes starting many pods at
+/// once would; an ADD answered 11 is retried after a second, up to [`ADD_RETRIES`] times.
+/// Returns each pod's last output and the number of retries.
+fn add_all(c: &Cluster, pods: &[(String, String)]) -> (Vec<CniOut>, u32) {
+    let retries = std::sync::atomic::AtomicU32::new(0);
+    let outs = std::thread::scope(|s| {
+        let hs: Vec<_> = pods
+            .iter()
+            .map(|(n, h)| {
+                let retries = &retries;
+                s.spawn(move || {
+                    let mut tries = 0;
+                    loop {
+                        let out = c.cnitool(h, "add", &format!("pod-{n}"), Some(("blue", n)));
+                        if out.ok || out.code() != Some(11) || tries == ADD_RETRIES {
+                            return out;
+                        }
+                        tries += 1;
+                        retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("ADD thread"))
+            .collect()
+    });
+    (outs, retries.into_inner())
+}
+
+/// DELs every pod at once through cnitool.
+fn del_all(c: &Cluster, pods: &[(String, String)]) -> Vec<CniOut> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = pods
+            .iter()
+            .map(|(n, h)| s.spawn(move || c.cnitool(h, "del", &format!("pod-{n}"), None)))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("DEL thread"))
+            .collect()
+    })
+}
+
+/// Fails unless pod `from` gets an answer from every address, pinging them all at once.
+fn all_reachable(c: &Cluster, from: &str, to: &BTreeSet<Ipv4Addr>) {
+    std::thread::scope(|s| {
+        for ip in to {
+            s.spawn(move || c.wait_reachable(from, *ip, 30));
+        }
+    });
+}
+
 fn plugin_env<'a>(cmd: &'a str, netns: &'a str, id: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
         ("CNI_COMMAND", cmd),
@@ -78,7 +146,12 @@ fn plugin_env<'a>(cmd: &'a str, netns: &'a str, id: &'a str) -> Vec<(&'a str, &'
 #[test]
 #[ignore = "needs the OVS kernel datapath: run by e2e/kernel-tests.sh inside the guest"]
 fn cnitool_drives_weft_cni_against_three_agents() {
-    let mut c = Cluster::start_with("cni", 3, SCENARIO_SECS, &["--default-bridge", "blue"]);
+    let mut c = Cluster::start_with(
+        "cni",
+        3,
+        SCENARIO_SECS,
+        &["--default-bridge", "blue", "--node-bridge", "join"],
+    );
     c.write_topology(&topology().records);
 
     // 1. ADD: two pods of namespace blue on h1 and h2, one of green on h3.
@@ -119,6 +192,46 @@ fn cnitool_drives_weft_cni_against_three_agents() {
     c.wait_reachable("a", g.ip, 30);
     let _srv = c.echo_server("g", 7000);
     c.tcp_echo_ok("a", SocketAddr::new(IpAddr::V4(g.ip), 7000), 64 * 1024);
+
+    // 2b. The node and its pods: a TCP probe from host h1 to pods on both bridges, local
+    //     and remote, through h1's node port; pods connect to their node's own address.
+    let node_ip = |host: &str| {
+        let shown = kernel_support::sh(&format!("ip -n {host} -4 -o addr show dev weft-node"));
+        shown
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .map(str::to_owned)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ["h1", "h2", "h3"].iter().any(|h| node_ip(h).is_none()) {
+        if Instant::now() > deadline {
+            c.fail("a node port never got its address on weft-node");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let join_net: ipnet::Ipv4Net = "100.64.0.0/24".parse().unwrap();
+    for h in ["h1", "h2", "h3"] {
+        let a: ipnet::Ipv4Net = node_ip(h).unwrap().parse().unwrap();
+        assert!(join_net.contains(&a.addr()), "{h}'s node address {a}");
+    }
+    let _srv_a = c.echo_server("a", 7000);
+    let _srv_b = c.echo_server("b", 7000);
+    for (p, what) in [
+        (&a, "local, blue"),
+        (&b, "remote, blue"),
+        (&g, "remote, green"),
+    ] {
+        eprintln!("cni: probe from host h1 to {} ({what})", p.ip);
+        c.host_tcp_echo_ok("h1", SocketAddr::new(IpAddr::V4(p.ip), 7000), 4096);
+    }
+    let _h1 = c.host_echo_server("h1", 7100);
+    let _h3 = c.host_echo_server("h3", 7100);
+    for (pod, host) in [("a", "h1"), ("g", "h3")] {
+        let to = SocketAddr::new(IpAddr::V4(c.host(host).underlay_ip), 7100);
+        eprintln!("cni: pod {pod} to its node {host} at {to}");
+        c.tcp_echo_ok(pod, to, 4096);
+    }
 
     // 3. CHECK passes, then fails once the vport is gone.
     for (p, host) in [(&a, "h1"), (&b, "h2"), (&g, "h3")] {
@@ -285,4 +398,154 @@ fn cnitool_drives_weft_cni_against_three_agents() {
         "cni: {} bad inputs refused with their codes, nothing left behind",
         cases.len()
     );
+
+    // 8. 50 concurrent ADDs on one host, then 50 over three hosts: no address twice, every
+    //    pod answers b (on h2), and 50 DELs at once leave nothing.
+    for (round, hosts) in [
+        ("one host", vec!["h1"]),
+        ("three hosts", vec!["h1", "h2", "h3"]),
+    ] {
+        let pods: Vec<(String, String)> = (0..50)
+            .map(|i| (format!("c{i}"), hosts[i % hosts.len()].to_owned()))
+            .collect();
+        let nss: Vec<kernel_support::Netns> = pods
+            .iter()
+            .map(|(n, _)| kernel_support::Netns::new(&format!("pod-{n}")))
+            .collect();
+        let t = Instant::now();
+        let (outs, retries) = add_all(&c, &pods);
+        eprintln!(
+            "cni: 50 concurrent ADDs on {round}: {:?}, {retries} retried after 11",
+            t.elapsed()
+        );
+        let mut ips = BTreeSet::new();
+        for ((n, h), out) in pods.iter().zip(&outs) {
+            if !out.ok {
+                c.fail(&format!("concurrent ADD of {n} on {h}: {out:?}"));
+            }
+            let p = c.cni_pod(n, h, out);
+            if !ips.insert(p.ip) {
+                c.fail(&format!("{} handed out twice ({round})", p.ip));
+            }
+        }
+        let (ports, bindings, leases, keys) = c.cni_records();
+        assert_eq!(
+            (ports, bindings, leases, keys),
+            (51, 51, 51, 51),
+            "NSDB holds one port, binding, lease and key per pod (50 and b) on {round}"
+        );
+        let t = Instant::now();
+        all_reachable(&c, "b", &ips);
+        eprintln!("cni: b reached the 50 pods in {:?}", t.elapsed());
+        let t = Instant::now();
+        for ((n, h), out) in pods.iter().zip(del_all(&c, &pods)) {
+            if !out.ok {
+                c.fail(&format!("concurrent DEL of {n} on {h}: {out:?}"));
+            }
+        }
+        eprintln!("cni: 50 concurrent DELs on {round}: {:?}", t.elapsed());
+        drop(nss);
+        assert_clean(&c, "h1", &format!("after 50 DELs on {round}"));
+        assert_clean(&c, "h3", &format!("after 50 DELs on {round}"));
+        let h2 = c.cni_holdings("h2");
+        assert_eq!(
+            (h2.veths, h2.vports, h2.ports, h2.leases, h2.tunnel_keys),
+            (1, 1, 1, 1, 1),
+            "after 50 DELs on {round}, h2 holds more than b: {h2:?}"
+        );
+    }
+
+    // 9. The agent is killed (SIGKILL) between an ADD's NSDB write and its veth and vport;
+    //    restarted, a DEL removes what the ADD wrote.
+    c.kill_agent("h1");
+    c.set_agent_env("h1", &[("WEFT_FAILPOINT", "cni-add-after-nsdb")]);
+    c.start_agent("h1");
+    let crash = kernel_support::Netns::new("pod-crash");
+    let out = std::thread::scope(|s| {
+        let add = s.spawn(|| c.cnitool("h1", "add", "pod-crash", Some(("blue", "crash"))));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while c.cni_holdings("h1").ports == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the ADD never wrote its port to NSDB"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        kernel_support::sh(&format!(
+            "kill -9 {}",
+            c.host("h1").agent_pid().expect("h1's agent runs")
+        ));
+        add.join().expect("ADD thread")
+    });
+    assert_code(&c, &out, 11, "ADD whose agent was killed");
+    c.kill_agent("h1");
+    let held = c.cni_holdings("h1");
+    assert_eq!(
+        (
+            held.ports,
+            held.bindings,
+            held.leases,
+            held.veths,
+            held.vports
+        ),
+        (1, 1, 1, 0, 0),
+        "the agent died after the NSDB write, before the veth: {held:?}"
+    );
+    c.set_agent_env("h1", &[]);
+    c.start_agent("h1");
+    let out = c.cnitool("h1", "del", "pod-crash", None);
+    assert!(out.ok, "DEL after the crash: {out:?}");
+    assert_clean(&c, "h1", "after the crash and DEL");
+    drop(crash);
+
+    // 10. etcd down: ADD answers 11 within 5 s, the running pods keep forwarding, and ADD
+    //     works again once etcd is back.
+    let e = c.cni_add("e", "h3", "blue");
+    c.wait_reachable("b", e.ip, 30);
+    let _srv_e = c.echo_server("e", 7001);
+    let _down = kernel_support::Netns::new("pod-down");
+    c.stop_etcd();
+    let t = Instant::now();
+    let out = c.cni_plugin(
+        "h1",
+        &[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "etcd-down"),
+            ("CNI_NETNS", "/run/netns/pod-down"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/nonexistent"),
+            ("CNI_ARGS", "K8S_POD_NAMESPACE=blue;K8S_POD_NAME=down"),
+        ],
+        c.cni_conf("h1").to_string().as_bytes(),
+    );
+    let took = t.elapsed();
+    assert_code(&c, &out, 11, "ADD with etcd down");
+    assert!(
+        took < Duration::from_secs(5),
+        "ADD with etcd down answered after {took:?}"
+    );
+    assert_clean(&c, "h1", "after the ADD refused while etcd was down");
+    c.ping_ok("b", e.ip, 3);
+    c.tcp_echo_ok("b", SocketAddr::new(IpAddr::V4(e.ip), 7001), 16 * 1024);
+    c.start_etcd();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let down = loop {
+        let out = c.cnitool("h1", "add", "pod-down", Some(("blue", "down")));
+        if out.ok {
+            break c.cni_pod("down", "h1", &out);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ADD never worked again after etcd came back: {out:?}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert!(blue_net.contains(&down.ip), "{down:?}");
+    for (host, ns) in [("h1", "pod-down"), ("h3", "pod-e")] {
+        let out = c.cnitool(host, "del", ns, None);
+        assert!(out.ok, "DEL of {ns} after etcd came back: {out:?}");
+    }
+    c.forget_pod("e");
+    assert_clean(&c, "h1", "at the end");
+    assert_clean(&c, "h3", "at the end");
 }

@@ -591,7 +591,7 @@ pub struct Cluster {
     pub records: RecordSet,
     secs: u64,
     /// Set once a failure has printed the diagnostics.
-    diag_printed: std::cell::Cell<bool>,
+    diag_printed: AtomicBool,
     db: Option<Nsdb>,
     rt: Option<tokio::runtime::Runtime>,
     watchdog: Option<Watchdog>,
@@ -641,7 +641,7 @@ impl Cluster {
             pods: BTreeMap::new(),
             records: RecordSet::default(),
             secs,
-            diag_printed: std::cell::Cell::new(false),
+            diag_printed: AtomicBool::new(false),
             db: None,
             rt: None,
             watchdog: None,
@@ -742,7 +742,7 @@ impl Cluster {
 
     /// Fails the test with `msg` followed by the diagnostics.
     pub fn fail(&self, msg: &str) -> ! {
-        self.diag_printed.set(true);
+        self.diag_printed.store(true, Ordering::Relaxed);
         panic!("{}: {msg}\n{}", self.name, self.diag())
     }
 
@@ -986,6 +986,25 @@ impl Cluster {
         }
     }
 
+    /// Starts a TCP echo server in host `host`'s own namespace, on its underlay address.
+    pub fn host_echo_server(&self, host: &str, tcp_port: u16) -> EchoServer {
+        let h = self.host(host);
+        EchoServer::start(
+            &h.name,
+            SocketAddr::new(IpAddr::V4(h.underlay_ip), tcp_port),
+        )
+    }
+
+    /// Like [`Cluster::tcp_echo_ok`], from host `host`'s own namespace (as kubelet probes).
+    pub fn host_tcp_echo_ok(&self, host: &str, to: SocketAddr, len: usize) {
+        let ns = self.host(host).name.clone();
+        if let Err(e) = in_netns(&ns, move || tcp_echo_here(to, len)) {
+            self.fail(&format!(
+                "TCP echo from host {host} -> {to} ({len} bytes): {e:?}"
+            ));
+        }
+    }
+
     /// Kills host `name`'s agent with SIGKILL (its datapath and flows stay in the kernel).
     pub fn kill_agent(&mut self, name: &str) {
         let h = self
@@ -1072,7 +1091,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let failed = std::thread::panicking();
-        if failed && !self.diag_printed.get() {
+        if failed && !self.diag_printed.load(Ordering::Relaxed) {
             eprintln!(
                 "{}: diagnostics after the failure:\n{}",
                 self.name,
@@ -1695,6 +1714,7 @@ impl Cluster {
         let ports: Vec<nsdb::Port> = self
             .records::<nsdb::Port>()
             .into_iter()
+            .filter(|p| p.id.starts_with("cni-"))
             .filter(|p| p.labels.get("weft.dev/host").map(String::as_str) == Some(host))
             .collect();
         let ids: std::collections::BTreeSet<&str> = ports.iter().map(|p| p.id.as_str()).collect();
@@ -1764,21 +1784,5 @@ impl Cluster {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-    }
-
-    /// Waits until `host`'s agent process has exited (after a crash it caused itself).
-    pub fn wait_agent_exit(&mut self, host: &str, within: Duration) {
-        let h = self
-            .hosts
-            .get_mut(host)
-            .unwrap_or_else(|| panic!("no host {host}"));
-        let deadline = Instant::now() + within;
-        while h.agent_running() {
-            if Instant::now() > deadline {
-                panic!("the agent of {host} did not exit within {within:?}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        h.child = None;
     }
 }
