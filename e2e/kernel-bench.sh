@@ -5,13 +5,14 @@
 # agent/tests/kernel_bench*.rs) and weft-agent, all optimized, and runs the benchmarks inside
 # one guest boot (e2e/vm.sh), one at a time. The agent's path reaches the guest as
 # WEFT_AGENT_BIN (the agent benchmarks run one weft-agent per host namespace, with etcd in
-# the guest). Each benchmark prints "BENCH ..." lines with its figures and a baseline
+# the guest); weft-cni, cnitool and the reference CNI plugins as WEFT_CNI_BIN, WEFT_CNITOOL
+# and WEFT_CNI_PLUGINS. Each benchmark prints "BENCH ..." lines with its figures and a baseline
 # measured in the same run. FILTER arguments are passed to the benchmark binaries
 # (substring match on benchmark names, e.g. `bench_invalidation`).
 #
 # Sizes: WEFT_BENCH_FLOWS, WEFT_BENCH_DPCTL, WEFT_BENCH_PACKETS (odp); WEFT_BENCH_CONNS,
 # WEFT_BENCH_WINDOW, WEFT_BENCH_LATENCY_FLOWS, WEFT_BENCH_RSS_FLOWS, WEFT_BENCH_RSS_PORTS,
-# WEFT_BENCH_CHANGES (agent). The guest runs under TCG, so absolute figures are far below
+# WEFT_BENCH_CHANGES (agent), WEFT_BENCH_PODS (CNI). The guest runs under TCG, so absolute figures are far below
 # real hardware; the ratios are what compare.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -20,9 +21,14 @@ cd "$ROOT"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 CARGO=${CARGO:-cargo}
 echo "==> building weftctl, weft-agent and the kernel benchmarks (release)" >&2
-$CARGO build --locked --release -p weft-agent --bin weftctl --bin weft-agent >&2
+$CARGO build --locked --release -p weft-agent --bin weftctl --bin weft-agent -p weft-cni --bin weft-cni >&2
 WEFT_CTL_BIN=$CARGO_TARGET_DIR/release/weftctl
 WEFT_AGENT_BIN=$CARGO_TARGET_DIR/release/weft-agent
+WEFT_CNI_BIN=$CARGO_TARGET_DIR/release/weft-cni
+[ -x "$WEFT_CNI_BIN" ] || { echo "kernel-bench: weft-cni was not built at $WEFT_CNI_BIN" >&2; exit 1; }
+# The CNI benchmark runs cnitool against weft-cni and the reference plugins.
+. "$HERE/cni-tools.sh"
+export WEFT_CNI_BIN
 [ -x "$WEFT_CTL_BIN" ] || { echo "kernel-bench: weftctl was not built at $WEFT_CTL_BIN" >&2; exit 1; }
 [ -x "$WEFT_AGENT_BIN" ] || { echo "kernel-bench: weft-agent was not built at $WEFT_AGENT_BIN" >&2; exit 1; }
 work=$(mktemp -d "${TMPDIR:-/tmp}/weft-kernel-bench.XXXXXX")

@@ -45,11 +45,8 @@ WEFT_AGENT_BIN=$CARGO_TARGET_DIR/debug/weft-agent
 WEFT_CNI_BIN=$CARGO_TARGET_DIR/debug/weft-cni
 [ -x "$WEFT_CNI_BIN" ] || { echo "kernel-tests: weft-cni was not built at $WEFT_CNI_BIN" >&2; exit 1; }
 # libcni's cnitool and the reference plugins, built by `make tools` (e2e/tools.sh).
-tools=$(WEFT_TOOLS_NO_BUILD=1 "$HERE/tools.sh" cnitool cni-plugins) ||
-  { echo "kernel-tests: cnitool is not built: run make tools (e2e/tools.sh)" >&2; exit 1; }
-WEFT_CNITOOL=$(sed -n 's/^cnitool=//p' <<<"$tools")
-WEFT_CNI_PLUGINS=$(sed -n 's/^cni-plugins=//p' <<<"$tools")
-export WEFT_CNI_BIN WEFT_CNITOOL WEFT_CNI_PLUGINS
+. "$HERE/cni-tools.sh"
+export WEFT_CNI_BIN
 [ -x "$WEFT_CTL_BIN" ] || { echo "kernel-tests: weftctl was not built at $WEFT_CTL_BIN" >&2; exit 1; }
 [ -x "$WEFT_AGENT_BIN" ] || { echo "kernel-tests: weft-agent was not built at $WEFT_AGENT_BIN" >&2; exit 1; }
 # kernel_bench*.rs are benchmarks: e2e/kernel-bench.sh runs them.

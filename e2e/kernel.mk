@@ -6,5 +6,5 @@ KERNEL_TEST_ARGS ?=
 kernel-test: tools
 	e2e/kernel-tests.sh $(KERNEL_TEST_ARGS)
 
-kernel-bench:
+kernel-bench: tools
 	e2e/kernel-bench.sh
