@@ -21,6 +21,9 @@ use crate::flows::FlowEvent;
 use crate::invalidate;
 use crate::metrics::Metrics;
 
+/// At most this many queued watch updates are compiled as one topology.
+const MAX_BATCH: usize = 256;
+
 /// One compiled topology.
 #[derive(Debug)]
 pub struct TopoSnap {
@@ -161,7 +164,17 @@ impl TopologyWatcher {
         loop {
             tokio::select! {
                 u = updates.recv() => match u {
-                    Some(u) => self.apply_update(&u),
+                    Some(u) => {
+                        // Updates that queued up while the last one compiled are applied
+                        // together: one compile for the lot, the union of their tags.
+                        let mut batch = vec![u];
+                        while batch.len() < MAX_BATCH
+                            && let Ok(u) = updates.try_recv()
+                        {
+                            batch.push(u);
+                        }
+                        self.apply_updates(&batch);
+                    }
                     None => break,
                 },
                 c = local.recv() => match c {
@@ -173,11 +186,20 @@ impl TopologyWatcher {
         info!("topology watcher stopped");
     }
 
-    fn apply_update(&mut self, update: &Update) {
+    /// Applies consecutive watch updates as one topology: each update's invalidation is
+    /// computed against the snapshot it follows, and the last snapshot is compiled once.
+    fn apply_updates(&mut self, batch: &[Arc<Update>]) {
         let at = Instant::now();
-        let prev = self.shared.load_full();
-        let inv = invalidate::invalidation_of_update(&prev.records, update);
-        self.publish(update.snapshot.clone(), inv.tags, inv.full_flush, at);
+        let mut prev = self.shared.load_full().records.clone();
+        let mut tags = BTreeSet::new();
+        let mut full_flush = false;
+        for u in batch {
+            let inv = invalidate::invalidation_of_update(&prev, u);
+            tags.extend(inv.tags);
+            full_flush |= inv.full_flush;
+            prev = u.snapshot.clone();
+        }
+        self.publish(prev, tags.into_iter().collect(), full_flush, at);
     }
 
     fn apply_vport(&mut self, name: &str) {
