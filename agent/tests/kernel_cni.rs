@@ -19,26 +19,32 @@ use sim::fixtures::TopoBuilder;
 /// Bound of the scenario, setup included (TCG emulation is slow); only ends a hung run.
 const SCENARIO_SECS: u64 = 1500;
 
-/// How often a pod's ADD answered "try again later" (11) is retried, as kubelet retries a
-/// pod sandbox whose network setup failed.
-const ADD_RETRIES: u32 = 5;
+/// The MTU bridge green asks for; blue leaves it to the agent.
+const GREEN_MTU: u16 = 1300;
 
-/// Bridges blue (10.20.1.0/24, namespace blue) and green (10.20.2.0/24, namespace green)
-/// joined by router r1 (10.20.1.1, 10.20.2.1), no pods: the CNI plugin makes them. The
-/// nodes' ports are on bridge join (100.64.0.0/24), joined to r1 at 100.64.0.1.
+/// How often a pod's ADD or DEL answered "try again later" (11) is retried, as kubelet
+/// retries a pod sandbox whose network setup or teardown failed.
+const RETRIES: u32 = 5;
+
+/// Bridges blue (10.20.1.0/24, namespace blue, MTU unset) and green (10.20.2.0/24,
+/// namespace green, MTU 1300) joined by router r1 (10.20.1.1, 10.20.2.1), no pods: the CNI
+/// plugin makes them. The nodes' ports are on bridge join (100.64.0.0/24), joined to r1 at
+/// 100.64.0.1. Bridge jumbo (namespace jumbo) asks for an MTU the tunnel cannot carry.
 fn topology() -> TopoBuilder {
     let mut b = Topology::test()
         .bridge("blue")
         .bridge("green")
         .bridge("join")
+        .bridge("jumbo")
         .router("r1")
         .link("r1", "blue", "10.20.1.1/24")
         .link("r1", "green", "10.20.2.1/24")
         .link("r1", "join", "100.64.0.1/24");
-    for (br, subnet, gw, ns) in [
-        ("blue", "10.20.1.0/24", "10.20.1.1", "blue"),
-        ("green", "10.20.2.0/24", "10.20.2.1", "green"),
-        ("join", "100.64.0.0/24", "100.64.0.1", ""),
+    for (br, subnet, gw, ns, mtu) in [
+        ("blue", "10.20.1.0/24", "10.20.1.1", "blue", 0),
+        ("green", "10.20.2.0/24", "10.20.2.1", "green", GREEN_MTU),
+        ("join", "100.64.0.0/24", "100.64.0.1", "", 0),
+        ("jumbo", "10.20.3.0/24", "10.20.3.1", "jumbo", 9000),
     ] {
         let r = b
             .records
@@ -53,7 +59,7 @@ fn topology() -> TopoBuilder {
         } else {
             vec![ns.into()]
         };
-        r.mtu = 0;
+        r.mtu = mtu;
     }
     b
 }
@@ -79,10 +85,12 @@ fn assert_code(c: &Cluster, out: &CniOut, code: u64, what: &str) {
 /// A bad-input row: what it is, the plugin's environment and stdin, the code it must get.
 type BadCase<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u64);
 
-/// ADDs every `(name, host)` pod at once through cnitool, as runtimes starting many pods at
-/// once would; an ADD answered 11 is retried after a second, up to [`ADD_RETRIES`] times.
-/// Returns each pod's last output and the number of retries.
-fn add_all(c: &Cluster, pods: &[(String, String)]) -> (Vec<CniOut>, u32) {
+/// Runs `verb` (ADD or DEL) for every `(name, host)` pod at once through cnitool, as
+/// runtimes starting or stopping many pods at once would; a call answered 11 (try again
+/// later) is retried after a second, up to [`RETRIES`] times, as kubelet retries a sandbox
+/// whose network setup or teardown failed. Returns each pod's last output and the number of
+/// retries.
+fn all_at_once(c: &Cluster, verb: &str, pods: &[(String, String)]) -> (Vec<CniOut>, u32) {
     let retries = std::sync::atomic::AtomicU32::new(0);
     let outs = std::thread::scope(|s| {
         let hs: Vec<_> = pods
@@ -92,8 +100,9 @@ fn add_all(c: &Cluster, pods: &[(String, String)]) -> (Vec<CniOut>, u32) {
                 s.spawn(move || {
                     let mut tries = 0;
                     loop {
-                        let out = c.cnitool(h, "add", &format!("pod-{n}"), Some(("blue", n)));
-                        if out.ok || out.code() != Some(11) || tries == ADD_RETRIES {
+                        let args = (verb == "add").then_some(("blue", n.as_str()));
+                        let out = c.cnitool(h, verb, &format!("pod-{n}"), args);
+                        if out.ok || out.code() != Some(11) || tries == RETRIES {
                             return out;
                         }
                         tries += 1;
@@ -104,23 +113,10 @@ fn add_all(c: &Cluster, pods: &[(String, String)]) -> (Vec<CniOut>, u32) {
             })
             .collect();
         hs.into_iter()
-            .map(|h| h.join().expect("ADD thread"))
+            .map(|h| h.join().expect("CNI thread"))
             .collect()
     });
     (outs, retries.into_inner())
-}
-
-/// DELs every pod at once through cnitool.
-fn del_all(c: &Cluster, pods: &[(String, String)]) -> Vec<CniOut> {
-    std::thread::scope(|s| {
-        let hs: Vec<_> = pods
-            .iter()
-            .map(|(n, h)| s.spawn(move || c.cnitool(h, "del", &format!("pod-{n}"), None)))
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().expect("DEL thread"))
-            .collect()
-    })
 }
 
 /// Fails unless pod `from` gets an answer from every address, pinging them all at once.
@@ -174,6 +170,22 @@ fn cnitool_drives_weft_cni_against_three_agents() {
     assert!(
         shown.contains(&format!("inet {}/24", a.ip)) && shown.contains(&a.mac),
         "the pod's eth0 is not as the result says: {shown}"
+    );
+    // The bridge's MTU where it sets one, else what the agent derives from the underlay.
+    let mtu_of = |ns: &str| {
+        let shown = kernel_support::sh(&format!("ip -n {ns} -o link show eth0"));
+        shown
+            .split_whitespace()
+            .skip_while(|w| *w != "mtu")
+            .nth(1)
+            .and_then(|m| m.parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("no MTU in {shown}"))
+    };
+    assert_eq!(mtu_of(&g.ns), GREEN_MTU, "green's pod has the bridge's MTU");
+    let derived = mtu_of(&a.ns);
+    assert!(
+        derived > GREEN_MTU && derived < 1500,
+        "blue's pod has the agent's MTU for the encapsulation, got {derived}"
     );
     // A retried ADD of the same container answers the same attachment, not a second one.
     let before = c.cni_records();
@@ -380,6 +392,18 @@ fn cnitool_drives_weft_cni_against_three_agents() {
             7,
         ),
         (
+            "a bridge whose MTU the tunnel cannot carry",
+            plugin_env("ADD", netns, "bad-10")
+                .into_iter()
+                .map(|(k, v)| match k {
+                    "CNI_ARGS" => (k, "K8S_POD_NAMESPACE=jumbo;K8S_POD_NAME=bad"),
+                    _ => (k, v),
+                })
+                .collect(),
+            conf.to_string(),
+            7,
+        ),
+        (
             "an agent socket nothing listens on",
             plugin_env("ADD", netns, "bad-9"),
             with("agentSocket", "/run/weft/nobody.sock".into()),
@@ -413,7 +437,7 @@ fn cnitool_drives_weft_cni_against_three_agents() {
             .map(|(n, _)| kernel_support::Netns::new(&format!("pod-{n}")))
             .collect();
         let t = Instant::now();
-        let (outs, retries) = add_all(&c, &pods);
+        let (outs, retries) = all_at_once(&c, "add", &pods);
         eprintln!(
             "cni: 50 concurrent ADDs on {round}: {:?}, {retries} retried after 11",
             t.elapsed()
@@ -438,12 +462,16 @@ fn cnitool_drives_weft_cni_against_three_agents() {
         all_reachable(&c, "b", &ips);
         eprintln!("cni: b reached the 50 pods in {:?}", t.elapsed());
         let t = Instant::now();
-        for ((n, h), out) in pods.iter().zip(del_all(&c, &pods)) {
+        let (outs, retries) = all_at_once(&c, "del", &pods);
+        for ((n, h), out) in pods.iter().zip(&outs) {
             if !out.ok {
                 c.fail(&format!("concurrent DEL of {n} on {h}: {out:?}"));
             }
         }
-        eprintln!("cni: 50 concurrent DELs on {round}: {:?}", t.elapsed());
+        eprintln!(
+            "cni: 50 concurrent DELs on {round}: {:?}, {retries} retried after 11",
+            t.elapsed()
+        );
         drop(nss);
         assert_clean(&c, "h1", &format!("after 50 DELs on {round}"));
         assert_clean(&c, "h3", &format!("after 50 DELs on {round}"));
