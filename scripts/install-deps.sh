@@ -18,6 +18,7 @@ declare -A want=(
   [strace]=strace
   [cpio]=cpio
   [curl]=curl
+  [openssl]=openssl
 )
 missing=()
 for cmd in "${!want[@]}"; do
