@@ -57,7 +57,8 @@ pub struct Config {
     /// The tunnel's UDP port (default: 4789 for VXLAN, 6081 for Geneve).
     #[arg(long)]
     pub tunnel_udp_port: Option<u16>,
-    /// etcd endpoints of NSDB, comma-separated.
+    /// etcd endpoints of NSDB, comma-separated. `https://` endpoints speak TLS: etcd's
+    /// certificate is checked against --etcd-ca-file, or the system's trusted roots without it.
     #[arg(
         long,
         env = "WEFT_ETCD_ENDPOINTS",
@@ -65,6 +66,15 @@ pub struct Config {
         default_value = "http://127.0.0.1:2379"
     )]
     pub etcd_endpoints: Vec<String>,
+    /// CA certificates (PEM) that etcd's certificate must be signed by.
+    #[arg(long, env = "WEFT_ETCD_CA_FILE", value_name = "PEM")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) shown to etcd (its --client-cert-auth); needs --etcd-key-file.
+    #[arg(long, env = "WEFT_ETCD_CERT_FILE", value_name = "PEM")]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM); needs --etcd-cert-file.
+    #[arg(long, env = "WEFT_ETCD_KEY_FILE", value_name = "PEM")]
+    pub etcd_key_file: Option<PathBuf>,
     /// The datapath to create or adopt.
     #[arg(long, default_value = "weft")]
     pub datapath: String,
@@ -127,6 +137,8 @@ pub struct Settings {
     pub default_bridge: Option<String>,
     /// The bridge of the node's own port (`--node-bridge`).
     pub node_bridge: Option<String>,
+    /// TLS to etcd (`--etcd-ca-file`, `--etcd-cert-file`, `--etcd-key-file`), checked.
+    pub etcd_tls: nsdb::TlsFiles,
 }
 
 /// The tunnel vport's name for a tunnel type.
@@ -187,6 +199,14 @@ impl Config {
             !self.etcd_endpoints.is_empty() && self.etcd_endpoints.iter().all(|e| !e.is_empty()),
             "--etcd-endpoints is empty"
         );
+        // Files that cannot work are refused here, naming the flag, rather than retried at
+        // every connect while the agent waits for NSDB.
+        let etcd_tls = nsdb::TlsFiles {
+            ca_file: self.etcd_ca_file.clone(),
+            cert_file: self.etcd_cert_file.clone(),
+            key_file: self.etcd_key_file.clone(),
+        };
+        etcd_tls.check(&self.etcd_endpoints)?;
         ensure!(
             !self.datapath.is_empty() && self.datapath.len() < 16,
             "--datapath {:?} must be 1-15 characters (it names a network device)",
@@ -226,6 +246,7 @@ impl Config {
             expiry_interval: Duration::from_millis((normal_ms / 10).clamp(200, 5_000)),
             default_bridge,
             node_bridge,
+            etcd_tls,
         })
     }
 }
@@ -277,6 +298,36 @@ mod tests {
             (&["--tunnel-udp-port", "0"][..], "--tunnel-udp-port"),
         ] {
             let e = parse(args).settings().expect_err("refused").to_string();
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
+        for (args, flag) in [
+            (
+                &[
+                    "--etcd-endpoints=https://etcd:2379",
+                    "--etcd-cert-file=/c.pem",
+                ][..],
+                "--etcd-cert-file is given without --etcd-key-file",
+            ),
+            (
+                &[
+                    "--etcd-endpoints=https://etcd:2379",
+                    "--etcd-key-file=/k.pem",
+                ][..],
+                "--etcd-key-file is given without --etcd-cert-file",
+            ),
+            (
+                &[
+                    "--etcd-endpoints=https://etcd:2379",
+                    "--etcd-ca-file=/nonexistent/weft-ca.pem",
+                ][..],
+                "cannot read --etcd-ca-file /nonexistent/weft-ca.pem",
+            ),
+            (
+                &["--etcd-ca-file=/nonexistent/weft-ca.pem"][..],
+                "not https://",
+            ),
+        ] {
+            let e = format!("{:#}", parse(args).settings().expect_err("refused"));
             assert!(e.contains(flag), "{args:?}: {e}");
         }
         let e = Config::try_parse_from(["weft-agent", "--node-name", "n", "--underlay-ip", "x"])

@@ -70,6 +70,8 @@ pub fn init_tracing() {
 
 /// Runs the agent until a termination signal.
 pub fn run(cfg: Config, settings: Settings) -> anyhow::Result<()> {
+    // rustls' process-wide provider (ring, the workspace's only one) before any TLS to etcd.
+    nsdb::tls::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -188,7 +190,7 @@ async fn wait_for_nsdb(cfg: &Config, settings: &Settings, metrics: &Metrics) -> 
     let nsdb = until_ok(
         &format!("connecting to etcd at {endpoints}"),
         metrics,
-        async || Nsdb::connect(&cfg.etcd_endpoints).await,
+        async || Nsdb::connect_with_tls(&cfg.etcd_endpoints, &settings.etcd_tls).await,
     )
     .await;
     let host = Host {

@@ -27,10 +27,11 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Where NSDB lives.
+/// Where NSDB lives, and how to speak TLS to it.
 #[derive(Debug, Args)]
 pub struct EtcdArgs {
-    /// etcd endpoints of NSDB, comma-separated.
+    /// etcd endpoints of NSDB, comma-separated. `https://` endpoints speak TLS: etcd's
+    /// certificate is checked against --etcd-ca-file, or the system's trusted roots without it.
     #[arg(
         long,
         env = "WEFT_ETCD_ENDPOINTS",
@@ -38,11 +39,29 @@ pub struct EtcdArgs {
         required = true
     )]
     pub etcd_endpoints: Vec<String>,
+    /// CA certificates (PEM) that etcd's certificate must be signed by.
+    #[arg(long, env = "WEFT_ETCD_CA_FILE", value_name = "PEM")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) shown to etcd (its --client-cert-auth); needs --etcd-key-file.
+    #[arg(long, env = "WEFT_ETCD_CERT_FILE", value_name = "PEM")]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM); needs --etcd-cert-file.
+    #[arg(long, env = "WEFT_ETCD_KEY_FILE", value_name = "PEM")]
+    pub etcd_key_file: Option<PathBuf>,
 }
 
 impl EtcdArgs {
+    /// The TLS files of the flags.
+    pub fn tls(&self) -> nsdb::TlsFiles {
+        nsdb::TlsFiles {
+            ca_file: self.etcd_ca_file.clone(),
+            cert_file: self.etcd_cert_file.clone(),
+            key_file: self.etcd_key_file.clone(),
+        }
+    }
+
     async fn connect(&self) -> anyhow::Result<Nsdb> {
-        Nsdb::connect(&self.etcd_endpoints)
+        Nsdb::connect_with_tls(&self.etcd_endpoints, &self.tls())
             .await
             .with_context(|| format!("connecting to NSDB at {}", self.etcd_endpoints.join(",")))
     }
@@ -180,6 +199,8 @@ async fn translate(a: TranslateArgs) -> anyhow::Result<i32> {
 }
 
 async fn run(a: RunArgs) -> anyhow::Result<()> {
+    // TLS files that cannot work stop the replica before it serves or campaigns.
+    a.etcd.tls().check(&a.etcd.etcd_endpoints)?;
     let metrics = Arc::new(Metrics::new());
     let (addr, serve) = http::bind(a.metrics_addr, metrics.clone()).await?;
     info!(%addr, "serving /metrics");

@@ -17,6 +17,7 @@ use crate::error::{NsdbError, Result};
 use crate::keys::{self, Kind, ROOT};
 use crate::metrics;
 use crate::records::{AnyRecord, Record};
+use crate::tls::TlsFiles;
 
 /// The most operations etcd accepts in one transaction by default (`--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;
@@ -84,6 +85,26 @@ impl std::fmt::Debug for Nsdb {
     }
 }
 
+/// One TLS handshake with each member at once; an error when none accepts and one refuses.
+async fn refused_by_every_member(endpoints: &[String], tls: &crate::tls::Loaded) -> Result<()> {
+    use crate::tls::{Probe, probe};
+    let probes = futures::future::join_all(endpoints.iter().map(|e| probe(e, tls))).await;
+    if probes.iter().any(|p| matches!(p, Probe::Accepted)) {
+        return Ok(());
+    }
+    match endpoints.iter().zip(probes).find_map(|(e, p)| match p {
+        Probe::Refused(reason) => Some((e, reason)),
+        _ => None,
+    }) {
+        Some((endpoint, reason)) => Err(NsdbError::TlsHandshake {
+            endpoint: endpoint.clone(),
+            reason,
+        }),
+        // No member answers: the lazy connection keeps trying.
+        None => Ok(()),
+    }
+}
+
 /// The smallest key greater than every key starting with `prefix`.
 pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
@@ -99,13 +120,33 @@ pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
 impl Nsdb {
     /// Connects to etcd. The connection is lazy and reconnects by itself: requests made
     /// while etcd is away fail with [`NsdbError::Etcd`] and succeed again once it is back.
+    ///
+    /// `https://` endpoints are verified against the system's trusted roots, without a
+    /// client certificate; [`Nsdb::connect_with_tls`] takes a CA bundle and a client
+    /// certificate.
     pub async fn connect<E: AsRef<str>>(endpoints: &[E]) -> Result<Self> {
+        Self::connect_with_tls(endpoints, &TlsFiles::default()).await
+    }
+
+    /// Connects to etcd with TLS files (see [`crate::tls`] for the rules): they are read and
+    /// checked here, so a missing file or a certificate without its key fails now, naming its
+    /// flag. Then one handshake per member shows whether TLS works: when every member that
+    /// answers refuses it (no client certificate, one of another CA, a certificate of etcd's
+    /// that the CA does not vouch for), this fails with [`NsdbError::TlsHandshake`] and the
+    /// reason, within [`crate::tls::HANDSHAKE_TIMEOUT`] twice. Members that do not answer at
+    /// all are left to the lazy connection, as with [`Nsdb::connect`].
+    pub async fn connect_with_tls<E: AsRef<str>>(endpoints: &[E], tls: &TlsFiles) -> Result<Self> {
         let eps: Vec<String> = endpoints.iter().map(|e| e.as_ref().to_owned()).collect();
-        let opts = ConnectOptions::new()
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(10))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
+        if let Some(tls) = tls.load(&eps)? {
+            crate::tls::install_crypto_provider();
+            refused_by_every_member(&eps, &tls).await?;
+            opts = opts.with_tls(tls.options);
+        }
         let client =
             Client::connect(&eps, Some(opts))
                 .await

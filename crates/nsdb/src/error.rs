@@ -1,6 +1,7 @@
 //! The error type of the nsdb crate.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 /// Everything that can go wrong talking to NSDB.
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +14,39 @@ pub enum NsdbError {
         #[source]
         source: etcd_client::Error,
     },
+    /// A client certificate without its key, or a key without its certificate.
+    #[error("{given} is given without {missing}: a client certificate needs its key")]
+    TlsIncomplete {
+        given: &'static str,
+        missing: &'static str,
+    },
+    /// A TLS file could not be read.
+    #[error("cannot read {flag} {}", path.display())]
+    TlsFile {
+        flag: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A TLS file holds no usable PEM certificate or key.
+    #[error("{flag} {}: {reason}", path.display())]
+    TlsPem {
+        flag: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    /// The endpoints do not fit the TLS settings (TLS files with `http://`, or a mix).
+    #[error("etcd endpoint {endpoint}: {reason}")]
+    TlsEndpoint { endpoint: String, reason: String },
+    /// `https://` endpoints without `--etcd-ca-file`, on a system without trusted roots.
+    #[error(
+        "no --etcd-ca-file is given and the system has no trusted CA certificates ({reason}): \
+         give the CA of etcd's certificate"
+    )]
+    TlsNoRoots { reason: String },
+    /// Every etcd member that answered refused the TLS handshake, or was refused by it.
+    #[error("TLS handshake with etcd at {endpoint} failed: {reason}")]
+    TlsHandshake { endpoint: String, reason: String },
     /// An etcd request failed.
     #[error("etcd {op} on {key} failed")]
     Etcd {

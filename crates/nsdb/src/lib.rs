@@ -47,6 +47,7 @@ pub mod lease;
 pub mod metrics;
 pub mod pod_port;
 pub mod records;
+pub mod tls;
 pub mod tunnel_key;
 pub mod watch;
 
@@ -59,6 +60,7 @@ pub use lease::KeptLease;
 pub use metrics::register;
 pub use pod_port::{PodPort, PodPortRelease, PodPortRequest};
 pub use records::*;
+pub use tls::TlsFiles;
 pub use watch::{Change, ChangeOp, Entry, Snapshot, Update, WatchCache, WatchHealth};
 #[cfg(feature = "test-util")]
 pub mod testing;

@@ -3,6 +3,9 @@
 //!
 //! Enabled by the `test-util` feature. Missing or broken etcd makes the test panic with a
 //! message saying so: NSDB tests never pass quietly without a database.
+//!
+//! [`Etcd::start_tls`] serves clients over https with `--client-cert-auth`, from the
+//! certificates of a [`Pki`] that `openssl` makes for the test.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -11,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::client::Nsdb;
+use crate::tls::TlsFiles;
 
 /// The etcd binary used unless `WEFT_ETCD_BIN` names another.
 pub const DEFAULT_ETCD_BIN: &str = "/usr/bin/etcd";
@@ -25,7 +29,19 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    /// With TLS: the server's files, and the plain-http port of /health (the client port
+    /// wants a client certificate).
+    tls: Option<(ServerTls, u16)>,
     child: Option<Child>,
+}
+
+/// The files etcd serves clients with under TLS, and those of a client it accepts.
+#[derive(Debug, Clone)]
+struct ServerTls {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    client: TlsFiles,
 }
 
 fn free_port() -> u16 {
@@ -39,6 +55,23 @@ impl Etcd {
     /// Starts etcd and waits until it is healthy. Panics, saying why, if the binary is
     /// missing or etcd does not come up.
     pub fn start() -> Etcd {
+        Etcd::start_with(None)
+    }
+
+    /// Starts etcd serving clients over https with `pki`'s server certificate, and asking
+    /// every client for a certificate signed by `pki`'s CA (`--client-cert-auth`); waits
+    /// until it is healthy. Connect with [`Pki::client`].
+    pub fn start_tls(pki: &Pki) -> Etcd {
+        let tls = ServerTls {
+            cert: pki.path("server.pem"),
+            key: pki.path("server.key"),
+            ca: pki.ca(),
+            client: pki.client(),
+        };
+        Etcd::start_with(Some((tls, free_port())))
+    }
+
+    fn start_with(tls: Option<(ServerTls, u16)>) -> Etcd {
         let bin = std::env::var_os("WEFT_ETCD_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_ETCD_BIN));
@@ -57,15 +90,17 @@ impl Etcd {
             dir,
             client_port: free_port(),
             peer_port: free_port(),
+            tls,
             child: None,
         };
         etcd.spawn();
         etcd
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`, or `https://` when started with TLS.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// The endpoint as a one-element list, ready for [`Nsdb::connect`].
@@ -78,9 +113,15 @@ impl Etcd {
         self.dir.path()
     }
 
-    /// Connects a client to this etcd.
+    /// Connects a client to this etcd (with TLS: the CA and client certificate of its
+    /// [`Pki`]).
     pub async fn client(&self) -> Nsdb {
-        Nsdb::connect(&self.endpoints())
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|(t, _)| t.client.clone())
+            .unwrap_or_default();
+        Nsdb::connect_with_tls(&self.endpoints(), &tls)
             .await
             .unwrap_or_else(|e| panic!("cannot connect to test etcd at {}: {e}", self.endpoint()))
     }
@@ -135,7 +176,17 @@ impl Etcd {
         let log2 = log.try_clone().expect("cannot duplicate etcd log file");
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        if let Some((tls, health_port)) = &self.tls {
+            cmd.arg(format!("--cert-file={}", tls.cert.display()))
+                .arg(format!("--key-file={}", tls.key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca.display()))
+                .arg("--client-cert-auth")
+                .arg(format!(
+                    "--listen-metrics-urls=http://127.0.0.1:{health_port}"
+                ));
+        }
+        let child = cmd
             .arg("--name=weft-test")
             .arg(format!("--data-dir={}", data.display()))
             .arg(format!("--listen-client-urls={client}"))
@@ -171,7 +222,8 @@ impl Etcd {
     }
 
     fn healthy(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
+        let port = self.tls.as_ref().map_or(self.client_port, |(_, p)| *p);
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -189,5 +241,158 @@ impl Etcd {
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A CA made by `openssl` for one test, in a temporary directory:
+/// - `ca.pem`: the CA; `server.pem`/`server.key`: etcd's certificate for `127.0.0.1` and
+///   `localhost`; `client.pem`/`client.key`: a client certificate;
+/// - `other-ca.pem`: an unrelated CA; `other-client.pem`/`other-client.key`: a client
+///   certificate it signed.
+///
+/// Keys are P-256 in PKCS#8 PEM; certificates are valid for a day.
+#[derive(Debug)]
+pub struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// Makes the CAs and certificates. Panics, saying why, if `openssl` is missing or fails.
+    pub fn generate() -> Pki {
+        let dir = tempfile::Builder::new()
+            .prefix("weft-pki-")
+            .tempdir()
+            .expect("cannot create a temporary directory for certificates");
+        let pki = Pki { dir };
+        pki.make_ca("ca", "weft-test-ca");
+        pki.make_ca("other-ca", "weft-other-ca");
+        pki.leaf(
+            "ca",
+            "server",
+            "/CN=etcd",
+            "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost",
+        );
+        pki.leaf("ca", "client", "/CN=weft", "extendedKeyUsage=clientAuth");
+        pki.leaf(
+            "other-ca",
+            "other-client",
+            "/CN=weft",
+            "extendedKeyUsage=clientAuth",
+        );
+        pki
+    }
+
+    /// A file of this PKI by name (`ca.pem`, `client.key`, ...).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The CA that signed etcd's and the client's certificates.
+    pub fn ca(&self) -> PathBuf {
+        self.path("ca.pem")
+    }
+
+    /// The CA, client certificate and key that etcd accepts.
+    pub fn client(&self) -> TlsFiles {
+        TlsFiles {
+            ca_file: Some(self.ca()),
+            cert_file: Some(self.path("client.pem")),
+            key_file: Some(self.path("client.key")),
+        }
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect(
+                "cannot run openssl: TLS tests need the openssl command (apt-get install openssl)",
+            );
+        assert!(
+            out.status.success(),
+            "openssl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn make_ca(&self, name: &str, cn: &str) {
+        let (key, pem, subj) = (
+            format!("{name}.key"),
+            format!("{name}.pem"),
+            format!("/CN={cn}"),
+        );
+        self.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-days",
+            "1",
+            "-subj",
+            &subj,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+    }
+
+    /// A certificate `name.pem` (key `name.key`) signed by CA `ca`, with the extension lines
+    /// `ext` besides its basic constraints and key usage.
+    fn leaf(&self, ca: &str, name: &str, subj: &str, ext: &str) {
+        let (key, csr, pem, extfile) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        let ext = format!(
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n{}\n",
+            ext
+        );
+        std::fs::write(self.dir.path().join(&extfile), ext)
+            .expect("cannot write an extension file");
+        self.openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            subj,
+        ]);
+        let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &extfile,
+            "-out",
+            &pem,
+        ]);
     }
 }
