@@ -6,6 +6,10 @@
 //!
 //! The flag check runs weft-agent from this build's target directory: `cargo test
 //! --workspace` builds it; alone, run `cargo build -p weft-agent` first.
+//!
+//! The chart's etcd TLS arguments are run for real: `weft-operator` with them (the Secret's
+//! files in a directory of the test) writes to and reads from an etcd that serves https with
+//! `--client-cert-auth`.
 
 mod support;
 
@@ -14,7 +18,7 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nsdb::testing::Etcd;
+use nsdb::testing::{Etcd, Pki};
 use serde_json::Value;
 use support::controlplane::{ControlPlane, repo};
 use support::operator::{KINDS, Operator, example_objects, not_ready};
@@ -25,6 +29,30 @@ static INSTALLS: Mutex<()> = Mutex::new(());
 fn chart() -> PathBuf {
     repo().join("charts").join("weft")
 }
+
+/// The values every rendering needs: NSDB's endpoints (the chart has no default).
+const ENDPOINTS: [&str; 2] = ["--set", "etcd.endpoints={http://etcd.weft-system.svc:2379}"];
+
+/// An etcd outside the chart over TLS, with the client certificate of a Secret.
+const TLS: [&str; 4] = [
+    "--set",
+    "etcd.endpoints={https://etcd-0.example:2379,https://etcd-1.example:2379}",
+    "--set",
+    "etcd.tls.secretName=etcd-client",
+];
+
+/// The chart's own etcd, and a default bridge.
+const DEPLOY: [&str; 6] = [
+    "--set",
+    "etcd.deploy=true",
+    "--set",
+    "defaultBridge.name=weft-pods",
+    "--set",
+    "defaultBridge.subnet=10.240.0.0/16",
+];
+
+/// Where the chart mounts the etcd TLS Secret (its keys are the file names).
+const TLS_DIR: &str = "/etc/weft/etcd-tls";
 
 /// The helm binary e2e/tools.sh built (it never builds here).
 fn helm_bin() -> PathBuf {
@@ -113,11 +141,83 @@ fn container_args(pod_spec: &Value, container: &str) -> Vec<String> {
         .collect()
 }
 
+/// The objects of a rendering of one kind.
+fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+/// The one object of a kind and name in a rendering.
+fn object<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+}
+
+/// Asserts that a pod spec's container gets the chart's three TLS flags and mounts the Secret
+/// read-only where they point.
+fn assert_tls_wired(pod_spec: &Value, container: &str, secret: &str) {
+    let args = container_args(pod_spec, container);
+    for flag in [
+        format!("--etcd-ca-file={TLS_DIR}/ca.crt"),
+        format!("--etcd-cert-file={TLS_DIR}/tls.crt"),
+        format!("--etcd-key-file={TLS_DIR}/tls.key"),
+    ] {
+        assert!(
+            args.contains(&flag),
+            "{container}: {flag} missing: {args:?}"
+        );
+    }
+    let c = pod_spec["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == container)
+        .unwrap();
+    let mount = c["volumeMounts"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["mountPath"] == TLS_DIR))
+        .unwrap_or_else(|| panic!("{container} mounts nothing at {TLS_DIR}: {c:#}"));
+    assert_eq!(mount["readOnly"], true, "{container}: {mount:#}");
+    let volume = pod_spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap_or_else(|| panic!("{container}: no volume {}", mount["name"]));
+    assert_eq!(volume["secret"]["secretName"], secret, "{volume:#}");
+    let keys: Vec<&str> = volume["secret"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
+}
+
+fn assert_no_tls(pod_spec: &Value, container: &str) {
+    let args = container_args(pod_spec, container);
+    assert!(
+        !args.iter().any(|a| a.starts_with("--etcd-ca-file")
+            || a.starts_with("--etcd-cert-file")
+            || a.starts_with("--etcd-key-file")),
+        "{container}: {args:?}"
+    );
+    assert!(
+        !pod_spec.to_string().contains(TLS_DIR),
+        "{container} mounts TLS files without etcd.tls: {pod_spec:#}"
+    );
+}
+
 #[test]
 fn helm_lint_strict_passes() {
     let chart = chart();
-    let out = helm(None, &["lint", "--strict", chart.to_str().unwrap()]);
-    assert!(out.contains("0 chart(s) failed"), "{out}");
+    let chart = chart.to_str().unwrap();
+    for values in [&[][..], &ENDPOINTS[..], &TLS[..], &DEPLOY[..]] {
+        let mut args = vec!["lint", "--strict", chart];
+        args.extend_from_slice(values);
+        let out = helm(None, &args);
+        assert!(out.contains("0 chart(s) failed"), "{values:?}: {out}");
+    }
 }
 
 #[test]
@@ -128,16 +228,23 @@ fn values_outside_the_schema_are_refused() {
         "agent.underlayMtu=100",
         "etcd.endpoints={etcd:2379}",
         "operator.nosuchvalue=1",
+        "etcd.nosuchvalue=1",
+        "etcd.deploy=sometimes",
+        "etcd.tls.secretName=Not_A_Name",
+        "etcd.tls.caFile=/ca.pem",
+        "etcd.image.tag=",
+        "etcd.persistence.size=lots",
+        "defaultBridge.name=weft-pods",
+        "defaultBridge.subnet=10.240.0.0/16",
+        "defaultBridge.nosuchvalue=1",
+        "clusterDomain=Not_A_Domain",
     ] {
         let out = run(
             "helm template",
-            Command::new(helm_bin()).args([
-                "template",
-                "weft",
-                chart.to_str().unwrap(),
-                "--set",
-                bad,
-            ]),
+            Command::new(helm_bin())
+                .args(["template", "weft", chart.to_str().unwrap()])
+                .args(ENDPOINTS)
+                .args(["--set", bad]),
         );
         assert!(
             !out.status.success(),
@@ -146,24 +253,197 @@ fn values_outside_the_schema_are_refused() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("schema"), "--set {bad}: {err}");
     }
+    // A name with a subnet that is not one, with the name.
+    let out = run(
+        "helm template",
+        Command::new(helm_bin())
+            .args(["template", "weft", chart.to_str().unwrap()])
+            .args(ENDPOINTS)
+            .args(["--set", "defaultBridge.name=weft-pods"])
+            .args(["--set", "defaultBridge.subnet=10.240.0/16"]),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("schema") && err.contains("/defaultBridge/subnet"),
+        "{err}"
+    );
+}
+
+#[test]
+fn etcd_settings_that_cannot_work_are_refused_saying_why() {
+    let chart = chart();
+    for (values, why) in [
+        (&[][..], "etcd.endpoints is empty: name NSDB's etcd"),
+        (
+            &[
+                "--set",
+                "etcd.endpoints={http://etcd:2379}",
+                "--set",
+                "etcd.tls.secretName=etcd-client",
+            ][..],
+            "etcd.tls.secretName is set but etcd endpoint http://etcd:2379 is not https://",
+        ),
+        (
+            &[
+                "--set",
+                "etcd.deploy=true",
+                "--set",
+                "etcd.tls.secretName=etcd-client",
+            ][..],
+            "etcd.tls.secretName is for an etcd outside the chart",
+        ),
+    ] {
+        let out = run(
+            "helm template",
+            Command::new(helm_bin())
+                .args(["template", "weft", chart.to_str().unwrap()])
+                .args(values),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(why),
+            "{values:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn rendered_values_wire_tls_the_default_bridge_and_the_etcd_statefulset() {
+    // Plain endpoints: no TLS, no etcd of the chart's, no default bridge.
+    let docs = documents(&render(&ENDPOINTS));
+    let deploy = object(&docs, "Deployment", "weft-operator");
+    let ds = object(&docs, "DaemonSet", "weft-agent");
+    assert_no_tls(&deploy["spec"]["template"]["spec"], "operator");
+    assert_no_tls(&ds["spec"]["template"]["spec"], "agent");
+    assert!(of_kind(&docs, "StatefulSet").is_empty());
+    assert!(of_kind(&docs, "VirtualBridge").is_empty());
+    let agent_args = container_args(&ds["spec"]["template"]["spec"], "agent");
+    assert!(
+        !agent_args.iter().any(|a| a.starts_with("--default-bridge")),
+        "{agent_args:?}"
+    );
+
+    // TLS from a Secret: both workloads get the flags and the Secret, read-only.
+    let docs = documents(&render(&TLS));
+    let deploy = object(&docs, "Deployment", "weft-operator");
+    let ds = object(&docs, "DaemonSet", "weft-agent");
+    assert_tls_wired(
+        &deploy["spec"]["template"]["spec"],
+        "operator",
+        "etcd-client",
+    );
+    assert_tls_wired(&ds["spec"]["template"]["spec"], "agent", "etcd-client");
+    let endpoints = "--etcd-endpoints=https://etcd-0.example:2379,https://etcd-1.example:2379";
+    for (spec, c) in [(deploy, "operator"), (ds, "agent")] {
+        let args = container_args(&spec["spec"]["template"]["spec"], c);
+        assert!(args.contains(&endpoints.to_string()), "{c}: {args:?}");
+    }
+    // The operator runs as nobody: the files (mode 0440) are its group's.
+    assert_eq!(
+        deploy["spec"]["template"]["spec"]["securityContext"]["fsGroup"],
+        65534
+    );
+    assert!(of_kind(&docs, "StatefulSet").is_empty());
+
+    // The chart's etcd: 3 members, a headless Service, a quorum-keeping budget, and both
+    // binaries pointed at the members; and the default bridge.
+    let docs = documents(&render(&DEPLOY));
+    let sts = of_kind(&docs, "StatefulSet");
+    assert_eq!(sts.len(), 1, "one StatefulSet");
+    let sts = sts[0];
+    assert_eq!(sts["metadata"]["name"], "weft-etcd");
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(sts["spec"]["serviceName"], "weft-etcd");
+    assert_eq!(sts["spec"]["podManagementPolicy"], "Parallel");
+    let claims = sts["spec"]["volumeClaimTemplates"].as_array().unwrap();
+    assert_eq!(claims[0]["spec"]["resources"]["requests"]["storage"], "2Gi");
+    let etcd_args = container_args(&sts["spec"]["template"]["spec"], "etcd");
+    let members: Vec<String> = (0..3)
+        .map(|i| format!("weft-etcd-{i}.weft-etcd.default.svc.cluster.local"))
+        .collect();
+    let initial = format!(
+        "--initial-cluster={}",
+        members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("weft-etcd-{i}=http://{m}:2380"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    assert!(etcd_args.contains(&initial), "{etcd_args:?}");
+    let svc = object(&docs, "Service", "weft-etcd");
+    assert_eq!(svc["spec"]["clusterIP"], "None");
+    assert_eq!(svc["spec"]["publishNotReadyAddresses"], true);
+    assert_eq!(
+        object(&docs, "PodDisruptionBudget", "weft-etcd")["spec"]["minAvailable"],
+        2
+    );
+    let endpoints = format!(
+        "--etcd-endpoints={}",
+        members
+            .iter()
+            .map(|m| format!("http://{m}:2379"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let deploy = object(&docs, "Deployment", "weft-operator");
+    let ds = object(&docs, "DaemonSet", "weft-agent");
+    for (spec, c) in [(deploy, "operator"), (ds, "agent")] {
+        let args = container_args(&spec["spec"]["template"]["spec"], c);
+        assert!(args.contains(&endpoints), "{c}: {args:?}");
+    }
+    let bridge = object(&docs, "VirtualBridge", "weft-pods");
+    assert_eq!(bridge["apiVersion"], "weft.dev/v1alpha1");
+    assert_eq!(bridge["spec"]["subnet"], "10.240.0.0/16");
+    assert_eq!(
+        bridge["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let agent_args = container_args(&ds["spec"]["template"]["spec"], "agent");
+    assert!(
+        agent_args.contains(&"--default-bridge=vbr:weft-pods".to_string()),
+        "{agent_args:?}"
+    );
+
+    // Given endpoints win over the chart's etcd; emptyDir instead of claims.
+    let mut values = DEPLOY.to_vec();
+    values.extend(ENDPOINTS);
+    values.extend(["--set", "etcd.persistence.enabled=false"]);
+    let docs = documents(&render(&values));
+    let sts = of_kind(&docs, "StatefulSet")[0];
+    assert!(sts["spec"]["volumeClaimTemplates"].is_null(), "{sts:#}");
+    let volumes = sts["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["name"] == "data" && v["emptyDir"].is_object()),
+        "{volumes:?}"
+    );
+    let deploy = object(&docs, "Deployment", "weft-operator");
+    let args = container_args(&deploy["spec"]["template"]["spec"], "operator");
+    assert!(
+        args.contains(&"--etcd-endpoints=http://etcd.weft-system.svc:2379".to_string()),
+        "{args:?}"
+    );
 }
 
 #[test]
 fn rendered_chart_passes_server_side_dry_run() {
     let cp = ControlPlane::shared();
     let ns = namespace(&cp, "weft-dry-run");
-    let yaml = render(&["--namespace", &ns, "--include-crds"]);
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), &yaml).unwrap();
-    let out = cp.kubectl(&[
-        "apply",
-        "--dry-run=server",
-        "-n",
-        &ns,
-        "-f",
-        file.path().to_str().unwrap(),
+    // The default bridge is a VirtualBridge: its CRD must exist for the server to check it.
+    let crds = chart().join("crds");
+    cp.kubectl(&["apply", "--server-side", "-f", crds.to_str().unwrap()]);
+    cp.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd",
+        "--all",
+        "--timeout=60s",
     ]);
-    for kind in [
+    let base = [
         "customresourcedefinition.apiextensions.k8s.io/virtualbridges.weft.dev",
         "deployment.apps/weft-operator",
         "daemonset.apps/weft-agent",
@@ -172,13 +452,44 @@ fn rendered_chart_passes_server_side_dry_run() {
         "clusterrolebinding.rbac.authorization.k8s.io/weft-operator",
         "serviceaccount/weft-operator",
         "serviceaccount/weft-agent",
+    ];
+    let mut deployed = DEPLOY.to_vec();
+    deployed.extend(["--set", "etcd.persistence.enabled=false"]);
+    for (values, extra) in [
+        (&ENDPOINTS[..], &[][..]),
+        (&TLS[..], &[][..]),
+        (
+            &DEPLOY[..],
+            &[
+                "service/weft-etcd",
+                "statefulset.apps/weft-etcd",
+                "poddisruptionbudget.policy/weft-etcd",
+                "virtualbridge.weft.dev/weft-pods",
+            ][..],
+        ),
+        (&deployed[..], &["statefulset.apps/weft-etcd"][..]),
     ] {
-        // "created", or "configured" for a CRD another test installed meanwhile.
-        assert!(
-            out.lines()
-                .any(|l| l.starts_with(&format!("{kind} ")) && l.ends_with("(server dry run)")),
-            "{kind} missing from the dry run:\n{out}"
-        );
+        let mut args = vec!["--namespace", &ns, "--include-crds"];
+        args.extend_from_slice(values);
+        let yaml = render(&args);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &yaml).unwrap();
+        let out = cp.kubectl(&[
+            "apply",
+            "--dry-run=server",
+            "-n",
+            &ns,
+            "-f",
+            file.path().to_str().unwrap(),
+        ]);
+        for kind in base.iter().chain(extra) {
+            // "created", or "configured"/"unchanged" for an object that exists already.
+            assert!(
+                out.lines()
+                    .any(|l| l.starts_with(&format!("{kind} ")) && l.ends_with("(server dry run)")),
+                "{values:?}: {kind} missing from the dry run:\n{out}"
+            );
+        }
     }
 }
 
@@ -191,18 +502,18 @@ fn helm_install_upgrade_uninstall() {
     let chart = chart.to_str().unwrap();
     let release = "weft";
 
-    helm(
-        Some(&cp),
-        &[
-            "install",
-            release,
-            chart,
-            "--namespace",
-            &ns,
-            "--timeout",
-            "60s",
-        ],
-    );
+    // First with the chart's own etcd and a default bridge.
+    let mut install = vec![
+        "install",
+        release,
+        chart,
+        "--namespace",
+        &ns,
+        "--timeout",
+        "60s",
+    ];
+    install.extend(DEPLOY);
+    helm(Some(&cp), &install);
     let deploy = get_json(&cp, &["-n", &ns, "deployment", "weft-operator"]);
     assert_eq!(deploy["spec"]["replicas"], 2);
     let ds = get_json(&cp, &["-n", &ns, "daemonset", "weft-agent"]);
@@ -217,12 +528,31 @@ fn helm_install_upgrade_uninstall() {
             .any(|a| a.starts_with("--tunnel-udp-port")),
         "{agent_args:?}"
     );
+    assert!(
+        agent_args.contains(&"--default-bridge=vbr:weft-pods".to_string()),
+        "{agent_args:?}"
+    );
     assert_eq!(
         ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
         1
     );
     get_json(&cp, &["crd", "virtualbridges.weft.dev"]);
+    let sts = get_json(&cp, &["-n", &ns, "statefulset", "weft-etcd"]);
+    assert_eq!(sts["spec"]["replicas"], 3);
+    let svc = get_json(&cp, &["-n", &ns, "service", "weft-etcd"]);
+    assert_eq!(svc["spec"]["clusterIP"], "None");
+    let member0 = format!("http://weft-etcd-0.weft-etcd.{ns}.svc.cluster.local:2379");
+    let op_args = container_args(&deploy["spec"]["template"]["spec"], "operator");
+    assert!(
+        op_args
+            .iter()
+            .any(|a| a.starts_with("--etcd-endpoints=") && a.contains(&member0)),
+        "{op_args:?}"
+    );
+    let bridge = get_json(&cp, &["virtualbridge", "weft-pods"]);
+    assert_eq!(bridge["spec"]["subnet"], "10.240.0.0/16");
 
+    // Then an etcd outside the chart, over TLS.
     helm(
         Some(&cp),
         &[
@@ -238,7 +568,13 @@ fn helm_install_upgrade_uninstall() {
             "--set",
             "operator.replicas=3",
             "--set",
-            "etcd.endpoints={http://10.0.0.1:2379,http://10.0.0.2:2379}",
+            "etcd.endpoints={https://10.0.0.1:2379,https://10.0.0.2:2379}",
+            "--set",
+            "etcd.tls.secretName=etcd-client",
+            "--set",
+            "defaultBridge.name=weft-pods",
+            "--set",
+            "defaultBridge.subnet=10.240.0.0/16",
         ],
     );
     let deploy = get_json(&cp, &["-n", &ns, "deployment", "weft-operator"]);
@@ -248,7 +584,8 @@ fn helm_install_upgrade_uninstall() {
     );
     let op_args = container_args(&deploy["spec"]["template"]["spec"], "operator");
     assert!(
-        op_args.contains(&"--etcd-endpoints=http://10.0.0.1:2379,http://10.0.0.2:2379".to_string()),
+        op_args
+            .contains(&"--etcd-endpoints=https://10.0.0.1:2379,https://10.0.0.2:2379".to_string()),
         "{op_args:?}"
     );
     let ds = get_json(&cp, &["-n", &ns, "daemonset", "weft-agent"]);
@@ -261,6 +598,23 @@ fn helm_install_upgrade_uninstall() {
         agent_args.contains(&"--tunnel-udp-port=7000".to_string()),
         "{agent_args:?}"
     );
+    assert_tls_wired(
+        &deploy["spec"]["template"]["spec"],
+        "operator",
+        "etcd-client",
+    );
+    assert_tls_wired(&ds["spec"]["template"]["spec"], "agent", "etcd-client");
+    for what in [
+        "statefulset/weft-etcd",
+        "service/weft-etcd",
+        "pdb/weft-etcd",
+    ] {
+        let out = cp.kubectl(&["get", "--ignore-not-found", "-n", &ns, what, "-o", "name"]);
+        assert!(
+            out.trim().is_empty(),
+            "{what} survived etcd.deploy=false: {out}"
+        );
+    }
 
     helm(
         Some(&cp),
@@ -289,8 +643,11 @@ fn helm_install_upgrade_uninstall() {
             "{what} survived helm uninstall: {out}"
         );
     }
-    // Helm keeps crds/ on uninstall: the objects of users must not vanish with the chart.
+    // Helm keeps crds/ on uninstall: the objects of users must not vanish with the chart. The
+    // default bridge stays too (pods may have addresses on it); it goes by hand.
     get_json(&cp, &["crd", "virtualbridges.weft.dev"]);
+    get_json(&cp, &["virtualbridge", "weft-pods"]);
+    cp.kubectl(&["delete", "virtualbridge", "weft-pods", "--timeout=60s"]);
 }
 
 /// The binary a container's command names: weft-operator is this package's, weft-agent is
@@ -320,14 +677,20 @@ fn binary(name: &str) -> PathBuf {
 #[test]
 fn chart_commands_and_args_are_flags_the_binaries_accept() {
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
-    for values in [
-        vec![],
-        vec![
-            "--set",
-            "agent.tunnel=geneve",
-            "--set",
-            "agent.tunnelUdpPort=6090",
-        ],
+    let mut geneve = ENDPOINTS.to_vec();
+    geneve.extend([
+        "--set",
+        "agent.tunnel=geneve",
+        "--set",
+        "agent.tunnelUdpPort=6090",
+    ]);
+    let mut tls_and_bridge = TLS.to_vec();
+    tls_and_bridge.extend(&DEPLOY[2..]);
+    for (values, with_etcd) in [
+        (ENDPOINTS.to_vec(), false),
+        (geneve, false),
+        (tls_and_bridge, false),
+        (DEPLOY.to_vec(), true),
     ] {
         let docs = documents(&render(&values));
         let mut checked = Vec::new();
@@ -364,6 +727,11 @@ fn chart_commands_and_args_are_flags_the_binaries_accept() {
                         dockerfile.contains("/usr/local/share/weft/10-weft.conflist"),
                         "the image ships no conflist"
                     );
+                    continue;
+                }
+                if c["name"] == "etcd" {
+                    check_etcd_container(c);
+                    checked.push("etcd".to_string());
                     continue;
                 }
                 let name = command[0]
@@ -403,11 +771,76 @@ fn chart_commands_and_args_are_flags_the_binaries_accept() {
             }
         }
         checked.sort();
-        assert_eq!(
-            checked,
-            ["weft-agent", "weft-operator"],
-            "containers checked"
+        let want: &[&str] = if with_etcd {
+            &["etcd", "weft-agent", "weft-operator"]
+        } else {
+            &["weft-agent", "weft-operator"]
+        };
+        assert_eq!(checked, want, "containers checked with {values:?}");
+    }
+}
+
+/// etcd 3.6, as e2e/tools.sh built it: the version the chart's etcd image must have.
+fn etcd36() -> (PathBuf, String) {
+    let out = ok(
+        "e2e/tools.sh etcd",
+        run(
+            "e2e/tools.sh",
+            Command::new(repo().join("e2e").join("tools.sh"))
+                .arg("etcd")
+                .env("WEFT_TOOLS_NO_BUILD", "1"),
+        ),
+    );
+    let path = out
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd="))
+        .map(PathBuf::from)
+        .expect("e2e/tools.sh printed etcd=PATH");
+    let version = ok(
+        "etcd --version",
+        run("etcd", Command::new(&path).arg("--version")),
+    );
+    let version = version
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd Version: "))
+        .expect("etcd --version names its version")
+        .to_string();
+    (path, version)
+}
+
+/// The chart's etcd container: its image is the etcd release the tests run, each flag it
+/// passes is one etcd 3.6 knows, and each `$(VAR)` in its args is an env var it sets.
+fn check_etcd_container(c: &Value) {
+    let (bin, version) = etcd36();
+    let image = c["image"].as_str().unwrap();
+    assert!(
+        image.ends_with(&format!(":v{version}")),
+        "the chart's etcd image {image} is not the etcd v{version} the tests run"
+    );
+    assert_eq!(c["command"][0], "/usr/local/bin/etcd");
+    let help = ok("etcd --help", run("etcd", Command::new(&bin).arg("--help")));
+    let env: Vec<&str> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    for arg in c["args"].as_array().unwrap() {
+        let arg = arg.as_str().unwrap();
+        let flag = arg.split('=').next().unwrap();
+        assert!(
+            help.contains(&format!("  {flag} ")) || help.contains(&format!("  {flag}\n")),
+            "etcd v{version} has no flag {flag} (the chart passes {arg})"
         );
+        let mut rest = arg;
+        while let Some(at) = rest.find("$(") {
+            let var = &rest[at + 2..rest[at..].find(')').map_or(rest.len(), |e| at + e)];
+            assert!(
+                env.contains(&var),
+                "{arg} names $({var}), which the container does not set"
+            );
+            rest = &rest[at + 2..];
+        }
     }
 }
 
@@ -424,6 +857,122 @@ fn a_flag_the_binary_lacks_fails_the_help_check() {
         Command::new(binary("weft-agent")).args(["--tunnel=gre", "--help"]),
     );
     assert!(!out.status.success(), "weft-agent accepted --tunnel=gre");
+}
+
+/// How long a weft binary may take to fail against an etcd that refuses its TLS handshake.
+const TLS_FAIL_WITHIN: Duration = Duration::from_secs(15);
+
+/// The chart's TLS flags, with the Secret's files where the chart would mount them, against an
+/// etcd that serves https with `--client-cert-auth`: `weft-operator translate` writes examples/
+/// and `nsdb-dump` reads them back. Without the client certificate it fails within a bound,
+/// saying what to give; the env fallbacks and the system's roots (`SSL_CERT_FILE`) work too;
+/// weft-agent refuses a certificate without its key before it touches anything.
+#[test]
+fn chart_tls_args_reach_a_mutual_tls_etcd() {
+    let pki = Pki::generate();
+    let etcd = Etcd::start_tls(&pki);
+    let endpoints = format!("--etcd-endpoints={}", etcd.endpoint());
+    // The Secret's keys (as cert-manager names them) in a directory standing for the mount.
+    let secret = tempfile::tempdir().unwrap();
+    let secret_dir = secret.path().to_str().unwrap();
+    for (key, file) in [
+        ("ca.crt", "ca.pem"),
+        ("tls.crt", "client.pem"),
+        ("tls.key", "client.key"),
+    ] {
+        std::fs::copy(pki.path(file), secret.path().join(key)).unwrap();
+    }
+    let docs = documents(&render(&TLS));
+    let deploy = object(&docs, "Deployment", "weft-operator");
+    let tls_args: Vec<String> = container_args(&deploy["spec"]["template"]["spec"], "operator")
+        .into_iter()
+        .filter(|a| a.starts_with("--etcd-") && !a.starts_with("--etcd-endpoints"))
+        .map(|a| a.replace(TLS_DIR, secret_dir))
+        .collect();
+    assert_eq!(tls_args.len(), 3, "{tls_args:?}");
+    let operator = |args: &[&str], tls: &[String], env: &[(&str, &str)]| -> (Output, Duration) {
+        let started = Instant::now();
+        let mut cmd = Command::new(binary("weft-operator"));
+        cmd.args(args)
+            .arg(&endpoints)
+            .args(tls)
+            .env("NO_COLOR", "1");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = run("weft-operator", &mut cmd);
+        (out, started.elapsed())
+    };
+
+    let examples = repo().join("examples");
+    let (out, _) = operator(&["translate", examples.to_str().unwrap()], &tls_args, &[]);
+    let translated = ok("weft-operator translate over mutual TLS", out);
+    assert!(
+        translated.contains(" refused") && translated.contains(", 0 refused"),
+        "{translated}"
+    );
+    let (out, _) = operator(&["nsdb-dump"], &tls_args, &[]);
+    let dump = ok("weft-operator nsdb-dump over mutual TLS", out);
+    assert!(dump.contains("vbr:blue"), "examples/ not in NSDB:\n{dump}");
+
+    // The same files through the environment.
+    let (out, _) = operator(
+        &["nsdb-dump"],
+        &[],
+        &[
+            ("WEFT_ETCD_CA_FILE", &format!("{secret_dir}/ca.crt")),
+            ("WEFT_ETCD_CERT_FILE", &format!("{secret_dir}/tls.crt")),
+            ("WEFT_ETCD_KEY_FILE", &format!("{secret_dir}/tls.key")),
+        ],
+    );
+    assert_eq!(ok("nsdb-dump with WEFT_ETCD_*_FILE", out), dump);
+
+    // Without --etcd-ca-file etcd's certificate must chain to a root the system trusts: here
+    // the test CA, made the system's by SSL_CERT_FILE.
+    let without_ca: Vec<String> = tls_args
+        .iter()
+        .filter(|a| !a.starts_with("--etcd-ca-file"))
+        .cloned()
+        .collect();
+    let (out, _) = operator(
+        &["nsdb-dump"],
+        &without_ca,
+        &[("SSL_CERT_FILE", &format!("{secret_dir}/ca.crt"))],
+    );
+    assert_eq!(ok("nsdb-dump with the system's roots", out), dump);
+
+    // Without the client certificate etcd refuses, and the operator says what to give.
+    let ca_only: Vec<String> = tls_args
+        .iter()
+        .filter(|a| a.starts_with("--etcd-ca-file"))
+        .cloned()
+        .collect();
+    let (out, took) = operator(&["nsdb-dump"], &ca_only, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "TLS handshake with etcd at {} failed",
+            etcd.endpoint()
+        )) && err.contains("give --etcd-cert-file and --etcd-key-file"),
+        "{err}"
+    );
+    assert!(took < TLS_FAIL_WITHIN, "failing took {took:?}");
+
+    // weft-agent checks the files before it takes its lock, NSDB or the datapath.
+    let out = run(
+        "weft-agent",
+        Command::new(binary("weft-agent"))
+            .args(["--node-name", "n1", "--underlay-ip", "192.0.2.1"])
+            .arg(&endpoints)
+            .arg(format!("--etcd-cert-file={secret_dir}/tls.crt")),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--etcd-cert-file is given without --etcd-key-file"),
+        "{err}"
+    );
 }
 
 /// How long the operator may take to make every example Ready.
@@ -476,16 +1025,15 @@ fn chart_rbac_is_sufficient_and_each_rule_is_needed() {
     let cp = ControlPlane::shared();
     let ns = namespace(&cp, "weft-rbac");
     let chart = chart();
-    helm(
-        Some(&cp),
-        &[
-            "install",
-            "rbac",
-            chart.to_str().unwrap(),
-            "--namespace",
-            &ns,
-        ],
-    );
+    let mut install = vec![
+        "install",
+        "rbac",
+        chart.to_str().unwrap(),
+        "--namespace",
+        &ns,
+    ];
+    install.extend(ENDPOINTS);
+    helm(Some(&cp), &install);
     cp.kubectl(&[
         "wait",
         "--for=condition=Established",

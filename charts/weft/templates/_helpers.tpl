@@ -24,6 +24,78 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
+{{/* The chart's own etcd: its StatefulSet and headless Service share this name. */}}
+{{- define "weft.etcdName" -}}
+{{ include "weft.fullname" . }}-etcd
+{{- end -}}
+
+{{/* The DNS name of member N of the chart's etcd, from its headless Service. */}}
+{{- define "weft.etcdMember" -}}
+{{- $name := include "weft.etcdName" .root -}}
+{{ $name }}-{{ .index }}.{{ $name }}.{{ .root.Release.Namespace }}.svc.{{ .root.Values.clusterDomain }}
+{{- end -}}
+
+{{/*
+NSDB's endpoints (--etcd-endpoints of both binaries): the given ones, or the members of the
+chart's etcd. Settings that cannot work are refused here, since every workload renders this.
+*/}}
 {{- define "weft.etcdEndpoints" -}}
-{{ join "," .Values.etcd.endpoints }}
+{{- $eps := .Values.etcd.endpoints -}}
+{{- if not $eps -}}
+  {{- if not .Values.etcd.deploy -}}
+    {{- fail "etcd.endpoints is empty: name NSDB's etcd (--set 'etcd.endpoints={https://etcd-0.example:2379}') or let the chart run one (--set etcd.deploy=true)" -}}
+  {{- end -}}
+  {{- if .Values.etcd.tls.secretName -}}
+    {{- fail "etcd.tls.secretName is for an etcd outside the chart (etcd.endpoints): the chart's own etcd (etcd.deploy) serves plain http" -}}
+  {{- end -}}
+  {{- range $i := until 3 -}}
+    {{- $eps = append $eps (printf "http://%s:2379" (include "weft.etcdMember" (dict "root" $ "index" $i))) -}}
+  {{- end -}}
+{{- else if .Values.etcd.tls.secretName -}}
+  {{- range $eps -}}
+    {{- if not (hasPrefix "https://" .) -}}
+      {{- fail (printf "etcd.tls.secretName is set but etcd endpoint %s is not https://" .) -}}
+    {{- end -}}
+  {{- end -}}
+{{- end -}}
+{{ join "," $eps }}
+{{- end -}}
+
+{{/* Where the etcd TLS Secret is mounted in the operator's and the agent's pods. */}}
+{{- define "weft.etcdTlsDir" -}}
+/etc/weft/etcd-tls
+{{- end -}}
+
+{{/* The TLS flags of both binaries, as container args. */}}
+{{- define "weft.etcdTlsArgs" -}}
+{{- if .Values.etcd.tls.secretName -}}
+- --etcd-ca-file={{ include "weft.etcdTlsDir" . }}/ca.crt
+- --etcd-cert-file={{ include "weft.etcdTlsDir" . }}/tls.crt
+- --etcd-key-file={{ include "weft.etcdTlsDir" . }}/tls.key
+{{- end -}}
+{{- end -}}
+
+{{- define "weft.etcdTlsMount" -}}
+{{- if .Values.etcd.tls.secretName -}}
+- name: etcd-tls
+  mountPath: {{ include "weft.etcdTlsDir" . }}
+  readOnly: true
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret's three keys, readable by the owner and the pod's fsGroup only. */}}
+{{- define "weft.etcdTlsVolume" -}}
+{{- if .Values.etcd.tls.secretName -}}
+- name: etcd-tls
+  secret:
+    secretName: {{ .Values.etcd.tls.secretName }}
+    defaultMode: 0440
+    items:
+      - key: ca.crt
+        path: ca.crt
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+{{- end -}}
 {{- end -}}
