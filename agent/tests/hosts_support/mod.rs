@@ -508,6 +508,8 @@ pub fn pod_addr(records: &RecordSet, port: &str) -> PodAddr {
 struct DiagInfo {
     hosts: Vec<(String, PathBuf, String)>,
     pods: Vec<String>,
+    /// etcd's log (warnings: slow applies, lost leases), if this run started etcd.
+    etcd_log: Option<PathBuf>,
 }
 
 impl DiagInfo {
@@ -539,6 +541,13 @@ impl DiagInfo {
                 "ip -n {ns} -br addr; ip -n {ns} neigh; ip -n {ns} route"
             ));
             out += &format!("===== pod {ns}\n{o}{e}\n");
+        }
+        if let Some(log) = &self.etcd_log {
+            out += &format!(
+                "===== etcd log tail ({})\n{}\n",
+                log.display(),
+                tail(log, 40)
+            );
         }
         out
     }
@@ -721,6 +730,7 @@ impl Cluster {
                 .map(|h| (h.clone(), self.dir.join(format!("{h}.log")), String::new()))
                 .collect(),
             pods: vec![],
+            etcd_log: self.etcd.as_ref().map(|e| e.log.clone()),
         }
     }
 
@@ -732,6 +742,7 @@ impl Cluster {
                 .map(|h| (h.name.clone(), h.log.clone(), h.datapath.clone()))
                 .collect(),
             pods: self.pods.values().map(|p| p.ns.clone()).collect(),
+            etcd_log: self.etcd.as_ref().map(|e| e.log.clone()),
         }
     }
 
