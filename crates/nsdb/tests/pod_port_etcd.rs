@@ -153,6 +153,33 @@ async fn racing_agents_never_share_an_address_or_a_key() {
     assert_eq!(ips.len(), PODS, "no address is held twice");
     assert_eq!(keys.len(), PODS, "no tunnel key is held twice");
     assert_eq!(counts(&db).await, (PODS, PODS, PODS, PODS));
+
+    // Every port released at once by its own host, each release twice (a runtime retrying
+    // a DEL): each is removed exactly once and nothing is left.
+    let mut calls = Vec::new();
+    for (id, _) in &ports {
+        let host = ["h1", "h2", "h3"][id[1..].parse::<usize>().unwrap() % 3];
+        for _ in 0..2 {
+            let (db, id) = (db.clone(), id.clone());
+            calls.push(tokio::spawn(async move {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(20),
+                    db.release_pod_port(&id, host),
+                )
+                .await
+            }));
+        }
+    }
+    let mut removed = 0;
+    for c in calls {
+        match c.await.unwrap().expect("a release did not finish within 20 s").unwrap() {
+            PodPortRelease::Removed(_) => removed += 1,
+            PodPortRelease::Absent => {}
+            PodPortRelease::NotOurs(b) => panic!("released by its own host, found {b:?}"),
+        }
+    }
+    assert_eq!(removed, PODS, "each port is removed exactly once");
+    assert_eq!(counts(&db).await, (0, 0, 0, 0), "nothing is left behind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
