@@ -102,7 +102,7 @@ fn all_at_once(c: &Cluster, verb: &str, pods: &[(String, String)]) -> (Vec<CniOu
                     loop {
                         let args = (verb == "add").then_some(("blue", n.as_str()));
                         let out = c.cnitool(h, verb, &format!("pod-{n}"), args);
-                        if out.ok || out.code() != Some(11) || tries == RETRIES {
+                        if out.ok || !out.try_again_later() || tries == RETRIES {
                             return out;
                         }
                         tries += 1;

@@ -1476,6 +1476,13 @@ impl CniOut {
             .get("code")?
             .as_u64()
     }
+
+    /// Whether the plugin answered "try again later" (11): its error object when the
+    /// plugin ran alone, or, through cnitool, which prints only libcni's message, the
+    /// spec's message for that code.
+    pub fn try_again_later(&self) -> bool {
+        self.code() == Some(11) || self.stderr.contains("): Try again later")
+    }
 }
 
 /// The attachment a CNI ADD made, as its result says.
