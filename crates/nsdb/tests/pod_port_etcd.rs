@@ -172,7 +172,12 @@ async fn racing_agents_never_share_an_address_or_a_key() {
     }
     let mut removed = 0;
     for c in calls {
-        match c.await.unwrap().expect("a release did not finish within 20 s").unwrap() {
+        match c
+            .await
+            .unwrap()
+            .expect("a release did not finish within 20 s")
+            .unwrap()
+        {
             PodPortRelease::Removed(_) => removed += 1,
             PodPortRelease::Absent => {}
             PodPortRelease::NotOurs(b) => panic!("released by its own host, found {b:?}"),
