@@ -16,8 +16,9 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use nsdb::{AnyRecord, Nsdb, PortKind};
 use serde::Serialize;
@@ -45,13 +46,23 @@ pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// The reflector stores of all four kinds: the inventory the semantic check sees.
+///
+/// They are the operator's own (see [`mirror`]), not the controllers': the operator must know
+/// when every kind has been listed completely, and a controller's store only tells that
+/// through `Store::wait_until_ready`, whose one-shot channel keeps a single waker, that of the
+/// controller's own runner, so a second waiter would leave one of them asleep.
 #[derive(Clone)]
 pub struct Stores {
     pub bridges: Store<VirtualBridge>,
     pub routers: Store<VirtualRouter>,
     pub load_balancers: Store<VirtualLoadBalancer>,
     pub acls: Store<AccessControlList>,
+    /// A bit per kind, set once its first complete list is in its store.
+    listed: tokio::sync::watch::Receiver<u8>,
 }
+
+/// `Stores::listed` once all four kinds are listed.
+const ALL_LISTED: u8 = 0b1111;
 
 impl std::fmt::Debug for Stores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -69,6 +80,20 @@ fn live<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<K> {
 }
 
 impl Stores {
+    /// Waits until each of the four stores holds its kind's first complete list; false when
+    /// the watches stopped first. Until then the inventory is partial: a bridge translated
+    /// before the ACLs are listed loses its ACL chains, and a router before its bridges are
+    /// listed is refused. Found by the control-plane tests: every start (and every leader
+    /// takeover) wrote the bridge `blue` without its inbound chain, then again with it once
+    /// the ACLs were listed, dropping the policy from NSDB meanwhile.
+    pub async fn wait_until_listed(&self) -> bool {
+        self.listed
+            .clone()
+            .wait_for(|m| *m == ALL_LISTED)
+            .await
+            .is_ok()
+    }
+
     /// Every object not being deleted.
     pub fn inventory(&self) -> Inventory {
         let mut inv = Inventory::default();
@@ -347,6 +372,11 @@ fn refusal(err: &Error) -> Option<(&'static str, &str, Action)> {
 
 async fn apply<K: WeftResource>(obj: Arc<K>, ctx: &Context) -> Result<Action, Error> {
     let key = object_key(obj.as_ref());
+    // Translate only against the complete inventory (see [`Stores::wait_until_listed`]).
+    if !ctx.stores.wait_until_listed().await {
+        // The watches stopped: the controllers are stopping. Nothing is written.
+        return Ok(Action::await_change());
+    }
     let mut inv = ctx.stores.inventory();
     // The store may lag behind the object this reconcile was handed.
     obj.add_to(&mut inv);
@@ -455,6 +485,28 @@ fn acl_targets(acl: &AccessControlList, bridges: bool, seen: &Attachments) -> BT
     now.union(&before).cloned().collect()
 }
 
+/// Keeps `writer`'s store a copy of every object of kind `K`, and sets `bit` in `listed` once
+/// the first complete list is in it. Runs until dropped.
+async fn mirror<K: WeftResource>(
+    api: Api<K>,
+    writer: Writer<K>,
+    bit: u8,
+    listed: &tokio::sync::watch::Sender<u8>,
+) {
+    reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .for_each(|event| {
+            match event {
+                // The reflector has applied it: the store holds the whole list.
+                Ok(watcher::Event::InitDone) => listed.send_modify(|m| *m |= bit),
+                Ok(_) => {}
+                Err(err) => warn!(kind = %K::KIND, %err, "inventory watch"),
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
 /// Runs the four controllers until they stop (on SIGTERM/SIGINT).
 pub async fn run(client: Client, nsdb: Nsdb, metrics: Arc<Metrics>) -> Result<(), Error> {
     let cfg = watcher::Config::default;
@@ -462,11 +514,30 @@ pub async fn run(client: Client, nsdb: Nsdb, metrics: Arc<Metrics>) -> Result<()
     let vrt = Controller::new(Api::<VirtualRouter>::all(client.clone()), cfg());
     let vlb = Controller::new(Api::<VirtualLoadBalancer>::all(client.clone()), cfg());
     let acl = Controller::new(Api::<AccessControlList>::all(client.clone()), cfg());
+    let (bridges, bridges_w) = reflector::store();
+    let (routers, routers_w) = reflector::store();
+    let (load_balancers, load_balancers_w) = reflector::store();
+    let (acls, acls_w) = reflector::store();
+    let (listed_tx, listed) = tokio::sync::watch::channel(0u8);
     let stores = Stores {
-        bridges: vbr.store(),
-        routers: vrt.store(),
-        load_balancers: vlb.store(),
-        acls: acl.store(),
+        bridges,
+        routers,
+        load_balancers,
+        acls,
+        listed,
+    };
+    let inventory = async {
+        tokio::join!(
+            mirror(Api::all(client.clone()), bridges_w, 0b0001, &listed_tx),
+            mirror(Api::all(client.clone()), routers_w, 0b0010, &listed_tx),
+            mirror(
+                Api::all(client.clone()),
+                load_balancers_w,
+                0b0100,
+                &listed_tx
+            ),
+            mirror(Api::all(client.clone()), acls_w, 0b1000, &listed_tx),
+        )
     };
     let ctx = Arc::new(Context::new(client.clone(), nsdb, metrics, stores.clone()));
 
@@ -520,16 +591,24 @@ pub async fn run(client: Client, nsdb: Nsdb, metrics: Arc<Metrics>) -> Result<()
         }
     }
     info!("controllers starting");
-    tokio::join!(
-        vbr.run(reconcile, error_policy, ctx.clone())
-            .for_each(log(CrKind::VirtualBridge)),
-        vrt.run(reconcile, error_policy, ctx.clone())
-            .for_each(log(CrKind::VirtualRouter)),
-        vlb.run(reconcile, error_policy, ctx.clone())
-            .for_each(log(CrKind::VirtualLoadBalancer)),
-        acl.run(reconcile, error_policy, ctx.clone())
-            .for_each(log(CrKind::AccessControlList)),
-    );
+    let controllers = async {
+        tokio::join!(
+            vbr.run(reconcile, error_policy, ctx.clone())
+                .for_each(log(CrKind::VirtualBridge)),
+            vrt.run(reconcile, error_policy, ctx.clone())
+                .for_each(log(CrKind::VirtualRouter)),
+            vlb.run(reconcile, error_policy, ctx.clone())
+                .for_each(log(CrKind::VirtualLoadBalancer)),
+            acl.run(reconcile, error_policy, ctx.clone())
+                .for_each(log(CrKind::AccessControlList)),
+        )
+    };
+    // The inventory's watches run as long as the controllers do (they never end by
+    // themselves).
+    tokio::select! {
+        _ = controllers => {}
+        _ = inventory => {}
+    }
     info!("controllers stopped");
     Ok(())
 }
@@ -620,6 +699,58 @@ mod tests {
         // What is written parses as the status the CRD declares.
         let status: api::VipStatus = serde_json::from_value(facts["vips"][0].clone()).unwrap();
         assert_eq!(status.members.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn translation_waits_until_every_kind_is_listed() {
+        let (listed_tx, listed) = tokio::sync::watch::channel(0u8);
+        let stores = Stores {
+            bridges: reflector::store().0,
+            routers: reflector::store().0,
+            load_balancers: reflector::store().0,
+            acls: reflector::store().0,
+            listed,
+        };
+        let listed_now = || async {
+            tokio::time::timeout(Duration::from_millis(20), stores.wait_until_listed())
+                .await
+                .unwrap_or(false)
+        };
+        // Bridges, routers and load balancers are listed, the ACLs attached to them not yet.
+        listed_tx.send_modify(|m| *m |= 0b0111);
+        assert!(!listed_now().await);
+        listed_tx.send_modify(|m| *m |= 0b1000);
+        assert!(listed_now().await);
+        // Many reconciles wait at once; all are woken.
+        let (tx, rx) = tokio::sync::watch::channel(0u8);
+        let waiting = Stores {
+            listed: rx,
+            ..stores.clone()
+        };
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                let s = waiting.clone();
+                tokio::spawn(async move { s.wait_until_listed().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        tx.send_replace(ALL_LISTED);
+        for w in waiters {
+            assert!(
+                tokio::time::timeout(Duration::from_secs(5), w)
+                    .await
+                    .unwrap()
+                    .unwrap()
+            );
+        }
+        drop(tx);
+        let (tx, rx) = tokio::sync::watch::channel(0u8);
+        drop(tx);
+        let stopped = Stores {
+            listed: rx,
+            ..stores.clone()
+        };
+        assert!(!stopped.wait_until_listed().await, "the watches stopped");
     }
 
     #[test]
