@@ -2,8 +2,11 @@
 //! reconciles.
 
 use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use super::controlplane::repo;
 
@@ -20,10 +23,16 @@ impl Drop for Proc {
     }
 }
 
+/// How long the operator may take to bind its metrics endpoint and log the address.
+const METRICS_BIND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one scrape of /metrics may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A running `weft-operator run` and the file its stderr goes to.
 pub struct Operator {
     pub proc: Proc,
     stderr: PathBuf,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Operator {
@@ -49,7 +58,13 @@ impl Operator {
         Operator {
             proc,
             stderr: stderr.to_path_buf(),
+            metrics_addr: None,
         }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.0.id()
     }
 
     /// What it wrote to stderr so far.
@@ -72,12 +87,118 @@ impl Operator {
             );
         }
     }
+
+    /// The address of its /metrics endpoint, as it logs it (`serving /metrics addr=...`);
+    /// waits for the line.
+    pub fn metrics_addr(&mut self) -> SocketAddr {
+        if let Some(addr) = self.metrics_addr {
+            return addr;
+        }
+        let deadline = Instant::now() + METRICS_BIND_TIMEOUT;
+        loop {
+            self.assert_running();
+            let log = strip_ansi(&self.stderr());
+            let addr = log
+                .lines()
+                .filter(|l| l.contains("serving /metrics"))
+                .find_map(|l| {
+                    l.split_once("addr=")?
+                        .1
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                });
+            if let Some(addr) = addr {
+                self.metrics_addr = Some(addr);
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weft-operator logged no `serving /metrics addr=` within \
+                 {METRICS_BIND_TIMEOUT:?}; stderr:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Its /metrics, scraped now.
+    pub fn metrics(&mut self) -> Metrics {
+        let addr = self.metrics_addr();
+        match scrape(addr) {
+            Ok(text) => Metrics(text),
+            Err(e) => panic!(
+                "GET http://{addr}/metrics: {e}; weft-operator's stderr:\n{}",
+                self.stderr()
+            ),
+        }
+    }
+}
+
+/// Removes terminal colour escapes (`ESC [ ... m`) from a log.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The body of `GET /metrics` (HTTP/1.0: the answer is not chunked and ends with the
+/// connection).
+fn scrape(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, SCRAPE_TIMEOUT)?;
+    s.set_read_timeout(Some(SCRAPE_TIMEOUT))?;
+    s.set_write_timeout(Some(SCRAPE_TIMEOUT))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("answered {head:?}")));
+    }
+    Ok(body.to_owned())
+}
+
+/// One scrape of the operator's /metrics (the Prometheus text format).
+#[derive(Clone, Debug)]
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The value of one series, named with its labels as exposed
+    /// (`weft_operator_reconciles_total{kind="VirtualBridge"}`).
+    pub fn get(&self, series: &str) -> Option<f64> {
+        self.0.lines().find_map(|l| {
+            let value = l.strip_prefix(series)?.strip_prefix(' ')?;
+            value.split_whitespace().next()?.parse().ok()
+        })
+    }
+
+    /// The value of one series, 0 when it is not exposed (a counter never incremented).
+    pub fn value(&self, series: &str) -> f64 {
+        self.get(series).unwrap_or(0.0)
+    }
 }
 
 /// The number of objects examples/*.yaml defines (one top-level `kind:` each).
 pub fn example_objects() -> usize {
+    objects_in(&repo().join("examples"))
+}
+
+/// The number of objects the `*.yaml` files directly in `dir` define (one top-level `kind:`
+/// each).
+pub fn objects_in(dir: &Path) -> usize {
     let mut n = 0;
-    for entry in fs::read_dir(repo().join("examples")).unwrap() {
+    for entry in fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
             n += fs::read_to_string(&path)
