@@ -505,7 +505,11 @@ fn cnitool_drives_weft_cni_against_three_agents() {
         ));
         add.join().expect("ADD thread")
     });
-    assert_code(&c, &out, 11, "ADD whose agent was killed");
+    if out.ok || !out.try_again_later() {
+        c.fail(&format!(
+            "ADD whose agent was killed: expected 'try again later' (11), got {out:?}"
+        ));
+    }
     c.kill_agent("h1");
     let held = c.cni_holdings("h1");
     assert_eq!(
