@@ -1,31 +1,77 @@
 #!/usr/bin/env bash
-# The Weft demo: a private etcd as the network state database (NSDB), the operator's translation
-# of the example topology in examples/ into NSDB records, and what NSDB then holds; then the
-# same topology running: three hosts in a QEMU guest with Debian's kernel (its OVS datapath),
-# one weft-agent per host, four pods attached through weft-cni by libcni's cnitool, and the
-# reachability matrix between them.
+# The Weft demo. First the operator on a real Kubernetes control plane: etcd 3.6 and
+# kube-apiserver on loopback (e2e/controlplane.sh), a private etcd as the network state database
+# (NSDB), the CRDs applied with kubectl, `weft-operator run` reconciling `kubectl apply -f
+# examples/` into NSDB records until every object is Ready, what NSDB then holds, and each file
+# of examples/invalid/ refused through the API server. Then the same topology running: three
+# hosts in a QEMU guest with Debian's kernel (its OVS datapath), one weft-agent per host, four
+# pods attached through weft-cni by libcni's cnitool, and the reachability matrix between them.
+# Whatever way it ends, it leaves no process and no temporary directory behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+indent() { sed 's/^/    /'; }
+
+# Bounds on the waits of the first part.
+READY_TIMEOUT=180s  # examples/ all Ready=True
+REFUSE_TIMEOUT=60s  # an admitted invalid object Ready=False
+DELETE_TIMEOUT=60s  # a delete through the operator's finalizer
 
 say "building weft-operator"
 cargo build --quiet --locked -p weft-operator
 bin="${CARGO_TARGET_DIR:-target}/debug/weft-operator"
 
+# kubectl v1.35, built by e2e/tools.sh like the API server it talks to (`make demo` builds both
+# first; a cold build takes minutes).
+KUBECTL=$(e2e/tools.sh kube-apiserver kubectl etcd | sed -n 's/^kubectl=//p')
+[ -x "$KUBECTL" ] || { echo "demo: e2e/tools.sh gave no kubectl"; exit 1; }
+
 work=$(mktemp -d /tmp/weft-demo.XXXXXX)
 etcd_pid=
+operator_pid=
+kubeconfig=
+kubectl() { "$KUBECTL" --kubeconfig "$kubeconfig" "$@"; }
+
+# stop PID: SIGTERM, then SIGKILL after 10 s; reaps it.
+stop() {
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq 100); do
+    kill -0 "$1" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+# Stops the first part's processes (the operator, the control plane, NSDB's etcd); idempotent.
+teardown() {
+  if [ -n "$operator_pid" ]; then stop "$operator_pid"; operator_pid=; fi
+  e2e/controlplane.sh down "$work/cp" 2>/dev/null || true
+  if [ -n "$etcd_pid" ]; then stop "$etcd_pid"; etcd_pid=; fi
+}
 cleanup() {
-  if [ -n "$etcd_pid" ]; then
-    kill "$etcd_pid" 2>/dev/null || true
-    wait "$etcd_pid" 2>/dev/null || true
-  fi
+  teardown
   rm -rf "$work"
 }
 trap cleanup EXIT
+# A signal ends the script through the EXIT trap (bash runs none when killed by SIGTERM).
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-peer=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# operator_log: the end of the operator's log, after a failure.
+operator_log() {
+  if [ -n "$operator_pid" ] && ! kill -0 "$operator_pid" 2>/dev/null; then
+    echo "  weft-operator has exited; the end of its log:"
+  else
+    echo "  the end of weft-operator's log:"
+  fi
+  tail -n 40 "$work/operator.log" 2>/dev/null | indent
+}
+
+port=$(free_port)
+peer=$(free_port)
 endpoint="http://127.0.0.1:$port"
 say "starting etcd (the NSDB) on $endpoint, data in $work"
 etcd --name demo --data-dir "$work/etcd" \
@@ -39,23 +85,90 @@ for _ in $(seq 100); do
 done
 curl -fsS "$endpoint/health" >/dev/null || { echo "etcd did not start; its log:"; cat "$work/etcd.log"; exit 1; }
 
+say "starting a Kubernetes control plane: etcd 3.6 and kube-apiserver on loopback (e2e/controlplane.sh)"
+kubeconfig=$(e2e/controlplane.sh up "$work/cp" 2>"$work/controlplane.log") || {
+  echo "demo: the control plane did not start:"; indent <"$work/controlplane.log"; exit 1; }
+sed 's/^e2e\/controlplane.sh: /  /' "$work/controlplane.log"
+echo "  kubeconfig: $kubeconfig"
+
+say "kubectl apply -f crds/: the four kinds, with their schemas"
+kubectl apply -f crds/ | indent
+kubectl wait --for=condition=Established crd --all --timeout=60s | indent
+# The namespace of the operator's leader Lease.
+kubectl create namespace weft-system | indent
+
+mport=$(free_port)
+say "starting weft-operator run (kubeconfig above, NSDB at $endpoint, /metrics /healthz /readyz on 127.0.0.1:$mport)"
+KUBECONFIG=$kubeconfig RUST_LOG=info NO_COLOR=1 \
+  "$bin" run --etcd-endpoints "$endpoint" --metrics-addr "127.0.0.1:$mport" --identity demo \
+  </dev/null >"$work/operator.log" 2>&1 &
+operator_pid=$!
+for _ in $(seq 300); do
+  kill -0 "$operator_pid" 2>/dev/null || break
+  curl -fsS "http://127.0.0.1:$mport/healthz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fsS "http://127.0.0.1:$mport/healthz" >/dev/null 2>&1 || {
+  echo "demo: weft-operator did not answer /healthz within 30 s"; operator_log; exit 1; }
+echo "  pid $operator_pid, /healthz ok"
+
 say "the example topology (examples/*.yaml): two bridges, a router, a load balancer, an ACL"
-for f in examples/*.yaml; do printf '  %s\n' "$f"; done
+kubectl apply -f examples/ | indent
 
-say "validating and translating it into NSDB, as the operator's controllers do"
-"$bin" translate --etcd-endpoints "$endpoint" examples/
+say "waiting until the operator has programmed each object into NSDB (Ready=True, at most $READY_TIMEOUT)"
+if ! kubectl wait --for=condition=Ready vbr,vrt,vlb,acl --all --timeout="$READY_TIMEOUT" 2>&1 | indent; then
+  echo "demo: the objects of examples/ were not all Ready=True within $READY_TIMEOUT:"
+  kubectl get vbr,vrt,vlb,acl -o custom-columns='OBJECT:.kind,NAME:.metadata.name,READY:.status.conditions[?(@.type=="Ready")].status,REASON:.status.conditions[?(@.type=="Ready")].reason,MESSAGE:.status.conditions[?(@.type=="Ready")].message' 2>&1 | indent
+  operator_log
+  exit 1
+fi
 
-say "translating it again: the operator is idempotent, so nothing changes"
-"$bin" translate --etcd-endpoints "$endpoint" examples/
+say "kubectl get vbr,vrt,vlb,acl"
+kubectl get vbr,vrt,vlb,acl | indent
 
-say "what NSDB now holds"
+say "kubectl get vbr,vlb -o wide (the columns of lower priority)"
+kubectl get vbr,vlb -o wide | indent
+
+say "what NSDB now holds (weft-operator nsdb-dump)"
 "$bin" nsdb-dump --etcd-endpoints "$endpoint"
 
 say "an invalid object, or one setting a field not supported yet, is refused with the field named, and the rest is untouched"
+echo "  (the API server refuses what the CRD's schema and rules catch; the operator refuses the rest with Ready=False)"
 for f in examples/invalid/*.yaml; do
-  printf '\n  %s:\n' "$f"
-  "$bin" translate --etcd-endpoints "$endpoint" --dry-run examples/ "$f" 2>&1 | grep -v ': valid, ' | sed 's/^/    /' || true
+  object=$(sed -n 's/^# Object: //p' "$f")   # "Kind name"
+  field=$(sed -n 's/^# Field: //p' "$f")
+  printf '\n  %s (%s, %s):\n' "$f" "$object" "$field"
+  if out=$(kubectl apply -f "$f" 2>&1); then
+    res="${object%% *}/${object#* }"
+    res=${res,,}
+    if ! kubectl wait --for=condition=Ready=False "$res" --timeout="$REFUSE_TIMEOUT" >/dev/null 2>&1; then
+      echo "demo: kubectl apply admitted $f, but $object did not get Ready=False within $REFUSE_TIMEOUT; its status:"
+      kubectl get "$res" -o jsonpath='{.status}' 2>&1 | indent
+      echo
+      operator_log
+      exit 1
+    fi
+    echo "    admitted by the API server, then refused by the operator:"
+    kubectl get "$res" -o jsonpath='{range .status.conditions[?(@.type=="Ready")]}Ready={.status} reason={.reason}: {.message}{"\n"}{end}' | indent | indent
+  else
+    echo "    kubectl apply failed:"
+    printf '%s\n' "$out" | indent | indent
+  fi
+  # Objects of the file that were admitted (all of it, or the valid ones beside a refused one).
+  if ! out=$(kubectl delete -f "$f" --ignore-not-found --wait --timeout="$DELETE_TIMEOUT" 2>&1); then
+    echo "demo: kubectl delete -f $f failed:"
+    printf '%s\n' "$out" | indent
+    operator_log
+    exit 1
+  fi
 done
+
+say "examples/ is untouched: every object still Ready=True"
+kubectl get vbr,vrt,vlb,acl -o custom-columns='OBJECT:.kind,NAME:.metadata.name,READY:.status.conditions[?(@.type=="Ready")].status,REASON:.status.conditions[?(@.type=="Ready")].reason' | indent
+kubectl wait --for=condition=Ready vbr,vrt,vlb,acl --all --timeout=10s >/dev/null
+
+say "stopping weft-operator, the control plane and NSDB"
+teardown
 
 say "building weft-agent, weft-cni and the three-host demo"
 cargo build --quiet --locked -p weft-agent --bin weft-agent -p weft-cni --bin weft-cni
