@@ -1785,10 +1785,28 @@ impl Cluster {
     }
 
     /// Every NSDB record of kind `R`.
+    /// A read that fails (etcd busy under a load the test makes) is tried again for up to
+    /// 10 s: the harness's view of NSDB is not what the test examines.
     pub fn records<R: Record>(&self) -> Vec<R> {
-        match self.block_on(self.db().list::<R>()) {
-            Ok(l) => l.records.into_iter().map(|v| v.record).collect(),
-            Err(e) => self.fail(&format!("listing {}: {e}", R::prefix())),
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.block_on(self.db().list::<R>()) {
+                Ok(l) => return l.records.into_iter().map(|v| v.record).collect(),
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!(
+                        "{}: listing {} failed, trying again: {}",
+                        self.name,
+                        R::prefix(),
+                        nsdb::error::chain(&e)
+                    );
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => self.fail(&format!(
+                    "listing {}: {}",
+                    R::prefix(),
+                    nsdb::error::chain(&e)
+                )),
+            }
         }
     }
 
