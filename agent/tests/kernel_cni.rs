@@ -556,10 +556,31 @@ fn cnitool_drives_weft_cni_against_three_agents() {
         took < Duration::from_secs(5),
         "ADD with etcd down answered after {took:?}"
     );
-    assert_clean(&c, "h1", "after the ADD refused while etcd was down");
+    // Nothing of it is left on the node; NSDB is counted once etcd is back.
+    let links = kernel_support::sh("ip -n h1 -o link show");
+    assert!(
+        !links.lines().any(|l| l.contains(": wf")),
+        "the ADD refused while etcd was down left a veth: {links}"
+    );
     c.ping_ok("b", e.ip, 3);
     c.tcp_echo_ok("b", SocketAddr::new(IpAddr::V4(e.ip), 7001), 16 * 1024);
     c.start_etcd();
+    // The runtime DELs a failed ADD: that succeeds, and h1 holds nothing.
+    let del_env = plugin_env("DEL", "/run/netns/pod-down", "etcd-down");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = c.cni_plugin("h1", &del_env, c.cni_conf("h1").to_string().as_bytes());
+        if out.ok {
+            break;
+        }
+        if Instant::now() > deadline {
+            c.fail(&format!(
+                "DEL of the ADD refused while etcd was down: {out:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_clean(&c, "h1", "after the ADD refused while etcd was down");
     let deadline = Instant::now() + Duration::from_secs(120);
     let down = loop {
         let out = c.cnitool("h1", "add", "pod-down", Some(("blue", "down")));
