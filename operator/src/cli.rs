@@ -143,7 +143,7 @@ fn init_logging(format: &str) {
 /// Runs the command line; returns the process exit code.
 pub async fn main(cli: Cli) -> anyhow::Result<i32> {
     init_logging(&cli.log_format);
-    crate::tls::install_crypto_provider();
+    nsdb::tls::install_crypto_provider();
     match cli.command {
         Command::Run(a) => run(a).await.map(|()| 0),
         Command::Translate(a) => translate(a).await,

@@ -19,7 +19,6 @@ pub mod metrics;
 pub mod offline;
 pub mod program;
 pub mod store;
-pub mod tls;
 pub mod translate;
 pub mod validate;
 

@@ -357,9 +357,12 @@ fn host_port(endpoint: &str) -> Option<(&str, u16)> {
 
 /// Installs ring as rustls' process-wide crypto provider; a provider already installed stays.
 ///
-/// The workspace builds rustls with ring only. A binary that talks TLS installs it before
-/// its first connection, so that no client (etcd's, kube's) has to guess the process
-/// default; [`crate::Nsdb::connect_with_tls`] also calls it before a TLS connection.
+/// Clients (etcd's, kube's) build their rustls config from the process default. rustls picks
+/// that default by itself only when exactly one of its `ring` and `aws-lc-rs` features is on,
+/// and feature unification across a build can leave none (kube without default features) or
+/// both: the client then panics on its first connection. The workspace builds rustls with
+/// ring only, and every binary that talks TLS calls this before its first connection;
+/// [`crate::Nsdb::connect_with_tls`] also calls it before a TLS connection.
 pub fn install_crypto_provider() {
     // Err only means a provider is already installed, which is what is wanted.
     let _ = rustls::crypto::ring::default_provider().install_default();
