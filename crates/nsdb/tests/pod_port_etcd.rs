@@ -157,7 +157,7 @@ async fn racing_agents_never_share_an_address_or_a_key() {
     // Every port released at once by its own host, each release twice (a runtime retrying
     // a DEL): each is removed exactly once and nothing is left.
     let mut calls = Vec::new();
-    for (id, _) in &ports {
+    for id in ports.keys() {
         let host = ["h1", "h2", "h3"][id[1..].parse::<usize>().unwrap() % 3];
         for _ in 0..2 {
             let (db, id) = (db.clone(), id.clone());
