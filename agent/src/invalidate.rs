@@ -446,6 +446,8 @@ mod tests {
 
     fn port(id: &str, dev: DeviceRef, kind: PortKind, mac: [u8; 6], addrs: &[&str]) -> Port {
         Port {
+            named_ports: Vec::new(),
+            namespace_labels: Default::default(),
             id: id.into(),
             device: dev,
             kind,
@@ -486,6 +488,8 @@ mod tests {
             router: router.map(Into::into),
             vips: (0..vips)
                 .map(|i| nsdb::Vip {
+                    member_selector: None,
+                    target_port: None,
                     ip: format!("10.96.0.{}", i + 1).parse().unwrap(),
                     protocol: Protocol::Tcp,
                     port: 80,
@@ -526,6 +530,7 @@ mod tests {
         };
         let chain = |rules: usize| {
             AnyRecord::Chain(Chain {
+                pods: None,
                 id: "c1".into(),
                 name: "c1".into(),
                 rules: (0..rules)
@@ -651,6 +656,7 @@ mod tests {
         };
         let ct_chain = |ct: bool| {
             AnyRecord::Chain(Chain {
+                pods: None,
                 id: "c1".into(),
                 name: "c1".into(),
                 rules: vec![nsdb::Rule {
@@ -1034,6 +1040,7 @@ mod tests {
             .inbound_chain = Some("late".into());
         let mut created = dangling.clone();
         created.chains.push(nsdb::Chain {
+            pods: None,
             id: "late".into(),
             name: "late".into(),
             rules: vec![],

@@ -129,6 +129,7 @@ pub async fn owned(nsdb: &Nsdb, owner: &ObjectKey) -> Result<Stored, Error> {
 /// other (its content never equals a real translation: the name is empty).
 fn placeholder(kind: Kind, id: &str) -> AnyRecord {
     let chain = Chain {
+        pods: None,
         id: id.to_owned(),
         name: String::new(),
         rules: Vec::new(),

@@ -256,6 +256,7 @@ fn device_chain(device_id: &str, device_name: &str, inbound: bool, acls: &[&str]
         })
         .collect();
     Some(Chain {
+        pods: None,
         id,
         name: format!(
             "{device_name} {}",
@@ -268,6 +269,9 @@ fn device_chain(device_id: &str, device_name: &str, inbound: bool, acls: &[&str]
 
 fn match_all(action: RuleAction) -> Rule {
     Rule {
+        dst_port_name: None,
+        dst_selector: None,
+        src_selector: None,
         id: String::new(),
         src: None,
         dst: None,
@@ -441,6 +445,8 @@ fn router(name: &str, o: &VirtualRouter, inv: &Inventory) -> Result<Vec<AnyRecor
         );
         connected.push((IpNet::V4(subnet), port_id.clone()));
         records.push(AnyRecord::Port(Port {
+            named_ports: Vec::new(),
+            namespace_labels: Default::default(),
             id: port_id.clone(),
             device: DeviceRef::Router(router_id.clone()),
             kind: PortKind::Interior {
@@ -456,6 +462,8 @@ fn router(name: &str, o: &VirtualRouter, inv: &Inventory) -> Result<Vec<AnyRecor
         }));
         // The bridge side answers ARP for the router's address with the router's MAC.
         records.push(AnyRecord::Port(Port {
+            named_ports: Vec::new(),
+            namespace_labels: Default::default(),
             id: peer_id,
             device: DeviceRef::Bridge(ids::bridge(&itf.bridge)),
             kind: PortKind::Interior {
@@ -486,6 +494,8 @@ fn router(name: &str, o: &VirtualRouter, inv: &Inventory) -> Result<Vec<AnyRecor
             let net = addr.trunc();
             connected.push((IpNet::V4(net), port_id.clone()));
             records.push(AnyRecord::Port(Port {
+                named_ports: Vec::new(),
+                namespace_labels: Default::default(),
                 id: port_id.clone(),
                 device: DeviceRef::Router(router_id.clone()),
                 kind: PortKind::Uplink,
@@ -677,6 +687,8 @@ fn load_balancer(name: &str, o: &VirtualLoadBalancer) -> Result<Vec<AnyRecord>, 
                 })
                 .collect();
             Some(Vip {
+                member_selector: None,
+                target_port: None,
                 ip: ip?,
                 protocol: l4(v.protocol),
                 port: v.port,
@@ -728,6 +740,9 @@ fn acl(name: &str, o: &AccessControlList) -> Result<Chain, Error> {
                 },
             };
             Some(Rule {
+                dst_port_name: None,
+                dst_selector: None,
+                src_selector: None,
                 id: ids::acl_rule(name, i),
                 src,
                 dst,
@@ -754,6 +769,7 @@ fn acl(name: &str, o: &AccessControlList) -> Result<Chain, Error> {
         api::DefaultAction::Return => RuleAction::Return,
     };
     f.finish(Chain {
+        pods: None,
         id: ids::acl_chain(name),
         name: name.to_owned(),
         rules,

@@ -36,6 +36,8 @@ fn env_or(name: &str, default: usize) -> usize {
 
 fn port(i: usize) -> Port {
     Port {
+        named_ports: Vec::new(),
+        namespace_labels: Default::default(),
         id: format!("p{i:06}"),
         device: DeviceRef::Bridge("b1".into()),
         kind: PortKind::Exterior,

@@ -47,6 +47,7 @@ pub mod lease;
 pub mod metrics;
 pub mod pod_port;
 pub mod records;
+pub mod selector;
 pub mod tls;
 pub mod tunnel_key;
 pub mod watch;
@@ -60,6 +61,7 @@ pub use lease::KeptLease;
 pub use metrics::register;
 pub use pod_port::{PodPort, PodPortRelease, PodPortRequest};
 pub use records::*;
+pub use selector::{LABEL_NAMESPACE_NAME, LabelExpr, LabelSelector, PortSelector, SelectorOp};
 pub use tls::TlsFiles;
 pub use watch::{Change, ChangeOp, Entry, Snapshot, Update, WatchCache, WatchHealth};
 #[cfg(feature = "test-util")]

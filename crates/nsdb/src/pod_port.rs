@@ -145,6 +145,8 @@ impl Nsdb {
                 })
                 .collect();
             let port = Port {
+                named_ports: Vec::new(),
+                namespace_labels: Default::default(),
                 id: req.port.clone(),
                 device: DeviceRef::Bridge(bridge.id.clone()),
                 kind: PortKind::Exterior,

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::keys::{self, Kind};
+use crate::selector::PortSelector;
 
 /// A typed NSDB record: its kind fixes the key prefix, its id the rest of the key.
 pub trait Record:
@@ -300,8 +301,25 @@ pub struct Port {
     #[serde(default)]
     pub outbound_chain: Option<String>,
     pub admin_up: bool,
+    /// A pod port's pod labels (and Weft's own `weft.dev/...` bookkeeping labels).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// A pod port's namespace labels, always with `kubernetes.io/metadata.name`; empty on
+    /// every other port. [`crate::PortSelector`]s pick pod ports by these and [`Port::labels`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespace_labels: BTreeMap<String, String>,
+    /// A pod port's named container ports, which rules match by name
+    /// ([`Rule::dst_port_name`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub named_ports: Vec<NamedPort>,
+}
+
+/// A named container port of a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NamedPort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
 }
 
 /// A route in a router's table.
@@ -367,6 +385,17 @@ pub struct Rule {
     pub icmp_code: Option<u8>,
     #[serde(default)]
     pub ct_state: Option<CtMatch>,
+    /// The source address must be an address of a port this selector picks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_selector: Option<PortSelector>,
+    /// The destination address must be an address of a port this selector picks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_selector: Option<PortSelector>,
+    /// The destination port must be the port the destination pod names so, for the rule's
+    /// protocol (or any protocol without one). A destination that is no pod port, or names
+    /// no such port, does not match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_port_name: Option<String>,
     pub action: RuleAction,
 }
 
@@ -378,6 +407,41 @@ pub struct Chain {
     #[serde(default)]
     pub rules: Vec<Rule>,
     pub default_action: RuleAction,
+    /// The pod ports the chain applies to, besides the devices and ports that name it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodAttachment>,
+}
+
+/// Traffic direction from a pod's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodDirection {
+    /// Traffic delivered to the pod.
+    Ingress,
+    /// Traffic the pod sends, judged after load balancing chose its destination.
+    Egress,
+}
+
+/// How a chain attached to pod ports takes part in their verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodAttachMode {
+    /// A filter every packet must pass: its `Drop` or `Reject` decides; `Accept`, `Return`
+    /// and the end go on to the next attached chain.
+    Filter,
+    /// An allow-list, as a Kubernetes NetworkPolicy: a pod that any `Allow` chain picks is
+    /// isolated in that direction, and a packet passes only when one of them accepts it, it
+    /// belongs to a connection already allowed (replies), or it comes to the pod from its own
+    /// node. `Drop`, `Reject`, `Return` and the end all mean "not allowed by this one".
+    Allow,
+}
+
+/// The pod ports a chain applies to, in one direction.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PodAttachment {
+    pub direction: PodDirection,
+    pub selector: PortSelector,
+    pub mode: PodAttachMode,
 }
 
 /// A backend of a VIP.
@@ -399,6 +463,13 @@ pub struct Vip {
     pub members: Vec<Member>,
     #[serde(default)]
     pub session_affinity: bool,
+    /// Pod ports taken as members besides `members`: each address of each port this picks
+    /// (of the VIP's family), at `target_port` (or `port`), weight 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_selector: Option<PortSelector>,
+    /// The members' port for [`Vip::member_selector`]; `port` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u16>,
 }
 
 /// An L4 load balancer, optionally attached to a router.
@@ -625,9 +696,20 @@ pub(crate) mod tests {
                 outbound_chain: None,
                 admin_up: true,
                 labels,
+                named_ports: vec![NamedPort {
+                    name: "http".into(),
+                    protocol: Protocol::Tcp,
+                    port: 8080,
+                }],
+                namespace_labels: BTreeMap::from([(
+                    crate::LABEL_NAMESPACE_NAME.to_owned(),
+                    "x".to_owned(),
+                )]),
             }
             .into_any(),
             Port {
+                named_ports: Vec::new(),
+                namespace_labels: Default::default(),
                 id: "r1-b1".into(),
                 device: DeviceRef::Router("r1".into()),
                 kind: PortKind::Interior {
@@ -646,6 +728,8 @@ pub(crate) mod tests {
             }
             .into_any(),
             Port {
+                named_ports: Vec::new(),
+                namespace_labels: Default::default(),
                 id: "r1-uplink".into(),
                 device: DeviceRef::Router("r1".into()),
                 kind: PortKind::Uplink,
@@ -677,10 +761,21 @@ pub(crate) mod tests {
             }
             .into_any(),
             Chain {
+                pods: Some(PodAttachment {
+                    direction: PodDirection::Ingress,
+                    selector: crate::PortSelector::in_namespace(
+                        "x",
+                        crate::LabelSelector::label("app", "web"),
+                    ),
+                    mode: PodAttachMode::Allow,
+                }),
                 id: "c-in".into(),
                 name: "allow-web".into(),
                 rules: vec![
                     Rule {
+                        dst_port_name: None,
+                        dst_selector: None,
+                        src_selector: None,
                         id: "r-est".into(),
                         src: None,
                         dst: None,
@@ -699,6 +794,9 @@ pub(crate) mod tests {
                         action: RuleAction::Accept,
                     },
                     Rule {
+                        dst_port_name: Some("http".into()),
+                        dst_selector: None,
+                        src_selector: Some(crate::PortSelector::default()),
                         id: "r-web".into(),
                         src: Some("10.1.0.0/16".parse().unwrap()),
                         dst: Some("10.0.0.0/24".parse().unwrap()),
@@ -713,6 +811,9 @@ pub(crate) mod tests {
                         action: RuleAction::Jump("c-out".into()),
                     },
                     Rule {
+                        dst_port_name: None,
+                        dst_selector: None,
+                        src_selector: None,
                         id: "r-icmp".into(),
                         src: None,
                         dst: None,
@@ -731,6 +832,7 @@ pub(crate) mod tests {
             }
             .into_any(),
             Chain {
+                pods: None,
                 id: "c-out".into(),
                 name: "out".into(),
                 rules: vec![],
@@ -742,6 +844,8 @@ pub(crate) mod tests {
                 name: "svc-web".into(),
                 router: Some("r1".into()),
                 vips: vec![Vip {
+                    member_selector: None,
+                    target_port: None,
                     ip: "10.96.0.10".parse().unwrap(),
                     protocol: Protocol::Udp,
                     port: 53,
@@ -824,6 +928,8 @@ pub(crate) mod tests {
     #[test]
     fn json_shape_is_readable() {
         let p = Port {
+            named_ports: Vec::new(),
+            namespace_labels: Default::default(),
             id: "p1".into(),
             device: DeviceRef::Bridge("b1".into()),
             kind: PortKind::Interior { peer: "x".into() },

@@ -58,9 +58,13 @@ fn one_of_each() -> Vec<AnyRecord> {
         }
         .into_any(),
         Chain {
+            pods: None,
             id: "c1".into(),
             name: "acl".into(),
             rules: vec![Rule {
+                dst_port_name: None,
+                dst_selector: None,
+                src_selector: None,
                 id: "r".into(),
                 src: Some("10.1.0.0/16".parse().unwrap()),
                 dst: None,
@@ -86,6 +90,8 @@ fn one_of_each() -> Vec<AnyRecord> {
             name: "svc".into(),
             router: Some("r1".into()),
             vips: vec![Vip {
+                member_selector: None,
+                target_port: None,
                 ip: "10.96.0.1".parse().unwrap(),
                 protocol: Protocol::Tcp,
                 port: 443,

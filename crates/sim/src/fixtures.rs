@@ -47,6 +47,9 @@ impl Topology {
 /// A rule with no conditions and `action`; set conditions with struct update syntax.
 pub fn rule(id: &str, action: RuleAction) -> Rule {
     Rule {
+        dst_port_name: None,
+        dst_selector: None,
+        src_selector: None,
         id: id.to_owned(),
         src: None,
         dst: None,
@@ -148,6 +151,8 @@ impl TopoBuilder {
     fn add_port(&mut self, id: &str, device: DeviceRef, kind: PortKind, addr: Option<&str>) -> u32 {
         let key = self.key();
         self.records.ports.push(Port {
+            named_ports: Vec::new(),
+            namespace_labels: Default::default(),
             id: id.into(),
             device,
             kind,
@@ -321,6 +326,7 @@ impl TopoBuilder {
     /// Adds a chain.
     pub fn chain(mut self, id: &str, default: RuleAction, rules: Vec<Rule>) -> Self {
         self.records.chains.push(Chain {
+            pods: None,
             id: id.into(),
             name: id.into(),
             rules,
@@ -385,6 +391,8 @@ impl TopoBuilder {
             name: lb.into(),
             router: router.map(Into::into),
             vips: vec![Vip {
+                member_selector: None,
+                target_port: None,
                 ip: ip(vip),
                 protocol,
                 port,

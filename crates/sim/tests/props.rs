@@ -530,6 +530,8 @@ fn records(s: &Spec) -> (RecordSet, LocalDatapath) {
         let router = matches!(device, DeviceRef::Router(_));
         let key = (i as u32 + 1) * 3;
         r.ports.push(Port {
+            named_ports: Vec::new(),
+            namespace_labels: Default::default(),
             id: format!("x{i}"),
             device,
             kind,
@@ -591,6 +593,7 @@ fn records(s: &Spec) -> (RecordSet, LocalDatapath) {
     }
     for (ci, rules) in s.chains.iter().enumerate() {
         r.chains.push(Chain {
+            pods: None,
             id: format!("c{ci}"),
             name: String::new(),
             rules: rules
@@ -631,6 +634,8 @@ fn records(s: &Spec) -> (RecordSet, LocalDatapath) {
             name: String::new(),
             router: (router < 3).then(|| format!("r{router}")),
             vips: vec![Vip {
+                member_selector: None,
+                target_port: None,
                 ip: format!("10.{}.0.{octet}", octet % 4).parse().unwrap(),
                 protocol: Protocol::Tcp,
                 port: 80,

@@ -35,6 +35,8 @@ pub fn bridge(id: &str, subnet: &str, gateway: &str) -> Bridge {
 
 pub fn port(id: &str, n: u32) -> Port {
     Port {
+        named_ports: Vec::new(),
+        namespace_labels: Default::default(),
         id: id.into(),
         device: DeviceRef::Bridge("b1".into()),
         kind: PortKind::Exterior,
