@@ -15,6 +15,7 @@ pub mod error;
 pub(crate) mod fixtures;
 pub mod http;
 pub mod ids;
+pub mod kuryr;
 pub mod metrics;
 pub mod offline;
 pub mod program;
