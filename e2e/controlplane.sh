@@ -10,7 +10,8 @@
 # DIR defaults to $WEFT_CP_DIR. The API server authorizes by RBAC; the kubeconfig's user is
 # `admin` (group system:masters) by a bearer token, and it trusts the generated CA. No
 # controller-manager runs, so the ServiceAccount admission plugin is off (as in envtest):
-# Pods are accepted without a service account.
+# Pods are accepted without a service account. The serving certificate also names 10.0.2.2 and
+# 10.99.0.254, where the kernel guest of e2e/kernel-tests.sh reaches this API server.
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -104,7 +105,7 @@ certs() {
     -subj /CN=weft-controlplane-ca 2>/dev/null
   openssl req -new -newkey rsa:2048 -nodes -keyout "$c/apiserver.key" -out "$c/apiserver.csr" \
     -subj /CN=kube-apiserver 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' >"$c/apiserver.ext"
+  printf 'subjectAltName=IP:127.0.0.1,IP:10.0.2.2,IP:10.99.0.254,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' >"$c/apiserver.ext"
   openssl x509 -req -in "$c/apiserver.csr" -CA "$c/ca.pem" -CAkey "$c/ca.key" -CAcreateserial \
     -days 7 -extfile "$c/apiserver.ext" -out "$c/apiserver.pem" 2>/dev/null
   # The service-account token signing pair.

@@ -20,6 +20,9 @@
 #   WEFT_VM_TIMEOUT  seconds before the guest is killed (default 1800)
 #   WEFT_VM_VERBOSE  1 shows the whole console (kernel messages included)
 #   WEFT_VM_KEEP     1 keeps the per-run directory (command, console log, exit status)
+#   WEFT_VM_HOSTNET  1 gives the guest a virtio NIC on QEMU's user network, through which the
+#                    guest reaches the host's loopback services at 10.0.2.2 (e.g. a control
+#                    plane started on the host); COMMAND brings it up (e2e/kernel-tests.sh does)
 #
 # The guest runs under TCG (software emulation): KVM is not assumed to work.
 set -euo pipefail
@@ -235,6 +238,11 @@ filter() {
     on && (i = index($0, "@@VM-END rc=")) { if (i > 1) print substr($0, 1, i - 1); on = 0; fflush(); next }
     on { print; fflush() }'
 }
+HOSTNET=()
+if [ "${WEFT_VM_HOSTNET:-0}" = 1 ]; then
+  # QEMU maps the guest's connections to 10.0.2.2 to the host's 127.0.0.1.
+  HOSTNET=(-netdev user,id=hostnet -device virtio-net-pci,netdev=hostnet,mac=52:54:00:12:34:56)
+fi
 set +e
 timeout "${WEFT_VM_TIMEOUT:-1800}" qemu-system-x86_64 -nodefaults -no-user-config -accel "$ACCEL" -cpu max \
   -smp "${WEFT_VM_SMP:-2}" -m "${WEFT_VM_MEM:-1024}" -display none -serial stdio -no-reboot \
@@ -242,7 +250,7 @@ timeout "${WEFT_VM_TIMEOUT:-1800}" qemu-system-x86_64 -nodefaults -no-user-confi
   -append "console=ttyS0 quiet loglevel=3 panic=-1 vminit=$CACHE/guest-init.sh vmcache=$CACHE vmrundir=$RUNDIR" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
   -virtfs local,path="$RUNDIR",mount_tag=vmrun,security_model=none,multidevs=remap \
-  </dev/null 2>&1 | filter
+  "${HOSTNET[@]}" </dev/null 2>&1 | filter
 qemu_rc=${PIPESTATUS[0]}
 set -e
 
