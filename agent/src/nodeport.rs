@@ -20,7 +20,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ipnet::{IpNet, Ipv4Net};
-use nsdb::{Bridge, DeviceRef, IpFamily, PodPort, PodPortRequest, Port, PortKind, Route, Snapshot};
+use nsdb::{
+    Bridge, DeviceRef, IpFamily, LABEL_ROLE, PodPort, PodPortRequest, Port, PortKind, Route,
+    Snapshot,
+};
 use odp::dpif::VportType;
 use tracing::{info, warn};
 
@@ -30,9 +33,6 @@ use crate::service::Agent;
 
 /// The internal vport, and the node's interface, of the node's port.
 pub const NODE_VPORT: &str = "weft-node";
-
-/// Label on the node's port.
-pub const LABEL_ROLE: &str = "weft.dev/role";
 
 /// How often the node's port is checked and repaired.
 const INTERVAL: Duration = Duration::from_secs(2);
@@ -174,7 +174,7 @@ async fn ensure(
             vport: NODE_VPORT.to_owned(),
             labels: BTreeMap::from([
                 (LABEL_HOST.to_owned(), host.clone()),
-                (LABEL_ROLE.to_owned(), "node".to_owned()),
+                (LABEL_ROLE.to_owned(), nsdb::ROLE_NODE.to_owned()),
             ]),
         };
         let p = tokio::time::timeout(NSDB_TIMEOUT, agent.nsdb.allocate_pod_port(&req))

@@ -61,7 +61,10 @@ pub use lease::KeptLease;
 pub use metrics::register;
 pub use pod_port::{PodPort, PodPortRelease, PodPortRequest};
 pub use records::*;
-pub use selector::{LABEL_NAMESPACE_NAME, LabelExpr, LabelSelector, PortSelector, SelectorOp};
+pub use selector::{
+    LABEL_NAMESPACE_NAME, LABEL_ROLE, LabelExpr, LabelSelector, PortSelector, ROLE_NODE,
+    SelectorOp, is_node_port,
+};
 pub use tls::TlsFiles;
 pub use watch::{Change, ChangeOp, Entry, Snapshot, Update, WatchCache, WatchHealth};
 #[cfg(feature = "test-util")]

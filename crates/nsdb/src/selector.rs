@@ -86,6 +86,18 @@ pub struct PortSelector {
 /// kube-apiserver labels every Namespace.
 pub const LABEL_NAMESPACE_NAME: &str = "kubernetes.io/metadata.name";
 
+/// The label that tells what a port that is no pod's is for.
+pub const LABEL_ROLE: &str = "weft.dev/role";
+
+/// [`LABEL_ROLE`] of a node's own port: traffic from it to a pod of the same node passes the
+/// pod's NetworkPolicy ingress isolation, so that kubelet's probes keep working.
+pub const ROLE_NODE: &str = "node";
+
+/// Whether `port` is a node's own port ([`ROLE_NODE`]).
+pub fn is_node_port(port: &crate::Port) -> bool {
+    port.labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_NODE)
+}
+
 impl PortSelector {
     /// Every pod in the namespace `ns` whose labels match `pods`.
     pub fn in_namespace(ns: &str, pods: LabelSelector) -> PortSelector {

@@ -2,9 +2,10 @@
 //! jumps as chain indexes, and whether a chain (through its jumps) reads conntrack state.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use ipnet::IpNet;
-use nsdb::{Chain, RuleAction};
+use nsdb::{Chain, Port, PortSelector, RuleAction};
 
 use crate::error::SimError;
 use crate::tag::Tag;
@@ -44,11 +45,43 @@ pub(crate) struct CtC {
     pub value: u32,
 }
 
+/// The addresses of the pod ports a [`PortSelector`] picks, sorted for binary search.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct AddrSet {
+    pub v4: Vec<u32>,
+    pub v6: Vec<u128>,
+}
+
+impl AddrSet {
+    fn of(sel: &PortSelector, ports: &[Port]) -> AddrSet {
+        let mut s = AddrSet::default();
+        for p in ports.iter().filter(|p| sel.matches_port(p)) {
+            for a in &p.addresses {
+                match a {
+                    IpNet::V4(n) => s.v4.push(u32::from(n.addr())),
+                    IpNet::V6(n) => s.v6.push(u128::from(n.addr())),
+                }
+            }
+        }
+        s.v4.sort_unstable();
+        s.v4.dedup();
+        s.v6.sort_unstable();
+        s.v6.dedup();
+        s
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct RuleC {
     pub id: String,
     pub src: Option<NetC>,
     pub dst: Option<NetC>,
+    /// The source must be an address of a port the rule's `src_selector` picks.
+    pub src_set: Option<Arc<AddrSet>>,
+    /// The destination must be an address of a port the rule's `dst_selector` picks.
+    pub dst_set: Option<Arc<AddrSet>>,
+    /// The destination port must be the destination pod's container port of this name.
+    pub dst_port_name: Option<String>,
     pub inv_src: bool,
     pub inv_dst: bool,
     pub proto: Option<u8>,
@@ -70,6 +103,9 @@ impl RuleC {
             || self.dst_ports.is_some()
             || self.icmp_type.is_some()
             || self.icmp_code.is_some()
+            || self.src_set.is_some()
+            || self.dst_set.is_some()
+            || self.dst_port_name.is_some()
     }
 }
 
@@ -84,8 +120,22 @@ pub(crate) struct ChainC {
 }
 
 /// Compiles chains. A jump to a missing chain becomes a drop (and a problem is recorded):
-/// failing closed is the safe reading of a rule that cannot be followed.
-pub(crate) fn compile_chains(chains: &[Chain], problems: &mut Vec<SimError>) -> Vec<ChainC> {
+/// failing closed is the safe reading of a rule that cannot be followed. Rule selectors
+/// become the address sets of the `ports` they pick, computed once per distinct selector.
+pub(crate) fn compile_chains<'a>(
+    chains: &'a [Chain],
+    ports: &[Port],
+    problems: &mut Vec<SimError>,
+) -> Vec<ChainC> {
+    let mut sets: HashMap<&PortSelector, Arc<AddrSet>> = HashMap::new();
+    let mut set = |sel: &'a Option<PortSelector>| -> Option<Arc<AddrSet>> {
+        let sel = sel.as_ref()?;
+        Some(
+            sets.entry(sel)
+                .or_insert_with(|| Arc::new(AddrSet::of(sel, ports)))
+                .clone(),
+        )
+    };
     let idx: HashMap<&str, Idx> = chains
         .iter()
         .enumerate()
@@ -120,6 +170,9 @@ pub(crate) fn compile_chains(chains: &[Chain], problems: &mut Vec<SimError>) -> 
                     id: r.id.clone(),
                     src: r.src.map(NetC::from),
                     dst: r.dst.map(NetC::from),
+                    src_set: set(&r.src_selector),
+                    dst_set: set(&r.dst_selector),
+                    dst_port_name: r.dst_port_name.clone(),
                     inv_src: r.inv_src,
                     inv_dst: r.inv_dst,
                     proto: r.protocol.map(|p| p.number()),

@@ -5,17 +5,20 @@
 //! datapath port 1; local vports get datapath ports 2, 3, ... in creation order; every port
 //! and device gets the next tunnel key (1, 2, ...), and a port's MAC is `02:00:00:00:<key>`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
 use nsdb::{
-    Bridge, Chain, DeviceRef, DnatRule, Host, LoadBalancer, MacAddr, Member, Port, PortBinding,
-    PortKind, Protocol, Route, Router, Rule, RuleAction, Snat, TunnelType, Vip,
+    Bridge, Chain, DeviceRef, DnatRule, Host, LABEL_NAMESPACE_NAME, LoadBalancer, MacAddr, Member,
+    NamedPort, PodAttachMode, PodAttachment, PodDirection, Port, PortBinding, PortKind,
+    PortSelector, Protocol, Route, Router, Rule, RuleAction, Snat, TunnelType, Vip,
 };
 
-use crate::fields::{Fields, ethertype, proto};
+use crate::fields::{Fields, PacketContext, ct, ethertype, proto};
+use crate::result::{Simulation, Verdict};
 use crate::topology::{LABEL_NEXT_HOP_MAC, LocalDatapath, RecordSet, Topology};
+use crate::walk::simulate_into;
 
 /// The tunnel vport's datapath number in fixtures.
 pub const TUNNEL_PORT: u32 = 1;
@@ -335,6 +338,62 @@ impl TopoBuilder {
         self
     }
 
+    /// Makes `port` the port of a pod of namespace `ns` (labelled with the namespace's name,
+    /// as the API server labels every namespace) with pod labels `labels`.
+    pub fn pod_labels(mut self, port: &str, ns: &str, labels: &[(&str, &str)]) -> Self {
+        let p = self.port_mut(port);
+        p.namespace_labels
+            .insert(LABEL_NAMESPACE_NAME.into(), ns.into());
+        p.labels
+            .extend(labels.iter().map(|(k, v)| ((*k).into(), (*v).into())));
+        self
+    }
+
+    /// Adds namespace labels to a pod's port.
+    pub fn namespace_labels(mut self, port: &str, labels: &[(&str, &str)]) -> Self {
+        self.port_mut(port)
+            .namespace_labels
+            .extend(labels.iter().map(|(k, v)| ((*k).into(), (*v).into())));
+        self
+    }
+
+    /// Gives a pod's port a named container port.
+    pub fn named_port(mut self, port: &str, name: &str, protocol: Protocol, number: u16) -> Self {
+        self.port_mut(port).named_ports.push(NamedPort {
+            name: name.into(),
+            protocol,
+            port: number,
+        });
+        self
+    }
+
+    /// Attaches chain `chain` to the pod ports `selector` picks.
+    pub fn attach(
+        mut self,
+        chain: &str,
+        direction: PodDirection,
+        selector: PortSelector,
+        mode: PodAttachMode,
+    ) -> Self {
+        self.records
+            .chains
+            .iter_mut()
+            .find(|c| c.id == chain)
+            .expect("fixture chain")
+            .pods = Some(PodAttachment {
+            direction,
+            selector,
+            mode,
+        });
+        self
+    }
+
+    /// Sets a port's labels (a node's own port carries `weft.dev/role: node`).
+    pub fn port_label(mut self, port: &str, key: &str, value: &str) -> Self {
+        self.port_mut(port).labels.insert(key.into(), value.into());
+        self
+    }
+
     /// Sets a port's inbound and outbound chains.
     pub fn port_chains(
         mut self,
@@ -447,6 +506,22 @@ impl TopoBuilder {
         LocalDatapath {
             tunnel_port: TUNNEL_PORT,
             vports: self.dp_ports.clone(),
+        }
+    }
+
+    /// The datapath of `host`: the vports of the ports bound to it, numbered from 2 in
+    /// binding order (for `h1`, the numbers [`TopoBuilder::datapath`] gives).
+    pub fn datapath_of(&self, host: &str) -> LocalDatapath {
+        LocalDatapath {
+            tunnel_port: TUNNEL_PORT,
+            vports: self
+                .records
+                .bindings
+                .iter()
+                .filter(|b| b.host == host)
+                .zip(2..)
+                .map(|(b, n)| (b.vport.clone(), n))
+                .collect(),
         }
     }
 
@@ -977,5 +1052,142 @@ pub mod cases {
     /// Every case: the five, (a) to (e) in that order, then (b6).
     pub fn all() -> Vec<Case> {
         vec![l2(), routed(), routed_acl100(), vip8(), large(), routed6()]
+    }
+}
+
+/// Every host's view of one topology and a model of each host's conntrack: follows a packet
+/// through all its datapath passes and tunnels, as the hosts' kernels would run the flows
+/// the simulation returns. Conntrack is modelled without NAT (a `ct(nat(dst=..))` fails the
+/// test): entries are committed 5-tuples per host and zone, and a packet of a committed
+/// tuple, in either direction, is established.
+#[derive(Debug)]
+pub struct Network {
+    hosts: Vec<(String, IpAddr, Topology)>,
+    conntrack: HashSet<(usize, u16, [u64; 2])>,
+}
+
+/// Where a packet ended up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// Output to this datapath port of this host.
+    Delivered(String, u32),
+    /// Dropped (or answered) with this verdict on this host.
+    Stopped(String, Verdict),
+}
+
+fn ct_tuple(f: &Fields) -> [u64; 2] {
+    let (a, b) = (
+        (u64::from(f.ipv4_src) << 16) | u64::from(f.tp_src),
+        (u64::from(f.ipv4_dst) << 16) | u64::from(f.tp_dst),
+    );
+    [(a << 8) | u64::from(f.ip_proto), b]
+}
+
+impl Network {
+    /// Compiles the topology for every host of `b`.
+    pub fn new(b: &TopoBuilder) -> Network {
+        let hosts = b
+            .records
+            .hosts
+            .iter()
+            .map(|h| {
+                let t = b.build_for(&h.id, &b.datapath_of(&h.id));
+                (h.id.clone(), h.underlay_ip, t)
+            })
+            .collect();
+        Network {
+            hosts,
+            conntrack: HashSet::new(),
+        }
+    }
+
+    /// Forgets every connection.
+    pub fn flush_conntrack(&mut self) {
+        self.conntrack.clear();
+    }
+
+    fn ct_state(&self, host: usize, zone: u16, f: &Fields) -> u32 {
+        let fwd = ct_tuple(f);
+        let mut rev = f.to_owned();
+        std::mem::swap(&mut rev.ipv4_src, &mut rev.ipv4_dst);
+        std::mem::swap(&mut rev.tp_src, &mut rev.tp_dst);
+        if self.conntrack.contains(&(host, zone, fwd)) {
+            ct::TRACKED | ct::ESTABLISHED
+        } else if self.conntrack.contains(&(host, zone, ct_tuple(&rev))) {
+            ct::TRACKED | ct::ESTABLISHED | ct::REPLY_DIR
+        } else {
+            ct::TRACKED | ct::NEW
+        }
+    }
+
+    /// Sends `pkt` (its `in_port` a datapath port of `host`) and returns where it went.
+    pub fn send(&mut self, host: &str, pkt: Fields) -> Vec<Fate> {
+        let mut h = self
+            .hosts
+            .iter()
+            .position(|x| x.0 == host)
+            .expect("fixture host");
+        let mut out = Vec::new();
+        let mut queue = vec![(h, pkt)];
+        let mut sim = Simulation::new();
+        let mut passes = 0;
+        while let Some((host, mut f)) = queue.pop() {
+            passes += 1;
+            assert!(passes < 32, "a packet took more than 32 datapath passes");
+            h = host;
+            let t = &self.hosts[h].2;
+            simulate_into(t, &PacketContext::new(f), &mut sim);
+            if sim.actions.is_empty() {
+                out.push(Fate::Stopped(self.hosts[h].0.clone(), sim.verdict));
+                continue;
+            }
+            for a in &sim.actions {
+                match a {
+                    odp::Action::Ct(c) => {
+                        assert!(
+                            c.nat.is_none_or(|n| n.kind.is_none()),
+                            "the conntrack model has no NAT"
+                        );
+                        let zone = c.zone.unwrap_or(0);
+                        f.ct_state = self.ct_state(h, zone, &f);
+                        f.ct_zone = zone;
+                        if c.commit && f.ct_state & ct::NEW != 0 {
+                            self.conntrack.insert((h, zone, ct_tuple(&f)));
+                        }
+                    }
+                    odp::Action::Recirc(id) => queue.push((
+                        h,
+                        Fields {
+                            recirc_id: *id,
+                            ..f
+                        },
+                    )),
+                    odp::Action::Output(p) if *p == self.hosts[h].2.tunnel_port() => {
+                        let d = sim.delivery.expect("a tunnel output names its delivery");
+                        let to = self
+                            .hosts
+                            .iter()
+                            .position(|x| x.1 == d.host)
+                            .expect("the tunnel goes to a known host");
+                        queue.push((
+                            to,
+                            Fields {
+                                in_port: self.hosts[to].2.tunnel_port(),
+                                tun_id: u64::from(d.tun_id),
+                                recirc_id: 0,
+                                ct_state: 0,
+                                ct_zone: 0,
+                                ..f
+                            },
+                        ));
+                    }
+                    odp::Action::Output(p) => {
+                        out.push(Fate::Delivered(self.hosts[h].0.clone(), *p))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
     }
 }

@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 use nsdb::{
-    AnyRecord, Bridge, Chain, DeviceRef, Host, LoadBalancer, Port, PortBinding, PortKind, Route,
-    Router,
+    AnyRecord, Bridge, Chain, DeviceRef, Host, LABEL_NAMESPACE_NAME, LoadBalancer, PodAttachMode,
+    PodDirection, Port, PortBinding, PortKind, Route, Router,
 };
 
 use crate::acl::{self, ChainC};
@@ -148,6 +148,13 @@ pub(crate) struct PortC {
     pub ct_delivery: bool,
     pub snat: Option<SnatC>,
     pub next_hop_mac: Option<[u8; 6]>,
+    /// Chains attached to this pod port by selector, for traffic delivered to it, in chain
+    /// id order.
+    pub pod_in: Vec<(Idx, PodAttachMode)>,
+    /// Chains attached to this pod port by selector, for traffic it sends.
+    pub pod_out: Vec<(Idx, PodAttachMode)>,
+    /// The pod's named container ports: (name, IP protocol, port).
+    pub named_ports: Vec<(String, u8, u16)>,
 }
 
 #[derive(Debug, Clone)]
@@ -268,6 +275,13 @@ pub struct Topology {
     pub(crate) has_global_vips: bool,
     pub(crate) global_nat_ips: PrefixTable<u32, ()>,
     pub(crate) global_nat_ips6: PrefixTable<u128, ()>,
+    /// Pod ports by address, to resolve a destination's named ports.
+    pub(crate) pod_by_v4: FxMap<u32, Idx>,
+    pub(crate) pod_by_v6: FxMap<u128, Idx>,
+    /// The addresses of this host's own node ports (sorted): their traffic to a pod of this
+    /// host passes the pod's ingress isolation.
+    pub(crate) node_v4: Vec<u32>,
+    pub(crate) node_v6: Vec<u128>,
     pub(crate) problems: Vec<SimError>,
 }
 
@@ -359,7 +373,7 @@ impl Topology {
             })?;
 
         // Chains.
-        let chains = acl::compile_chains(&records.chains, &mut problems);
+        let chains = acl::compile_chains(&records.chains, &records.ports, &mut problems);
         let chain_idx: HashMap<&str, Idx> = chains
             .iter()
             .enumerate()
@@ -516,8 +530,64 @@ impl Topology {
                 ct_delivery: false,
                 snat: None,
                 next_hop_mac,
+                pod_in: Vec::new(),
+                pod_out: Vec::new(),
+                named_ports: p
+                    .named_ports
+                    .iter()
+                    .map(|n| (n.name.clone(), n.protocol.number(), n.port))
+                    .collect(),
             });
         }
+
+        // Pod ports: chains attached by selector, and the addresses that name them.
+        let mut pod_by_v4: FxMap<u32, Idx> = FxMap::default();
+        let mut pod_by_v6: FxMap<u128, Idx> = FxMap::default();
+        let mut attached: Vec<(&str, Idx, &nsdb::PodAttachment)> = records
+            .chains
+            .iter()
+            .filter_map(|c| {
+                Some((
+                    c.id.as_str(),
+                    *chain_idx.get(c.id.as_str())?,
+                    c.pods.as_ref()?,
+                ))
+            })
+            .collect();
+        attached.sort_by(|a, b| a.0.cmp(b.0));
+        let (mut node_v4, mut node_v6) = (Vec::new(), Vec::new());
+        for p in &records.ports {
+            let Some(&i) = port_by_id.get(&p.id) else {
+                continue;
+            };
+            if nsdb::is_node_port(p)
+                && matches!(ports[i as usize].loc, Loc::Local(_) | Loc::LocalDetached)
+            {
+                node_v4.extend(ports[i as usize].v4.iter().map(|a| a.0));
+                node_v6.extend(ports[i as usize].v6.iter().map(|a| a.0));
+            }
+            if !p.namespace_labels.contains_key(LABEL_NAMESPACE_NAME) {
+                continue;
+            }
+            let pc = &mut ports[i as usize];
+            for &(_, c, a) in &attached {
+                if a.selector.matches_port(p) {
+                    match a.direction {
+                        PodDirection::Ingress => pc.pod_in.push((c, a.mode)),
+                        PodDirection::Egress => pc.pod_out.push((c, a.mode)),
+                    }
+                }
+            }
+            for &(a, _) in &pc.v4 {
+                pod_by_v4.insert(a, i);
+            }
+            for &(a, _) in &pc.v6 {
+                pod_by_v6.insert(a, i);
+            }
+        }
+        node_v4.sort_unstable();
+        node_v6.sort_unstable();
+
         // Interior peers must exist and point back.
         let record_of: HashMap<&str, &Port> =
             records.ports.iter().map(|p| (p.id.as_str(), p)).collect();
@@ -822,8 +892,15 @@ impl Topology {
             let nat_uplink = p.kind == PKind::Uplink
                 && (p.snat.is_some()
                     || matches!(p.dev, Dev::Router(r) if !routers[r as usize].dnat.is_empty()));
-            p.ct_ingress = chains_ct || nat_uplink;
-            p.ct_delivery = chains_ct || nat_uplink || stateful_topology;
+            // A NetworkPolicy's allow-list lets replies and established connections pass:
+            // an isolated pod's connections, both ways, are tracked in its zone.
+            let attached_ct = p
+                .pod_in
+                .iter()
+                .chain(&p.pod_out)
+                .any(|&(c, m)| m == PodAttachMode::Allow || chains[c as usize].uses_ct);
+            p.ct_ingress = chains_ct || nat_uplink || attached_ct;
+            p.ct_delivery = chains_ct || nat_uplink || stateful_topology || attached_ct;
         }
 
         let mut port_by_vport = HashMap::new();
@@ -869,6 +946,10 @@ impl Topology {
             has_global_vips,
             global_nat_ips,
             global_nat_ips6,
+            pod_by_v4,
+            pod_by_v6,
+            node_v4,
+            node_v6,
             problems,
         })
     }

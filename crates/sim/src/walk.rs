@@ -50,7 +50,9 @@
 //! IPv6 SNAT and DNAT rules; router advertisements (addresses are assigned by the CNI, not SLAAC);
 //! a reject in a destination port's delivery stage drops without a reply.
 
-use crate::acl::{ActC, CtC, NetC, RuleC};
+use nsdb::PodAttachMode;
+
+use crate::acl::{ActC, AddrSet, CtC, NetC, RuleC};
 use crate::fields::{Fields, PacketContext, VLAN_CFI, ct, ethertype, icmp6, proto};
 use crate::hash::{five_tuple, mix64};
 use crate::lpm::AddrBits;
@@ -98,6 +100,15 @@ enum Decision {
     Accept,
     Drop,
     Reject,
+}
+
+/// How a chain ended: by a verdict, or by returning from its top (or reaching its end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Accept,
+    Drop,
+    Reject,
+    Returned,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -460,7 +471,135 @@ impl Walker<'_, '_> {
 
     // ---- chains ----
 
+    /// A chain's decision, where returning from the chain (or its end) accepts.
     fn chain(&mut self, top: Idx, owner: &str) -> R<Decision> {
+        Ok(match self.chain_outcome(top, owner)? {
+            Outcome::Accept | Outcome::Returned => Decision::Accept,
+            Outcome::Drop => Decision::Drop,
+            Outcome::Reject => Decision::Reject,
+        })
+    }
+
+    /// The verdict of the chains attached to pod port `p` by selector, for traffic delivered
+    /// to it (`ingress`) or sent by it. Filter chains must all let the packet on; if any
+    /// allow-list (NetworkPolicy) chain is attached, the pod is isolated and the packet
+    /// passes only as a connection already allowed, as traffic from the pod's own node
+    /// (ingress), or when one of those chains accepts it.
+    fn pod_verdict(&mut self, p: Idx, ingress: bool) -> R<Decision> {
+        let t = self.t;
+        let port = &t.ports[p as usize];
+        let list = if ingress { &port.pod_in } else { &port.pod_out };
+        if list.is_empty() || !self.r_is_ip() {
+            return Ok(Decision::Accept);
+        }
+        let mut isolated = false;
+        for &(c, mode) in list {
+            match mode {
+                PodAttachMode::Filter => match self.chain(c, &port.id)? {
+                    Decision::Accept => {}
+                    d => return Ok(d),
+                },
+                PodAttachMode::Allow => isolated = true,
+            }
+        }
+        if !isolated {
+            return Ok(Decision::Accept);
+        }
+        if self.ct_mode == CtMode::Normal && self.ct_tracked() {
+            let st = self.r_ct(ct::NEW | ct::ESTABLISHED | ct::RELATED);
+            if st & ct::NEW == 0 && st & (ct::ESTABLISHED | ct::RELATED) != 0 {
+                note!(self, "  pod {}: a connection already allowed", port.id);
+                return Ok(Decision::Accept);
+            }
+        }
+        if ingress && self.from_own_node() {
+            note!(self, "  pod {}: from its own node", port.id);
+            return Ok(Decision::Accept);
+        }
+        for &(c, mode) in list {
+            if mode == PodAttachMode::Allow && self.chain_outcome(c, &port.id)? == Outcome::Accept {
+                return Ok(Decision::Accept);
+            }
+        }
+        note!(
+            self,
+            "  pod {} is isolated for {} and no policy allows this",
+            port.id,
+            if ingress { "ingress" } else { "egress" }
+        );
+        Ok(Decision::Drop)
+    }
+
+    /// Whether the source is one of this host's own node ports.
+    fn from_own_node(&mut self) -> bool {
+        let t = self.t;
+        if self.pkt.is_ipv4() {
+            !t.node_v4.is_empty() && {
+                self.r_src_bits(32);
+                t.node_v4.binary_search(&self.pkt.ipv4_src).is_ok()
+            }
+        } else {
+            !t.node_v6.is_empty() && {
+                self.read.ipv6_src = !0;
+                t.node_v6.binary_search(&self.pkt.ipv6_src).is_ok()
+            }
+        }
+    }
+
+    /// Whether the source (or destination) address is in `set`: the whole address is read.
+    fn in_set(&mut self, set: &AddrSet, src: bool) -> bool {
+        if self.pkt.is_ipv4() {
+            if set.v4.is_empty() {
+                return false;
+            }
+            let v = if src {
+                self.r_src_bits(32);
+                self.pkt.ipv4_src
+            } else {
+                self.r_dst_bits(32);
+                self.pkt.ipv4_dst
+            };
+            set.v4.binary_search(&v).is_ok()
+        } else {
+            if set.v6.is_empty() {
+                return false;
+            }
+            let v = if src {
+                self.read.ipv6_src = !0;
+                self.pkt.ipv6_src
+            } else {
+                self.read.ipv6_dst = !0;
+                self.pkt.ipv6_dst
+            };
+            set.v6.binary_search(&v).is_ok()
+        }
+    }
+
+    /// Whether the destination port is the destination pod's container port `name`.
+    fn named_port_matches(&mut self, name: &str) -> bool {
+        let t = self.t;
+        let p = self.r_proto();
+        if !matches!(p, proto::TCP | proto::UDP | proto::SCTP) || self.r_frag() == 2 {
+            return false;
+        }
+        let pod = if self.pkt.is_ipv4() {
+            self.r_dst_bits(32);
+            t.pod_by_v4.get(&self.pkt.ipv4_dst)
+        } else {
+            self.read.ipv6_dst = !0;
+            t.pod_by_v6.get(&self.pkt.ipv6_dst)
+        };
+        let Some(&pod) = pod else {
+            return false;
+        };
+        let dport = self.r_tp_dst();
+        t.ports[pod as usize]
+            .named_ports
+            .iter()
+            .any(|(n, pr, port)| n == name && *pr == p && *port == dport)
+    }
+
+    fn chain_outcome(&mut self, top: Idx, owner: &str) -> R<Outcome> {
         let t = self.t;
         // Rule chains filter IP traffic: ARP and other non-IP frames pass them, as
         // Kubernetes NetworkPolicy and OVN ACLs leave address resolution alone, so a
@@ -471,7 +610,7 @@ impl Walker<'_, '_> {
                 "  chain {} (of {owner}): not IP, passes",
                 t.chains[top as usize].id
             );
-            return Ok(Decision::Accept);
+            return Ok(Outcome::Accept);
         }
         let mut stack: [(Idx, u32); MAX_JUMPS] = [(0, 0); MAX_JUMPS];
         let mut sp = 0usize;
@@ -486,7 +625,7 @@ impl Walker<'_, '_> {
                 self.rule_steps += 1;
                 if self.rule_steps > MAX_RULE_STEPS {
                     note!(self, "  rule budget exhausted");
-                    return Ok(Decision::Drop);
+                    return Ok(Outcome::Drop);
                 }
                 if !self.rule_matches(rule)? {
                     continue;
@@ -498,15 +637,15 @@ impl Walker<'_, '_> {
             note!(self, "    rule {rule_id}: {action:?}");
             let at_end = rule_id == "<default>";
             match action {
-                ActC::Accept => return Ok(Decision::Accept),
-                ActC::Drop => return Ok(Decision::Drop),
-                ActC::Reject => return Ok(Decision::Reject),
+                ActC::Accept => return Ok(Outcome::Accept),
+                ActC::Drop => return Ok(Outcome::Drop),
+                ActC::Reject => return Ok(Outcome::Reject),
                 ActC::Continue if !at_end => {}
                 ActC::Continue | ActC::Return => loop {
                     // Back to the caller; a caller whose default action jumped is at its
                     // end, so keep returning.
                     if sp == 0 {
-                        return Ok(Decision::Accept);
+                        return Ok(Outcome::Returned);
                     }
                     sp -= 1;
                     (c, i) = stack[sp];
@@ -517,7 +656,7 @@ impl Walker<'_, '_> {
                 ActC::Jump(target) => {
                     if sp == MAX_JUMPS {
                         note!(self, "  jump depth exceeded");
-                        return Ok(Decision::Drop);
+                        return Ok(Outcome::Drop);
                     }
                     stack[sp] = (c, if at_end { u32::MAX } else { i });
                     sp += 1;
@@ -604,6 +743,21 @@ impl Walker<'_, '_> {
             }
             if let Some(n) = r.dst
                 && self.net_match(n, false) == r.inv_dst
+            {
+                return Ok(false);
+            }
+            if let Some(set) = &r.src_set
+                && !self.in_set(set, true)
+            {
+                return Ok(false);
+            }
+            if let Some(set) = &r.dst_set
+                && !self.in_set(set, false)
+            {
+                return Ok(false);
+            }
+            if let Some(name) = &r.dst_port_name
+                && !self.named_port_matches(name)
             {
                 return Ok(false);
             }
@@ -763,6 +917,9 @@ impl Walker<'_, '_> {
         let t = self.t;
         let br = &t.bridges[b as usize];
         note!(self, "  flood to local ports");
+        if let Some(n) = self.pod_egress() {
+            return n;
+        }
         let saved = self.ct_mode;
         self.ct_mode = CtMode::Unavailable;
         if let Some(c) = br.out_chain {
@@ -785,6 +942,11 @@ impl Walker<'_, '_> {
             if let Some(c) = port.out_chain
                 && !matches!(self.chain(c, &port.id), Ok(Decision::Accept))
             {
+                continue;
+            }
+            // Flooded copies have no connection state, so a pod isolated for ingress
+            // gets none of the IP ones.
+            if !self.pod_ingress(q) {
                 continue;
             }
             if let Loc::Local(dp) = port.loc {
@@ -1357,9 +1519,31 @@ impl Walker<'_, '_> {
         }
     }
 
+    /// The sending pod's egress verdict, once its destination is known (after load
+    /// balancing): `None` lets the packet on.
+    fn pod_egress(&mut self) -> Option<Next> {
+        if self.in_port == Idx::MAX || self.t.ports[self.in_port as usize].pod_out.is_empty() {
+            return None;
+        }
+        match self.pod_verdict(self.in_port, false) {
+            Ok(Decision::Accept) => None,
+            Ok(Decision::Reject) => Some(self.reject()),
+            _ => Some(self.drop_(DropReason::Acl)),
+        }
+    }
+
+    /// The receiving pod's ingress verdict at delivery to local port `q`.
+    fn pod_ingress(&mut self, q: Idx) -> bool {
+        self.t.ports[q as usize].pod_in.is_empty()
+            || matches!(self.pod_verdict(q, true), Ok(Decision::Accept))
+    }
+
     fn output_to(&mut self, q: Idx) -> Next {
         let t = self.t;
         let port = &t.ports[q as usize];
+        if let Some(n) = self.pod_egress() {
+            return n;
+        }
         match port.loc {
             Loc::Local(dp) => {
                 if port.ct_delivery && self.r_is_ip() {
@@ -1386,6 +1570,9 @@ impl Walker<'_, '_> {
                         Ok(Decision::Reject) => return self.reject(),
                         _ => return self.drop_(DropReason::Acl),
                     }
+                }
+                if !self.pod_ingress(q) {
+                    return self.drop_(DropReason::Acl);
                 }
                 self.begin_output();
                 note!(
@@ -1478,6 +1665,10 @@ impl Walker<'_, '_> {
             self.drop_(DropReason::Acl);
             return;
         }
+        if !self.pod_ingress(q) {
+            self.drop_(DropReason::Acl);
+            return;
+        }
         note!(self, "delivery to {} (datapath port {dp})", port.id);
         self.sim.actions.push(odp::Action::Output(dp));
         self.sim.verdict = Verdict::Forward;
@@ -1516,6 +1707,10 @@ impl Walker<'_, '_> {
                     return;
                 }
             }
+        }
+        if !self.pod_ingress(q) {
+            self.drop_(DropReason::Acl);
+            return;
         }
         let st = self.r_ct(ct::NEW);
         if st & ct::NEW != 0 {
