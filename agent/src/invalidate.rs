@@ -14,6 +14,8 @@
 //! | port binding | `port(port)`, `host(old/new host)`, with a view `device(port's device)` | the binding moves the port (local, remote, unbound) and the bridge's flood list |
 //! | route | `route(id)`, `device(router)` | a new route changes the LPM result of flows tagged by the router |
 //! | chain | `chain(id)`, and with a view the tags of what refers to it | a chain created after its referrers (ports, devices, jumping chains) was not evaluated, so no flow carries its tag |
+//! | chain attached to pods (created, deleted, its attachment or conntrack use changed) | also, with a view, `port(p)` of every pod port its old or new selector picks | flows through a pod that was not yet isolated evaluated no chain; the pod's conntrack passes change with its isolation |
+//! | port (with a view) | also `chain(c)` of every chain with a rule whose selector picks the old or new port; for a node's own port, of every ingress allow-list | a rule's address set follows the pods' labels and addresses, and a flow delivered from another host carries the chain's tag, not the sender's |
 //! | load balancer | `lb(id)`, `device(router)` or [`Tag::global_vips`] | VIP lookups tag the LB on a hit and the router or the global table on any lookup |
 //! | host | `host(id)`, with a view `port(p)` of the ports bound to it | flows to a port on an unknown host dropped with the port's tag only |
 //! | IP lease, tunnel-key allocation | nothing | the simulation does not read them |
@@ -156,7 +158,10 @@ pub fn tags_of_change_in(
                     });
                 }
             }
-            AnyRecord::Port(p) => port_tags(view, p, out),
+            AnyRecord::Port(p) => {
+                port_tags(view, p, out);
+                selector_tags(view, p, out);
+            }
             AnyRecord::PortBinding(b) => {
                 out.push(Tag::port(&b.port));
                 out.push(Tag::host(&b.host));
@@ -172,6 +177,13 @@ pub fn tags_of_change_in(
                 out.push(Tag::chain(&c.id));
                 if created_or_deleted || ct_flips(old, new) {
                     chain_referrers(view, &c.id, out);
+                }
+                if let Some(a) = &c.pods
+                    && (created_or_deleted
+                        || ct_flips(old, new)
+                        || attachment_of(old) != attachment_of(new))
+                {
+                    attached_ports(view, &a.selector, out);
                 }
             }
             AnyRecord::LoadBalancer(lb) => {
@@ -241,6 +253,45 @@ fn chain_referrers(view: &dyn RecordView, id: &str, out: &mut Vec<Tag>) {
         Ref::Chain(c) if jumps_to(c, id) => out.push(Tag::chain(&c.id)),
         _ => {}
     });
+}
+
+/// The tags of the pods a chain is attached to: a chain attached (or detached, or changed in
+/// how it takes part) was not evaluated by the flows through them, which carry their tags.
+fn attached_ports(view: &dyn RecordView, sel: &nsdb::PortSelector, out: &mut Vec<Tag>) {
+    view.for_each(&mut |x| {
+        if let Ref::Port(p) = x
+            && sel.matches_port(p)
+        {
+            out.push(Tag::port(&p.id));
+        }
+    });
+}
+
+/// The tags of the chains whose selectors a pod port's labels or addresses feed: a rule's
+/// address set, picked by selector, grows or shrinks with the port (flows delivered from
+/// another host carry the chain's tag, not the sending port's). A node's own port is let
+/// through the isolation of its pods without a chain saying so: every flow judged by an
+/// ingress allow-list carries one of those chains' tags.
+fn selector_tags(view: &dyn RecordView, p: &Port, out: &mut Vec<Tag>) {
+    let node = nsdb::is_node_port(p);
+    view.for_each(&mut |x| {
+        let Ref::Chain(c) = x else { return };
+        let picks = |s: &Option<nsdb::PortSelector>| s.as_ref().is_some_and(|s| s.matches_port(p));
+        let isolates_ingress = c.pods.as_ref().is_some_and(|a| {
+            a.direction == nsdb::PodDirection::Ingress && a.mode == nsdb::PodAttachMode::Allow
+        });
+        if (node && isolates_ingress)
+            || c.rules
+                .iter()
+                .any(|r| picks(&r.src_selector) || picks(&r.dst_selector))
+        {
+            out.push(Tag::chain(&c.id));
+        }
+    });
+}
+
+fn attachment_of(r: Option<&AnyRecord>) -> Option<&nsdb::PodAttachment> {
+    chain_of(r).and_then(|c| c.pods.as_ref())
 }
 
 fn jumps_to(c: &Chain, id: &str) -> bool {
@@ -1009,6 +1060,112 @@ mod tests {
                 Box::new(|rs| {
                     rs.ports.iter_mut().find(|p| p.id == "p2").unwrap().admin_up = false;
                 }),
+            ),
+        ];
+        let pkts = packets(&b);
+        for (name, change) in changes {
+            let mut after = b.records.clone();
+            change(&mut after);
+            assert_no_stale_flow(name, &b, &b.records, &after, &pkts, true);
+        }
+    }
+
+    /// Pods isolated by a NetworkPolicy-style allow-list: p2 admits only pods labelled
+    /// `pod: p1`.
+    fn with_policy() -> TopoBuilder {
+        let mut b = base();
+        for p in ["p1", "p2", "p3", "p4", "p5"] {
+            b = b.pod_labels(p, "x", &[("pod", p)]);
+        }
+        b.chain(
+            "np",
+            RuleAction::Drop,
+            vec![nsdb::Rule {
+                src_selector: Some(nsdb::PortSelector::in_namespace(
+                    "x",
+                    nsdb::LabelSelector::label("pod", "p1"),
+                )),
+                ..rule("from-p1", RuleAction::Accept)
+            }],
+        )
+        .attach(
+            "np",
+            nsdb::PodDirection::Ingress,
+            nsdb::PortSelector::in_namespace("x", nsdb::LabelSelector::label("pod", "p2")),
+            nsdb::PodAttachMode::Allow,
+        )
+    }
+
+    /// Policy changes, and the label changes that move pods in and out of selectors, leave
+    /// no stale flow either.
+    #[test]
+    fn pod_policy_changes_leave_no_stale_flow() {
+        let b = with_policy();
+        fn port<'a>(rs: &'a mut RecordSet, id: &str) -> &'a mut nsdb::Port {
+            rs.ports.iter_mut().find(|p| p.id == id).unwrap()
+        }
+        let changes: Vec<(&str, Mutation)> = vec![
+            (
+                "a pod's labels now match a rule's selector",
+                Box::new(|rs| {
+                    port(rs, "p3").labels.insert("pod".into(), "p1".into());
+                }),
+            ),
+            (
+                "a namespace's labels change under a rule's selector",
+                Box::new(|rs| {
+                    port(rs, "p3")
+                        .namespace_labels
+                        .insert(nsdb::LABEL_NAMESPACE_NAME.into(), "y".into());
+                    let c = rs.chains.iter_mut().find(|c| c.id == "np").unwrap();
+                    c.rules[0].src_selector = Some(nsdb::PortSelector {
+                        namespaces: Some(nsdb::LabelSelector::label(
+                            nsdb::LABEL_NAMESPACE_NAME,
+                            "y",
+                        )),
+                        pods: None,
+                    });
+                }),
+            ),
+            (
+                "the policy picks another pod",
+                Box::new(|rs| {
+                    let c = rs.chains.iter_mut().find(|c| c.id == "np").unwrap();
+                    c.pods.as_mut().unwrap().selector = nsdb::PortSelector::in_namespace(
+                        "x",
+                        nsdb::LabelSelector {
+                            match_expressions: vec![nsdb::LabelExpr {
+                                key: "pod".into(),
+                                op: nsdb::SelectorOp::In,
+                                values: vec!["p1".into(), "p2".into()],
+                            }],
+                            ..Default::default()
+                        },
+                    );
+                }),
+            ),
+            (
+                "a policy isolates another pod",
+                Box::new(|rs| {
+                    rs.chains.push(nsdb::Chain {
+                        id: "np-p4".into(),
+                        name: "np-p4".into(),
+                        rules: vec![],
+                        default_action: RuleAction::Drop,
+                        pods: Some(nsdb::PodAttachment {
+                            direction: nsdb::PodDirection::Egress,
+                            selector: nsdb::PortSelector::in_namespace(
+                                "x",
+                                nsdb::LabelSelector::label("pod", "p4"),
+                            ),
+                            mode: nsdb::PodAttachMode::Allow,
+                        }),
+                    });
+                }),
+            ),
+            (
+                "the policy goes",
+                Box::new(|rs| rs.chains.retain(|c| c.id != "np")),
             ),
         ];
         let pkts = packets(&b);
