@@ -29,6 +29,30 @@ pub fn kinds_written(kind: CrKind) -> &'static [Kind] {
     }
 }
 
+/// Whoever owns a set of NSDB records: the ids all start with its base id, and exactly the
+/// ids it [`Owner::owns`] are its. Custom resources ([`ObjectKey`]) and the Kubernetes objects
+/// the Kuryr mapping translates both write through [`apply_records`] and [`cleanup`].
+pub trait Owner: std::fmt::Display + Sync {
+    /// The prefix of every id it owns.
+    fn base_id(&self) -> String;
+    /// The NSDB kinds its records may have.
+    fn kinds(&self) -> &'static [Kind];
+    /// Whether the record with this id is its.
+    fn owns(&self, id: &str) -> bool;
+}
+
+impl Owner for ObjectKey {
+    fn base_id(&self) -> String {
+        ObjectKey::base_id(self)
+    }
+    fn kinds(&self) -> &'static [Kind] {
+        kinds_written(self.kind)
+    }
+    fn owns(&self, id: &str) -> bool {
+        ObjectKey::owns(self, id)
+    }
+}
+
 /// Every NSDB kind the operator writes.
 pub const OPERATOR_KINDS: [Kind; 6] = [
     Kind::Bridge,
@@ -68,7 +92,7 @@ impl Applied {
     }
 }
 
-fn nsdb_err(owner: &ObjectKey) -> impl Fn(NsdbError) -> Error + '_ {
+fn nsdb_err(owner: &dyn Owner) -> impl Fn(NsdbError) -> Error + '_ {
     move |source| Error::Nsdb {
         object: owner.to_string(),
         source,
@@ -76,9 +100,9 @@ fn nsdb_err(owner: &ObjectKey) -> impl Fn(NsdbError) -> Error + '_ {
 }
 
 /// Reads every record `owner` has in NSDB, at one revision, in one round trip.
-pub async fn owned(nsdb: &Nsdb, owner: &ObjectKey) -> Result<Stored, Error> {
+pub async fn owned(nsdb: &Nsdb, owner: &dyn Owner) -> Result<Stored, Error> {
     let base = owner.base_id();
-    let kinds = kinds_written(owner.kind);
+    let kinds = owner.kinds();
     let ops: Vec<TxnOp> = kinds
         .iter()
         .map(|k| TxnOp::get(k.key(&base), Some(GetOptions::new().with_prefix())))
@@ -153,7 +177,7 @@ enum Op<'a> {
 
 /// Commits puts and deletes, each conditioned on the version read, in as few transactions
 /// as etcd allows. Returns the last revision.
-async fn commit(nsdb: &Nsdb, owner: &ObjectKey, ops: &[Op<'_>]) -> Result<Option<i64>, Error> {
+async fn commit(nsdb: &Nsdb, owner: &dyn Owner, ops: &[Op<'_>]) -> Result<Option<i64>, Error> {
     let mut revision = None;
     for chunk in ops.chunks(MAX_TXN_OPS) {
         let mut txn = nsdb.txn();
@@ -171,13 +195,21 @@ async fn commit(nsdb: &Nsdb, owner: &ObjectKey, ops: &[Op<'_>]) -> Result<Option
 /// Writes a translation: puts new and changed records, deletes the owner's records it no
 /// longer produces, keeps tunnel keys of records that exist and allocates them for new ones.
 /// Running it twice on the same translation writes nothing the second time.
-pub async fn apply(nsdb: &Nsdb, mut t: Translation) -> Result<Applied, Error> {
-    let owner = t.owner.clone();
-    let existing = owned(nsdb, &owner).await?;
+pub async fn apply(nsdb: &Nsdb, t: Translation) -> Result<Applied, Error> {
+    apply_records(nsdb, &t.owner, t.records).await
+}
+
+/// [`apply`] for any owner: `records` become exactly what `owner` has in NSDB.
+pub async fn apply_records(
+    nsdb: &Nsdb,
+    owner: &dyn Owner,
+    mut records: Vec<AnyRecord>,
+) -> Result<Applied, Error> {
+    let existing = owned(nsdb, owner).await?;
     // Keep the keys of records that exist; allocate the others all at once (etcd commits
     // concurrent transactions together, so this costs about one round trip, not one each).
     let mut need: Vec<usize> = Vec::new();
-    for (i, r) in t.records.iter_mut().enumerate() {
+    for (i, r) in records.iter_mut().enumerate() {
         if !translate::needs_tunnel_key(r) {
             continue;
         }
@@ -190,7 +222,7 @@ pub async fn apply(nsdb: &Nsdb, mut t: Translation) -> Result<Applied, Error> {
             None => need.push(i),
         }
     }
-    let ids: Vec<String> = need.iter().map(|&i| t.records[i].id()).collect();
+    let ids: Vec<String> = need.iter().map(|&i| records[i].id()).collect();
     let results = futures::future::join_all(
         ids.iter()
             .map(|id| nsdb.allocate_tunnel_key(id, tunnel_key::TYPE_PORT)),
@@ -201,7 +233,7 @@ pub async fn apply(nsdb: &Nsdb, mut t: Translation) -> Result<Applied, Error> {
     for (&i, (id, res)) in need.iter().zip(ids.iter().zip(results)) {
         match res {
             Ok(k) => {
-                translate::set_tunnel_key(&mut t.records[i], k);
+                translate::set_tunnel_key(&mut records[i], k);
                 allocated.push((k, id.clone()));
             }
             Err(e) => failure = failure.or(Some(e)),
@@ -209,13 +241,13 @@ pub async fn apply(nsdb: &Nsdb, mut t: Translation) -> Result<Applied, Error> {
     }
     if let Some(e) = failure {
         release(nsdb, &allocated).await;
-        return Err(nsdb_err(&owner)(e));
+        return Err(nsdb_err(owner)(e));
     }
 
-    let desired: BTreeSet<String> = t.records.iter().map(AnyRecord::key).collect();
+    let desired: BTreeSet<String> = records.iter().map(AnyRecord::key).collect();
     let mut ops = Vec::new();
     let mut unchanged = 0;
-    for r in &t.records {
+    for r in &records {
         match existing.get(&r.key()) {
             Some((old, _)) if old == r => unchanged += 1,
             Some((_, v)) => ops.push(Op::Put(r, *v)),
@@ -233,7 +265,7 @@ pub async fn apply(nsdb: &Nsdb, mut t: Translation) -> Result<Applied, Error> {
     }
     let written = ops.iter().filter(|o| matches!(o, Op::Put(..))).count();
     let deleted = ops.len() - written;
-    let revision = match commit(nsdb, &owner, &ops).await {
+    let revision = match commit(nsdb, owner, &ops).await {
         Ok(r) => r,
         Err(e) => {
             release(nsdb, &allocated).await;
@@ -247,7 +279,7 @@ pub async fn apply(nsdb: &Nsdb, mut t: Translation) -> Result<Applied, Error> {
         deleted,
         unchanged,
         revision,
-        records: t.records,
+        records,
     })
 }
 
@@ -263,7 +295,7 @@ async fn release(nsdb: &Nsdb, keys: &[(u32, String)]) {
 
 /// Deletes exactly the records `owner` has in NSDB and releases their tunnel keys.
 /// Returns how many records were deleted; deleting what is already gone succeeds.
-pub async fn cleanup(nsdb: &Nsdb, owner: &ObjectKey) -> Result<usize, Error> {
+pub async fn cleanup(nsdb: &Nsdb, owner: &dyn Owner) -> Result<usize, Error> {
     let existing = owned(nsdb, owner).await?;
     let ops: Vec<Op> = existing
         .iter()

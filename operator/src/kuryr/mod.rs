@@ -4,3 +4,182 @@
 //! node's agent keeps the ports' labels in step with the pods.
 
 pub mod netpol;
+pub mod policies;
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use kube::{Resource, ResourceExt};
+use nsdb::{Kind, Nsdb};
+
+use crate::error::Error;
+use crate::store::{self, Owner};
+
+/// The Kubernetes kinds whose objects own NSDB records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KubeKind {
+    NetworkPolicy,
+    Service,
+}
+
+impl KubeKind {
+    /// The first segment of the id of every record an object of this kind owns.
+    pub const fn short(self) -> &'static str {
+        match self {
+            KubeKind::NetworkPolicy => "knp",
+            KubeKind::Service => "ksvc",
+        }
+    }
+
+    /// The NSDB kinds its records have.
+    pub const fn kinds(self) -> &'static [Kind] {
+        match self {
+            KubeKind::NetworkPolicy => &[Kind::Chain],
+            KubeKind::Service => &[Kind::LoadBalancer],
+        }
+    }
+
+    const fn as_str(self) -> &'static str {
+        match self {
+            KubeKind::NetworkPolicy => "NetworkPolicy",
+            KubeKind::Service => "Service",
+        }
+    }
+}
+
+/// One namespaced Kubernetes object as the owner of its NSDB records, whose ids are
+/// `<short>:<namespace>:<name>[:...]`. Kubernetes names never contain `:`, so the owner is
+/// read back from an id alone.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KubeKey {
+    pub kind: KubeKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl KubeKey {
+    /// The key of an object of `kind`.
+    pub fn of<K: Resource>(kind: KubeKind, obj: &K) -> Result<KubeKey, Error> {
+        match (obj.namespace(), obj.meta().name.clone()) {
+            (Some(namespace), Some(name)) => Ok(KubeKey {
+                kind,
+                namespace,
+                name,
+            }),
+            _ => Err(Error::MissingMetadata {
+                kind: kind.as_str(),
+                field: "metadata.namespace or metadata.name",
+            }),
+        }
+    }
+
+    /// The object of `kind` that owns the record with this id, if one does.
+    pub fn owner_of(kind: KubeKind, id: &str) -> Option<KubeKey> {
+        let mut parts = id.splitn(4, ':');
+        (parts.next()? == kind.short()).then_some(())?;
+        let namespace = parts.next().filter(|s| !s.is_empty())?;
+        let name = parts.next().filter(|s| !s.is_empty())?;
+        Some(KubeKey {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for KubeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind.as_str(), self.namespace, self.name)
+    }
+}
+
+impl Owner for KubeKey {
+    fn base_id(&self) -> String {
+        format!("{}:{}:{}", self.kind.short(), self.namespace, self.name)
+    }
+    fn kinds(&self) -> &'static [Kind] {
+        self.kind.kinds()
+    }
+    fn owns(&self, id: &str) -> bool {
+        KubeKey::owner_of(self.kind, id).is_some_and(|o| &o == self)
+    }
+}
+
+/// Every object of one kind at once, to find those that are gone.
+struct AllOf(KubeKind);
+
+impl fmt::Display for AllOf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "every {}", self.0.as_str())
+    }
+}
+
+impl Owner for AllOf {
+    fn base_id(&self) -> String {
+        format!("{}:", self.0.short())
+    }
+    fn kinds(&self) -> &'static [Kind] {
+        self.0.kinds()
+    }
+    fn owns(&self, id: &str) -> bool {
+        KubeKey::owner_of(self.0, id).is_some()
+    }
+}
+
+/// Deletes the records of every object of `kind` not in `live` (objects deleted while no
+/// operator watched). Returns the objects swept.
+pub async fn sweep(
+    nsdb: &Nsdb,
+    kind: KubeKind,
+    live: &BTreeSet<KubeKey>,
+) -> Result<Vec<KubeKey>, Error> {
+    let stored = store::owned(nsdb, &AllOf(kind)).await?;
+    let owners: BTreeSet<KubeKey> = stored
+        .values()
+        .filter_map(|(r, _)| KubeKey::owner_of(kind, &r.id()))
+        .collect();
+    let mut swept = Vec::new();
+    for key in owners.difference(live) {
+        store::cleanup(nsdb, key).await?;
+        swept.push(key.clone());
+    }
+    Ok(swept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_are_read_back_from_ids() {
+        let k = KubeKey {
+            kind: KubeKind::NetworkPolicy,
+            namespace: "x".into(),
+            name: "allow-a".into(),
+        };
+        assert_eq!(k.base_id(), "knp:x:allow-a");
+        for id in [
+            "knp:x:allow-a",
+            "knp:x:allow-a:ingress",
+            "knp:x:allow-a:egress:0:1",
+        ] {
+            assert_eq!(
+                KubeKey::owner_of(KubeKind::NetworkPolicy, id),
+                Some(k.clone()),
+                "{id}"
+            );
+            assert!(k.owns(id));
+        }
+        assert!(
+            !k.owns("knp:x:allow-ab:ingress"),
+            "a name that extends this one"
+        );
+        assert!(!k.owns("knp:y:allow-a:ingress"));
+        assert!(!k.owns("ksvc:x:allow-a"), "another kind");
+        assert!(!k.owns("acl:allow-a"));
+        assert_eq!(KubeKey::owner_of(KubeKind::NetworkPolicy, "knp:x"), None);
+        assert_eq!(KubeKey::owner_of(KubeKind::NetworkPolicy, "knp::a"), None);
+        assert!(AllOf(KubeKind::NetworkPolicy).owns("knp:x:allow-a:ingress"));
+        assert!(!AllOf(KubeKind::NetworkPolicy).owns("ksvc:x:web"));
+    }
+}
