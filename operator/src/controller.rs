@@ -507,7 +507,8 @@ async fn mirror<K: WeftResource>(
         .await;
 }
 
-/// Runs the four controllers until they stop (on SIGTERM/SIGINT).
+/// Runs the four controllers, and the NetworkPolicy controller ([`crate::kuryr::policies`]),
+/// until they stop (on SIGTERM/SIGINT).
 pub async fn run(client: Client, nsdb: Nsdb, metrics: Arc<Metrics>) -> Result<(), Error> {
     let cfg = watcher::Config::default;
     let vbr = Controller::new(Api::<VirtualBridge>::all(client.clone()), cfg());
@@ -605,9 +606,13 @@ pub async fn run(client: Client, nsdb: Nsdb, metrics: Arc<Metrics>) -> Result<()
     };
     // The inventory's watches run as long as the controllers do (they never end by
     // themselves).
+    let policies = crate::kuryr::policies::run(client.clone(), ctx.nsdb.clone());
     tokio::select! {
         _ = controllers => {}
         _ = inventory => {}
+        r = policies => if let Err(err) = r {
+            warn!(%err, "NetworkPolicy controller");
+        },
     }
     info!("controllers stopped");
     Ok(())

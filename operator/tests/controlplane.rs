@@ -2,8 +2,8 @@
 //! and a real etcd as NSDB, checked the way a user would notice: what `kubectl get` shows,
 //! what NSDB holds (against the offline translation of the same manifests), the refusal of
 //! each file of examples/invalid/ and its recovery, updates and deletes through the finalizer,
-//! a delete while the operator is down, leader election across a `kill -9`, /metrics, and
-//! restarts of the API server and of NSDB's etcd.
+//! a delete while the operator is down, leader election across a `kill -9`, /metrics,
+//! restarts of the API server and of NSDB's etcd, and NetworkPolicies written as chains.
 //!
 //! Needs the tools e2e/tools.sh builds (it fails, naming the command, when they are missing):
 //!     e2e/tools.sh kube-apiserver kubectl etcd
@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use nsdb::AnyRecord;
 use serde_json::Value;
 use support::controlplane::{ControlPlane, repo};
 use support::operator::{KINDS, Operator, not_ready, objects_in};
@@ -107,6 +108,18 @@ fn remove_all_objects(cp: &ControlPlane) {
     cp.kubectl(&["delete", KINDS, "--all", "--wait=true", "--timeout=60s"]);
 }
 
+/// Removes every NetworkPolicy: the operator of the next test would translate them.
+fn remove_all_network_policies(cp: &ControlPlane) {
+    cp.kubectl(&[
+        "delete",
+        "networkpolicies",
+        "--all",
+        "--all-namespaces",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+}
+
 /// The last `n` lines of a log.
 fn tail(log: &str, n: usize) -> String {
     let lines: Vec<&str> = log.lines().collect();
@@ -171,6 +184,7 @@ impl Scenario {
         let cp = ControlPlane::shared();
         PREPARED.get_or_init(|| prepare(&cp));
         remove_all_objects(&cp);
+        remove_all_network_policies(&cp);
         Scenario {
             cp,
             db: Db::start(),
@@ -1006,6 +1020,148 @@ fn a_delete_while_the_operator_is_down_completes_once_it_is_back() {
         !stderr.contains("panicked"),
         "weft-operator panicked:\n{stderr}"
     );
+}
+
+/// The chains NSDB holds for the NetworkPolicy `namespace/name`, by id.
+fn policy_chains(db: &Db, namespace: &str, name: &str) -> BTreeMap<String, nsdb::Chain> {
+    let prefix = format!("knp:{namespace}:{name}:");
+    db.snapshot()
+        .records
+        .into_values()
+        .filter_map(|(r, _)| match r {
+            AnyRecord::Chain(c) if c.id.starts_with(&prefix) => Some((c.id.clone(), c)),
+            _ => None,
+        })
+        .collect()
+}
+
+const POLICIES: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: np-x}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-a, namespace: np-x}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {pod: a}}}]
+    ports: [{protocol: TCP, port: 80}]
+"#;
+
+/// NetworkPolicies applied with kubectl become allow-list chains attached to the pods they
+/// select; an edit rewrites them, a delete removes them, and a delete while the operator
+/// is down is swept when it is back. Nothing else in NSDB is touched.
+#[test]
+fn network_policies_become_chains_and_go_with_their_policy() {
+    let s = Scenario::new("netpol");
+    let out =
+        s.cp.kubectl_output(&["create", "namespace", "np-x"])
+            .unwrap();
+    assert!(
+        out.status.success() || String::from_utf8_lossy(&out.stderr).contains("AlreadyExists"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = s.dir.path().join("policies.yaml");
+    std::fs::write(&file, POLICIES).unwrap();
+    s.apply(&file);
+    let lease = lease_flags();
+    let lease: Vec<&str> = lease.iter().map(String::as_str).collect();
+    let mut op = s.operator("replica-1", &lease);
+
+    let chains = |name: &str| policy_chains(&s.db, "np-x", name);
+    let attached = |c: &nsdb::Chain| c.pods.clone().map(|a| (a.direction, a.mode));
+    wait_for(
+        "deny-all and allow-a written",
+        CONVERGE_TIMEOUT,
+        &mut [&mut op],
+        |_| {
+            let deny = chains("deny-all");
+            let allow = chains("allow-a");
+            let mut dirs: Vec<_> = deny.values().filter_map(attached).collect();
+            dirs.sort();
+            let want = vec![
+                (nsdb::PodDirection::Ingress, nsdb::PodAttachMode::Allow),
+                (nsdb::PodDirection::Egress, nsdb::PodAttachMode::Allow),
+            ];
+            if dirs != want || deny.values().any(|c| !c.rules.is_empty()) {
+                return Err(format!("deny-all: {deny:#?}"));
+            }
+            let ingress: Vec<_> = allow.values().filter(|c| c.pods.is_some()).collect();
+            match ingress.as_slice() {
+                [c] if c.rules.len() == 1 && c.default_action == nsdb::RuleAction::Drop => Ok(()),
+                _ => Err(format!("allow-a: {allow:#?}")),
+            }
+        },
+    );
+
+    // An edit: a second port.
+    let edited = POLICIES.replace(
+        "ports: [{protocol: TCP, port: 80}]",
+        "ports: [{protocol: TCP, port: 80}, {protocol: UDP, port: 81}]",
+    );
+    std::fs::write(&file, edited).unwrap();
+    s.apply(&file);
+    wait_for(
+        "allow-a rewritten",
+        CONVERGE_TIMEOUT,
+        &mut [&mut op],
+        |_| {
+            let allow = chains("allow-a");
+            let rules: usize = allow.values().map(|c| c.rules.len()).sum();
+            if rules == 2 {
+                Ok(())
+            } else {
+                Err(format!("allow-a: {allow:#?}"))
+            }
+        },
+    );
+
+    s.kubectl(&["delete", "networkpolicy", "-n", "np-x", "allow-a"]);
+    wait_for("allow-a removed", CONVERGE_TIMEOUT, &mut [&mut op], |_| {
+        let allow = chains("allow-a");
+        if allow.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("left: {:?}", allow.keys()))
+        }
+    });
+    assert_eq!(chains("deny-all").len(), 2, "deny-all untouched");
+
+    // Deleted while no operator runs: swept by the next one.
+    let stderr = op.stop();
+    assert!(
+        !stderr.contains("panicked"),
+        "weft-operator panicked:
+{stderr}"
+    );
+    s.kubectl(&["delete", "networkpolicy", "-n", "np-x", "deny-all"]);
+    assert_eq!(
+        chains("deny-all").len(),
+        2,
+        "nothing deletes them with no operator"
+    );
+    let mut op = s.operator("replica-2", &lease);
+    wait_for("deny-all swept", CONVERGE_TIMEOUT, &mut [&mut op], |_| {
+        let left = chains("deny-all");
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("left: {:?}", left.keys()))
+        }
+    });
+    let stderr = op.stop();
+    assert!(
+        !stderr.contains("panicked"),
+        "weft-operator panicked:
+{stderr}"
+    );
+    s.kubectl(&["delete", "namespace", "np-x", "--wait=false"]);
 }
 
 /// The holder of a Lease in weft-system, and the duration it declares.
