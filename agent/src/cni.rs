@@ -1,20 +1,23 @@
 //! The CNI verbs of the local API: what `weft-cni` asks for when the container runtime
 //! calls it.
 //!
-//! An ADD records the attachment in the state directory first, then writes the pod's port
-//! to NSDB in one transaction (leases, tunnel key, port, binding), then makes the veth and
-//! the vport. Whatever it stops at (a failure, or the agent killed), the record and the names
-//! derived from the container let a DEL or a GC remove all of it. The port id and the host
-//! end's name are derived from the container id and interface name, so a retried ADD finds
-//! what the first one made, and a DEL needs nothing but the two.
+//! An ADD reads the pod's identity first (its labels, its namespace's labels and its named
+//! ports, from the Kubernetes API server: [`crate::podmeta`]), records the attachment in the
+//! state directory, then writes the pod's port to NSDB in one transaction (leases, tunnel
+//! key, port with that identity, binding), then makes the veth and the vport. Whatever it
+//! stops at (a failure, or the agent killed), the record and the names derived from the
+//! container let a DEL or a GC remove all of it. The port id and the host end's name are
+//! derived from the container id and interface name, so a retried ADD finds what the first
+//! one made, and a DEL needs nothing but the two.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ipnet::IpNet;
+use nsdb::pod_port::{IdentityUpdate, PodIdentity};
 use nsdb::{
     Bridge, IpFamily, MacAddr, NsdbError, PodPort, PodPortRelease, PodPortRequest, Port,
     PortBinding,
@@ -27,6 +30,7 @@ use crate::api::proto::{
 };
 use crate::attachments::{Attachment, CniAttachment};
 use crate::datapath;
+use crate::podmeta::{self, IDENTITY_TIMEOUT};
 use crate::podnet::{self, PodInterface};
 use crate::service::Agent;
 
@@ -51,13 +55,15 @@ fn failpoint_after_nsdb() -> bool {
     *ON.get_or_init(|| std::env::var(FAILPOINT_ENV).is_ok_and(|f| f == "cni-add-after-nsdb"))
 }
 
-/// Labels on a pod's port: who it belongs to.
+/// Labels on a pod's port: who it belongs to. All are in Weft's label domain
+/// ([`nsdb::pod_port::is_weft_label`]), so that the pod's own labels, which the port carries
+/// next to them, can never replace them.
 pub const LABEL_CONTAINER: &str = "weft.dev/container-id";
 pub const LABEL_IFNAME: &str = "weft.dev/ifname";
 pub const LABEL_HOST: &str = "weft.dev/host";
 pub const LABEL_NETWORK: &str = "weft.dev/network";
-pub const LABEL_POD_NAMESPACE: &str = "k8s.io/pod-namespace";
-pub const LABEL_POD_NAME: &str = "k8s.io/pod-name";
+pub const LABEL_POD_NAMESPACE: &str = "weft.dev/pod-namespace";
+pub const LABEL_POD_NAME: &str = "weft.dev/pod-name";
 
 /// A CNI request that failed: the spec's class and the reason.
 #[derive(Debug)]
@@ -171,6 +177,36 @@ pub struct Add {
     pub pod_name: Option<String>,
 }
 
+/// Weft's own labels on the port of an ADD on `host`: who it belongs to. The pod's labels
+/// join them in the port's transaction ([`nsdb::pod_port::merge_pod_labels`]).
+pub fn port_labels(a: &Add, host: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        (LABEL_CONTAINER.to_owned(), a.container_id.clone()),
+        (LABEL_IFNAME.to_owned(), a.ifname.clone()),
+        (LABEL_HOST.to_owned(), host.to_owned()),
+        (LABEL_NETWORK.to_owned(), a.network.clone()),
+    ]);
+    if let Some(ns) = &a.pod_namespace {
+        labels.insert(LABEL_POD_NAMESPACE.to_owned(), ns.clone());
+    }
+    if let Some(n) = &a.pod_name {
+        labels.insert(LABEL_POD_NAME.to_owned(), n.clone());
+    }
+    labels
+}
+
+/// What an ADD decided before its first write: where the port goes and what it carries.
+#[derive(Debug, Clone, Copy)]
+struct PortPlan<'a> {
+    bridge: &'a Bridge,
+    mtu: u32,
+    port_id: &'a str,
+    vport: &'a str,
+    identity: &'a PodIdentity,
+    /// What is left of [`NSDB_TIMEOUT`] for the NSDB step.
+    nsdb_limit: Duration,
+}
+
 /// Whether `name` can name an interface inside a pod.
 fn check_pod_ifname(name: &str) -> CniOutcome<()> {
     if crate::netdev::valid_name(name) {
@@ -243,6 +279,31 @@ impl Agent {
         }
     }
 
+    /// The identity of the pod of an ADD. With a Kubernetes client and the pod's namespace
+    /// and name, it is read from the API server ([`podmeta::pod_identity`]); failing that,
+    /// the ADD fails closed, "try again later" (11): a pod attached without its labels
+    /// would be let past the NetworkPolicies that isolate it. Without a client (a node
+    /// driven by hand, or tests with no API server), the namespace's name is its only
+    /// namespace label, so that selectors by namespace name still hold, and it has no pod
+    /// labels.
+    async fn pod_identity(&self, a: &Add) -> CniOutcome<PodIdentity> {
+        let Some(ns) = a.pod_namespace.as_deref() else {
+            return Ok(PodIdentity::default());
+        };
+        let (Some(kube), Some(name)) = (&self.settings.kube, a.pod_name.as_deref()) else {
+            return Ok(podmeta::namespace_only(ns));
+        };
+        podmeta::pod_identity(kube.client(), ns, name, IDENTITY_TIMEOUT)
+            .await
+            .map_err(|e| Refusal {
+                code: ErrorCode::TryAgainLater,
+                error: anyhow::Error::new(e).context(format!(
+                    "the labels of pod {ns}/{name} are unknown, so NetworkPolicies cannot be \
+                     applied to it: it is not attached"
+                )),
+            })
+    }
+
     pub(crate) async fn cni_add(&self, a: Add) -> CniOutcome<Reply> {
         check_pod_ifname(&a.ifname)?;
         if a.container_id.is_empty() {
@@ -262,6 +323,11 @@ impl Agent {
         let mtu = self.pod_mtu(&bridge)?;
         let port_id = port_id(&a.container_id, &a.ifname);
         let vport = host_end(&a.container_id, &a.ifname);
+        // Before anything is written: a refusal here leaves nothing to undo. The NSDB step
+        // gets what is left of its own bound, so the whole ADD stays within it.
+        let asked = Instant::now();
+        let identity = self.pod_identity(&a).await?;
+        let nsdb_limit = NSDB_TIMEOUT.saturating_sub(asked.elapsed());
 
         // 1. The record, before anything exists: whatever happens next, DEL and GC find it.
         {
@@ -288,10 +354,15 @@ impl Agent {
                 rec.insert(att).class(ErrorCode::Io)?;
             }
         }
-        match self
-            .add_steps(&a, &bridge, mtu, &port_id, &vport, &netns)
-            .await
-        {
+        let plan = PortPlan {
+            bridge: &bridge,
+            mtu,
+            port_id: &port_id,
+            vport: &vport,
+            identity: &identity,
+            nsdb_limit,
+        };
+        match self.add_steps(&a, &plan, &netns).await {
             Ok(r) => Ok(r),
             Err(e) => {
                 // Nothing of a failed ADD stays: the runtime may never call DEL for it.
@@ -312,37 +383,49 @@ impl Agent {
     async fn add_steps(
         &self,
         a: &Add,
-        bridge: &Bridge,
-        mtu: u32,
-        port_id: &str,
-        vport: &str,
+        plan: &PortPlan<'_>,
         netns: &std::fs::File,
     ) -> CniOutcome<Reply> {
-        // 2. The port, its addresses, tunnel key and binding: one transaction.
-        let mut labels = BTreeMap::from([
-            (LABEL_CONTAINER.to_owned(), a.container_id.clone()),
-            (LABEL_IFNAME.to_owned(), a.ifname.clone()),
-            (LABEL_HOST.to_owned(), self.settings.host.clone()),
-            (LABEL_NETWORK.to_owned(), a.network.clone()),
-        ]);
-        if let Some(ns) = &a.pod_namespace {
-            labels.insert(LABEL_POD_NAMESPACE.to_owned(), ns.clone());
-        }
-        if let Some(n) = &a.pod_name {
-            labels.insert(LABEL_POD_NAME.to_owned(), n.clone());
-        }
+        let PortPlan {
+            bridge,
+            mtu,
+            port_id,
+            vport,
+            identity,
+            nsdb_limit,
+        } = *plan;
+        // 2. The port, its addresses, tunnel key, identity and binding: one transaction.
         let req = PodPortRequest {
             port: port_id.to_owned(),
             bridge: bridge.clone(),
             host: self.settings.host.clone(),
             vport: vport.to_owned(),
-            labels,
+            labels: port_labels(a, &self.settings.host),
         };
-        let pod = nsdb(
-            &format!("allocating port {port_id} on bridge {}", bridge.name),
-            self.nsdb.allocate_pod_port(&req),
+        let what = format!("allocating port {port_id} on bridge {}", bridge.name);
+        let started = Instant::now();
+        let pod = nsdb_within(
+            nsdb_limit,
+            &what,
+            self.nsdb.allocate_pod_port_with(&req, identity),
         )
         .await?;
+        // A retried ADD finds the port as the first one wrote it, and brings its identity up
+        // to date here rather than leaving it to the pod watcher: the port is right when the
+        // ADD answers, also on a node without an API server (and so without a watcher).
+        if !pod.created {
+            let limit = nsdb_limit.saturating_sub(started.elapsed());
+            let what = format!("updating the labels of port {port_id}");
+            let r = nsdb_within(
+                limit,
+                &what,
+                self.nsdb.update_port_identity(port_id, identity),
+            )
+            .await?;
+            if let IdentityUpdate::Updated { .. } = r {
+                info!(port = %port_id, "a retried ADD brought the port's labels up to date");
+            }
+        }
         if failpoint_after_nsdb() {
             tracing::error!(port = %port_id, "{FAILPOINT_ENV}=cni-add-after-nsdb: this ADD stops here");
             std::future::pending::<()>().await;

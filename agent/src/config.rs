@@ -118,6 +118,23 @@ pub struct Config {
     /// the node reaches its pods (kubelet probes) and pods reach their node. Unset: no port.
     #[arg(long, env = "WEFT_NODE_BRIDGE")]
     pub node_bridge: Option<String>,
+    /// A kubeconfig file (one path) for the Kubernetes API server, from which the agent reads
+    /// the labels and named ports of this node's Pods and the labels of the Namespaces, for
+    /// NetworkPolicy. Without it: the in-cluster configuration when KUBERNETES_SERVICE_HOST is
+    /// set, otherwise none, and pods get only their namespace's name as a namespace label.
+    #[arg(long, env = "KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// Where the agent reads Pods and Namespaces from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeSource {
+    /// `--kubeconfig`.
+    Kubeconfig(PathBuf),
+    /// The pod's ServiceAccount token and the API server of `KUBERNETES_SERVICE_HOST`.
+    InCluster,
+    /// No API server: pod labels are not read.
+    None,
 }
 
 /// What the agent runs with, derived from [`Config`] and checked.
@@ -139,6 +156,11 @@ pub struct Settings {
     pub node_bridge: Option<String>,
     /// TLS to etcd (`--etcd-ca-file`, `--etcd-cert-file`, `--etcd-key-file`), checked.
     pub etcd_tls: nsdb::TlsFiles,
+    /// Where the Kubernetes client comes from (`--kubeconfig`, or in-cluster).
+    pub kube_source: KubeSource,
+    /// The Kubernetes client made from `kube_source`: the start connects it (it needs the
+    /// async runtime); `None` before, and without a source.
+    pub kube: Option<crate::podmeta::Kube>,
 }
 
 /// The tunnel vport's name for a tunnel type.
@@ -228,6 +250,21 @@ impl Config {
         };
         let default_bridge = bridge_flag("--default-bridge", &self.default_bridge)?;
         let node_bridge = bridge_flag("--node-bridge", &self.node_bridge)?;
+        let kube_source = match &self.kubeconfig {
+            Some(p) if p.as_os_str().is_empty() => KubeSource::None,
+            Some(p) => {
+                ensure!(
+                    p.is_file(),
+                    "--kubeconfig (KUBECONFIG) {}: no such file (one path, not a list)",
+                    p.display()
+                );
+                KubeSource::Kubeconfig(p.clone())
+            }
+            None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|h| !h.is_empty()) => {
+                KubeSource::InCluster
+            }
+            None => KubeSource::None,
+        };
         let normal_ms = self.idle_timeout_secs * 1000;
         let timeouts = IdleTimeouts {
             normal_ms,
@@ -247,6 +284,8 @@ impl Config {
             default_bridge,
             node_bridge,
             etcd_tls,
+            kube_source,
+            kube: None,
         })
     }
 }
@@ -278,6 +317,15 @@ mod tests {
     }
 
     #[test]
+    fn a_kubeconfig_file_is_the_kubernetes_source() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let path = f.path().to_str().unwrap();
+        let s = parse(&["--kubeconfig", path]).settings().unwrap();
+        assert_eq!(s.kube_source, KubeSource::Kubeconfig(f.path().to_owned()));
+        assert!(s.kube.is_none(), "connected by the start, not here");
+    }
+
+    #[test]
     fn geneve_and_its_port_and_a_custom_port() {
         let s = parse(&["--tunnel", "geneve"]).settings().unwrap();
         assert_eq!(s.tunnel_udp_port, 6081);
@@ -296,6 +344,10 @@ mod tests {
             (&["--metrics-addr", "nowhere"][..], "--metrics-addr"),
             (&["--datapath", "a-name-far-too-long"][..], "--datapath"),
             (&["--tunnel-udp-port", "0"][..], "--tunnel-udp-port"),
+            (
+                &["--kubeconfig", "/nonexistent/weft-kubeconfig"][..],
+                "--kubeconfig",
+            ),
         ] {
             let e = parse(args).settings().expect_err("refused").to_string();
             assert!(e.contains(flag), "{args:?}: {e}");

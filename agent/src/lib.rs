@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod mtu;
 pub mod netdev;
 pub mod nodeport;
+pub mod podmeta;
 pub mod podnet;
 pub mod ratelimit;
 pub mod revalidate;

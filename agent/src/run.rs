@@ -20,7 +20,8 @@
 //!    adopted datapath's flows are revalidated against it and only stale ones deleted.
 //! 6. **The flow manager, the handler threads and the topology watcher** (which applies the
 //!    NSDB updates queued since the first list); then the API serves the running agent and
-//!    the agent is ready.
+//!    the agent is ready. With a Kubernetes client (`--kubeconfig`, or in-cluster), the
+//!    watcher of this node's pods and of the namespaces ([`crate::podmeta`]) starts too.
 //!
 //! On SIGTERM or SIGINT, also while it waits for NSDB, the agent stops its threads and leaves
 //! the datapath and its flows in place, so established traffic keeps flowing until the next
@@ -254,8 +255,22 @@ impl crate::api::Handler for Starting {
     }
 }
 
-async fn run_async(cfg: Config, settings: Settings) -> anyhow::Result<()> {
+async fn run_async(cfg: Config, mut settings: Settings) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+
+    // The Kubernetes client (no request yet): a configuration that cannot work stops here.
+    settings.kube = crate::podmeta::Kube::connect(&settings.kube_source).await?;
+    match &settings.kube {
+        Some(k) => info!(
+            source = k.source(),
+            "pod and namespace labels are read from the Kubernetes API server"
+        ),
+        None => warn!(
+            "no Kubernetes API server (no --kubeconfig, no KUBERNETES_SERVICE_HOST): pod labels \
+             and named ports are not read; pod ports get only their namespace's name, and \
+             NetworkPolicies that select pods by label do not apply to them"
+        ),
+    }
 
     // 1. The lock, held until the process ends.
     let _lock = take_instance_lock(&cfg.api_socket)?;
@@ -409,6 +424,14 @@ async fn run_async(cfg: Config, settings: Settings) -> anyhow::Result<()> {
         .node_bridge
         .clone()
         .map(|b| tokio::spawn(crate::nodeport::run(agent, b)));
+    let pod_meta = settings.kube.as_ref().map(|k| {
+        tokio::spawn(crate::podmeta::run(
+            k.client().clone(),
+            nsdb.clone(),
+            settings.host.clone(),
+            cache.subscribe(),
+        ))
+    });
     metrics.set_ready();
     info!(
         host = %settings.host,
@@ -442,6 +465,9 @@ async fn run_async(cfg: Config, settings: Settings) -> anyhow::Result<()> {
     }
     watcher.abort();
     if let Some(t) = node_port {
+        t.abort();
+    }
+    if let Some(t) = pod_meta {
         t.abort();
     }
     drop(cache);

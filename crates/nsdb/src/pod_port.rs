@@ -7,6 +7,9 @@
 //! The caller names the port (the CNI plugin derives the id from the container and its
 //! interface), so a retried allocation finds what the first one wrote instead of taking a
 //! second address.
+//!
+//! A pod's identity ([`PodIdentity`]: what NetworkPolicy selectors read) is part of that
+//! first write, and [`Nsdb::update_port_identity`] keeps it in step with the pod afterwards.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -21,9 +24,13 @@ use crate::client::{Nsdb, Versioned};
 use crate::error::{NsdbError, Result};
 use crate::keys;
 use crate::records::{
-    Bridge, DeviceRef, IpLease, MacAddr, Port, PortBinding, PortKind, Record, TunnelKeyAlloc,
+    Bridge, DeviceRef, IpLease, MacAddr, NamedPort, Port, PortBinding, PortKind, Record,
+    TunnelKeyAlloc,
 };
 use crate::tunnel_key;
+
+/// How often [`Nsdb::update_port_identity`] reads and writes again after losing a race.
+const IDENTITY_ATTEMPTS: u32 = 8;
 
 /// What a pod's port is made of.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +45,92 @@ pub struct PodPortRequest {
     pub vport: String,
     /// Labels of the port (who it belongs to).
     pub labels: BTreeMap<String, String>,
+}
+
+/// What [`crate::PortSelector`]s pick a pod's port by: its pod's labels, its namespace's
+/// labels and its pod's named container ports. They are written with the port, in its one
+/// transaction, so that a NetworkPolicy that isolates the pod holds from its first packet,
+/// and kept in step afterwards by [`Nsdb::update_port_identity`].
+///
+/// Apart from [`PodPortRequest`] so that a port that is no pod's (the node's own) names none.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PodIdentity {
+    /// The pod's labels. They go on the port next to Weft's own labels, which they never
+    /// replace: see [`merge_pod_labels`].
+    pub labels: BTreeMap<String, String>,
+    /// The namespace's labels, with [`crate::LABEL_NAMESPACE_NAME`]; empty for no pod.
+    pub namespace_labels: BTreeMap<String, String>,
+    /// The named ports of the pod's containers.
+    pub named_ports: Vec<NamedPort>,
+}
+
+impl PodIdentity {
+    /// `port` with this identity: Weft's own labels of `port` and this pod's labels
+    /// ([`merge_pod_labels`]), these namespace labels, these named ports (sorted, each once).
+    pub fn applied_to(&self, port: &Port) -> Port {
+        let own: BTreeMap<String, String> = port
+            .labels
+            .iter()
+            .filter(|(k, _)| is_weft_label(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Port {
+            labels: merge_pod_labels(&own, &self.labels),
+            namespace_labels: self.namespace_labels.clone(),
+            named_ports: self.sorted_named_ports(),
+            ..port.clone()
+        }
+    }
+
+    fn sorted_named_ports(&self) -> Vec<NamedPort> {
+        let mut v = self.named_ports.clone();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// The domain of Weft's own labels on a port (`weft.dev/...`, also `<sub>.weft.dev/...`):
+/// who the port belongs to and what it is for.
+pub const WEFT_LABEL_DOMAIN: &str = "weft.dev";
+
+/// Whether `key` is in Weft's label domain ([`WEFT_LABEL_DOMAIN`]).
+pub fn is_weft_label(key: &str) -> bool {
+    key.split_once('/').is_some_and(|(prefix, _)| {
+        prefix == WEFT_LABEL_DOMAIN
+            || prefix
+                .strip_suffix(WEFT_LABEL_DOMAIN)
+                .is_some_and(|p| p.ends_with('.'))
+    })
+}
+
+/// The labels of a pod's port: `own` (Weft's bookkeeping), and every label of `pod` that is
+/// neither in Weft's domain nor a key of `own`. A pod label in Weft's domain is dropped
+/// rather than written: a pod that labelled itself `weft.dev/role: node` would otherwise
+/// pass as a node's port through the NetworkPolicy isolation of the pods of its node
+/// ([`crate::is_node_port`]), and one labelled `weft.dev/host` would misname its host.
+pub fn merge_pod_labels(
+    own: &BTreeMap<String, String>,
+    pod: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut labels = own.clone();
+    for (k, v) in pod {
+        if !is_weft_label(k) && !own.contains_key(k) {
+            labels.insert(k.clone(), v.clone());
+        }
+    }
+    labels
+}
+
+/// What [`Nsdb::update_port_identity`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityUpdate {
+    /// The port was written with the identity; `version` is its new version.
+    Updated { version: i64 },
+    /// The port had the identity already: nothing was written.
+    Unchanged,
+    /// There is no such port.
+    Absent,
 }
 
 /// A pod's port as NSDB holds it.
@@ -86,6 +179,20 @@ impl Nsdb {
     /// [`NsdbError::PortAlreadyBound`] (bound elsewhere) or [`NsdbError::VersionConflict`]
     /// (an unbound port of that id that this call did not make).
     pub async fn allocate_pod_port(&self, req: &PodPortRequest) -> Result<PodPort> {
+        self.allocate_pod_port_with(req, &PodIdentity::default())
+            .await
+    }
+
+    /// [`Nsdb::allocate_pod_port`], with the pod's identity on the port, written in the same
+    /// transaction: its labels merged into `req.labels` ([`merge_pod_labels`]), its namespace
+    /// labels and its named ports. A retry that finds the port returns it as it is: what
+    /// changed since its first write is the caller's to bring up to date
+    /// ([`Nsdb::update_port_identity`]).
+    pub async fn allocate_pod_port_with(
+        &self,
+        req: &PodPortRequest,
+        pod: &PodIdentity,
+    ) -> Result<PodPort> {
         keys::validate_id(crate::keys::Kind::Port, &req.port)?;
         let bridge = &req.bridge;
         // A port that exists already (a retry), or a bridge deleted meanwhile, makes the
@@ -145,8 +252,8 @@ impl Nsdb {
                 })
                 .collect();
             let port = Port {
-                named_ports: Vec::new(),
-                namespace_labels: Default::default(),
+                named_ports: pod.sorted_named_ports(),
+                namespace_labels: pod.namespace_labels.clone(),
                 id: req.port.clone(),
                 device: DeviceRef::Bridge(bridge.id.clone()),
                 kind: PortKind::Exterior,
@@ -156,7 +263,7 @@ impl Nsdb {
                 inbound_chain: None,
                 outbound_chain: None,
                 admin_up: true,
-                labels: req.labels.clone(),
+                labels: merge_pod_labels(&req.labels, &pod.labels),
             };
             let binding = PortBinding {
                 port: req.port.clone(),
@@ -291,6 +398,38 @@ impl Nsdb {
         }))
     }
 
+    /// Sets a pod port's identity ([`PodIdentity::applied_to`]: its pod labels next to Weft's
+    /// own, its namespace labels, its named ports) by compare-and-swap on the version read,
+    /// reading again after a lost race. Writes only when something differs, so that a caller
+    /// that keeps ports in step with their pods makes no write for an unchanged pod.
+    pub async fn update_port_identity(
+        &self,
+        port: &str,
+        pod: &PodIdentity,
+    ) -> Result<IdentityUpdate> {
+        keys::validate_id(crate::keys::Kind::Port, port)?;
+        for _ in 0..IDENTITY_ATTEMPTS {
+            let Some(cur) = self.get::<Port>(port).await? else {
+                return Ok(IdentityUpdate::Absent);
+            };
+            let next = pod.applied_to(&cur.record);
+            if next == cur.record {
+                return Ok(IdentityUpdate::Unchanged);
+            }
+            match self.put_if_version(&next, cur.version).await {
+                Ok(version) => return Ok(IdentityUpdate::Updated { version }),
+                Err(NsdbError::VersionConflict { .. }) => {
+                    debug!(port, "the port changed meanwhile, reading it again");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(NsdbError::Contended {
+            pool: format!("identity of {port}"),
+            attempts: IDENTITY_ATTEMPTS,
+        })
+    }
+
     /// Releases a pod's port bound to `host`: deletes the port, its binding, the leases it
     /// owns and its tunnel key in one transaction, each at the version read. A port bound
     /// elsewhere is left alone; no port is [`PodPortRelease::Absent`].
@@ -351,5 +490,91 @@ impl Nsdb {
             pool: format!("release of {port}"),
             attempts: 8,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::Protocol;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn weft_labels_are_those_of_its_domain() {
+        for k in ["weft.dev/host", "weft.dev/role", "x.weft.dev/y"] {
+            assert!(is_weft_label(k), "{k}");
+        }
+        for k in [
+            "app",
+            "weft.dev",
+            "notweft.dev/x",
+            "example.com/weft.dev",
+            "weft.dev.io/x",
+        ] {
+            assert!(!is_weft_label(k), "{k}");
+        }
+    }
+
+    #[test]
+    fn pod_labels_never_replace_or_add_weft_labels() {
+        let own = labels(&[("weft.dev/host", "n1"), ("weft.dev/pod-name", "web")]);
+        let pod = labels(&[
+            ("app", "web"),
+            ("weft.dev/host", "n2"),
+            ("weft.dev/role", "node"),
+            ("team.weft.dev/x", "y"),
+        ]);
+        assert_eq!(
+            merge_pod_labels(&own, &pod),
+            labels(&[
+                ("app", "web"),
+                ("weft.dev/host", "n1"),
+                ("weft.dev/pod-name", "web"),
+            ])
+        );
+    }
+
+    #[test]
+    fn an_identity_replaces_the_pod_labels_and_keeps_weft_labels() {
+        let port = Port {
+            id: "p".into(),
+            device: DeviceRef::Bridge("b".into()),
+            kind: PortKind::Exterior,
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            addresses: Vec::new(),
+            tunnel_key: 1,
+            inbound_chain: None,
+            outbound_chain: None,
+            admin_up: true,
+            labels: labels(&[("weft.dev/host", "n1"), ("app", "old"), ("gone", "x")]),
+            namespace_labels: BTreeMap::new(),
+            named_ports: Vec::new(),
+        };
+        let http = NamedPort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+        };
+        let dns = NamedPort {
+            name: "dns".into(),
+            protocol: Protocol::Udp,
+            port: 53,
+        };
+        let id = PodIdentity {
+            labels: labels(&[("app", "new")]),
+            namespace_labels: labels(&[(crate::LABEL_NAMESPACE_NAME, "ns")]),
+            named_ports: vec![http.clone(), dns.clone(), http.clone()],
+        };
+        let p = id.applied_to(&port);
+        assert_eq!(p.labels, labels(&[("weft.dev/host", "n1"), ("app", "new")]));
+        assert_eq!(p.namespace_labels, id.namespace_labels);
+        assert_eq!(p.named_ports, vec![dns, http], "sorted, each once");
+        assert_eq!(id.applied_to(&p), p, "applying it again changes nothing");
     }
 }
