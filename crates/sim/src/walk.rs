@@ -512,7 +512,7 @@ impl Walker<'_, '_> {
                 return Ok(Decision::Accept);
             }
         }
-        if ingress && self.from_own_node() {
+        if ingress && self.sent_by_own_node() {
             note!(self, "  pod {}: from its own node", port.id);
             return Ok(Decision::Accept);
         }
@@ -531,7 +531,7 @@ impl Walker<'_, '_> {
     }
 
     /// Whether the source is one of this host's own node ports.
-    fn from_own_node(&mut self) -> bool {
+    fn sent_by_own_node(&mut self) -> bool {
         let t = self.t;
         if self.pkt.is_ipv4() {
             !t.node_v4.is_empty() && {
