@@ -132,12 +132,8 @@ impl std::fmt::Debug for Context {
 impl Context {
     /// A context over the given client, NSDB and stores.
     pub fn new(client: Client, nsdb: Nsdb, metrics: Arc<Metrics>, stores: Stores) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: recorder(&client),
             client,
             metrics,
             nsdb,
@@ -159,6 +155,15 @@ impl Context {
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
     }
+}
+
+/// The recorder of the operator's events, as [`FIELD_MANAGER`] and this replica (its pod).
+pub fn recorder(client: &Client) -> Recorder {
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    Recorder::new(client.clone(), reporter)
 }
 
 /// The delay before retry number `failures` (1-based): doubling from [`BACKOFF_BASE`] up to
@@ -507,8 +512,9 @@ async fn mirror<K: WeftResource>(
         .await;
 }
 
-/// Runs the four controllers, and the NetworkPolicy controller ([`crate::kuryr::policies`]),
-/// until they stop (on SIGTERM/SIGINT).
+/// Runs the four controllers, and the NetworkPolicy and Service controllers
+/// ([`crate::kuryr::policies`], [`crate::kuryr::services`]), until they stop (on
+/// SIGTERM/SIGINT).
 pub async fn run(client: Client, nsdb: Nsdb, metrics: Arc<Metrics>) -> Result<(), Error> {
     let cfg = watcher::Config::default;
     let vbr = Controller::new(Api::<VirtualBridge>::all(client.clone()), cfg());
@@ -607,11 +613,15 @@ pub async fn run(client: Client, nsdb: Nsdb, metrics: Arc<Metrics>) -> Result<()
     // The inventory's watches run as long as the controllers do (they never end by
     // themselves).
     let policies = crate::kuryr::policies::run(client.clone(), ctx.nsdb.clone());
+    let services = crate::kuryr::services::run(client.clone(), ctx.nsdb.clone());
     tokio::select! {
         _ = controllers => {}
         _ = inventory => {}
         r = policies => if let Err(err) = r {
             warn!(%err, "NetworkPolicy controller");
+        },
+        r = services => if let Err(err) = r {
+            warn!(%err, "Service controller");
         },
     }
     info!("controllers stopped");

@@ -5,6 +5,7 @@
 
 pub mod netpol;
 pub mod policies;
+pub mod services;
 
 use std::collections::BTreeSet;
 use std::fmt;

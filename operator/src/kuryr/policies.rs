@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use nsdb::{AnyRecord, Nsdb};
 use tracing::{debug, info, warn};
 
 use super::{KubeKey, KubeKind};
-use crate::controller::{FIELD_MANAGER, backoff_delay};
+use crate::controller::backoff_delay;
 use crate::error::Error;
 use crate::store;
 
@@ -50,13 +50,7 @@ struct Retry {
 
 /// Runs the controller until the watch stream ends (it does not by itself).
 pub async fn run(client: Client, nsdb: Nsdb) -> Result<(), Error> {
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        },
-    );
+    let recorder = crate::controller::recorder(&client);
     let api: Api<NetworkPolicy> = Api::all(client);
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
