@@ -12,6 +12,7 @@ use nsdb::Nsdb;
 use tracing::{info, warn};
 
 use crate::error::Error;
+use crate::kuryr::namespaces;
 use crate::metrics::Metrics;
 use crate::offline::{self, Loaded};
 use crate::{controller, dump, http, store};
@@ -102,6 +103,56 @@ pub struct RunArgs {
     /// Seconds before expiry at which the holder renews.
     #[arg(long, env = "WEFT_LEASE_GRACE", default_value_t = 5)]
     pub lease_grace: u64,
+    /// What the pods of a namespace that no VirtualBridge serves attach to: `shared`, the
+    /// agents' --default-bridge; `per-namespace`, a bridge of the namespace's own, with a
+    /// subnet from --namespace-pool, attached to --cluster-router.
+    #[arg(
+        long,
+        env = "WEFT_NAMESPACE_MODE",
+        value_enum,
+        default_value_t = namespaces::Mode::Shared
+    )]
+    pub namespace_mode: namespaces::Mode,
+    /// The IPv4 prefix the per-namespace subnets are carved from, e.g. 10.240.0.0/12.
+    #[arg(
+        long,
+        env = "WEFT_NAMESPACE_POOL",
+        value_name = "CIDR",
+        required_if_eq("namespace_mode", "per-namespace")
+    )]
+    pub namespace_pool: Option<ipnet::Ipv4Net>,
+    /// The prefix length of each namespace's subnet.
+    #[arg(long, env = "WEFT_NAMESPACE_PREFIX_LEN", default_value_t = 24)]
+    pub namespace_prefix_len: u8,
+    /// The VirtualRouter (by name) every per-namespace bridge is attached to.
+    #[arg(
+        long,
+        env = "WEFT_CLUSTER_ROUTER",
+        value_name = "NAME",
+        required_if_eq("namespace_mode", "per-namespace")
+    )]
+    pub cluster_router: Option<String>,
+}
+
+impl RunArgs {
+    /// The namespace networks the flags ask for, checked.
+    pub fn namespaces(&self) -> anyhow::Result<namespaces::Config> {
+        Ok(match self.namespace_mode {
+            namespaces::Mode::Shared => namespaces::Config::Shared,
+            namespaces::Mode::PerNamespace => {
+                let (Some(pool), Some(router)) = (self.namespace_pool, &self.cluster_router) else {
+                    anyhow::bail!(
+                        "--namespace-mode per-namespace needs --namespace-pool and --cluster-router"
+                    );
+                };
+                namespaces::Config::PerNamespace(namespaces::PerNamespace::new(
+                    pool,
+                    self.namespace_prefix_len,
+                    router.clone(),
+                )?)
+            }
+        })
+    }
 }
 
 /// `translate` options.
@@ -199,8 +250,10 @@ async fn translate(a: TranslateArgs) -> anyhow::Result<i32> {
 }
 
 async fn run(a: RunArgs) -> anyhow::Result<()> {
-    // TLS files that cannot work stop the replica before it serves or campaigns.
+    // TLS files and namespace settings that cannot work stop the replica before it serves or
+    // campaigns.
     a.etcd.tls().check(&a.etcd.etcd_endpoints)?;
+    let namespaces = a.namespaces()?;
     let metrics = Arc::new(Metrics::new());
     let (addr, serve) = http::bind(a.metrics_addr, metrics.clone()).await?;
     info!(%addr, "serving /metrics");
@@ -248,7 +301,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         }
     };
     let result = tokio::select! {
-        r = controller::run(client, nsdb, metrics.clone()) => r.map_err(anyhow::Error::from),
+        r = controller::run(client, nsdb, metrics.clone(), namespaces) => r.map_err(anyhow::Error::from),
         () = lost => Err(Error::LostLeadership { lease: a.lease_name.clone() }.into()),
         r = server => match r {
             Ok(Err(e)) => Err(e.into()),
@@ -264,4 +317,79 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         Err(e) => warn!(err = %e, "lease task failed"),
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut argv = vec![
+            "weft-operator",
+            "run",
+            "--etcd-endpoints",
+            "http://etcd:2379",
+        ];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).map(|c| match c.command {
+            Command::Run(a) => a,
+            other => panic!("{other:?}"),
+        })
+    }
+
+    #[test]
+    fn namespace_flags_make_the_namespace_config() {
+        assert_eq!(
+            run_args(&[]).unwrap().namespaces().unwrap(),
+            namespaces::Config::Shared
+        );
+        let a = run_args(&[
+            "--namespace-mode",
+            "per-namespace",
+            "--namespace-pool",
+            "10.240.0.0/12",
+            "--namespace-prefix-len",
+            "26",
+            "--cluster-router",
+            "cluster",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.namespaces().unwrap(),
+            namespaces::Config::PerNamespace(namespaces::PerNamespace {
+                pool: "10.240.0.0/12".parse().unwrap(),
+                prefix_len: 26,
+                router: "cluster".into(),
+            })
+        );
+        // The pool and the router are needed in that mode, and only there.
+        let err = run_args(&["--namespace-mode", "per-namespace", "--cluster-router", "c"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--namespace-pool"), "{err}");
+        let err = run_args(&[
+            "--namespace-mode",
+            "per-namespace",
+            "--namespace-pool",
+            "10.240.0.0/12",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--cluster-router"), "{err}");
+        assert!(run_args(&["--namespace-mode", "isolated"]).is_err());
+        // A prefix length outside the pool is refused when the config is built.
+        let a = run_args(&[
+            "--namespace-mode",
+            "per-namespace",
+            "--namespace-pool",
+            "10.240.0.0/16",
+            "--namespace-prefix-len",
+            "12",
+            "--cluster-router",
+            "cluster",
+        ])
+        .unwrap();
+        let err = a.namespaces().unwrap_err().to_string();
+        assert!(err.contains("--namespace-prefix-len 12"), "{err}");
+    }
 }

@@ -10,6 +10,7 @@ use api::{
     AccessControlList, RouterPortStatus, VirtualBridge, VirtualLoadBalancer, VirtualRouter, reason,
 };
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -39,13 +40,17 @@ pub const FINALIZER: &str = "weft.dev/nsdb-cleanup";
 pub const FIELD_MANAGER: &str = "weft-operator";
 /// How often a programmed object is reconciled again, to repair drift in NSDB.
 pub const RESYNC: Duration = Duration::from_secs(300);
+/// The reason of the Warning event of a bridge whose selector matches a namespace that another
+/// bridge serves.
+pub const NAMESPACE_CONFLICT: &str = "NamespaceConflict";
 /// How often an object refused by the semantic check is checked again.
 pub const INVALID_RECHECK: Duration = Duration::from_secs(60);
 /// First and largest delay of the error backoff.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
-/// The reflector stores of all four kinds: the inventory the semantic check sees.
+/// The reflector stores of all four kinds, and of the Namespaces (whose labels
+/// `spec.namespaces.selector` of a bridge matches): the inventory the semantic check sees.
 ///
 /// They are the operator's own (see [`mirror`]), not the controllers': the operator must know
 /// when every kind has been listed completely, and a controller's store only tells that
@@ -57,12 +62,13 @@ pub struct Stores {
     pub routers: Store<VirtualRouter>,
     pub load_balancers: Store<VirtualLoadBalancer>,
     pub acls: Store<AccessControlList>,
+    pub namespaces: Store<Namespace>,
     /// A bit per kind, set once its first complete list is in its store.
     listed: tokio::sync::watch::Receiver<u8>,
 }
 
-/// `Stores::listed` once all four kinds are listed.
-const ALL_LISTED: u8 = 0b1111;
+/// `Stores::listed` once all five kinds are listed.
+const ALL_LISTED: u8 = 0b1_1111;
 
 impl std::fmt::Debug for Stores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -80,7 +86,7 @@ fn live<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<K> {
 }
 
 impl Stores {
-    /// Waits until each of the four stores holds its kind's first complete list; false when
+    /// Waits until each of the five stores holds its kind's first complete list; false when
     /// the watches stopped first. Until then the inventory is partial: a bridge translated
     /// before the ACLs are listed loses its ACL chains, and a router before its bridges are
     /// listed is refused. Found by the control-plane tests: every start (and every leader
@@ -107,7 +113,29 @@ impl Stores {
             .into_iter()
             .for_each(|o| inv.add_load_balancer(o));
         live(&self.acls).into_iter().for_each(|o| inv.add_acl(o));
+        self.add_namespaces(&mut inv);
         inv
+    }
+
+    /// The bridges not being deleted and the namespaces' labels: what decides which bridge
+    /// serves each namespace ([`crate::kuryr::namespaces::served`]).
+    pub fn namespace_inventory(&self) -> Inventory {
+        let mut inv = Inventory::default();
+        live(&self.bridges)
+            .into_iter()
+            .for_each(|o| inv.add_bridge(o));
+        self.add_namespaces(&mut inv);
+        inv
+    }
+
+    /// Every namespace's labels, those being deleted too: their pods still run, and no new
+    /// one starts there.
+    fn add_namespaces(&self, inv: &mut Inventory) {
+        for ns in self.namespaces.state() {
+            if let Some(name) = &ns.metadata.name {
+                inv.add_namespace(name, ns.metadata.labels.clone().unwrap_or_default());
+            }
+        }
     }
 }
 
@@ -119,6 +147,8 @@ pub struct Context {
     pub nsdb: Nsdb,
     pub stores: Stores,
     failures: Mutex<HashMap<ObjectKey, u32>>,
+    /// The notes last published as an event, by object.
+    notes: Mutex<HashMap<ObjectKey, Vec<String>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -139,7 +169,19 @@ impl Context {
             nsdb,
             stores,
             failures: Mutex::new(HashMap::new()),
+            notes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether `notes` differ from those last seen for `key` (which they replace).
+    fn notes_changed(&self, key: &ObjectKey, notes: &[String]) -> bool {
+        let mut n = self.notes.lock().unwrap_or_else(|e| e.into_inner());
+        let old = if notes.is_empty() {
+            n.remove(key)
+        } else {
+            n.insert(key.clone(), notes.to_vec())
+        };
+        old.unwrap_or_default() != notes
     }
 
     fn backoff(&self, key: &ObjectKey) -> Duration {
@@ -185,6 +227,11 @@ pub trait WeftResource:
     fn status_facts(&self, applied: &Applied) -> serde_json::Value;
     /// The same object with itself placed into an inventory.
     fn add_to(&self, inv: &mut Inventory);
+    /// What a programmed object does not do that its spec asks for, each naming the field
+    /// and why: reported in its `Ready` message and by a Warning event.
+    fn notes(&self, _inv: &Inventory) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 impl WeftResource for VirtualBridge {
@@ -200,6 +247,9 @@ impl WeftResource for VirtualBridge {
     }
     fn add_to(&self, inv: &mut Inventory) {
         inv.add_bridge(self.clone());
+    }
+    fn notes(&self, inv: &Inventory) -> Vec<String> {
+        crate::kuryr::namespaces::conflicts(&self.name_any(), inv)
     }
 }
 
@@ -390,14 +440,33 @@ async fn apply<K: WeftResource>(obj: Arc<K>, ctx: &Context) -> Result<Action, Er
         Ok(applied) => {
             ctx.metrics
                 .records_changed(applied.written, applied.deleted);
-            let msg = format!(
+            let mut msg = format!(
                 "{} NSDB records ({} written, {} deleted)",
                 applied.records.len(),
                 applied.written,
                 applied.deleted
             );
+            // Programmed all the same: another object's spec decides, and refusing this one
+            // would take what it does serve away.
+            let notes = obj.notes(&inv);
+            for note in &notes {
+                msg.push_str("; ");
+                msg.push_str(note);
+            }
             let cond = api::ready_condition(true, reason::PROGRAMMED, msg, generation, now());
             write_status(ctx, obj.as_ref(), cond, obj.status_facts(&applied)).await?;
+            if ctx.notes_changed(&key, &notes) && !notes.is_empty() {
+                let event = KubeEvent {
+                    type_: EventType::Warning,
+                    reason: NAMESPACE_CONFLICT.into(),
+                    note: Some(notes.join("; ").chars().take(1000).collect()),
+                    action: "Translate".into(),
+                    secondary: None,
+                };
+                if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+                    warn!(object = %key, err = %e, "cannot publish event");
+                }
+            }
             ctx.succeeded(&key);
             Ok(Action::requeue(RESYNC))
         }
@@ -491,31 +560,132 @@ fn acl_targets(acl: &AccessControlList, bridges: bool, seen: &Attachments) -> BT
 }
 
 /// Keeps `writer`'s store a copy of every object of kind `K`, and sets `bit` in `listed` once
-/// the first complete list is in it. Runs until dropped.
-async fn mirror<K: WeftResource>(
+/// the first complete list is in it. `seen` is handed each event once the store holds it.
+/// Runs until dropped.
+async fn mirror<K>(
     api: Api<K>,
     writer: Writer<K>,
     bit: u8,
     listed: &tokio::sync::watch::Sender<u8>,
-) {
+    mut seen: impl FnMut(&watcher::Event<K>),
+) where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
     reflector::reflector(writer, watcher(api, watcher::Config::default()))
         .default_backoff()
         .for_each(|event| {
             match event {
-                // The reflector has applied it: the store holds the whole list.
-                Ok(watcher::Event::InitDone) => listed.send_modify(|m| *m |= bit),
-                Ok(_) => {}
-                Err(err) => warn!(kind = %K::KIND, %err, "inventory watch"),
+                Ok(e) => {
+                    // The reflector has applied it: at InitDone the store holds the whole list.
+                    if matches!(e, watcher::Event::InitDone) {
+                        listed.send_modify(|m| *m |= bit);
+                    }
+                    seen(&e);
+                }
+                Err(err) => warn!(kind = %K::kind(&()), %err, "inventory watch"),
             }
             futures::future::ready(())
         })
         .await;
 }
 
-/// Runs the four controllers, and the NetworkPolicy and Service controllers
-/// ([`crate::kuryr::policies`], [`crate::kuryr::services`]), until they stop (on
+/// What of each object of a kind was last seen, to tell the events that change it.
+struct Seen<T> {
+    now: HashMap<String, T>,
+    /// What a (re)list brings, until it is complete.
+    listing: Option<HashMap<String, T>>,
+    /// Whether a list was complete before: the first one changes nothing that the
+    /// controllers' first reconciles do not see.
+    listed: bool,
+}
+
+impl<T: PartialEq> Seen<T> {
+    fn new() -> Self {
+        Seen {
+            now: HashMap::new(),
+            listing: None,
+            listed: false,
+        }
+    }
+
+    /// Takes in one event, with `of` the part that matters of an object; returns whether
+    /// that part of any object changed.
+    fn changed<K: Resource>(&mut self, e: &watcher::Event<K>, of: impl Fn(&K) -> T) -> bool {
+        let name = |o: &K| o.meta().name.clone().unwrap_or_default();
+        match e {
+            watcher::Event::Apply(o) => {
+                let v = of(o);
+                let changed = self.now.get(&name(o)) != Some(&v);
+                self.now.insert(name(o), v);
+                changed
+            }
+            watcher::Event::Delete(o) => self.now.remove(&name(o)).is_some(),
+            watcher::Event::Init => {
+                self.listing = Some(HashMap::new());
+                false
+            }
+            watcher::Event::InitApply(o) => {
+                if let Some(l) = self.listing.as_mut() {
+                    l.insert(name(o), of(o));
+                }
+                false
+            }
+            watcher::Event::InitDone => {
+                let listed = self.listing.take().unwrap_or_default();
+                let changed = listed != self.now && self.listed;
+                self.now = listed;
+                self.listed = true;
+                changed
+            }
+        }
+    }
+}
+
+/// How long the triggers of a bulk reconcile gather before it starts: the object whose change
+/// triggered it is reconciled by its own watch meanwhile, so the two reconciles do not race
+/// to add or remove its finalizer.
+const BULK_SETTLE: Duration = Duration::from_secs(1);
+
+/// One item per burst of `rx`'s items, [`BULK_SETTLE`] after the burst's first.
+fn coalesced(
+    rx: futures::channel::mpsc::UnboundedReceiver<()>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.next().await?;
+        tokio::time::sleep(BULK_SETTLE).await;
+        while rx.try_recv().is_ok() {}
+        Some(((), rx))
+    })
+}
+
+/// Whether some bridge of the store chooses namespaces by label.
+fn any_selector(bridges: &Store<VirtualBridge>) -> bool {
+    bridges.state().iter().any(|b| {
+        b.spec
+            .namespaces
+            .as_ref()
+            .is_some_and(|n| n.selector.is_some())
+    })
+}
+
+/// What of a bridge decides which namespaces the others serve.
+fn namespace_selection(b: &VirtualBridge) -> (Option<api::NamespaceSelection>, bool) {
+    (
+        b.spec.namespaces.clone(),
+        b.metadata.deletion_timestamp.is_some(),
+    )
+}
+
+/// Runs the four controllers, the NetworkPolicy and Service controllers
+/// ([`crate::kuryr::policies`], [`crate::kuryr::services`]), and the namespace networks'
+/// ([`crate::kuryr::namespaces`], in the mode `namespaces` says), until they stop (on
 /// SIGTERM/SIGINT).
-pub async fn run(client: Client, nsdb: Nsdb, metrics: Arc<Metrics>) -> Result<(), Error> {
+pub async fn run(
+    client: Client,
+    nsdb: Nsdb,
+    metrics: Arc<Metrics>,
+    namespaces: crate::kuryr::namespaces::Config,
+) -> Result<(), Error> {
     let cfg = watcher::Config::default;
     let vbr = Controller::new(Api::<VirtualBridge>::all(client.clone()), cfg());
     let vrt = Controller::new(Api::<VirtualRouter>::all(client.clone()), cfg());
@@ -525,25 +695,76 @@ pub async fn run(client: Client, nsdb: Nsdb, metrics: Arc<Metrics>) -> Result<()
     let (routers, routers_w) = reflector::store();
     let (load_balancers, load_balancers_w) = reflector::store();
     let (acls, acls_w) = reflector::store();
+    let (namespace_store, namespaces_w) = reflector::store();
     let (listed_tx, listed) = tokio::sync::watch::channel(0u8);
     let stores = Stores {
         bridges,
         routers,
         load_balancers,
         acls,
+        namespaces: namespace_store,
         listed,
+    };
+    // Every bridge is translated again when a namespace's labels change, or the namespaces a
+    // bridge chooses: which bridge serves a namespace depends on all of them. The mirrors
+    // tell, once their stores hold the change the translation reads.
+    let (selection_tx, selection_rx) = futures::channel::mpsc::unbounded::<()>();
+    let mut namespaces_seen = Seen::new();
+    let mut bridges_seen = Seen::new();
+    let on_namespace = {
+        let (tx, bridges) = (selection_tx.clone(), stores.bridges.clone());
+        move |e: &watcher::Event<Namespace>| {
+            let labels = |n: &Namespace| n.metadata.labels.clone().unwrap_or_default();
+            if namespaces_seen.changed(e, labels) && any_selector(&bridges) {
+                let _ = tx.unbounded_send(());
+            }
+        }
+    };
+    let on_bridge = {
+        let (tx, bridges) = (selection_tx, stores.bridges.clone());
+        move |e: &watcher::Event<VirtualBridge>| {
+            if bridges_seen.changed(e, namespace_selection) && any_selector(&bridges) {
+                let _ = tx.unbounded_send(());
+            }
+        }
     };
     let inventory = async {
         tokio::join!(
-            mirror(Api::all(client.clone()), bridges_w, 0b0001, &listed_tx),
-            mirror(Api::all(client.clone()), routers_w, 0b0010, &listed_tx),
+            mirror(
+                Api::all(client.clone()),
+                bridges_w,
+                0b0_0001,
+                &listed_tx,
+                on_bridge
+            ),
+            mirror(
+                Api::all(client.clone()),
+                routers_w,
+                0b0_0010,
+                &listed_tx,
+                |_| {}
+            ),
             mirror(
                 Api::all(client.clone()),
                 load_balancers_w,
-                0b0100,
-                &listed_tx
+                0b0_0100,
+                &listed_tx,
+                |_| {}
             ),
-            mirror(Api::all(client.clone()), acls_w, 0b1000, &listed_tx),
+            mirror(
+                Api::all(client.clone()),
+                acls_w,
+                0b0_1000,
+                &listed_tx,
+                |_| {}
+            ),
+            mirror(
+                Api::all(client.clone()),
+                namespaces_w,
+                0b1_0000,
+                &listed_tx,
+                on_namespace
+            ),
         )
     };
     let ctx = Arc::new(Context::new(client.clone(), nsdb, metrics, stores.clone()));
@@ -560,6 +781,7 @@ pub async fn run(client: Client, nsdb: Nsdb, metrics: Arc<Metrics>) -> Result<()
                     .map(|n| ObjectRef::<VirtualBridge>::new(&n))
             },
         )
+        .reconcile_all_on(coalesced(selection_rx))
         .shutdown_on_signal();
     // A router follows its bridges' subnets and its attached ACLs.
     let routers = stores.routers.clone();
@@ -612,8 +834,17 @@ pub async fn run(client: Client, nsdb: Nsdb, metrics: Arc<Metrics>) -> Result<()
     };
     // The inventory's watches run as long as the controllers do (they never end by
     // themselves).
-    let policies = crate::kuryr::policies::run(client.clone(), ctx.nsdb.clone());
-    let services = crate::kuryr::services::run(client.clone(), ctx.nsdb.clone());
+    let policies =
+        crate::kuryr::policies::run(client.clone(), ctx.nsdb.clone(), ctx.metrics.clone());
+    let services =
+        crate::kuryr::services::run(client.clone(), ctx.nsdb.clone(), ctx.metrics.clone());
+    let namespace_networks = crate::kuryr::namespaces::run(
+        ctx.nsdb.clone(),
+        stores.clone(),
+        recorder(&client),
+        ctx.metrics.clone(),
+        namespaces,
+    );
     tokio::select! {
         _ = controllers => {}
         _ = inventory => {}
@@ -622,6 +853,9 @@ pub async fn run(client: Client, nsdb: Nsdb, metrics: Arc<Metrics>) -> Result<()
         },
         r = services => if let Err(err) = r {
             warn!(%err, "Service controller");
+        },
+        r = namespace_networks => if let Err(err) = r {
+            warn!(%err, "namespace network controller");
         },
     }
     info!("controllers stopped");
@@ -724,6 +958,7 @@ mod tests {
             routers: reflector::store().0,
             load_balancers: reflector::store().0,
             acls: reflector::store().0,
+            namespaces: reflector::store().0,
             listed,
         };
         let listed_now = || async {
@@ -732,9 +967,12 @@ mod tests {
                 .unwrap_or(false)
         };
         // Bridges, routers and load balancers are listed, the ACLs attached to them not yet.
-        listed_tx.send_modify(|m| *m |= 0b0111);
+        listed_tx.send_modify(|m| *m |= 0b0_0111);
         assert!(!listed_now().await);
-        listed_tx.send_modify(|m| *m |= 0b1000);
+        listed_tx.send_modify(|m| *m |= 0b0_1000);
+        // Nor the namespaces whose labels a bridge's selector matches.
+        assert!(!listed_now().await);
+        listed_tx.send_modify(|m| *m |= 0b1_0000);
         assert!(listed_now().await);
         // Many reconciles wait at once; all are woken.
         let (tx, rx) = tokio::sync::watch::channel(0u8);
@@ -766,6 +1004,35 @@ mod tests {
             ..stores.clone()
         };
         assert!(!stopped.wait_until_listed().await, "the watches stopped");
+    }
+
+    #[test]
+    fn only_changes_of_what_matters_trigger() {
+        let ns = |name: &str, team: &str| -> Namespace {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": {"team": team}, "annotations": {"a": team}}
+            }))
+            .unwrap()
+        };
+        let labels = |n: &Namespace| n.metadata.labels.clone().unwrap_or_default();
+        let mut seen = Seen::new();
+        let mut changed = |e: watcher::Event<Namespace>| seen.changed(&e, labels);
+        // The first list: the controllers' first reconciles see it all.
+        assert!(!changed(watcher::Event::Init));
+        assert!(!changed(watcher::Event::InitApply(ns("a", "red"))));
+        assert!(!changed(watcher::Event::InitDone));
+        assert!(!changed(watcher::Event::Apply(ns("a", "red"))), "the same");
+        assert!(changed(watcher::Event::Apply(ns("a", "blue"))));
+        assert!(changed(watcher::Event::Apply(ns("b", "blue"))), "a new one");
+        assert!(changed(watcher::Event::Delete(ns("b", "blue"))));
+        // A relist that finds what was there changes nothing; one that does not, does.
+        assert!(!changed(watcher::Event::Init));
+        assert!(!changed(watcher::Event::InitApply(ns("a", "blue"))));
+        assert!(!changed(watcher::Event::InitDone));
+        assert!(!changed(watcher::Event::Init));
+        assert!(changed(watcher::Event::InitDone), "a is gone");
+        assert!(changed(watcher::Event::Apply(ns("a", "blue"))));
+        assert!(!changed(watcher::Event::Apply(ns("a", "blue"))));
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub struct Inventory {
     pub routers: BTreeMap<String, VirtualRouter>,
     pub load_balancers: BTreeMap<String, VirtualLoadBalancer>,
     pub acls: BTreeMap<String, AccessControlList>,
+    /// The labels of every Kubernetes Namespace, by name: what `spec.namespaces.selector` of
+    /// a bridge is matched against. Empty where no namespace is known (the offline path),
+    /// so selectors there match none.
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Inventory {
@@ -52,6 +56,10 @@ impl Inventory {
     /// Adds an ACL, replacing one of the same name.
     pub fn add_acl(&mut self, o: AccessControlList) {
         self.acls.insert(o.name_any(), o);
+    }
+    /// Adds a namespace's labels, replacing those of one of the same name.
+    pub fn add_namespace(&mut self, name: impl Into<String>, labels: BTreeMap<String, String>) {
+        self.namespaces.insert(name.into(), labels);
     }
 
     /// Every object, in the order a topology is written.
@@ -363,17 +371,32 @@ fn bridge(name: &str, o: &VirtualBridge, inv: &Inventory) -> Result<Vec<AnyRecor
         excluded_ips,
         inbound_chain,
         outbound_chain,
-        namespaces: namespace_names(s),
+        namespaces: namespace_names(name, s, inv, &mut f),
     }));
     f.finish(records)
 }
 
-/// The namespaces a bridge serves by name, sorted and without repeats.
-fn namespace_names(s: &api::VirtualBridgeSpec) -> Vec<String> {
+/// The namespaces a bridge serves, sorted and without repeats: those it names, and those its
+/// selector matches that no other bridge takes ([`crate::kuryr::namespaces::served`]). A
+/// selector that is no valid label selector fails the field.
+fn namespace_names(
+    name: &str,
+    s: &api::VirtualBridgeSpec,
+    inv: &Inventory,
+    f: &mut Fields,
+) -> Vec<String> {
+    if let Some(sel) = s.namespaces.as_ref().and_then(|n| n.selector.as_ref())
+        && let Err(faults) = crate::kuryr::namespaces::selector(sel)
+    {
+        for (field, reason) in faults {
+            f.fail(format!("spec.namespaces.selector{field}"), reason);
+        }
+    }
     let mut names: Vec<String> = s
         .namespaces
         .iter()
         .flat_map(|n| n.names.iter().cloned())
+        .chain(crate::kuryr::namespaces::selected_by(name, inv))
         .collect();
     names.sort();
     names.dedup();

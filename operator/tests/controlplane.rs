@@ -752,13 +752,6 @@ const FIXES: &[(&str, &[(&str, &str)])] = &[
         )],
     ),
     (
-        "unsupported-bridge-namespace-selector.yaml",
-        &[(
-            "  namespaces:\n    selector:\n      matchLabels:\n        weft.dev/network: blue\n",
-            "",
-        )],
-    ),
-    (
         "unsupported-health-check.yaml",
         &[("  healthCheck:\n    type: TCP\n", "")],
     ),

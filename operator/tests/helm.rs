@@ -23,7 +23,8 @@ use serde_json::Value;
 use support::controlplane::{ControlPlane, repo};
 use support::operator::{KINDS, Operator, example_objects, not_ready};
 
-/// Held by the tests that `helm install`: two installs at once race to create the CRDs.
+/// Held by the tests that `helm install` or dry-run the chart: two installs at once race to
+/// create the CRDs, and an uninstall deletes the default bridge a dry run checks.
 static INSTALLS: Mutex<()> = Mutex::new(());
 
 fn chart() -> PathBuf {
@@ -431,6 +432,7 @@ fn rendered_values_wire_tls_the_default_bridge_and_the_etcd_statefulset() {
 
 #[test]
 fn rendered_chart_passes_server_side_dry_run() {
+    let _one = INSTALLS.lock().unwrap_or_else(|e| e.into_inner());
     let cp = ControlPlane::shared();
     let ns = namespace(&cp, "weft-dry-run");
     // The default bridge is a VirtualBridge: its CRD must exist for the server to check it.

@@ -349,21 +349,15 @@ async fn an_unsupported_field_is_refused_and_nsdb_keeps_the_last_programmed_spec
     assert_all_programmed(&program_all(&db, &inv).await);
     let (rev, before) = snapshot(&db).await;
 
-    // A health check on the programmed load balancer, and a new bridge choosing namespaces by
-    // label.
+    // A health check on the programmed load balancer, and a new ACL attached to pods.
     inv.load_balancers.get_mut("web").unwrap().spec.health_check =
         serde_json::from_value(serde_json::json!({"type": "TCP"})).unwrap();
-    let mut orange = inv.bridges["green"].clone();
+    let mut orange = inv.acls.values().next().unwrap().clone();
     orange.metadata.name = Some("orange".into());
-    orange.spec.subnet = "10.30.0.0/24".into();
-    orange.spec.subnet_v6 = None;
-    orange.spec.gateway = None;
-    orange.spec.excluded_ips = vec![];
-    orange.spec.namespaces = serde_json::from_value(
-        serde_json::json!({"selector": {"matchLabels": {"team": "orange"}}}),
-    )
-    .unwrap();
-    inv.add_bridge(orange);
+    orange.spec.attach_to =
+        serde_json::from_value(serde_json::json!({"pods": {"matchLabels": {"team": "orange"}}}))
+            .unwrap();
+    inv.add_acl(orange);
 
     let outcomes: BTreeMap<ObjectKey, Outcome> = program_all(&db, &inv).await.into_iter().collect();
     let message = |kind, name: &str| match &outcomes[&ObjectKey::new(kind, name)] {
@@ -374,8 +368,8 @@ async fn an_unsupported_field_is_refused_and_nsdb_keeps_the_last_programmed_spec
         message(CrKind::VirtualLoadBalancer, "web").starts_with("spec.healthCheck: not supported")
     );
     assert!(
-        message(CrKind::VirtualBridge, "orange")
-            .starts_with("spec.namespaces.selector: not supported")
+        message(CrKind::AccessControlList, "orange")
+            .starts_with("spec.attachTo.pods: not supported")
     );
     assert_eq!(outcomes.values().filter(|o| o.is_refused()).count(), 2);
     // web keeps the records of its last programmed spec; orange has none.
@@ -385,7 +379,8 @@ async fn an_unsupported_field_is_refused_and_nsdb_keeps_the_last_programmed_spec
 
     // Taking the field out programs it again, with nothing to change for web.
     inv.load_balancers.get_mut("web").unwrap().spec.health_check = None;
-    inv.bridges.get_mut("orange").unwrap().spec.namespaces = None;
+    inv.acls.get_mut("orange").unwrap().spec.attach_to =
+        serde_json::from_value(serde_json::json!({"bridges": ["green"]})).unwrap();
     let outcomes: BTreeMap<ObjectKey, Outcome> = program_all(&db, &inv).await.into_iter().collect();
     let Outcome::Programmed(a) = &outcomes[&ObjectKey::new(CrKind::VirtualLoadBalancer, "web")]
     else {
@@ -393,7 +388,7 @@ async fn an_unsupported_field_is_refused_and_nsdb_keeps_the_last_programmed_spec
     };
     assert_eq!((a.written, a.deleted), (0, 0));
     assert!(matches!(
-        outcomes[&ObjectKey::new(CrKind::VirtualBridge, "orange")],
+        outcomes[&ObjectKey::new(CrKind::AccessControlList, "orange")],
         Outcome::Programmed(_)
     ));
 }

@@ -88,8 +88,9 @@ pub struct NamespaceSelection {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(inner(pattern(patterns::OBJECT_NAME)))]
     pub names: Vec<String>,
-    /// Namespaces by label.
-    /// Not supported yet: the operator refuses an object that sets it (reason `Unsupported`).
+    /// Namespaces by label. A namespace that `names` lists belongs to that bridge; one that only
+    /// selectors match goes to the matching bridge whose name sorts first, and the others
+    /// report it in their Ready message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
 }

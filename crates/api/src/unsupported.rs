@@ -31,13 +31,8 @@ fn items<T>(list: &[T], is_set: impl Fn(&T) -> bool) -> Vec<usize> {
     (0..list.len()).filter(|&i| is_set(&list[i])).collect()
 }
 
-/// `VirtualBridge` fields nothing implements yet.
-pub const BRIDGE: &[Field<VirtualBridgeSpec>] = &[Field {
-    path: "spec.namespaces.selector",
-    why: "namespaces are not chosen by label yet, so their pods would not attach here; \
-          list them in names",
-    set_in: |s| set(s.namespaces.as_ref().is_some_and(|n| n.selector.is_some())),
-}];
+/// `VirtualBridge` fields nothing implements yet: none.
+pub const BRIDGE: &[Field<VirtualBridgeSpec>] = &[];
 
 /// `VirtualRouter` fields nothing implements yet.
 pub const ROUTER: &[Field<VirtualRouterSpec>] = &[Field {
@@ -219,22 +214,36 @@ mod tests {
 
     #[test]
     fn the_reason_says_it_is_not_supported_and_why() {
+        let spec = VirtualRouterSpec {
+            uplink: Some(crate::router::Uplink {
+                ip: "203.0.113.2/24".into(),
+                host_interface: Some("eth1".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let found = check(ROUTER, &spec);
+        assert_eq!(found.len(), 1, "the uplink's ip is implemented");
+        assert!(
+            found[0].to_string().starts_with(
+                "spec.uplink.hostInterface: not supported yet: uplinks are not bound to host \
+                 interfaces"
+            ),
+            "{}",
+            found[0]
+        );
+    }
+
+    #[test]
+    fn a_bridge_choosing_namespaces_by_label_is_supported() {
         let spec = VirtualBridgeSpec {
-            mtu: Some(1400),
             namespaces: Some(crate::bridge::NamespaceSelection {
                 names: vec!["blue".into()],
                 selector: Some(Default::default()),
             }),
             ..Default::default()
         };
-        let found = check(BRIDGE, &spec);
-        assert_eq!(found.len(), 1, "mtu and namespaces.names are implemented");
-        assert!(
-            found[0].to_string().starts_with(
-                "spec.namespaces.selector: not supported yet: namespaces are not chosen by label"
-            ),
-            "{}",
-            found[0]
-        );
+        assert!(check(BRIDGE, &spec).is_empty());
+        assert!(!listed().iter().any(|(k, _)| *k == Kind::VirtualBridge));
     }
 }

@@ -3,9 +3,11 @@
 //! kinds. Pods are not translated: the CNI ADD makes their ports on the node, and the
 //! node's agent keeps the ports' labels in step with the pods.
 
+pub mod namespaces;
 pub mod netpol;
 pub mod policies;
 pub mod services;
+pub mod write;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -19,6 +21,8 @@ use crate::store::{self, Owner};
 /// The Kubernetes kinds whose objects own NSDB records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KubeKind {
+    /// Cluster-scoped: its records' ids are `kns:<name>[:...]` (see [`KubeKey`]).
+    Namespace,
     NetworkPolicy,
     Service,
 }
@@ -27,6 +31,7 @@ impl KubeKind {
     /// The first segment of the id of every record an object of this kind owns.
     pub const fn short(self) -> &'static str {
         match self {
+            KubeKind::Namespace => "kns",
             KubeKind::NetworkPolicy => "knp",
             KubeKind::Service => "ksvc",
         }
@@ -35,22 +40,31 @@ impl KubeKind {
     /// The NSDB kinds its records have.
     pub const fn kinds(self) -> &'static [Kind] {
         match self {
+            KubeKind::Namespace => &[Kind::Bridge, Kind::Port, Kind::Route],
             KubeKind::NetworkPolicy => &[Kind::Chain],
             KubeKind::Service => &[Kind::LoadBalancer],
         }
     }
 
-    const fn as_str(self) -> &'static str {
+    /// The Kubernetes kind name.
+    pub const fn as_str(self) -> &'static str {
         match self {
+            KubeKind::Namespace => "Namespace",
             KubeKind::NetworkPolicy => "NetworkPolicy",
             KubeKind::Service => "Service",
         }
     }
+
+    /// Whether its objects have no namespace.
+    pub const fn cluster_scoped(self) -> bool {
+        matches!(self, KubeKind::Namespace)
+    }
 }
 
-/// One namespaced Kubernetes object as the owner of its NSDB records, whose ids are
-/// `<short>:<namespace>:<name>[:...]`. Kubernetes names never contain `:`, so the owner is
-/// read back from an id alone.
+/// One Kubernetes object as the owner of its NSDB records, whose ids are
+/// `<short>:<namespace>:<name>[:...]`, or `<short>:<name>[:...]` for a cluster-scoped kind
+/// (whose `namespace` is empty). Kubernetes names never contain `:`, so the owner is read
+/// back from an id alone.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KubeKey {
     pub kind: KubeKind,
@@ -62,10 +76,15 @@ impl KubeKey {
     /// The key of an object of `kind`.
     pub fn of<K: Resource>(kind: KubeKind, obj: &K) -> Result<KubeKey, Error> {
         match (obj.namespace(), obj.meta().name.clone()) {
-            (Some(namespace), Some(name)) => Ok(KubeKey {
+            (None, Some(name)) if kind.cluster_scoped() => Ok(KubeKey::cluster(kind, name)),
+            (Some(namespace), Some(name)) if !kind.cluster_scoped() => Ok(KubeKey {
                 kind,
                 namespace,
                 name,
+            }),
+            _ if kind.cluster_scoped() => Err(Error::MissingMetadata {
+                kind: kind.as_str(),
+                field: "metadata.name",
             }),
             _ => Err(Error::MissingMetadata {
                 kind: kind.as_str(),
@@ -74,8 +93,23 @@ impl KubeKey {
         }
     }
 
+    /// The key of the cluster-scoped object `name` of `kind`.
+    pub fn cluster(kind: KubeKind, name: impl Into<String>) -> KubeKey {
+        KubeKey {
+            kind,
+            namespace: String::new(),
+            name: name.into(),
+        }
+    }
+
     /// The object of `kind` that owns the record with this id, if one does.
     pub fn owner_of(kind: KubeKind, id: &str) -> Option<KubeKey> {
+        if kind.cluster_scoped() {
+            let mut parts = id.splitn(3, ':');
+            (parts.next()? == kind.short()).then_some(())?;
+            let name = parts.next().filter(|s| !s.is_empty())?;
+            return Some(KubeKey::cluster(kind, name));
+        }
         let mut parts = id.splitn(4, ':');
         (parts.next()? == kind.short()).then_some(())?;
         let namespace = parts.next().filter(|s| !s.is_empty())?;
@@ -90,13 +124,21 @@ impl KubeKey {
 
 impl fmt::Display for KubeKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind.as_str(), self.namespace, self.name)
+        if self.kind.cluster_scoped() {
+            write!(f, "{} {}", self.kind.as_str(), self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind.as_str(), self.namespace, self.name)
+        }
     }
 }
 
 impl Owner for KubeKey {
     fn base_id(&self) -> String {
-        format!("{}:{}:{}", self.kind.short(), self.namespace, self.name)
+        if self.kind.cluster_scoped() {
+            format!("{}:{}", self.kind.short(), self.name)
+        } else {
+            format!("{}:{}:{}", self.kind.short(), self.namespace, self.name)
+        }
     }
     fn kinds(&self) -> &'static [Kind] {
         self.kind.kinds()
@@ -182,5 +224,39 @@ mod tests {
         assert_eq!(KubeKey::owner_of(KubeKind::NetworkPolicy, "knp::a"), None);
         assert!(AllOf(KubeKind::NetworkPolicy).owns("knp:x:allow-a:ingress"));
         assert!(!AllOf(KubeKind::NetworkPolicy).owns("ksvc:x:web"));
+    }
+
+    #[test]
+    fn cluster_scoped_owners_have_no_namespace_segment() {
+        let ns = KubeKey::cluster(KubeKind::Namespace, "team-a");
+        assert_eq!(ns.base_id(), "kns:team-a");
+        assert_eq!(ns.to_string(), "Namespace team-a");
+        for id in ["kns:team-a", "kns:team-a:port", "kns:team-a:port:connected"] {
+            assert_eq!(
+                KubeKey::owner_of(KubeKind::Namespace, id),
+                Some(ns.clone()),
+                "{id}"
+            );
+            assert!(ns.owns(id), "{id}");
+        }
+        assert!(!ns.owns("kns:team-ab"), "a name that extends this one");
+        assert!(!ns.owns("vrt:team-a"), "another kind");
+        assert_eq!(KubeKey::owner_of(KubeKind::Namespace, "kns:"), None);
+        assert_eq!(KubeKey::owner_of(KubeKind::Namespace, "kns"), None);
+        // The same id read as a namespaced kind's is not this owner.
+        assert_eq!(
+            KubeKey::owner_of(KubeKind::Service, "kns:team-a:port"),
+            None
+        );
+        assert!(AllOf(KubeKind::Namespace).owns("kns:team-a:peer"));
+        assert!(!AllOf(KubeKind::Namespace).owns("knp:x:allow-a"));
+
+        let obj: k8s_openapi::api::core::v1::Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "team-a"}})).unwrap();
+        assert_eq!(KubeKey::of(KubeKind::Namespace, &obj).unwrap(), ns);
+        assert!(
+            KubeKey::of(KubeKind::Service, &obj).is_err(),
+            "no namespace"
+        );
     }
 }

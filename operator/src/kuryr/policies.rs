@@ -15,24 +15,25 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use nsdb::{AnyRecord, Nsdb};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
+use super::write::Writer;
 use super::{KubeKey, KubeKind};
 use crate::controller::backoff_delay;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::store;
 
 /// Writes the chains of `np` (a NetworkPolicy that exists). A translation error is returned
 /// as it is, with nothing written.
-pub async fn apply(nsdb: &Nsdb, np: &NetworkPolicy) -> Result<store::Applied, Error> {
+pub async fn apply(w: &Writer, np: &NetworkPolicy) -> Result<store::Applied, Error> {
     let key = KubeKey::of(KubeKind::NetworkPolicy, np)?;
     let chains = super::netpol::chains(np)?;
     let records = chains.into_iter().map(AnyRecord::Chain).collect();
-    store::apply_records(nsdb, &key, records).await
+    w.apply(&key, records).await
 }
 
 /// What is still to be done for one policy: write this version, or delete.
@@ -49,8 +50,8 @@ struct Retry {
 }
 
 /// Runs the controller until the watch stream ends (it does not by itself).
-pub async fn run(client: Client, nsdb: Nsdb) -> Result<(), Error> {
-    let recorder = crate::controller::recorder(&client);
+pub async fn run(client: Client, nsdb: Nsdb, metrics: Arc<Metrics>) -> Result<(), Error> {
+    let w = Writer::new(&client, nsdb, metrics);
     let api: Api<NetworkPolicy> = Api::all(client);
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
@@ -76,7 +77,7 @@ pub async fn run(client: Client, nsdb: Nsdb) -> Result<(), Error> {
                     .collect();
                 for key in due {
                     if let Some(r) = pending.remove(&key) {
-                        settle(&nsdb, &recorder, key, r.what, r.failures, &mut pending).await;
+                        settle(&w, key, r.what, r.failures, &mut pending).await;
                     }
                 }
                 continue;
@@ -107,7 +108,7 @@ pub async fn run(client: Client, nsdb: Nsdb) -> Result<(), Error> {
                 let Some(live) = listing.take() else {
                     continue;
                 };
-                match super::sweep(&nsdb, KubeKind::NetworkPolicy, &live).await {
+                match super::sweep(&w.nsdb, KubeKind::NetworkPolicy, &live).await {
                     Ok(swept) if !swept.is_empty() => {
                         info!(policies = ?swept, "deleted the chains of NetworkPolicies that are gone")
                     }
@@ -125,43 +126,29 @@ pub async fn run(client: Client, nsdb: Nsdb) -> Result<(), Error> {
             }
         };
         let failures = pending.remove(&key).map_or(0, |r| r.failures);
-        settle(&nsdb, &recorder, key, what, failures, &mut pending).await;
+        settle(&w, key, what, failures, &mut pending).await;
     }
 }
 
 /// Does what is pending for `key`; on failure keeps it pending, to be retried after the
 /// controllers' backoff.
 async fn settle(
-    nsdb: &Nsdb,
-    recorder: &Recorder,
+    w: &Writer,
     key: KubeKey,
     what: Pending,
     failures: u32,
     pending: &mut BTreeMap<KubeKey, Retry>,
 ) {
     let result = match &what {
-        Pending::Apply(np) => match apply(nsdb, np).await {
-            Ok(a) => {
-                debug!(policy = %key, written = a.written, deleted = a.deleted, "NetworkPolicy applied");
-                Ok(())
-            }
+        Pending::Apply(np) => match apply(w, np).await {
+            Ok(_) => Ok(()),
             Err(e @ Error::InvalidSpec { .. }) => {
-                warn!(policy = %key, error = %e, "NetworkPolicy not translated; its chains stay as they were");
-                let event = Event {
-                    type_: EventType::Warning,
-                    reason: "Invalid".into(),
-                    note: Some(e.to_string()),
-                    action: "Translate".into(),
-                    secondary: None,
-                };
-                if let Err(err) = recorder.publish(&event, &np.object_ref(&())).await {
-                    debug!(policy = %key, %err, "cannot publish the event");
-                }
+                w.refused(&key, &np.object_ref(&()), &e).await;
                 Ok(())
             }
             Err(e) => Err(e),
         },
-        Pending::Remove => store::cleanup(nsdb, &key).await.map(|_| ()),
+        Pending::Remove => w.remove(&key).await.map(|_| ()),
     };
     if let Err(e) = result {
         let failures = failures.saturating_add(1);

@@ -21,22 +21,24 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
 use kube::api::Api;
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use nsdb::{AnyRecord, LoadBalancer, Member, Nsdb, Protocol, Vip};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
+use super::write::Writer;
 use super::{KubeKey, KubeKind};
 use crate::controller::backoff_delay;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::store;
 
 /// The label that ties an EndpointSlice to its Service (in the slice's namespace).
@@ -347,13 +349,13 @@ impl State {
     }
 
     /// Writes every dirty Service, then sweeps if a sweep is due.
-    async fn settle(&mut self, nsdb: &Nsdb, recorder: &Recorder) {
+    async fn settle(&mut self, w: &Writer) {
         if !(self.services_listed && self.slices_listed) {
             return;
         }
         for key in std::mem::take(&mut self.dirty) {
             let failures = self.pending.remove(&key).map_or(0, |r| r.failures);
-            if let Err(e) = self.write(nsdb, recorder, &key).await {
+            if let Err(e) = self.write(w, &key).await {
                 let failures = failures.saturating_add(1);
                 warn!(service = %key, failures, error = %nsdb::error::chain(&e), "Service not written; retrying");
                 self.pending.insert(
@@ -372,7 +374,7 @@ impl State {
                 .iter()
                 .filter_map(|s| KubeKey::of(KubeKind::Service, s.as_ref()).ok())
                 .collect();
-            match super::sweep(nsdb, KubeKind::Service, &live).await {
+            match super::sweep(&w.nsdb, KubeKind::Service, &live).await {
                 Ok(swept) => {
                     if !swept.is_empty() {
                         let services: Vec<String> = swept.iter().map(ToString::to_string).collect();
@@ -395,10 +397,10 @@ impl State {
 
     /// Makes NSDB hold what the stores say of one Service: its load balancer, or nothing.
     /// A Service that cannot be translated keeps what it had, and gets a Warning event.
-    async fn write(&self, nsdb: &Nsdb, recorder: &Recorder, key: &KubeKey) -> Result<(), Error> {
+    async fn write(&self, w: &Writer, key: &KubeKey) -> Result<(), Error> {
         let oref = ObjectRef::<Service>::new(&key.name).within(&key.namespace);
         let Some(svc) = self.services.get(&oref) else {
-            let deleted = store::cleanup(nsdb, key).await?;
+            let deleted = w.remove(key).await?;
             if deleted > 0 {
                 info!(service = %key, "Service deleted; its load balancer removed");
             }
@@ -412,22 +414,11 @@ impl State {
         match load_balancer(&svc, &slices) {
             Ok(lb) => {
                 let records = lb.into_iter().map(AnyRecord::LoadBalancer).collect();
-                let a = store::apply_records(nsdb, key, records).await?;
-                debug!(service = %key, written = a.written, deleted = a.deleted, "Service applied");
+                w.apply(key, records).await?;
                 Ok(())
             }
             Err(e @ Error::InvalidSpec { .. }) => {
-                warn!(service = %key, error = %e, "Service not translated; its load balancer stays as it was");
-                let event = Event {
-                    type_: EventType::Warning,
-                    reason: "Invalid".into(),
-                    note: Some(e.to_string()),
-                    action: "Translate".into(),
-                    secondary: None,
-                };
-                if let Err(err) = recorder.publish(&event, &svc.object_ref(&())).await {
-                    debug!(service = %key, %err, "cannot publish the event");
-                }
+                w.refused(key, &svc.object_ref(&()), &e).await;
                 Ok(())
             }
             Err(e) => Err(e),
@@ -436,8 +427,8 @@ impl State {
 }
 
 /// Runs the controller until a watch stream ends (they do not by themselves).
-pub async fn run(client: Client, nsdb: Nsdb) -> Result<(), Error> {
-    let recorder = crate::controller::recorder(&client);
+pub async fn run(client: Client, nsdb: Nsdb, metrics: Arc<Metrics>) -> Result<(), Error> {
+    let w = Writer::new(&client, nsdb, metrics);
     let (services, services_w) = reflector::store();
     let (slices, slices_w) = reflector::store();
     let mut service_events = reflector::reflector(
@@ -484,7 +475,7 @@ pub async fn run(client: Client, nsdb: Nsdb) -> Result<(), Error> {
             },
             _ = tick.tick() => state.due(),
         }
-        state.settle(&nsdb, &recorder).await;
+        state.settle(&w).await;
     }
 }
 
