@@ -15,7 +15,7 @@
 //! | route | `route(id)`, `device(router)` | a new route changes the LPM result of flows tagged by the router |
 //! | chain | `chain(id)`, and with a view the tags of what refers to it | a chain created after its referrers (ports, devices, jumping chains) was not evaluated, so no flow carries its tag |
 //! | chain attached to pods (created, deleted, its attachment or conntrack use changed) | also, with a view, `port(p)` of every pod port its old or new selector picks | flows through a pod that was not yet isolated evaluated no chain; the pod's conntrack passes change with its isolation |
-//! | port (with a view) | also `chain(c)` of every chain with a rule whose selector picks the old or new port; for a node's own port, of every ingress allow-list | a rule's address set follows the pods' labels and addresses, and a flow delivered from another host carries the chain's tag, not the sender's |
+//! | port (with a view) | also `chain(c)` of every chain with a rule whose selector picks the old or new port (for a node's own port, of every ingress allow-list), and `lb(l)` of every load balancer with a VIP whose member selector picks it | a rule's address set follows the pods' labels and addresses, and a flow delivered from another host carries the chain's tag, not the sender's |
 //! | load balancer | `lb(id)`, `device(router)` or [`Tag::global_vips`] | VIP lookups tag the LB on a hit and the router or the global table on any lookup |
 //! | host | `host(id)`, with a view `port(p)` of the ports bound to it | flows to a port on an unknown host dropped with the port's tag only |
 //! | IP lease, tunnel-key allocation | nothing | the simulation does not read them |
@@ -267,14 +267,24 @@ fn attached_ports(view: &dyn RecordView, sel: &nsdb::PortSelector, out: &mut Vec
     });
 }
 
-/// The tags of the chains whose selectors a pod port's labels or addresses feed: a rule's
-/// address set, picked by selector, grows or shrinks with the port (flows delivered from
+/// The tags of the chains and load balancers whose selectors a pod port's labels or addresses
+/// feed: a VIP's members and a rule's address set, picked by selector, grow or shrink with
+/// the port (flows delivered from
 /// another host carry the chain's tag, not the sending port's). A node's own port is let
 /// through the isolation of its pods without a chain saying so: every flow judged by an
 /// ingress allow-list carries one of those chains' tags.
 fn selector_tags(view: &dyn RecordView, p: &Port, out: &mut Vec<Tag>) {
     let node = nsdb::is_node_port(p);
     view.for_each(&mut |x| {
+        if let Ref::LoadBalancer(lb) = x
+            && lb.vips.iter().any(|v| {
+                v.member_selector
+                    .as_ref()
+                    .is_some_and(|s| s.matches_port(p))
+            })
+        {
+            out.push(Tag::lb(&lb.id));
+        }
         let Ref::Chain(c) = x else { return };
         let picks = |s: &Option<nsdb::PortSelector>| s.as_ref().is_some_and(|s| s.matches_port(p));
         let isolates_ingress = c.pods.as_ref().is_some_and(|a| {
@@ -1094,6 +1104,46 @@ mod tests {
             nsdb::PortSelector::in_namespace("x", nsdb::LabelSelector::label("pod", "p2")),
             nsdb::PodAttachMode::Allow,
         )
+    }
+
+    /// A VIP whose members are the pods its selector picks: a pod whose labels make it one
+    /// changes the VIP's flows.
+    #[test]
+    fn pod_selected_vip_members_leave_no_stale_flow() {
+        let mut b = base();
+        for p in ["p1", "p2", "p3", "p4", "p5"] {
+            b = b.pod_labels(p, "x", &[("pod", p)]);
+        }
+        let vip = &mut b.records.load_balancers[0].vips[0];
+        vip.members.clear();
+        vip.member_selector = Some(nsdb::PortSelector::in_namespace(
+            "x",
+            nsdb::LabelSelector {
+                match_expressions: vec![nsdb::LabelExpr {
+                    key: "pod".into(),
+                    op: nsdb::SelectorOp::In,
+                    values: vec!["p4".into()],
+                }],
+                ..Default::default()
+            },
+        ));
+        vip.target_port = Some(8080);
+        let mut after = b.records.clone();
+        after
+            .ports
+            .iter_mut()
+            .find(|p| p.id == "p5")
+            .unwrap()
+            .labels
+            .insert("pod".into(), "p4".into());
+        assert_no_stale_flow(
+            "a pod joins a VIP",
+            &b,
+            &b.records,
+            &after,
+            &packets(&b),
+            true,
+        );
     }
 
     /// Policy changes, and the label changes that move pods in and out of selectors, leave

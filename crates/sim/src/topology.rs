@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 use nsdb::{
-    AnyRecord, Bridge, Chain, DeviceRef, Host, LABEL_NAMESPACE_NAME, LoadBalancer, PodAttachMode,
-    PodDirection, Port, PortBinding, PortKind, Route, Router,
+    AnyRecord, Bridge, Chain, DeviceRef, Host, LABEL_NAMESPACE_NAME, LoadBalancer, Member,
+    PodAttachMode, PodDirection, Port, PortBinding, PortKind, Route, Router,
 };
 
 use crate::acl::{self, ChainC};
@@ -822,7 +822,22 @@ impl Topology {
             for v in &lb.vips {
                 let mut members = Vec::new();
                 let mut total = 0u32;
-                for m in &v.members {
+                // Pods picked by the VIP's selector join its listed members, weight 1, each
+                // address of the VIP's family at the target port.
+                let selected = v.member_selector.iter().flat_map(|sel| {
+                    records
+                        .ports
+                        .iter()
+                        .filter(|p| sel.matches_port(p))
+                        .flat_map(|p| p.addresses.iter())
+                        .map(|a| Member {
+                            ip: a.addr(),
+                            port: v.target_port.unwrap_or(v.port),
+                            weight: 1,
+                            healthy: true,
+                        })
+                });
+                for m in v.members.iter().cloned().chain(selected) {
                     // A member of the other address family cannot take the VIP's traffic.
                     if !m.healthy || m.weight == 0 || m.ip.is_ipv4() != v.ip.is_ipv4() {
                         continue;

@@ -436,3 +436,56 @@ fn snat_and_dnat_on_the_uplink() {
     check(&t, &rows);
     let _ = DropReason::NatLoop;
 }
+
+/// A VIP's members picked by a pod selector: each matching pod port's address at the target
+/// port, as pods come and go; a port that no longer matches is no member.
+#[test]
+fn vip_members_are_the_pods_its_selector_picks() {
+    let sel = nsdb::PortSelector::in_namespace("x", nsdb::LabelSelector::label("app", "web"));
+    let mut b = two_bridges()
+        .port("p5", "b2", "10.0.2.15")
+        .pod_labels("p4", "x", &[("app", "web")])
+        .pod_labels("p5", "x", &[("app", "db")])
+        .vip(
+            "lb1",
+            Some("r1"),
+            "10.96.0.10",
+            Protocol::Tcp,
+            80,
+            &[],
+            false,
+        );
+    b.records.load_balancers[0].vips[0].member_selector = Some(sel);
+    b.records.load_balancers[0].vips[0].target_port = Some(8080);
+    let (p1, gw) = (b.mac("p1"), b.mac("r1-b1"));
+    let tracked = ct(
+        pkt::tcp(2, p1, gw, "10.0.1.11", "10.96.0.10", 40000, 80),
+        RECIRC_CT,
+        TRK | NEW,
+    );
+    let s = run(&b.build(), tracked, &[]);
+    assert_eq!(
+        s.actions_text(),
+        "ct(commit,zone=3,nat(dst=10.0.2.14:8080)),recirc(0x2)",
+        "only p4 is app=web"
+    );
+    // p5 becomes app=web and p4 leaves: the VIP follows the labels.
+    for p in b.records.ports.iter_mut() {
+        match p.id.as_str() {
+            "p4" => p.labels.insert("app".into(), "db".into()),
+            "p5" => p.labels.insert("app".into(), "web".into()),
+            _ => None,
+        };
+    }
+    let s = run(&b.build(), tracked, &[]);
+    assert_eq!(
+        s.actions_text(),
+        "ct(commit,zone=3,nat(dst=10.0.2.15:8080)),recirc(0x2)"
+    );
+    // No pod matches: the VIP has no member and refuses the connection.
+    for p in b.records.ports.iter_mut() {
+        p.labels.remove("app");
+    }
+    let s = run(&b.build(), tracked, &[]);
+    assert_eq!(s.verdict, Verdict::Rejected);
+}
