@@ -16,8 +16,9 @@ use api::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use kube::ResourceExt;
 use nsdb::{
-    AnyRecord, Bridge, Chain, CtMatch, DeviceRef, DnatRule, LoadBalancer, MacAddr, Member, Port,
-    PortKind, Protocol, Route, Router, Rule, RuleAction, Snat, Vip,
+    AnyRecord, Bridge, Chain, CtMatch, DeviceRef, DnatRule, LoadBalancer, MacAddr, Member,
+    PodAttachMode, PodAttachment, PodDirection, Port, PortKind, Protocol, Route, Router, Rule,
+    RuleAction, Snat, Vip,
 };
 
 use crate::error::Error;
@@ -250,6 +251,32 @@ impl Fields {
 }
 
 /// The chain a device applies in one direction: a jump to each attached ACL, by name.
+/// The pods an ACL is attached to, or a VIP takes as members: those of the listed namespaces
+/// (every namespace when none is listed) whose labels match.
+fn pod_selector(f: &mut Fields, field: &str, p: &api::PodSelector) -> Option<nsdb::PortSelector> {
+    let pods = match crate::kuryr::label_selector(&p.selector) {
+        Ok(s) => s,
+        Err(faults) => {
+            for (part, reason) in faults {
+                f.fail(format!("{field}{part}"), reason);
+            }
+            return None;
+        }
+    };
+    let namespaces = (!p.namespaces.is_empty()).then(|| nsdb::LabelSelector {
+        match_labels: BTreeMap::new(),
+        match_expressions: vec![nsdb::LabelExpr {
+            key: nsdb::LABEL_NAMESPACE_NAME.to_owned(),
+            op: nsdb::SelectorOp::In,
+            values: p.namespaces.clone(),
+        }],
+    });
+    Some(nsdb::PortSelector {
+        namespaces,
+        pods: Some(pods),
+    })
+}
+
 fn device_chain(device_id: &str, device_name: &str, inbound: bool, acls: &[&str]) -> Option<Chain> {
     if acls.is_empty() {
         return None;
@@ -386,7 +413,7 @@ fn namespace_names(
     f: &mut Fields,
 ) -> Vec<String> {
     if let Some(sel) = s.namespaces.as_ref().and_then(|n| n.selector.as_ref())
-        && let Err(faults) = crate::kuryr::namespaces::selector(sel)
+        && let Err(faults) = crate::kuryr::label_selector(sel)
     {
         for (field, reason) in faults {
             f.fail(format!("spec.namespaces.selector{field}"), reason);
@@ -709,9 +736,13 @@ fn load_balancer(name: &str, o: &VirtualLoadBalancer) -> Result<Vec<AnyRecord>, 
                     })
                 })
                 .collect();
+            let member_selector = match &v.pods {
+                Some(p) => Some(pod_selector(&mut f, &format!("spec.vips[{i}].pods"), p)?),
+                None => None,
+            };
             Some(Vip {
-                member_selector: None,
-                target_port: None,
+                member_selector,
+                target_port: v.target_port,
                 ip: ip?,
                 protocol: l4(v.protocol),
                 port: v.port,
@@ -791,8 +822,18 @@ fn acl(name: &str, o: &AccessControlList) -> Result<Chain, Error> {
         api::DefaultAction::Reject => RuleAction::Reject,
         api::DefaultAction::Return => RuleAction::Return,
     };
+    let pods = s.attach_to.pods.as_ref().and_then(|p| {
+        Some(PodAttachment {
+            direction: match s.direction {
+                api::Direction::Ingress => PodDirection::Ingress,
+                api::Direction::Egress => PodDirection::Egress,
+            },
+            selector: pod_selector(&mut f, "spec.attachTo.pods", p)?,
+            mode: PodAttachMode::Filter,
+        })
+    });
     f.finish(Chain {
-        pods: None,
+        pods,
         id: ids::acl_chain(name),
         name: name.to_owned(),
         rules,
@@ -807,6 +848,79 @@ mod tests {
 
     fn tr(inv: &Inventory, kind: CrKind, name: &str) -> Translation {
         translate(&ObjectKey::new(kind, name), inv).unwrap()
+    }
+
+    /// A VIP's `pods` and `targetPort` become its member selector, and an ACL's
+    /// `attachTo.pods` a filter attached to the pods it picks, in the ACL's direction; the
+    /// namespaces listed become a selector on the namespace's name.
+    #[test]
+    fn pod_selectors_of_vips_and_acls() {
+        let mut inv = topology();
+        let pods: api::PodSelector = serde_json::from_value(serde_json::json!({
+            "namespaces": ["shop", "cart"],
+            "matchLabels": {"app": "web"},
+            "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["canary"]}],
+        }))
+        .unwrap();
+        let want = nsdb::PortSelector {
+            namespaces: Some(nsdb::LabelSelector {
+                match_labels: BTreeMap::new(),
+                match_expressions: vec![nsdb::LabelExpr {
+                    key: nsdb::LABEL_NAMESPACE_NAME.into(),
+                    op: nsdb::SelectorOp::In,
+                    values: vec!["shop".into(), "cart".into()],
+                }],
+            }),
+            pods: Some(nsdb::LabelSelector {
+                match_labels: BTreeMap::from([("app".into(), "web".into())]),
+                match_expressions: vec![nsdb::LabelExpr {
+                    key: "tier".into(),
+                    op: nsdb::SelectorOp::NotIn,
+                    values: vec!["canary".into()],
+                }],
+            }),
+        };
+        let vip = &mut inv.load_balancers.get_mut("web").unwrap().spec.vips[0];
+        vip.members.clear();
+        vip.pods = Some(pods.clone());
+        vip.target_port = Some(8080);
+        let t = tr(&inv, CrKind::VirtualLoadBalancer, "web");
+        let AnyRecord::LoadBalancer(lb) = &t.records[0] else {
+            panic!("{t:?}")
+        };
+        assert_eq!(lb.vips[0].member_selector.as_ref(), Some(&want));
+        assert_eq!(lb.vips[0].target_port, Some(8080));
+        assert!(lb.vips[0].members.is_empty());
+
+        let acl = inv.acls.get_mut("web-in").unwrap();
+        acl.spec.attach_to.pods = Some(pods);
+        let t = tr(&inv, CrKind::AccessControlList, "web-in");
+        let AnyRecord::Chain(c) = &t.records[0] else {
+            panic!("{t:?}")
+        };
+        assert_eq!(
+            c.pods,
+            Some(PodAttachment {
+                direction: PodDirection::Ingress,
+                selector: want,
+                mode: PodAttachMode::Filter,
+            })
+        );
+
+        // A selector that is no label selector fails the field.
+        inv.acls.get_mut("web-in").unwrap().spec.attach_to.pods = Some(
+            serde_json::from_value(serde_json::json!({
+                "matchExpressions": [{"key": "app", "operator": "Near"}],
+            }))
+            .unwrap(),
+        );
+        let err = translate(&ObjectKey::new(CrKind::AccessControlList, "web-in"), &inv)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spec.attachTo.pods.matchExpressions[0].operator"),
+            "{err}"
+        );
     }
 
     fn keys(t: &Translation) -> Vec<String> {

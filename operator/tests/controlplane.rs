@@ -745,33 +745,12 @@ const FIXES: &[(&str, &[(&str, &str)])] = &[
         &[("action: Allow", "action: Accept")],
     ),
     (
-        "unsupported-acl-pods.yaml",
-        &[(
-            "    pods:\n      matchLabels:\n        app: db\n",
-            "    bridges: [green]\n",
-        )],
-    ),
-    (
         "unsupported-health-check.yaml",
         &[("  healthCheck:\n    type: TCP\n", "")],
     ),
     (
         "unsupported-uplink-host-interface.yaml",
         &[("    hostInterface: eth1\n", "")],
-    ),
-    (
-        "unsupported-vip-pods.yaml",
-        &[(
-            "      pods:\n        matchLabels:\n          app: web\n",
-            "      members:\n        - ip: 10.10.0.13\n          port: 8080\n",
-        )],
-    ),
-    (
-        "unsupported-vip-target-port.yaml",
-        &[(
-            "      pods:\n        matchLabels:\n          app: api\n      targetPort: 8080\n",
-            "      members:\n        - ip: 10.20.0.13\n          port: 8080\n",
-        )],
     ),
 ];
 

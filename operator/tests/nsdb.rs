@@ -349,15 +349,18 @@ async fn an_unsupported_field_is_refused_and_nsdb_keeps_the_last_programmed_spec
     assert_all_programmed(&program_all(&db, &inv).await);
     let (rev, before) = snapshot(&db).await;
 
-    // A health check on the programmed load balancer, and a new ACL attached to pods.
+    // A health check on the programmed load balancer, and a host interface on the programmed
+    // router's uplink.
     inv.load_balancers.get_mut("web").unwrap().spec.health_check =
         serde_json::from_value(serde_json::json!({"type": "TCP"})).unwrap();
-    let mut orange = inv.acls.values().next().unwrap().clone();
-    orange.metadata.name = Some("orange".into());
-    orange.spec.attach_to =
-        serde_json::from_value(serde_json::json!({"pods": {"matchLabels": {"team": "orange"}}}))
-            .unwrap();
-    inv.add_acl(orange);
+    inv.routers
+        .get_mut("edge")
+        .unwrap()
+        .spec
+        .uplink
+        .as_mut()
+        .unwrap()
+        .host_interface = Some("eth1".into());
 
     let outcomes: BTreeMap<ObjectKey, Outcome> = program_all(&db, &inv).await.into_iter().collect();
     let message = |kind, name: &str| match &outcomes[&ObjectKey::new(kind, name)] {
@@ -368,29 +371,35 @@ async fn an_unsupported_field_is_refused_and_nsdb_keeps_the_last_programmed_spec
         message(CrKind::VirtualLoadBalancer, "web").starts_with("spec.healthCheck: not supported")
     );
     assert!(
-        message(CrKind::AccessControlList, "orange")
-            .starts_with("spec.attachTo.pods: not supported")
+        message(CrKind::VirtualRouter, "edge")
+            .starts_with("spec.uplink.hostInterface: not supported")
     );
     assert_eq!(outcomes.values().filter(|o| o.is_refused()).count(), 2);
-    // web keeps the records of its last programmed spec; orange has none.
+    // web and edge keep the records of their last programmed specs.
     let (rev2, after) = snapshot(&db).await;
     assert_eq!(rev, rev2, "nothing of the topology is touched");
     assert_eq!(before, after);
 
     // Taking the field out programs it again, with nothing to change for web.
     inv.load_balancers.get_mut("web").unwrap().spec.health_check = None;
-    inv.acls.get_mut("orange").unwrap().spec.attach_to =
-        serde_json::from_value(serde_json::json!({"bridges": ["green"]})).unwrap();
+    inv.routers
+        .get_mut("edge")
+        .unwrap()
+        .spec
+        .uplink
+        .as_mut()
+        .unwrap()
+        .host_interface = None;
     let outcomes: BTreeMap<ObjectKey, Outcome> = program_all(&db, &inv).await.into_iter().collect();
     let Outcome::Programmed(a) = &outcomes[&ObjectKey::new(CrKind::VirtualLoadBalancer, "web")]
     else {
         panic!("{outcomes:?}")
     };
     assert_eq!((a.written, a.deleted), (0, 0));
-    assert!(matches!(
-        outcomes[&ObjectKey::new(CrKind::AccessControlList, "orange")],
-        Outcome::Programmed(_)
-    ));
+    let Outcome::Programmed(a) = &outcomes[&ObjectKey::new(CrKind::VirtualRouter, "edge")] else {
+        panic!("{outcomes:?}")
+    };
+    assert_eq!((a.written, a.deleted), (0, 0));
 }
 
 #[tokio::test]

@@ -77,8 +77,9 @@ pub struct Attachment {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(inner(pattern(patterns::OBJECT_NAME)))]
     pub routers: Vec<String>,
-    /// Pod ports, by label.
-    /// Not supported yet: the operator refuses an object that sets it (reason `Unsupported`).
+    /// Pod ports, by label: the ACL filters the traffic they receive (`Ingress`) or send
+    /// (`Egress`); its `Drop` and `Reject` decide, and `Accept` lets the packet on to the
+    /// pod's other filters and NetworkPolicies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pods: Option<PodSelector>,
 }

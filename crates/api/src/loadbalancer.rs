@@ -82,12 +82,11 @@ pub struct Vip {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 4096))]
     pub members: Vec<Member>,
-    /// Pods selected as members instead of a list.
-    /// Not supported yet: the operator refuses an object that sets it (reason `Unsupported`).
+    /// Pods selected as members instead of a list: every address of each matching pod's
+    /// port, weight 1, as pods come and go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pods: Option<PodSelector>,
     /// The port on the selected pods; defaults to `port`.
-    /// Not supported yet: the operator refuses an object that sets it (reason `Unsupported`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub target_port: Option<u16>,

@@ -18,6 +18,63 @@ use nsdb::{Kind, Nsdb};
 use crate::error::Error;
 use crate::store::{self, Owner};
 
+/// A Kubernetes label selector as NSDB's. The faults name the part of the selector
+/// (`.matchExpressions[0].operator`) and why.
+pub fn label_selector(
+    s: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+) -> Result<nsdb::LabelSelector, Vec<(String, String)>> {
+    let mut faults = Vec::new();
+    let mut exprs = Vec::new();
+    for (i, e) in s.match_expressions.iter().flatten().enumerate() {
+        let field = format!(".matchExpressions[{i}]");
+        let values = e.values.clone().unwrap_or_default();
+        let op = match e.operator.as_str() {
+            "In" => nsdb::SelectorOp::In,
+            "NotIn" => nsdb::SelectorOp::NotIn,
+            "Exists" => nsdb::SelectorOp::Exists,
+            "DoesNotExist" => nsdb::SelectorOp::DoesNotExist,
+            other => {
+                faults.push((
+                    format!("{field}.operator"),
+                    format!(
+                        "{other:?} is not one of \"In\", \"NotIn\", \"Exists\", \"DoesNotExist\""
+                    ),
+                ));
+                continue;
+            }
+        };
+        if e.key.is_empty() {
+            faults.push((format!("{field}.key"), "may not be empty".to_owned()));
+        }
+        match op {
+            nsdb::SelectorOp::In | nsdb::SelectorOp::NotIn if values.is_empty() => faults.push((
+                format!("{field}.values"),
+                format!("must be non-empty with operator {}", e.operator),
+            )),
+            nsdb::SelectorOp::Exists | nsdb::SelectorOp::DoesNotExist if !values.is_empty() => {
+                faults.push((
+                    format!("{field}.values"),
+                    format!("must be empty with operator {}", e.operator),
+                ))
+            }
+            _ => {}
+        }
+        exprs.push(nsdb::LabelExpr {
+            key: e.key.clone(),
+            op,
+            values,
+        });
+    }
+    if faults.is_empty() {
+        Ok(nsdb::LabelSelector {
+            match_labels: s.match_labels.clone().unwrap_or_default(),
+            match_expressions: exprs,
+        })
+    } else {
+        Err(faults)
+    }
+}
+
 /// The Kubernetes kinds whose objects own NSDB records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KubeKind {

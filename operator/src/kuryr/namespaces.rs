@@ -43,13 +43,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
-use nsdb::{
-    AnyRecord, Bridge, DeviceRef, LabelExpr, MacAddr, Nsdb, Port, PortKind, Route, SelectorOp,
-};
+use nsdb::{AnyRecord, Bridge, DeviceRef, MacAddr, Nsdb, Port, PortKind, Route};
 use tracing::{debug, info, warn};
 
 use super::{KubeKey, KubeKind};
@@ -148,59 +145,6 @@ impl PerNamespace {
 
 // ---- Which bridge serves a namespace ----
 
-/// A Kubernetes label selector as NSDB's. The faults name the part of the selector
-/// (`.matchExpressions[0].operator`) and why.
-pub fn selector(s: &LabelSelector) -> Result<nsdb::LabelSelector, Vec<(String, String)>> {
-    let mut faults = Vec::new();
-    let mut exprs = Vec::new();
-    for (i, e) in s.match_expressions.iter().flatten().enumerate() {
-        let field = format!(".matchExpressions[{i}]");
-        let values = e.values.clone().unwrap_or_default();
-        let op = match e.operator.as_str() {
-            "In" => SelectorOp::In,
-            "NotIn" => SelectorOp::NotIn,
-            "Exists" => SelectorOp::Exists,
-            "DoesNotExist" => SelectorOp::DoesNotExist,
-            other => {
-                faults.push((
-                    format!("{field}.operator"),
-                    format!(
-                        "{other:?} is not one of \"In\", \"NotIn\", \"Exists\", \"DoesNotExist\""
-                    ),
-                ));
-                continue;
-            }
-        };
-        if e.key.is_empty() {
-            faults.push((format!("{field}.key"), "may not be empty".to_owned()));
-        }
-        match op {
-            SelectorOp::In | SelectorOp::NotIn if values.is_empty() => faults.push((
-                format!("{field}.values"),
-                format!("must be non-empty with operator {}", e.operator),
-            )),
-            SelectorOp::Exists | SelectorOp::DoesNotExist if !values.is_empty() => faults.push((
-                format!("{field}.values"),
-                format!("must be empty with operator {}", e.operator),
-            )),
-            _ => {}
-        }
-        exprs.push(LabelExpr {
-            key: e.key.clone(),
-            op,
-            values,
-        });
-    }
-    if faults.is_empty() {
-        Ok(nsdb::LabelSelector {
-            match_labels: s.match_labels.clone().unwrap_or_default(),
-            match_expressions: exprs,
-        })
-    } else {
-        Err(faults)
-    }
-}
-
 /// How a VirtualBridge serves a namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum By {
@@ -224,7 +168,7 @@ fn selectors(inv: &Inventory) -> Vec<(&str, nsdb::LabelSelector)> {
         .iter()
         .filter_map(|(name, b)| {
             let sel = b.spec.namespaces.as_ref()?.selector.as_ref()?;
-            Some((name.as_str(), selector(sel).ok()?))
+            Some((name.as_str(), super::label_selector(sel).ok()?))
         })
         .collect()
 }
@@ -970,6 +914,8 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
     use super::*;
     use crate::fixtures::vbr;
     use crate::ids::{CrKind, ObjectKey};

@@ -17,8 +17,8 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, Network
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector as KubeSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use nsdb::{
-    Chain, LabelExpr, LabelSelector, PodAttachMode, PodAttachment, PodDirection, PortSelector,
-    Protocol, Rule, RuleAction, SelectorOp,
+    Chain, LabelSelector, PodAttachMode, PodAttachment, PodDirection, PortSelector, Protocol, Rule,
+    RuleAction,
 };
 
 use super::{KubeKey, KubeKind};
@@ -444,56 +444,15 @@ impl Translator<'_> {
     }
 
     fn selector(&mut self, field: &str, s: &KubeSelector) -> Option<LabelSelector> {
-        let mut ok = true;
-        let mut exprs = Vec::new();
-        for (n, e) in s.match_expressions.iter().flatten().enumerate() {
-            let field = format!("{field}.matchExpressions[{n}]");
-            let values = e.values.clone().unwrap_or_default();
-            let op = match e.operator.as_str() {
-                "In" => SelectorOp::In,
-                "NotIn" => SelectorOp::NotIn,
-                "Exists" => SelectorOp::Exists,
-                "DoesNotExist" => SelectorOp::DoesNotExist,
-                other => {
-                    self.fail(
-                        format!("{field}.operator"),
-                        format!("{other:?} is not one of \"In\", \"NotIn\", \"Exists\", \"DoesNotExist\""),
-                    );
-                    ok = false;
-                    continue;
+        match super::label_selector(s) {
+            Ok(sel) => Some(sel),
+            Err(faults) => {
+                for (part, reason) in faults {
+                    self.fail(format!("{field}{part}"), reason);
                 }
-            };
-            if e.key.is_empty() {
-                self.fail(format!("{field}.key"), "may not be empty");
-                ok = false;
+                None
             }
-            match op {
-                SelectorOp::In | SelectorOp::NotIn if values.is_empty() => {
-                    self.fail(
-                        format!("{field}.values"),
-                        format!("must be non-empty with operator {}", e.operator),
-                    );
-                    ok = false;
-                }
-                SelectorOp::Exists | SelectorOp::DoesNotExist if !values.is_empty() => {
-                    self.fail(
-                        format!("{field}.values"),
-                        format!("must be empty with operator {}", e.operator),
-                    );
-                    ok = false;
-                }
-                _ => {}
-            }
-            exprs.push(LabelExpr {
-                key: e.key.clone(),
-                op,
-                values,
-            });
         }
-        ok.then(|| LabelSelector {
-            match_labels: s.match_labels.clone().unwrap_or_default(),
-            match_expressions: exprs,
-        })
     }
 }
 
@@ -536,6 +495,8 @@ fn match_all(id: String, action: RuleAction) -> Rule {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+
+    use nsdb::{LabelExpr, SelectorOp};
 
     use super::*;
 
