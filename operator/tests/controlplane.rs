@@ -71,22 +71,7 @@ fn examples() -> PathBuf {
 }
 
 fn prepare(cp: &ControlPlane) {
-    cp.kubectl(&["apply", "-f", repo().join("crds").to_str().unwrap()]);
-    cp.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd",
-        "--all",
-        "--timeout=60s",
-    ]);
-    let out = cp
-        .kubectl_output(&["create", "namespace", "weft-system"])
-        .unwrap();
-    assert!(
-        out.status.success() || String::from_utf8_lossy(&out.stderr).contains("AlreadyExists"),
-        "kubectl create namespace weft-system: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cp.prepare_weft();
 }
 
 /// Removes every weft.dev object, finalizers and all (no operator runs between tests).

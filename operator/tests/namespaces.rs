@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use ipnet::{IpNet, Ipv4Net};
 use nsdb::pod_port::PodPortRequest;
 use nsdb::{AnyRecord, Bridge, DeviceRef, Nsdb, PodPortRelease, Port, PortKind, Route};
-use support::controlplane::{ControlPlane, repo};
-use support::operator::Operator;
+use support::controlplane::ControlPlane;
+use support::operator::{Operator, wait_for};
 use support::records::{Db, Snapshot};
 
 /// How long a change may take to reach NSDB once the operator can see it (including the
@@ -36,28 +36,6 @@ const POOL: &str = "10.240.0.0/16";
 
 /// The tests share the control plane, whose Namespaces every operator sees: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// The CRDs (the operator's controllers watch them) and the Lease namespace.
-fn prepare(cp: &ControlPlane) {
-    cp.kubectl(&["apply", "-f", repo().join("crds").to_str().unwrap()]);
-    cp.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd",
-        "--all",
-        "--timeout=60s",
-    ]);
-    create_namespace(cp, "weft-system");
-}
-
-fn create_namespace(cp: &ControlPlane, ns: &str) {
-    let out = cp.kubectl_output(&["create", "namespace", ns]).unwrap();
-    assert!(
-        out.status.success() || String::from_utf8_lossy(&out.stderr).contains("AlreadyExists"),
-        "kubectl create namespace {ns}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn apply(cp: &ControlPlane, dir: &Path, name: &str, yaml: &str) {
     let path = dir.join(format!("{name}.yaml"));
@@ -96,28 +74,6 @@ fn finalize_namespace(cp: &ControlPlane, dir: &Path, ns: &str) {
             "namespace {ns} still there after its finalization"
         );
         std::thread::sleep(POLL);
-    }
-}
-
-/// Polls `probe` until it succeeds, for at most [`CONVERGE_TIMEOUT`], while the operator
-/// runs; panics with the last reason and the end of the operator's log.
-fn wait_for<T>(what: &str, op: &mut Operator, mut probe: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + CONVERGE_TIMEOUT;
-    loop {
-        op.assert_running();
-        match probe() {
-            Ok(v) => return v,
-            Err(why) if Instant::now() >= deadline => {
-                let log = op.stderr();
-                let lines: Vec<&str> = log.lines().collect();
-                panic!(
-                    "{what}: not within {CONVERGE_TIMEOUT:?}: {why}\nweft-operator (pid {}):\n{}",
-                    op.pid(),
-                    lines[lines.len().saturating_sub(80)..].join("\n")
-                );
-            }
-            Err(_) => std::thread::sleep(POLL),
-        }
     }
 }
 
@@ -223,17 +179,22 @@ fn namespace_network(s: &Snapshot, ns: &str) -> Result<Ipv4Net, String> {
 /// Waits until namespace `ns` has no records left.
 fn wait_gone(db: &Db, op: &mut Operator, ns: &str) {
     let prefix = format!("kns:{ns}");
-    wait_for(&format!("the network of namespace {ns} gone"), op, || {
-        let left: Vec<String> = namespace_records(&db.try_snapshot()?)
-            .into_iter()
-            .filter(|id| id == &prefix || id.starts_with(&format!("{prefix}:")))
-            .collect();
-        if left.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("left: {left:?}"))
-        }
-    });
+    wait_for(
+        &format!("the network of namespace {ns} gone"),
+        CONVERGE_TIMEOUT,
+        op,
+        || {
+            let left: Vec<String> = namespace_records(&db.try_snapshot()?)
+                .into_iter()
+                .filter(|id| id == &prefix || id.starts_with(&format!("{prefix}:")))
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("left: {left:?}"))
+            }
+        },
+    );
 }
 
 /// The namespaces bridge `id` lists (an error when it is absent).
@@ -304,7 +265,7 @@ fn per_namespace_bridges_follow_the_namespaces() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let cp = ControlPlane::shared();
-    prepare(&cp);
+    cp.prepare_weft();
     let db = Db::start();
     let dir = tempfile::Builder::new()
         .prefix("weft-namespaces-")
@@ -329,16 +290,24 @@ fn per_namespace_bridges_follow_the_namespaces() {
         &dir.path().join("per-namespace.stderr"),
     );
     // The namespaces that were there first get theirs too.
-    wait_for("the network of namespace default", &mut op, || {
-        namespace_network(&db.try_snapshot()?, "default")
-    });
+    wait_for(
+        "the network of namespace default",
+        CONVERGE_TIMEOUT,
+        &mut op,
+        || namespace_network(&db.try_snapshot()?, "default"),
+    );
 
-    create_namespace(&cp, "n1");
-    create_namespace(&cp, "n2");
-    let (s1, s2) = wait_for("the networks of n1 and n2", &mut op, || {
-        let s = db.try_snapshot()?;
-        Ok((namespace_network(&s, "n1")?, namespace_network(&s, "n2")?))
-    });
+    cp.create_namespace("n1");
+    cp.create_namespace("n2");
+    let (s1, s2) = wait_for(
+        "the networks of n1 and n2",
+        CONVERGE_TIMEOUT,
+        &mut op,
+        || {
+            let s = db.try_snapshot()?;
+            Ok((namespace_network(&s, "n1")?, namespace_network(&s, "n2")?))
+        },
+    );
     let subnets: Vec<Ipv4Net> = bridges(&db.snapshot())
         .values()
         .filter(|b| b.id.starts_with("kns:"))
@@ -368,12 +337,17 @@ fn per_namespace_bridges_follow_the_namespaces() {
             "      ip: 10.250.0.1\n  routes:\n    - destination: 192.168.0.0/16\n      nextHop: 10.250.0.254\n",
         ),
     );
-    wait_for("the router's static route", &mut op, || {
-        let s = db.try_snapshot()?;
-        record(&s, "/weft/v1/routes/vrt:cluster:route:0")
-            .map(|_| ())
-            .ok_or_else(|| "not yet".to_owned())
-    });
+    wait_for(
+        "the router's static route",
+        CONVERGE_TIMEOUT,
+        &mut op,
+        || {
+            let s = db.try_snapshot()?;
+            record(&s, "/weft/v1/routes/vrt:cluster:route:0")
+                .map(|_| ())
+                .ok_or_else(|| "not yet".to_owned())
+        },
+    );
     let after = db.snapshot();
     for ns in ["n1", "n2"] {
         for key in [
@@ -390,12 +364,15 @@ fn per_namespace_bridges_follow_the_namespaces() {
 
     // n2 labelled team=red: red serves it, and n2's own bridge (no port on it) goes.
     cp.kubectl(&["label", "namespace", "n2", "team=red"]);
-    wait_for("red serving n2", &mut op, || {
-        match listed(&db, "vbr:red")? {
+    wait_for(
+        "red serving n2",
+        CONVERGE_TIMEOUT,
+        &mut op,
+        || match listed(&db, "vbr:red")? {
             l if l == ["n2"] => Ok(()),
             l => Err(format!("red lists {l:?}")),
-        }
-    });
+        },
+    );
     wait_gone(&db, &mut op, "n2");
     namespace_network(&db.snapshot(), "n1").unwrap();
 
@@ -405,8 +382,8 @@ fn per_namespace_bridges_follow_the_namespaces() {
     wait_gone(&db, &mut op, "n1");
 
     // n3 gets the lowest free block: n1's.
-    create_namespace(&cp, "n3");
-    let s3 = wait_for("the network of n3", &mut op, || {
+    cp.create_namespace("n3");
+    let s3 = wait_for("the network of n3", CONVERGE_TIMEOUT, &mut op, || {
         namespace_network(&db.try_snapshot()?, "n3")
     });
     assert_eq!(s3, s1, "n3 gets n1's subnet back");
@@ -428,12 +405,15 @@ fn per_namespace_bridges_follow_the_namespaces() {
     // n3 deleted (Terminating: no pod starts in it any more): its bridge no longer lists it,
     // but stays while the port is on it.
     cp.kubectl(&["delete", "namespace", "n3", "--wait=false"]);
-    wait_for("n3's bridge listing nothing", &mut op, || {
-        match listed(&db, "kns:n3")? {
+    wait_for(
+        "n3's bridge listing nothing",
+        CONVERGE_TIMEOUT,
+        &mut op,
+        || match listed(&db, "kns:n3")? {
             l if l.is_empty() => Ok(()),
             l => Err(format!("lists {l:?}")),
-        }
-    });
+        },
+    );
     let until = Instant::now() + STAYS_FOR;
     while Instant::now() < until {
         op.assert_running();
@@ -469,27 +449,32 @@ fn per_namespace_bridges_follow_the_namespaces() {
     );
     // No tunnel key stays allocated to a record that is gone (they are released right after
     // the records' deletion).
-    wait_for("the tunnel keys of gone records released", &mut op, || {
-        let s = db.try_snapshot()?;
-        let ids: Vec<String> = s.records.values().map(|(r, _)| r.id()).collect();
-        let left: Vec<String> = s
-            .records
-            .values()
-            .filter_map(|(r, _)| match r {
-                AnyRecord::TunnelKey(t)
-                    if t.owner.starts_with("kns:") && !ids.contains(&t.owner) =>
-                {
-                    Some(format!("{} of {}", t.key, t.owner))
-                }
-                _ => None,
-            })
-            .collect();
-        if left.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("left: {left:?}"))
-        }
-    });
+    wait_for(
+        "the tunnel keys of gone records released",
+        CONVERGE_TIMEOUT,
+        &mut op,
+        || {
+            let s = db.try_snapshot()?;
+            let ids: Vec<String> = s.records.values().map(|(r, _)| r.id()).collect();
+            let left: Vec<String> = s
+                .records
+                .values()
+                .filter_map(|(r, _)| match r {
+                    AnyRecord::TunnelKey(t)
+                        if t.owner.starts_with("kns:") && !ids.contains(&t.owner) =>
+                    {
+                        Some(format!("{} of {}", t.key, t.owner))
+                    }
+                    _ => None,
+                })
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("left: {left:?}"))
+            }
+        },
+    );
     // red keeps n2.
     assert_eq!(listed(&db, "vbr:red").unwrap(), ["n2"]);
 
@@ -512,7 +497,7 @@ fn per_namespace_bridges_follow_the_namespaces() {
 fn the_shared_mode_writes_no_namespace_bridge() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let cp = ControlPlane::shared();
-    prepare(&cp);
+    cp.prepare_weft();
     let db = Db::start();
     let dir = tempfile::Builder::new()
         .prefix("weft-namespaces-shared-")
@@ -536,8 +521,8 @@ fn the_shared_mode_writes_no_namespace_bridge() {
     };
     rt.block_on(nsdb.put(&left)).unwrap();
 
-    create_namespace(&cp, "shared-a");
-    create_namespace(&cp, "shared-b");
+    cp.create_namespace("shared-a");
+    cp.create_namespace("shared-b");
     cp.kubectl(&["label", "namespace", "shared-a", "team=blue", "--overwrite"]);
     apply(
         &cp,
@@ -561,33 +546,41 @@ spec:
         &["--lease-name", "weft-namespaces-shared"],
         &dir.path().join("shared.stderr"),
     );
-    wait_for("blue serving shared-a", &mut op, || {
-        match listed(&db, "vbr:blue")? {
+    wait_for(
+        "blue serving shared-a",
+        CONVERGE_TIMEOUT,
+        &mut op,
+        || match listed(&db, "vbr:blue")? {
             l if l == ["shared-a"] => Ok(()),
             l => Err(format!("blue lists {l:?}")),
-        }
-    });
+        },
+    );
     wait_gone(&db, &mut op, "shared-b");
 
     // navy's selector matches shared-a too; blue's name sorts first, so blue keeps it, and
     // navy, programmed all the same, says so.
     apply(&cp, dir.path(), "navy", NAVY);
-    let message = wait_for("navy's Ready naming the conflict", &mut op, || {
-        let vbr: serde_json::Value =
-            serde_json::from_str(&cp.kubectl(&["get", "virtualbridge", "navy", "-o", "json"]))
-                .map_err(|e| e.to_string())?;
-        let ready = vbr["status"]["conditions"]
-            .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
-            .cloned()
-            .ok_or("no Ready condition")?;
-        let message = ready["message"].as_str().unwrap_or_default().to_owned();
-        if ready["status"] == "True" && message.contains("spec.namespaces.selector") {
-            Ok(message)
-        } else {
-            Err(format!("Ready: {ready}"))
-        }
-    });
+    let message = wait_for(
+        "navy's Ready naming the conflict",
+        CONVERGE_TIMEOUT,
+        &mut op,
+        || {
+            let vbr: serde_json::Value =
+                serde_json::from_str(&cp.kubectl(&["get", "virtualbridge", "navy", "-o", "json"]))
+                    .map_err(|e| e.to_string())?;
+            let ready = vbr["status"]["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+                .cloned()
+                .ok_or("no Ready condition")?;
+            let message = ready["message"].as_str().unwrap_or_default().to_owned();
+            if ready["status"] == "True" && message.contains("spec.namespaces.selector") {
+                Ok(message)
+            } else {
+                Err(format!("Ready: {ready}"))
+            }
+        },
+    );
     assert!(
         message.contains(
             "spec.namespaces.selector: namespace shared-a is served by VirtualBridge blue, whose \
@@ -596,22 +589,27 @@ spec:
         "{message}"
     );
     assert_eq!(listed(&db, "vbr:navy").unwrap(), Vec::<String>::new());
-    wait_for("the NamespaceConflict event on navy", &mut op, || {
-        let events = cp.kubectl(&[
-            "get",
-            "events.events.k8s.io",
-            "-A",
-            "--field-selector",
-            "regarding.name=navy,reason=NamespaceConflict",
-            "-o",
-            "name",
-        ]);
-        if events.trim().is_empty() {
-            Err("none yet".to_owned())
-        } else {
-            Ok(())
-        }
-    });
+    wait_for(
+        "the NamespaceConflict event on navy",
+        CONVERGE_TIMEOUT,
+        &mut op,
+        || {
+            let events = cp.kubectl(&[
+                "get",
+                "events.events.k8s.io",
+                "-A",
+                "--field-selector",
+                "regarding.name=navy,reason=NamespaceConflict",
+                "-o",
+                "name",
+            ]);
+            if events.trim().is_empty() {
+                Err("none yet".to_owned())
+            } else {
+                Ok(())
+            }
+        },
+    );
     // blue goes: navy takes shared-a over.
     cp.kubectl(&[
         "delete",
@@ -620,12 +618,15 @@ spec:
         "--wait=true",
         "--timeout=60s",
     ]);
-    wait_for("navy serving shared-a", &mut op, || {
-        match listed(&db, "vbr:navy")? {
+    wait_for(
+        "navy serving shared-a",
+        CONVERGE_TIMEOUT,
+        &mut op,
+        || match listed(&db, "vbr:navy")? {
             l if l == ["shared-a"] => Ok(()),
             l => Err(format!("navy lists {l:?}")),
-        }
-    });
+        },
+    );
     // Long enough for the namespace controller to have looked at every namespace.
     std::thread::sleep(Duration::from_secs(3));
     let s = db.snapshot();

@@ -15,14 +15,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nsdb::{AnyRecord, LoadBalancer};
-use support::controlplane::{ControlPlane, repo};
-use support::operator::Operator;
+use support::controlplane::ControlPlane;
+use support::operator::{Operator, wait_for};
 use support::records::Db;
 
 /// How long a change may take to reach NSDB once the operator can see it (including the
 /// operator's start: the leader Lease, then both initial lists).
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
-const POLL: Duration = Duration::from_millis(250);
 /// A short Lease, so that the replica started after a killed one leads within seconds.
 const LEASE: [&str; 6] = [
     "--lease-name",
@@ -34,24 +33,10 @@ const LEASE: [&str; 6] = [
 ];
 const NAMESPACE: &str = "svc-x";
 
-/// The CRDs (the operator's other controllers watch them) and the Lease namespace.
+/// What the operator needs, and the test's namespace.
 fn prepare(cp: &ControlPlane) {
-    cp.kubectl(&["apply", "-f", repo().join("crds").to_str().unwrap()]);
-    cp.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd",
-        "--all",
-        "--timeout=60s",
-    ]);
-    for ns in ["weft-system", NAMESPACE] {
-        let out = cp.kubectl_output(&["create", "namespace", ns]).unwrap();
-        assert!(
-            out.status.success() || String::from_utf8_lossy(&out.stderr).contains("AlreadyExists"),
-            "kubectl create namespace {ns}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    cp.prepare_weft();
+    cp.create_namespace(NAMESPACE);
 }
 
 /// Every load balancer in NSDB, by id.
@@ -91,38 +76,21 @@ fn vips(lb: &LoadBalancer) -> Vec<String> {
         .collect()
 }
 
-/// Polls `probe` until it succeeds, for at most [`CONVERGE_TIMEOUT`], while the operator
-/// runs; panics with the last reason and the end of the operator's log.
-fn wait_for<T>(what: &str, op: &mut Operator, mut probe: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + CONVERGE_TIMEOUT;
-    loop {
-        op.assert_running();
-        match probe() {
-            Ok(v) => return v,
-            Err(why) if Instant::now() >= deadline => {
-                let log = op.stderr();
-                let lines: Vec<&str> = log.lines().collect();
-                panic!(
-                    "{what}: not within {CONVERGE_TIMEOUT:?}: {why}\nweft-operator (pid {}):\n{}",
-                    op.pid(),
-                    lines[lines.len().saturating_sub(60)..].join("\n")
-                );
-            }
-            Err(_) => std::thread::sleep(POLL),
-        }
-    }
-}
-
 /// Waits until the load balancer `id` has exactly these VIPs.
 fn wait_vips(db: &Db, op: &mut Operator, id: &str, want: &[&str]) -> LoadBalancer {
-    wait_for(&format!("{id} with VIPs {want:#?}"), op, || {
-        let lbs = load_balancers(db)?;
-        match lbs.get(id) {
-            Some(lb) if vips(lb) == want => Ok(lb.clone()),
-            Some(lb) => Err(format!("VIPs {:#?}", vips(lb))),
-            None => Err(format!("absent; load balancers: {:?}", lbs.keys())),
-        }
-    })
+    wait_for(
+        &format!("{id} with VIPs {want:#?}"),
+        CONVERGE_TIMEOUT,
+        op,
+        || {
+            let lbs = load_balancers(db)?;
+            match lbs.get(id) {
+                Some(lb) if vips(lb) == want => Ok(lb.clone()),
+                Some(lb) => Err(format!("VIPs {:#?}", vips(lb))),
+                None => Err(format!("absent; load balancers: {:?}", lbs.keys())),
+            }
+        },
+    )
 }
 
 fn stop(op: Operator) {
@@ -284,16 +252,21 @@ fn services_become_load_balancers_that_follow_their_endpoint_slices() {
     );
     // The API server's own Service, like any other (its members are whatever the API
     // server's endpoint reconciler wrote).
-    wait_for("the kubernetes Service's VIP", &mut op, || {
-        let lbs = load_balancers(&db)?;
-        let lb = lbs
-            .get("ksvc:default:kubernetes")
-            .ok_or_else(|| format!("absent; load balancers: {:?}", lbs.keys()))?;
-        match lb.vips.as_slice() {
-            [v] if v.ip.to_string() == "10.96.0.1" && v.port == 443 => Ok(()),
-            _ => Err(format!("{lb:?}")),
-        }
-    });
+    wait_for(
+        "the kubernetes Service's VIP",
+        CONVERGE_TIMEOUT,
+        &mut op,
+        || {
+            let lbs = load_balancers(&db)?;
+            let lb = lbs
+                .get("ksvc:default:kubernetes")
+                .ok_or_else(|| format!("absent; load balancers: {:?}", lbs.keys()))?;
+            match lb.vips.as_slice() {
+                [v] if v.ip.to_string() == "10.96.0.1" && v.port == 443 => Ok(()),
+                _ => Err(format!("{lb:?}")),
+            }
+        },
+    );
     // Nothing but the Services' load balancers.
     let others: Vec<String> = db
         .snapshot()
@@ -363,6 +336,7 @@ fn services_become_load_balancers_that_follow_their_endpoint_slices() {
     );
     wait_for(
         "web's load balancer gone",
+        CONVERGE_TIMEOUT,
         &mut op,
         || match load_balancers(&db)?.get("ksvc:svc-x:web") {
             None => Ok(()),
@@ -395,14 +369,19 @@ fn services_become_load_balancers_that_follow_their_endpoint_slices() {
     let before = load_balancers(&db).unwrap();
     assert!(before.contains_key("ksvc:svc-x:api"), "{:?}", before.keys());
     let mut op = operator(2);
-    wait_for("api's load balancer swept", &mut op, || {
-        let lbs = load_balancers(&db)?;
-        if lbs.contains_key("ksvc:svc-x:api") {
-            Err(format!("still there; load balancers: {:?}", lbs.keys()))
-        } else {
-            Ok(())
-        }
-    });
+    wait_for(
+        "api's load balancer swept",
+        CONVERGE_TIMEOUT,
+        &mut op,
+        || {
+            let lbs = load_balancers(&db)?;
+            if lbs.contains_key("ksvc:svc-x:api") {
+                Err(format!("still there; load balancers: {:?}", lbs.keys()))
+            } else {
+                Ok(())
+            }
+        },
+    );
     let after = load_balancers(&db).unwrap();
     assert_eq!(
         after.keys().collect::<Vec<_>>(),

@@ -148,6 +148,30 @@ impl ControlPlane {
         )
     }
 
+    /// What `weft-operator run` needs of the cluster: the CRDs, Established (its controllers
+    /// watch them), and the namespace of its Lease. Idempotent.
+    pub fn prepare_weft(&self) {
+        self.kubectl(&["apply", "-f", repo().join("crds").to_str().unwrap()]);
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            "--timeout=60s",
+        ]);
+        self.create_namespace("weft-system");
+    }
+
+    /// `kubectl create namespace NS`, which may exist already.
+    pub fn create_namespace(&self, ns: &str) {
+        let out = self.kubectl_output(&["create", "namespace", ns]).unwrap();
+        assert!(
+            out.status.success() || String::from_utf8_lossy(&out.stderr).contains("AlreadyExists"),
+            "kubectl create namespace {ns}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Stops kube-apiserver (SIGTERM, then SIGKILL after 10 s, as `e2e/controlplane.sh down`
     /// does) and starts it again with the same command line, log and pid file, so that `down`
     /// stops the new one; returns once it answers /readyz. Every client's watch is cut.

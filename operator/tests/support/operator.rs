@@ -237,3 +237,30 @@ pub fn not_ready(list: &serde_json::Value) -> Vec<String> {
         })
         .collect()
 }
+
+/// Polls `probe` until it succeeds, for at most `timeout`, while `op` runs; panics with the
+/// last reason and the end of the operator's log.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    op: &mut Operator,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        op.assert_running();
+        match probe() {
+            Ok(v) => return v,
+            Err(why) if Instant::now() >= deadline => {
+                let log = op.stderr();
+                let lines: Vec<&str> = log.lines().collect();
+                panic!(
+                    "{what}: not within {timeout:?}: {why}\nweft-operator (pid {}):\n{}",
+                    op.pid(),
+                    lines[lines.len().saturating_sub(80)..].join("\n")
+                );
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
