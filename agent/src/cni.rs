@@ -62,8 +62,7 @@ pub const LABEL_CONTAINER: &str = "weft.dev/container-id";
 pub const LABEL_IFNAME: &str = "weft.dev/ifname";
 pub const LABEL_HOST: &str = "weft.dev/host";
 pub const LABEL_NETWORK: &str = "weft.dev/network";
-pub const LABEL_POD_NAMESPACE: &str = "weft.dev/pod-namespace";
-pub const LABEL_POD_NAME: &str = "weft.dev/pod-name";
+pub use nsdb::pod_port::{LABEL_POD_NAME, LABEL_POD_NAMESPACE};
 
 /// A CNI request that failed: the spec's class and the reason.
 #[derive(Debug)]

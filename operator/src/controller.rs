@@ -838,6 +838,7 @@ pub async fn run(
         crate::kuryr::policies::run(client.clone(), ctx.nsdb.clone(), ctx.metrics.clone());
     let services =
         crate::kuryr::services::run(client.clone(), ctx.nsdb.clone(), ctx.metrics.clone());
+    let orphans = crate::kuryr::orphans::run(client.clone(), ctx.nsdb.clone());
     let namespace_networks = crate::kuryr::namespaces::run(
         ctx.nsdb.clone(),
         stores.clone(),
@@ -853,6 +854,9 @@ pub async fn run(
         },
         r = services => if let Err(err) = r {
             warn!(%err, "Service controller");
+        },
+        r = orphans => if let Err(err) = r {
+            warn!(%err, "pod ports of gone nodes");
         },
         r = namespace_networks => if let Err(err) = r {
             warn!(%err, "namespace network controller");

@@ -645,3 +645,155 @@ spec:
     ]);
     stop(op);
 }
+
+/// A pod's port on a bridge, as the ADD of an agent on `host` writes it for pod `ns/name`.
+fn pod_port(
+    rt: &tokio::runtime::Runtime,
+    nsdb: &Nsdb,
+    bridge: &Bridge,
+    id: &str,
+    host: &str,
+    pod: (&str, &str),
+) {
+    let labels = BTreeMap::from([
+        (
+            nsdb::pod_port::LABEL_POD_NAMESPACE.to_owned(),
+            pod.0.to_owned(),
+        ),
+        (nsdb::pod_port::LABEL_POD_NAME.to_owned(), pod.1.to_owned()),
+    ]);
+    rt.block_on(nsdb.allocate_pod_port(&PodPortRequest {
+        port: id.into(),
+        bridge: bridge.clone(),
+        host: host.into(),
+        vport: format!("tap-{id}"),
+        labels,
+    }))
+    .expect("allocating a pod's port");
+}
+
+/// A Pod deleted while its node was gone gets no CNI DEL: once the node's host record has
+/// expired, the operator releases its port with its addresses, tunnel key and binding. The
+/// port of a Pod that still exists on that node, and every port of a live node, stay.
+#[test]
+fn the_ports_of_pods_deleted_while_their_node_was_gone_are_collected() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cp = ControlPlane::shared();
+    cp.prepare_weft();
+    cp.create_namespace("orphans");
+    let db = Db::start();
+    let dir = tempfile::Builder::new()
+        .prefix("weft-namespaces-orphans-")
+        .tempdir()
+        .unwrap();
+    let (rt, nsdb) = agent(&db);
+    let bridge = Bridge {
+        id: "vbr:pods".into(),
+        name: "pods".into(),
+        tunnel_key: 7,
+        subnet_v4: Some("10.251.0.0/24".parse().unwrap()),
+        subnet_v6: None,
+        gateway_v4: Some("10.251.0.1".parse().unwrap()),
+        mtu: 0,
+        vlan: None,
+        excluded_ips: vec![],
+        inbound_chain: None,
+        outbound_chain: None,
+        namespaces: vec![],
+    };
+    rt.block_on(nsdb.put(&bridge)).unwrap();
+    // node-live has its host record (its agent's lease); node-gone has none any more.
+    rt.block_on(nsdb.put(&nsdb::Host {
+        id: "node-live".into(),
+        underlay_ip: "192.0.2.1".parse().unwrap(),
+        tunnel: nsdb::TunnelType::Vxlan,
+        tunnel_udp_port: 4789,
+        mtu: 1500,
+    }))
+    .unwrap();
+    // The pods: "kept" still exists on node-gone; "deleted" and "live-deleted" do not.
+    apply(
+        &cp,
+        dir.path(),
+        "kept",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: kept, namespace: orphans}\n\
+         spec: {nodeName: node-gone, containers: [{name: c, image: pause}]}\n",
+    );
+    pod_port(
+        &rt,
+        &nsdb,
+        &bridge,
+        "p-deleted",
+        "node-gone",
+        ("orphans", "deleted"),
+    );
+    pod_port(
+        &rt,
+        &nsdb,
+        &bridge,
+        "p-kept",
+        "node-gone",
+        ("orphans", "kept"),
+    );
+    pod_port(
+        &rt,
+        &nsdb,
+        &bridge,
+        "p-live",
+        "node-live",
+        ("orphans", "live-deleted"),
+    );
+    let before = db.snapshot();
+    let held = |s: &Snapshot, port: &str| -> Vec<String> {
+        s.records
+            .iter()
+            .filter(|(_, (r, _))| match r {
+                AnyRecord::Port(p) => p.id == port,
+                AnyRecord::PortBinding(b) => b.port == port,
+                AnyRecord::IpLease(l) => l.owner == port,
+                AnyRecord::TunnelKey(t) => t.owner == port,
+                _ => false,
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    };
+    assert_eq!(
+        held(&before, "p-deleted").len(),
+        4,
+        "port, binding, lease, key"
+    );
+
+    let mut op = Operator::start(
+        cp.kubeconfig(),
+        &db.endpoint(),
+        &["--lease-name", "weft-orphans"],
+        &dir.path().join("orphans.stderr"),
+    );
+    wait_for(
+        "the deleted pod's port released",
+        CONVERGE_TIMEOUT,
+        &mut op,
+        || match held(&db.try_snapshot()?, "p-deleted") {
+            left if left.is_empty() => Ok(()),
+            left => Err(format!("left: {left:?}")),
+        },
+    );
+    // The sweep that released it has looked at the others too.
+    let after = db.snapshot();
+    assert_eq!(
+        held(&after, "p-kept"),
+        held(&before, "p-kept"),
+        "its pod is there"
+    );
+    assert_eq!(
+        held(&after, "p-live"),
+        held(&before, "p-live"),
+        "its node is alive"
+    );
+    let stderr = stop(op);
+    assert!(
+        stderr.contains("released the port of a pod deleted while its node was gone"),
+        "{stderr}"
+    );
+    cp.kubectl(&["delete", "namespace", "orphans", "--wait=false"]);
+}

@@ -94,6 +94,12 @@ impl PodIdentity {
 /// who the port belongs to and what it is for.
 pub const WEFT_LABEL_DOMAIN: &str = "weft.dev";
 
+/// The label of a pod's port naming the pod's namespace; with [`LABEL_POD_NAME`] it ties the
+/// port to its Kubernetes Pod.
+pub const LABEL_POD_NAMESPACE: &str = "weft.dev/pod-namespace";
+/// The label of a pod's port naming the pod.
+pub const LABEL_POD_NAME: &str = "weft.dev/pod-name";
+
 /// Whether `key` is in Weft's label domain ([`WEFT_LABEL_DOMAIN`]).
 pub fn is_weft_label(key: &str) -> bool {
     key.split_once('/').is_some_and(|(prefix, _)| {

@@ -5,6 +5,7 @@
 
 pub mod namespaces;
 pub mod netpol;
+pub mod orphans;
 pub mod policies;
 pub mod services;
 pub mod write;
