@@ -5,7 +5,8 @@
 # agent/tests/kernel_bench*.rs) and weft-agent, all optimized, and runs the benchmarks inside
 # one guest boot (e2e/vm.sh), one at a time. The agent's path reaches the guest as
 # WEFT_AGENT_BIN (the agent benchmarks run one weft-agent per host namespace, with etcd in
-# the guest); weft-cni, cnitool and the reference CNI plugins as WEFT_CNI_BIN, WEFT_CNITOOL
+# the guest), weft-operator as WEFT_OPERATOR_BIN with a control plane on the host
+# (e2e/guest-controlplane.sh); weft-cni, cnitool and the reference CNI plugins as WEFT_CNI_BIN, WEFT_CNITOOL
 # and WEFT_CNI_PLUGINS. Each benchmark prints "BENCH ..." lines with its figures and a baseline
 # measured in the same run. FILTER arguments are passed to the benchmark binaries
 # (substring match on benchmark names, e.g. `bench_invalidation`).
@@ -21,7 +22,9 @@ cd "$ROOT"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 CARGO=${CARGO:-cargo}
 echo "==> building weftctl, weft-agent and the kernel benchmarks (release)" >&2
-$CARGO build --locked --release -p weft-agent --bin weftctl --bin weft-agent -p weft-cni --bin weft-cni >&2
+$CARGO build --locked --release -p weft-agent --bin weftctl --bin weft-agent -p weft-cni --bin weft-cni \
+  -p weft-operator --bin weft-operator >&2
+WEFT_OPERATOR_BIN=$CARGO_TARGET_DIR/release/weft-operator
 WEFT_CTL_BIN=$CARGO_TARGET_DIR/release/weftctl
 WEFT_AGENT_BIN=$CARGO_TARGET_DIR/release/weft-agent
 WEFT_CNI_BIN=$CARGO_TARGET_DIR/release/weft-cni
@@ -46,5 +49,7 @@ for pkg_dir in odp:crates/odp/tests weft-agent:agent/tests; do
     grep -F '"kind":["test"]' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' >>"$work/bins"
 done
 [ -s "$work/bins" ] || { echo "kernel-bench: cargo produced no benchmark binary" >&2; exit 1; }
-export WEFT_CTL_BIN WEFT_AGENT_BIN
-exec "$HERE/vm.sh" "$HERE/kernel-tests.sh" --in-guest "$work/bins" --nocapture "$@"
+export WEFT_CTL_BIN WEFT_AGENT_BIN WEFT_OPERATOR_BIN
+# The Kuryr benchmark measures from kubectl writes to the traffic in the guest.
+. "$HERE/guest-controlplane.sh"
+"$HERE/vm.sh" "$HERE/kernel-tests.sh" --in-guest "$work/bins" --nocapture "$@"

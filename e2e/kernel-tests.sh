@@ -16,19 +16,20 @@ if [ "${1:-}" = --in-guest ]; then
   # Inside the guest: $2 is the directory with the list of binaries, the rest are filters.
   shift; list=$1; shift
   modprobe -a openvswitch vxlan geneve veth || { echo "kernel-tests: modprobe failed" >&2; exit 1; }
-  # The NIC on QEMU's user network (vm.sh WEFT_VM_HOSTNET=1): the host's control plane is at
-  # 10.0.2.2. Only that address is routed through it.
-  if [ "${WEFT_VM_HOSTNET:-0}" = 1 ]; then
-    modprobe virtio_net || { echo "kernel-tests: modprobe virtio_net failed" >&2; exit 1; }
-    nic=
-    for d in /sys/class/net/*; do
-      [ "$(cat "$d/address" 2>/dev/null)" = 52:54:00:12:34:56 ] && nic=$(basename "$d")
-    done
-    [ -n "$nic" ] || { echo "kernel-tests: the guest has no host NIC" >&2; exit 1; }
+  # The NIC on QEMU's user network (vm.sh WEFT_VM_HOSTNET=1, known by its MAC): the host's
+  # control plane is at 10.0.2.2. Only that address is routed through it. The tests that need
+  # it see WEFT_GUEST_HOSTNET=1.
+  modprobe virtio_net 2>/dev/null || true
+  nic=
+  for d in /sys/class/net/*; do
+    [ "$(cat "$d/address" 2>/dev/null)" = 52:54:00:12:34:56 ] && nic=$(basename "$d")
+  done
+  if [ -n "$nic" ]; then
     ip link set "$nic" name weft-hostnet
     ip addr add 10.0.2.15/32 dev weft-hostnet
     ip link set weft-hostnet up
     ip route add 10.0.2.2/32 dev weft-hostnet
+    export WEFT_GUEST_HOSTNET=1
   fi
   total=0; failed=0
   while read -r bin; do
@@ -89,15 +90,7 @@ for pkg_dir in odp:crates/odp/tests weft-agent:agent/tests; do
 done
 [ -s "$work/bins" ] || { echo "kernel-tests: cargo produced no test binary" >&2; exit 1; }
 export WEFT_CTL_BIN WEFT_AGENT_BIN WEFT_OPERATOR_BIN
-# A real control plane (etcd + kube-apiserver) on the host's loopback, which the guest reaches
-# at 10.0.2.2 through its user-network NIC: the Kuryr tests apply Namespaces, Pods, Services
-# and NetworkPolicies to it, and the operator and agents in the guest watch it.
-"$HERE/controlplane.sh" up "$work/cp" >/dev/null
-trap '"$HERE/controlplane.sh" down "$work/cp" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-WEFT_KUBECONFIG=$work/cp/kubeconfig
-WEFT_KUBECTL=$("$HERE/tools.sh" kubectl | sed -n 's/^kubectl=//p')
-[ -x "$WEFT_KUBECTL" ] || { echo "kernel-tests: e2e/tools.sh gave no kubectl" >&2; exit 1; }
-export WEFT_KUBECONFIG WEFT_KUBECTL WEFT_VM_HOSTNET=1
+. "$HERE/guest-controlplane.sh"
 # The whole kernel suite runs in one boot; under emulation on a loaded 2-core machine it has
 # taken over 30 minutes, so the guest gets an hour unless told otherwise.
 export WEFT_VM_TIMEOUT=${WEFT_VM_TIMEOUT:-3600}

@@ -1625,9 +1625,16 @@ impl Cluster {
     /// Makes pod namespace `pod-<name>` and ADDs it on `host` through cnitool, as a pod of
     /// Kubernetes namespace `k8s_ns`. Registers it as pod `name` for the ping and TCP helpers.
     pub fn cni_add(&mut self, name: &str, host: &str, k8s_ns: &str) -> CniPod {
+        self.cni_add_as(name, host, k8s_ns, name)
+    }
+
+    /// [`Cluster::cni_add`] for the Kubernetes pod `k8s_ns/k8s_name`, registered (and its
+    /// network namespace named) as `name`: pods of the same name in different Kubernetes
+    /// namespaces.
+    pub fn cni_add_as(&mut self, name: &str, host: &str, k8s_ns: &str, k8s_name: &str) -> CniPod {
         let ns_name = format!("pod-{name}");
         let ns = Netns::new(&ns_name);
-        let out = self.cnitool(host, "add", &ns_name, Some((k8s_ns, name)));
+        let out = self.cnitool(host, "add", &ns_name, Some((k8s_ns, k8s_name)));
         if !out.ok {
             self.fail(&format!("cnitool add {name} on {host}: {out:?}"));
         }
