@@ -6,6 +6,8 @@
 # of examples/invalid/ refused through the API server. Then the same topology running: three
 # hosts in a QEMU guest with Debian's kernel (its OVS datapath), one weft-agent per host, four
 # pods attached through weft-cni by libcni's cnitool, and the reachability matrix between them.
+# Last, examples/kubernetes/: Kubernetes objects only (a namespace, pods, a Service and a
+# NetworkPolicy) applied with kubectl, served by the operator and agents in the guest.
 # Whatever way it ends, it leaves no process and no temporary directory behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -187,5 +189,10 @@ echo "  (the guest boots Debian's kernel under QEMU; the first run downloads it,
 e2e/vm.sh "$demo_bin" --ignored --nocapture --test-threads=1 examples_reachability_matrix 2>&1 |
   grep -v -E '^(running [0-9]+ tests?|test result:)' || {
   echo "demo: the three-host run failed (see above)"; exit 1; }
+
+say "the Kubernetes-native example (examples/kubernetes/shop.yaml) in a kernel guest: a namespace, web pods, a Service and a NetworkPolicy applied with kubectl to a real API server; the operator and three agents in the guest; the pods attached through cnitool and weft-cni"
+e2e/kernel-tests.sh kuryr_shop_example --nocapture 2>&1 |
+  grep -v -E '^(running [0-9]+ tests?|test result:|==> |$)' || {
+  echo "demo: the Kubernetes-native example failed (see above)"; exit 1; }
 
 say "done"
