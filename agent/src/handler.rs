@@ -25,6 +25,10 @@ use crate::topo::SharedTopo;
 /// `EEXIST`: another handler installed the same megaflow first.
 const EEXIST: i32 = 17;
 
+/// How long a handler sleeps in the kernel for an upcall before it looks at the stop flag: the
+/// only wakeups of an idle handler.
+const WAKE: Duration = Duration::from_millis(500);
+
 /// What every handler shares.
 #[derive(Debug, Clone)]
 pub struct HandlerCtx {
@@ -73,7 +77,7 @@ impl Handler {
     /// Runs until the stop flag is set.
     pub fn run(mut self) {
         while !self.ctx.stop.load(Ordering::Relaxed) {
-            match self.up.recv_timeout(Duration::from_millis(200)) {
+            match self.up.recv_timeout(WAKE) {
                 Ok(Some(u)) => self.handle(&u),
                 Ok(None) => {}
                 Err(e) => {

@@ -11,6 +11,8 @@
 //!   same agent idle;
 //! - invalidation latency, from an NSDB write of a rule chain to the kernel flows that carry
 //!   it being deleted, against the same write reaching a plain etcd watcher.
+//! - the agent's wakeups per second while nothing happens, against etcd's in the same
+//!   cluster.
 //!
 //! Sizes come from `WEFT_BENCH_CONNS`, `WEFT_BENCH_WINDOW`, `WEFT_BENCH_LATENCY_FLOWS`,
 //! `WEFT_BENCH_RSS_FLOWS`, `WEFT_BENCH_RSS_PORTS` and `WEFT_BENCH_CHANGES`.
@@ -206,6 +208,29 @@ fn agent_pid(h: &Host) -> u32 {
         "expected one weft-agent process serving {sock}, found {found:?}"
     );
     found[0]
+}
+
+/// Context switches so far of every thread of `pid`, voluntary and not: each one is a thread
+/// that woke (or was preempted), which is what an idle daemon should not do.
+fn context_switches(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"));
+    let mut n = 0;
+    for t in tasks.flatten() {
+        let Ok(s) = std::fs::read_to_string(t.path().join("status")) else {
+            continue; // a thread that ended meanwhile
+        };
+        n += s
+            .lines()
+            .filter_map(|l| {
+                let v = l
+                    .strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))?;
+                v.trim().parse::<u64>().ok()
+            })
+            .sum::<u64>();
+    }
+    n
 }
 
 /// A line of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
@@ -988,7 +1013,7 @@ fn bench_agent_rss_with_10k_flows_and_1k_ports() {
     let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
 
     println!(
-        "BENCH agent memory (h1's weft-agent, VmRSS from /proc/<pid>/status; flows keep their simulation trace, the default; --idle-timeout-secs {IDLE_TIMEOUT_SECS})"
+        "BENCH agent memory (h1's weft-agent, VmRSS from /proc/<pid>/status; flows keep no simulation trace, the default; --idle-timeout-secs {IDLE_TIMEOUT_SECS})"
     );
     println!(
         "BENCH | state | VmRSS | ports in NSDB | ports attached on h1 | flows tracked | kernel flows |"
@@ -1278,5 +1303,53 @@ fn bench_invalidation_latency_from_nsdb_write_to_kernel_flow_deletion() {
     assert_eq!(
         delivered, probes_allowed,
         "p2 received {delivered} probes; only the {probes_allowed} sent without the drop rule should arrive"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Idle wakeups
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+#[ignore = "benchmark: run by e2e/kernel-bench.sh inside the guest"]
+fn bench_idle_agent_wakeups_against_etcd() {
+    let secs: u64 = env_or("WEFT_BENCH_IDLE_SECS", 10);
+    // A configured agent: the load-balancer topology written, its pods attached, flows
+    // installed by the warm-up. Then nothing sends.
+    let lb = lb_cluster("bench-idle", 0, 0, None);
+    let h1 = lb.c.host("h1");
+    let agent = agent_pid(h1);
+    let etcd =
+        lb.c.etcd()
+            .and_then(|e| e.pid())
+            .expect("the cluster's etcd");
+    let before = Scrape::of(h1);
+    // Let the warm-up's replies and flow installs finish.
+    std::thread::sleep(Duration::from_secs(3));
+    let (a0, e0) = (context_switches(agent), context_switches(etcd));
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let (a1, e1) = (context_switches(agent), context_switches(etcd));
+    let elapsed = start.elapsed().as_secs_f64();
+    let (a, e) = ((a1 - a0) as f64 / elapsed, (e1 - e0) as f64 / elapsed);
+    let threads = std::fs::read_dir(format!("/proc/{agent}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    println!(
+        "BENCH idle wakeups over {elapsed:.1} s with no traffic (context switches of every thread, /proc/<pid>/task/*/status)"
+    );
+    println!("BENCH | process | threads | wakeups/s |");
+    println!("BENCH | h1's weft-agent | {threads} | {a:.1} |");
+    println!("BENCH | etcd (baseline) | | {e:.1} |");
+    println!("BENCH | ratio agent / etcd | | {:.2} |", a / e.max(0.1));
+    // It was idle: no packet reached the agent meanwhile, and the agent is still serving.
+    let upcalls = Scrape::of(h1).delta(&before, "weft_agent_upcalls_total");
+    assert!(
+        upcalls <= 2.0,
+        "traffic reached the agent during the idle window: {upcalls} upcalls"
+    );
+    assert!(
+        h1.status().ready,
+        "h1's agent stopped being ready while idle"
     );
 }

@@ -76,6 +76,11 @@ pub struct EtcdProc {
 }
 
 impl EtcdProc {
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn start(dir: &Path) -> EtcdProc {
         let bin = std::env::var_os("WEFT_ETCD_BIN")
             .map(PathBuf::from)
@@ -935,6 +940,11 @@ impl Cluster {
     }
 
     /// The host named `name`.
+    /// The etcd this scenario started, if it did.
+    pub fn etcd(&self) -> Option<&EtcdProc> {
+        self.etcd.as_ref()
+    }
+
     pub fn host(&self, name: &str) -> &Host {
         self.hosts
             .get(name)

@@ -438,43 +438,63 @@ impl GenlSocket {
         }
     }
 
-    /// Receives one datagram if one arrives before `deadline`. The socket is switched to
-    /// non-blocking mode meanwhile and polled with short sleeps, which keeps this module free
-    /// of `unsafe` (no `poll(2)` binding); the blocking [`GenlSocket::recv_raw`] is the fast path.
+    /// Receives one datagram if one arrives before `deadline`. The thread sleeps in the kernel
+    /// (`poll(2)`) until the socket is readable or the deadline passes: an idle caller costs no
+    /// wakeups, and the socket's blocking mode is never toggled.
     pub fn recv_raw_until(&mut self, deadline: Instant) -> Result<Option<&[u8]>> {
-        let io = |op| move |source| SockError::Io { op, source };
-        self.sock.nonblock().map_err(io("fcntl"))?;
-        let mut n = None;
-        let mut res = Ok(());
-        loop {
-            match self.sock.recv(&mut self.buf[..], Msg::TRUNC) {
-                Ok((len, _)) => {
-                    n = Some(len);
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if Instant::now() >= deadline {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Err(source) => {
-                    res = Err(SockError::Io { op: "recv", source });
-                    break;
-                }
+        let len = loop {
+            if !self.wait_readable(deadline.saturating_duration_since(Instant::now()))? {
+                return Ok(None);
             }
-        }
-        self.sock.block().map_err(io("fcntl"))?;
-        res?;
-        match n {
-            None => Ok(None),
-            Some(len) if len > self.buf.len() => Err(SockError::Truncated {
+            match self
+                .sock
+                .recv(&mut self.buf[..], Msg::TRUNC | Msg::DONTWAIT)
+            {
+                Ok((len, _)) => break len,
+                // Readable, then taken or interrupted: wait again for what is left of the time.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                    ) => {}
+                Err(source) => return Err(SockError::Io { op: "recv", source }),
+            }
+        };
+        if len > self.buf.len() {
+            return Err(SockError::Truncated {
                 len,
                 cap: self.buf.len(),
-            }),
-            Some(len) => Ok(Some(&self.buf[..len])),
+            });
         }
+        Ok(Some(&self.buf[..len]))
+    }
+
+    /// Whether the socket turns readable within `timeout` (rounded up to a millisecond; zero
+    /// only looks). An interrupted wait reports readable, and the caller's non-blocking
+    /// receive sorts it out.
+    fn wait_readable(&self, timeout: Duration) -> Result<bool> {
+        let ms = timeout
+            .as_micros()
+            .div_ceil(1000)
+            .min(libc::c_int::MAX as u128) as libc::c_int;
+        let mut pfd = libc::pollfd {
+            fd: self.sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is one valid, initialised pollfd that outlives the call, and nfds is 1.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(true);
+            }
+            return Err(SockError::Io {
+                op: "poll",
+                source: e,
+            });
+        }
+        Ok(n > 0)
     }
 
     /// Sends one request and waits for its answer: the reply messages (if the command
