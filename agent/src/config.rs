@@ -106,7 +106,9 @@ pub struct Config {
     #[arg(long, default_value_t = 4_000)]
     pub upcall_burst: u64,
     /// Keep the simulation trace of each installed flow (shown by `weftctl flows --trace`).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    /// Off by default: tracing makes each simulation several times slower, and
+    /// `weftctl trace` simulates any flow key with its trace on demand.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub trace_flows: bool,
     /// The bridge (its NSDB id, `vbr:<VirtualBridge name>`) that pods of a namespace no
     /// bridge serves attach to; without it their ADD fails.
