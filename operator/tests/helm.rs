@@ -405,6 +405,33 @@ fn rendered_values_wire_tls_the_default_bridge_and_the_etcd_statefulset() {
         agent_args.contains(&"--default-bridge=vbr:weft-pods".to_string()),
         "{agent_args:?}"
     );
+    // The cluster router serves the default bridge at its gateway, so that its pods reach
+    // Services; the bridge says the same gateway.
+    assert_eq!(bridge["spec"]["gateway"], "10.240.0.1");
+    let router = object(&docs, "VirtualRouter", "weft-cluster");
+    assert_eq!(
+        router["spec"]["interfaces"],
+        serde_json::json!([{"bridge": "weft-pods", "ip": "10.240.0.1"}])
+    );
+    assert_eq!(
+        router["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let mut values = DEPLOY.to_vec();
+    values.extend(["--set", "defaultBridge.gateway=10.240.255.254"]);
+    values.extend(["--set", "network.clusterRouter=edge"]);
+    let docs = documents(&render(&values));
+    assert_eq!(
+        object(&docs, "VirtualBridge", "weft-pods")["spec"]["gateway"],
+        "10.240.255.254"
+    );
+    assert_eq!(
+        object(&docs, "VirtualRouter", "edge")["spec"]["interfaces"][0]["ip"],
+        "10.240.255.254"
+    );
+    let mut values = DEPLOY.to_vec();
+    values.extend(["--set", "network.createClusterRouter=false"]);
+    assert!(of_kind(&documents(&render(&values)), "VirtualRouter").is_empty());
 
     // Given endpoints win over the chart's etcd; emptyDir instead of claims.
     let mut values = DEPLOY.to_vec();
@@ -467,6 +494,7 @@ fn rendered_chart_passes_server_side_dry_run() {
                 "statefulset.apps/weft-etcd",
                 "poddisruptionbudget.policy/weft-etcd",
                 "virtualbridge.weft.dev/weft-pods",
+                "virtualrouter.weft.dev/weft-cluster",
             ][..],
         ),
         (&deployed[..], &["statefulset.apps/weft-etcd"][..]),
@@ -553,6 +581,8 @@ fn helm_install_upgrade_uninstall() {
     );
     let bridge = get_json(&cp, &["virtualbridge", "weft-pods"]);
     assert_eq!(bridge["spec"]["subnet"], "10.240.0.0/16");
+    let router = get_json(&cp, &["virtualrouter", "weft-cluster"]);
+    assert_eq!(router["spec"]["interfaces"][0]["bridge"], "weft-pods");
 
     // Then an etcd outside the chart, over TLS.
     helm(
@@ -646,9 +676,11 @@ fn helm_install_upgrade_uninstall() {
         );
     }
     // Helm keeps crds/ on uninstall: the objects of users must not vanish with the chart. The
-    // default bridge stays too (pods may have addresses on it); it goes by hand.
+    // default bridge and its router stay too (pods may have addresses on it); they go by hand.
     get_json(&cp, &["crd", "virtualbridges.weft.dev"]);
     get_json(&cp, &["virtualbridge", "weft-pods"]);
+    get_json(&cp, &["virtualrouter", "weft-cluster"]);
+    cp.kubectl(&["delete", "virtualrouter", "weft-cluster", "--timeout=60s"]);
     cp.kubectl(&["delete", "virtualbridge", "weft-pods", "--timeout=60s"]);
 }
 

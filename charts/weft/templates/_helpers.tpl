@@ -99,3 +99,13 @@ chart's etcd. Settings that cannot work are refused here, since every workload r
         path: tls.key
 {{- end -}}
 {{- end -}}
+
+{{/* The default bridge's gateway: defaultBridge.gateway, or the subnet's address plus one. */}}
+{{- define "weft.defaultGateway" -}}
+{{- if .Values.defaultBridge.gateway -}}
+{{ .Values.defaultBridge.gateway }}
+{{- else -}}
+{{- $o := splitList "." (first (splitList "/" .Values.defaultBridge.subnet)) -}}
+{{ printf "%s.%s.%s.%d" (index $o 0) (index $o 1) (index $o 2) (add1 (atoi (index $o 3))) }}
+{{- end -}}
+{{- end -}}
