@@ -222,9 +222,38 @@ fn connect_many(m: &Model, n: usize) -> (u64, u64) {
     )
 }
 
+/// Hairpin: x/b, an endpoint of the Service, reaches the Service. Every TCP connection is
+/// answered, some by x/b itself, and every UDP echo comes back from the VIP, also those x/b
+/// answered itself.
+fn hairpin(m: &Model) {
+    let me = format!("pod-{}", netns_name("x", "b"));
+    let vip = SocketAddr::from((VIP, 80));
+    let (b0, c0) = (m.servers["x/b"].accepted(), m.servers["y/c"].accepted());
+    let each = |proto| {
+        let to = BTreeMap::from_iter((0..20).map(|i| (i, (me.clone(), vip, proto))));
+        probe_all(&to).values().filter(|v| **v).count()
+    };
+    let (tcp, udp) = (each(Proto::Tcp), each(Proto::Udp));
+    std::thread::sleep(Duration::from_millis(500));
+    let (own, other) = (
+        m.servers["x/b"].accepted() - b0,
+        m.servers["y/c"].accepted() - c0,
+    );
+    eprintln!(
+        "kuryr: hairpin from x/b to {vip}: TCP {tcp}/20 ({own} to x/b itself, {other} to y/c), UDP {udp}/20 echoed from the VIP"
+    );
+    if tcp != 20 || udp != 20 || own == 0 {
+        m.fail(&format!(
+            "hairpin: x/b reaching its own Service at {vip}: TCP {tcp}/20 answered ({own} by \
+             x/b itself), UDP {udp}/20 echoed from the VIP"
+        ));
+    }
+}
+
 /// A ClusterIP Service, applied with kubectl with its EndpointSlice: the client reaches it
 /// over TCP and UDP and sees only the VIP (the UDP echo comes from it), connections spread
-/// over endpoints on two hosts, and an endpoint that turns not ready gets no new ones.
+/// over endpoints on two hosts, an endpoint reaches its own Service (hairpin), and an
+/// endpoint that turns not ready gets no new ones.
 fn services(m: &Model) {
     m.kube.apply(&service_manifest(m, true));
     let client = format!("pod-{}", netns_name("x", "a"));
@@ -246,6 +275,7 @@ fn services(m: &Model) {
         b > 0 && c > 0,
         "spread over both endpoints: x/b {b}, y/c {c}"
     );
+    hairpin(m);
 
     // x/b not ready: new connections go to y/c only (once the change reaches the agents).
     m.kube.apply(&service_manifest(m, false));

@@ -5,7 +5,7 @@
 //! datapath port 1; local vports get datapath ports 2, 3, ... in creation order; every port
 //! and device gets the next tunnel key (1, 2, ...), and a port's MAC is `02:00:00:00:<key>`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
@@ -1057,13 +1057,16 @@ pub mod cases {
 
 /// Every host's view of one topology and a model of each host's conntrack: follows a packet
 /// through all its datapath passes and tunnels, as the hosts' kernels would run the flows
-/// the simulation returns. Conntrack is modelled without NAT (a `ct(nat(dst=..))` fails the
-/// test): entries are committed 5-tuples per host and zone, and a packet of a committed
-/// tuple, in either direction, is established.
+/// the simulation returns. Conntrack is modelled as the kernel's OVS conntrack does it for
+/// IPv4: entries per host and zone, each an original 5-tuple and the tuple its replies
+/// carry; a packet matching either is established (the second in the reply direction). NAT
+/// is set up only when a new connection is committed, and a packet is translated at most
+/// once per zone: a `ct()` in the zone of the packet's previous one reuses that lookup, one
+/// in another zone looks up afresh.
 #[derive(Debug)]
 pub struct Network {
     hosts: Vec<(String, IpAddr, Topology)>,
-    conntrack: HashSet<(usize, u16, [u64; 2])>,
+    conntrack: Vec<CtEntry>,
 }
 
 /// Where a packet ended up.
@@ -1075,12 +1078,85 @@ pub enum Fate {
     Stopped(String, Verdict),
 }
 
-fn ct_tuple(f: &Fields) -> [u64; 2] {
-    let (a, b) = (
-        (u64::from(f.ipv4_src) << 16) | u64::from(f.tp_src),
-        (u64::from(f.ipv4_dst) << 16) | u64::from(f.tp_dst),
-    );
-    [(a << 8) | u64::from(f.ip_proto), b]
+/// An IPv4 5-tuple as conntrack keys it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tuple {
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+}
+
+impl Tuple {
+    fn of(f: &Fields) -> Tuple {
+        Tuple {
+            src: f.ipv4_src,
+            dst: f.ipv4_dst,
+            sport: f.tp_src,
+            dport: f.tp_dst,
+            proto: f.ip_proto,
+        }
+    }
+
+    fn reversed(self) -> Tuple {
+        Tuple {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+        }
+    }
+
+    /// Writes the tuple into `f`, returning the NAT flags of what changed.
+    fn write(self, f: &mut Fields) -> u32 {
+        let old = Tuple::of(f);
+        f.ipv4_src = self.src;
+        f.ipv4_dst = self.dst;
+        f.tp_src = self.sport;
+        f.tp_dst = self.dport;
+        let mut flags = 0;
+        if (old.src, old.sport) != (self.src, self.sport) {
+            flags |= ct::SRC_NAT;
+        }
+        if (old.dst, old.dport) != (self.dst, self.dport) {
+            flags |= ct::DST_NAT;
+        }
+        flags
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CtEntry {
+    host: usize,
+    zone: u16,
+    /// The first packet's tuple, before NAT.
+    orig: Tuple,
+    /// What replies carry: the first packet's tuple after NAT, reversed.
+    reply: Tuple,
+}
+
+/// The translation a committing `ct(nat(...))` sets up for a new connection of `t`.
+fn nat_of(c: &odp::Ct, t: Tuple) -> Tuple {
+    let Some(nat) = c.nat else { return t };
+    let ip = |a: Option<IpAddr>| match a {
+        Some(IpAddr::V4(a)) => Some(u32::from(a)),
+        _ => None,
+    };
+    let mut out = t;
+    match nat.kind {
+        Some(odp::NatKind::Dst) => {
+            out.dst = ip(nat.ip_min).unwrap_or(t.dst);
+            out.dport = nat.proto_min.unwrap_or(t.dport);
+        }
+        Some(odp::NatKind::Src) => {
+            out.src = ip(nat.ip_min).unwrap_or(t.src);
+            out.sport = nat.proto_min.unwrap_or(t.sport);
+        }
+        None => {}
+    }
+    out
 }
 
 impl Network {
@@ -1097,7 +1173,7 @@ impl Network {
             .collect();
         Network {
             hosts,
-            conntrack: HashSet::new(),
+            conntrack: Vec::new(),
         }
     }
 
@@ -1106,22 +1182,60 @@ impl Network {
         self.conntrack.clear();
     }
 
-    fn ct_state(&self, host: usize, zone: u16, f: &Fields) -> u32 {
-        let fwd = ct_tuple(f);
-        let mut rev = f.to_owned();
-        std::mem::swap(&mut rev.ipv4_src, &mut rev.ipv4_dst);
-        std::mem::swap(&mut rev.tp_src, &mut rev.tp_dst);
-        if self.conntrack.contains(&(host, zone, fwd)) {
-            ct::TRACKED | ct::ESTABLISHED
-        } else if self.conntrack.contains(&(host, zone, ct_tuple(&rev))) {
-            ct::TRACKED | ct::ESTABLISHED | ct::REPLY_DIR
-        } else {
-            ct::TRACKED | ct::NEW
+    /// Runs one `ct()` action of host `host` on `f`, as the kernel does.
+    fn ct(&mut self, host: usize, c: &odp::Ct, f: &mut Fields) {
+        let zone = c.zone.unwrap_or(0);
+        let t = Tuple::of(f);
+        let cached = f.ct_state & ct::TRACKED != 0 && f.ct_zone == zone;
+        let found = self
+            .conntrack
+            .iter()
+            .position(|e| e.host == host && e.zone == zone && (e.orig == t || e.reply == t));
+        if !cached {
+            f.ct_state = match found.map(|i| self.conntrack[i].reply == t) {
+                None => ct::TRACKED | ct::NEW,
+                Some(false) => ct::TRACKED | ct::ESTABLISHED,
+                Some(true) => ct::TRACKED | ct::ESTABLISHED | ct::REPLY_DIR,
+            };
+        }
+        f.ct_zone = zone;
+        let nat_done = f.ct_state & (ct::SRC_NAT | ct::DST_NAT) != 0;
+        match found {
+            Some(i) if c.nat.is_some() && !nat_done => {
+                let e = self.conntrack[i];
+                let to = if e.reply == t {
+                    e.orig.reversed()
+                } else {
+                    e.reply.reversed()
+                };
+                f.ct_state |= to.write(f);
+            }
+            Some(_) => {}
+            None if c.commit && f.ct_state & ct::NEW != 0 => {
+                let to = if nat_done { t } else { nat_of(c, t) };
+                f.ct_state |= to.write(f);
+                self.conntrack.push(CtEntry {
+                    host,
+                    zone,
+                    orig: t,
+                    reply: to.reversed(),
+                });
+            }
+            None => {}
         }
     }
 
     /// Sends `pkt` (its `in_port` a datapath port of `host`) and returns where it went.
     pub fn send(&mut self, host: &str, pkt: Fields) -> Vec<Fate> {
+        self.send_seen(host, pkt)
+            .into_iter()
+            .map(|(fate, _)| fate)
+            .collect()
+    }
+
+    /// [`Network::send`], with each copy's IPv4 header and ports as conntrack's NAT left them
+    /// (the model applies no other `set` action).
+    pub fn send_seen(&mut self, host: &str, pkt: Fields) -> Vec<(Fate, Fields)> {
         let mut h = self
             .hosts
             .iter()
@@ -1138,23 +1252,12 @@ impl Network {
             let t = &self.hosts[h].2;
             simulate_into(t, &PacketContext::new(f), &mut sim);
             if sim.actions.is_empty() {
-                out.push(Fate::Stopped(self.hosts[h].0.clone(), sim.verdict));
+                out.push((Fate::Stopped(self.hosts[h].0.clone(), sim.verdict), f));
                 continue;
             }
             for a in &sim.actions {
                 match a {
-                    odp::Action::Ct(c) => {
-                        assert!(
-                            c.nat.is_none_or(|n| n.kind.is_none()),
-                            "the conntrack model has no NAT"
-                        );
-                        let zone = c.zone.unwrap_or(0);
-                        f.ct_state = self.ct_state(h, zone, &f);
-                        f.ct_zone = zone;
-                        if c.commit && f.ct_state & ct::NEW != 0 {
-                            self.conntrack.insert((h, zone, ct_tuple(&f)));
-                        }
-                    }
+                    odp::Action::Ct(c) => self.ct(h, c, &mut f),
                     odp::Action::Recirc(id) => queue.push((
                         h,
                         Fields {
@@ -1182,7 +1285,7 @@ impl Network {
                         ));
                     }
                     odp::Action::Output(p) => {
-                        out.push(Fate::Delivered(self.hosts[h].0.clone(), *p))
+                        out.push((Fate::Delivered(self.hosts[h].0.clone(), *p), f))
                     }
                     _ => {}
                 }

@@ -31,7 +31,9 @@ pub use error::SimError;
 pub use fields::{Fields, PacketContext};
 pub use result::{Delivery, DropReason, Emit, Simulation, Verdict};
 pub use tag::{Tag, TagKind};
-pub use topology::{LABEL_NEXT_HOP_MAC, LocalDatapath, RecordSet, Topology, zone_of_key};
+pub use topology::{
+    LABEL_NEXT_HOP_MAC, LocalDatapath, RecordSet, Topology, hairpin_zone, zone_of_key,
+};
 pub use walk::{
     MAX_DEVICES, MAX_JUMPS, MAX_RULE_STEPS, RECIRC_CT, RECIRC_DELIVERY, RECIRC_NAT, simulate,
     simulate_into,

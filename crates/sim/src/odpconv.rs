@@ -25,6 +25,9 @@ pub(crate) enum NatSpec {
         ip: IpAddr,
         port: Option<u16>,
     },
+    /// `nat(src=ip)`: the source address only; the kernel keeps the source port unless that
+    /// would clash with another connection.
+    SrcAddr(Ipv4Addr),
 }
 
 pub(crate) fn ct(commit: bool, zone: u16, nat: NatSpec) -> Ct {
@@ -37,6 +40,11 @@ pub(crate) fn ct(commit: bool, zone: u16, nat: NatSpec) -> Ct {
             ip_max: (max != min).then_some(IpAddr::V4(max)),
             proto_min: Some(ports.0),
             proto_max: (ports.1 != ports.0).then_some(ports.1),
+            ..Nat::default()
+        }),
+        NatSpec::SrcAddr(ip) => Some(Nat {
+            kind: Some(NatKind::Src),
+            ip_min: Some(IpAddr::V4(ip)),
             ..Nat::default()
         }),
         NatSpec::Dst { ip, port } => Some(Nat {

@@ -295,6 +295,17 @@ pub fn zone_of_key(tunnel_key: u32) -> u16 {
     }
 }
 
+/// The conntrack zone in which a pod whose port has `zone` keeps the destination NAT of its
+/// connections to a Service that chose the pod itself (hairpin): never the port's own zone,
+/// which keeps the source NAT of the same connections, and never 0. Sharing it with another
+/// port's zone is harmless: every entry in it has the pod's own address on both sides.
+pub fn hairpin_zone(zone: u16) -> u16 {
+    match zone ^ 0x8000 {
+        0 => 1,
+        z => z,
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum NextHop {
     Direct,

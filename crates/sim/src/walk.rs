@@ -19,6 +19,18 @@
 //! Every port's own host thus passes both directions of the port's traffic through the
 //! port's zone: replies at ingress, forward traffic at delivery (DESIGN.md decision 4).
 //!
+//! # Hairpin
+//! A pod that reaches a VIP and is picked itself would receive its own packet from its own
+//! address, which it drops. Such a connection's destination NAT is committed in the port's
+//! [`crate::hairpin_zone`] and a source NAT to the VIP in the port's own zone (the kernel NATs
+//! a packet once per zone), and the packet goes straight back out of the port, from the MAC
+//! it was sent to. The pod's reply, to the VIP at the connection's port, takes
+//! `ct(zone=<port zone>,nat)` at ingress (any packet to a VIP address does), which undoes the
+//! source NAT and leaves it addressed to the pod itself (`+rpl+dnat`); the tracked pass sends
+//! it through `ct(zone=<hairpin zone>,nat)`, which undoes the destination NAT, and back out
+//! from the VIP. What the walk judges before the VIP stands (the port's and devices'
+//! chains); nothing after it does: a pod is not isolated from itself. IPv4 only.
+//!
 //! # Flooding policy
 //! Unknown unicast and broadcast are sent only to the bridge's exterior ports bound to this
 //! host (never into the tunnel, never to routers). ARP requests for addresses the bridge
@@ -419,6 +431,14 @@ impl Walker<'_, '_> {
                 Decision::Drop => return Ok(self.drop_(DropReason::Acl)),
                 Decision::Reject => return Ok(self.reject()),
             }
+        }
+        if p == self.in_port
+            && self.devices == 0
+            && self.pass == Pass::Tracked
+            && !self.t.vips.is_empty()
+            && let Some(n) = self.hairpin_reply(p)
+        {
+            return Ok(n);
         }
         // Global VIPs apply as soon as the packet enters the virtual network.
         if p == self.in_port
@@ -1315,43 +1335,54 @@ impl Walker<'_, '_> {
         if let Some(&v) = t.vip_index.get(&(scope, dst, p, dport)) {
             return self.vip(v).map(Some);
         }
-        if scope != GLOBAL {
-            for d in &t.routers[scope as usize].dnat {
-                if d.external != dst {
-                    continue;
-                }
-                if let Some(dp) = d.proto
-                    && dp != p
-                {
-                    continue;
-                }
-                if let Some(ep) = d.ext_port
-                    && (!l4 || ep != dport)
-                {
-                    continue;
-                }
-                self.tag(Tag::ip_in(
-                    t.routers[scope as usize].tag,
-                    std::net::IpAddr::V4(dst.into()),
-                ));
-                if !self.ct_tracked() {
-                    return Err(Abort::NeedCt);
-                }
-                if self.pass == Pass::Nat {
-                    return Ok(Some(self.drop_(DropReason::NatLoop)));
-                }
-                note!(
-                    self,
-                    "  DNAT {} -> {}",
-                    std::net::Ipv4Addr::from(dst),
-                    std::net::Ipv4Addr::from(d.internal)
-                );
-                self.nat_dst(
-                    std::net::IpAddr::V4(d.internal.into()),
-                    if l4 { d.int_port } else { None },
-                );
-                return Ok(Some(Next::Stop));
+        // A VIP's address at a port it does not serve: the reply of a hairpin connection,
+        // whose source NAT the pod's zone reverses first (see `hairpin_reply`).
+        let vip_addr = scope == GLOBAL
+            || !t.routers[scope as usize]
+                .dnat
+                .iter()
+                .any(|d| d.external == dst);
+        if vip_addr {
+            if !self.ct_tracked() {
+                return Err(Abort::NeedCt);
             }
+            return Ok(None);
+        }
+        for d in &t.routers[scope as usize].dnat {
+            if d.external != dst {
+                continue;
+            }
+            if let Some(dp) = d.proto
+                && dp != p
+            {
+                continue;
+            }
+            if let Some(ep) = d.ext_port
+                && (!l4 || ep != dport)
+            {
+                continue;
+            }
+            self.tag(Tag::ip_in(
+                t.routers[scope as usize].tag,
+                std::net::IpAddr::V4(dst.into()),
+            ));
+            if !self.ct_tracked() {
+                return Err(Abort::NeedCt);
+            }
+            if self.pass == Pass::Nat {
+                return Ok(Some(self.drop_(DropReason::NatLoop)));
+            }
+            note!(
+                self,
+                "  DNAT {} -> {}",
+                std::net::Ipv4Addr::from(dst),
+                std::net::Ipv4Addr::from(d.internal)
+            );
+            self.nat_dst(
+                std::net::IpAddr::V4(d.internal.into()),
+                if l4 { d.int_port } else { None },
+            );
+            return Ok(Some(Next::Stop));
         }
         Ok(None)
     }
@@ -1386,7 +1417,8 @@ impl Walker<'_, '_> {
     }
 
     /// A packet to VIP `v`: conntrack first, then a member by the flow hash (or the source
-    /// alone with affinity), translated by `ct(commit,nat(dst=...))`.
+    /// alone with affinity), translated by `ct(commit,nat(dst=...))`. A VIP that picks the
+    /// sending pod itself hairpins ([`Self::hairpin`]).
     fn vip(&mut self, v: Idx) -> R<Next> {
         let vip = &self.t.vips[v as usize];
         self.tag(vip.lb_tag);
@@ -1415,8 +1447,88 @@ impl Walker<'_, '_> {
             .find(|m| pick < m.cum)
             .unwrap_or(&vip.members[0]);
         note!(self, "  member {}:{}", m.ip, m.port);
-        self.nat_dst(m.ip, Some(m.port));
+        if let (std::net::IpAddr::V4(member), std::net::IpAddr::V4(vip_ip)) = (m.ip, vip.ip)
+            && u32::from(member) == self.r_src_bits(32)
+        {
+            self.hairpin(member, m.port, vip_ip);
+        } else {
+            self.nat_dst(m.ip, Some(m.port));
+        }
         Ok(Next::Stop)
+    }
+
+    /// A pod's connection to a Service that chose the pod itself. Delivered as it is, the
+    /// packet would come back from the pod's own address, which the pod drops, and its reply
+    /// would never leave the pod. So the connection's destination NAT is committed in the
+    /// port's hairpin zone and a source NAT to the VIP in the port's own zone, and the packet
+    /// goes straight back out of the port it came in on, from the MAC it was sent to: the pod
+    /// sees the VIP as its peer, and its replies, addressed to the VIP, come back to the
+    /// datapath, where `ct(zone,nat)` at ingress undoes the source NAT and
+    /// [`Self::hairpin_reply`] the destination NAT. Two zones, because the kernel NATs a
+    /// packet once per zone. What the walk judged up to the VIP stands; after it, nothing
+    /// does: a pod is not isolated from itself.
+    fn hairpin(&mut self, member: std::net::Ipv4Addr, port: u16, vip: std::net::Ipv4Addr) {
+        let zone = self.in_zone();
+        let hz = crate::topology::hairpin_zone(zone);
+        note!(
+            self,
+            "  hairpin: dnat in zone {hz}, snat to {vip} in zone {zone}, back out"
+        );
+        self.sim.actions.clear();
+        self.sim.actions.push(odp::Action::Ct(crate::odpconv::ct(
+            true,
+            hz,
+            crate::odpconv::NatSpec::Dst {
+                ip: std::net::IpAddr::V4(member),
+                port: Some(port),
+            },
+        )));
+        self.sim.actions.push(odp::Action::Ct(crate::odpconv::ct(
+            true,
+            zone,
+            crate::odpconv::NatSpec::SrcAddr(vip),
+        )));
+        self.back_out();
+    }
+
+    /// The tracked pass of a packet from pod port `p`: a hairpin connection's reply, once
+    /// the port's zone undid its source NAT, is addressed to the pod itself. Its destination
+    /// NAT is undone in the hairpin zone, and it goes back out of the port, from the VIP.
+    fn hairpin_reply(&mut self, p: Idx) -> Option<Next> {
+        let port = &self.t.ports[p as usize];
+        if port.v4.is_empty() || self.r_eth_type() != ethertype::IPV4 {
+            return None;
+        }
+        let both = ct::REPLY_DIR | ct::DST_NAT;
+        if self.r_ct(both) & both != both {
+            return None;
+        }
+        let dst = self.r_dst_bits(32);
+        if !port.v4.iter().any(|(a, _)| *a == dst) {
+            return None;
+        }
+        let zone = crate::topology::hairpin_zone(port.zone);
+        note!(self, "  hairpin reply: ct(zone={zone},nat), back out");
+        self.sim.actions.clear();
+        self.sim.actions.push(odp::Action::Ct(crate::odpconv::ct(
+            false,
+            zone,
+            crate::odpconv::NatSpec::Reverse,
+        )));
+        self.back_out();
+        Some(Next::Stop)
+    }
+
+    /// Ends a hairpin's actions: out of the ingress port, from the MAC the pod sent to.
+    fn back_out(&mut self) {
+        self.read.eth_src = [0xff; 6];
+        self.read.eth_dst = [0xff; 6];
+        self.sim.actions.push(crate::odpconv::set_eth(
+            self.orig.eth_dst,
+            self.orig.eth_src,
+        ));
+        self.sim.actions.push(odp::Action::Output(self.in_dp()));
+        self.sim.verdict = Verdict::Forward;
     }
 
     fn nat_dst(&mut self, ip: std::net::IpAddr, port: Option<u16>) {
