@@ -287,7 +287,7 @@ fn device_chain(device_id: &str, device_name: &str, inbound: bool, acls: &[&str]
         .enumerate()
         .map(|(i, acl)| Rule {
             id: format!("{id}:{i}"),
-            ..match_all(RuleAction::Jump(ids::acl_chain(acl)))
+            ..Rule::matching_all(String::new(), RuleAction::Jump(ids::acl_chain(acl)))
         })
         .collect();
     Some(Chain {
@@ -300,26 +300,6 @@ fn device_chain(device_id: &str, device_name: &str, inbound: bool, acls: &[&str]
         rules,
         default_action: RuleAction::Accept,
     })
-}
-
-fn match_all(action: RuleAction) -> Rule {
-    Rule {
-        dst_port_name: None,
-        dst_selector: None,
-        src_selector: None,
-        id: String::new(),
-        src: None,
-        dst: None,
-        inv_src: false,
-        inv_dst: false,
-        protocol: None,
-        src_ports: None,
-        dst_ports: None,
-        icmp_type: None,
-        icmp_code: None,
-        ct_state: None,
-        action,
-    }
 }
 
 /// Both attachment chains of a device; returns (inbound id, outbound id, chain records).

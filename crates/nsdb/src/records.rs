@@ -399,6 +399,29 @@ pub struct Rule {
     pub action: RuleAction,
 }
 
+impl Rule {
+    /// A rule with no condition: it matches every packet and takes `action`.
+    pub fn matching_all(id: impl Into<String>, action: RuleAction) -> Rule {
+        Rule {
+            id: id.into(),
+            src: None,
+            dst: None,
+            inv_src: false,
+            inv_dst: false,
+            protocol: None,
+            src_ports: None,
+            dst_ports: None,
+            icmp_type: None,
+            icmp_code: None,
+            ct_state: None,
+            src_selector: None,
+            dst_selector: None,
+            dst_port_name: None,
+            action,
+        }
+    }
+}
+
 /// An ordered list of rules with a default action.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Chain {

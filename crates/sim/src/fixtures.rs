@@ -49,23 +49,7 @@ impl Topology {
 
 /// A rule with no conditions and `action`; set conditions with struct update syntax.
 pub fn rule(id: &str, action: RuleAction) -> Rule {
-    Rule {
-        dst_port_name: None,
-        dst_selector: None,
-        src_selector: None,
-        id: id.to_owned(),
-        src: None,
-        dst: None,
-        inv_src: false,
-        inv_dst: false,
-        protocol: None,
-        src_ports: None,
-        dst_ports: None,
-        icmp_type: None,
-        icmp_code: None,
-        ct_state: None,
-        action,
-    }
+    Rule::matching_all(id, action)
 }
 
 /// The MAC fixtures give the object with tunnel key `key`.

@@ -219,7 +219,7 @@ impl Translator<'_> {
             };
             for (j, peer) in peers.iter().enumerate() {
                 let mut action = RuleAction::Accept;
-                let mut base = match_all(String::new(), RuleAction::Accept);
+                let mut base = Rule::matching_all(String::new(), RuleAction::Accept);
                 match (peer, direction) {
                     (Peer::Any, _) => {}
                     (Peer::Pods(s), PodDirection::Ingress) => base.src_selector = Some(s.clone()),
@@ -291,7 +291,7 @@ impl Translator<'_> {
             .iter()
             .enumerate()
             .map(|(n, net)| {
-                let mut rule = match_all(format!("{id}:except:{n}"), RuleAction::Return);
+                let mut rule = Rule::matching_all(format!("{id}:except:{n}"), RuleAction::Return);
                 match direction {
                     PodDirection::Ingress => rule.src = Some(*net),
                     PodDirection::Egress => rule.dst = Some(*net),
@@ -472,26 +472,6 @@ fn is_port_name(s: &str) -> bool {
         && !s.contains("--")
 }
 
-fn match_all(id: String, action: RuleAction) -> Rule {
-    Rule {
-        id,
-        src: None,
-        dst: None,
-        inv_src: false,
-        inv_dst: false,
-        protocol: None,
-        src_ports: None,
-        dst_ports: None,
-        icmp_type: None,
-        icmp_code: None,
-        ct_state: None,
-        src_selector: None,
-        dst_selector: None,
-        dst_port_name: None,
-        action,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -505,7 +485,7 @@ mod tests {
     }
 
     fn rule(id: &str, action: RuleAction) -> Rule {
-        match_all(id.to_owned(), action)
+        Rule::matching_all(id, action)
     }
 
     fn attached(direction: PodDirection, ns: &str, pods: LabelSelector) -> Option<PodAttachment> {
