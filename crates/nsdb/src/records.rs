@@ -796,25 +796,12 @@ pub(crate) mod tests {
                 name: "allow-web".into(),
                 rules: vec![
                     Rule {
-                        dst_port_name: None,
-                        dst_selector: None,
-                        src_selector: None,
-                        id: "r-est".into(),
-                        src: None,
-                        dst: None,
-                        inv_src: false,
-                        inv_dst: false,
-                        protocol: None,
-                        src_ports: None,
-                        dst_ports: None,
-                        icmp_type: None,
-                        icmp_code: None,
                         ct_state: Some(CtMatch {
                             new: None,
                             established: Some(true),
                             related: Some(true),
                         }),
-                        action: RuleAction::Accept,
+                        ..Rule::matching_all("r-est", RuleAction::Accept)
                     },
                     Rule {
                         dst_port_name: Some("http".into()),
