@@ -15,7 +15,7 @@ ROOT=$(cd "$HERE/.." && pwd)
 if [ "${1:-}" = --in-guest ]; then
   # Inside the guest: $2 is the directory with the list of binaries, the rest are filters.
   shift; list=$1; shift
-  modprobe -a openvswitch vxlan geneve veth || { echo "kernel-tests: modprobe failed" >&2; exit 1; }
+  modprobe -a openvswitch vxlan geneve veth sctp || { echo "kernel-tests: modprobe failed" >&2; exit 1; }
   # The NIC on QEMU's user network (vm.sh WEFT_VM_HOSTNET=1, known by its MAC): the host's
   # control plane is at 10.0.2.2. Only that address is routed through it. The tests that need
   # it see WEFT_GUEST_HOSTNET=1.

@@ -83,7 +83,7 @@ fn proto(p: cases::Proto) -> Proto {
     match p {
         cases::Proto::Tcp => Proto::Tcp,
         cases::Proto::Udp => Proto::Udp,
-        cases::Proto::Sctp => panic!("the model's pods serve no SCTP"),
+        cases::Proto::Sctp => Proto::Sctp,
     }
 }
 
@@ -189,10 +189,12 @@ fn service_manifest(m: &Model, b_ready: bool) -> String {
         "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: \"x\"}}\n\
          spec:\n  clusterIP: {VIP}\n  ports:\n  - {{name: http, port: 80, protocol: TCP}}\n\
          \x20 - {{name: dns, port: 80, protocol: UDP}}\n\
+         \x20 - {{name: assoc, port: 80, protocol: SCTP}}\n\
          ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
          metadata: {{name: web-1, namespace: \"x\", labels: {{kubernetes.io/service-name: web}}}}\n\
          addressType: IPv4\nports:\n- {{name: http, port: 80, protocol: TCP}}\n\
-         - {{name: dns, port: 80, protocol: UDP}}\nendpoints:\n\
+         - {{name: dns, port: 80, protocol: UDP}}\n- {{name: assoc, port: 80, protocol: SCTP}}\n\
+         endpoints:\n\
          - {{addresses: [\"{}\"], conditions: {{ready: {b_ready}}}}}\n\
          - {{addresses: [\"{}\"], conditions: {{ready: true}}}}\n",
         m.ips["x/b"], m.ips["y/c"],
@@ -251,7 +253,7 @@ fn hairpin(m: &Model) {
 }
 
 /// A ClusterIP Service, applied with kubectl with its EndpointSlice: the client reaches it
-/// over TCP and UDP and sees only the VIP (the UDP echo comes from it), connections spread
+/// over TCP, UDP and SCTP and sees only the VIP (the UDP echo comes from it), connections spread
 /// over endpoints on two hosts, an endpoint reaches its own Service (hairpin), and an
 /// endpoint that turns not ready gets no new ones.
 fn services(m: &Model) {
@@ -260,11 +262,12 @@ fn services(m: &Model) {
     let deadline = Instant::now() + CONVERGE;
     let vip = SocketAddr::from((VIP, 80));
     while !(kuryr_support::probe(&client, vip, Proto::Tcp)
-        && kuryr_support::probe(&client, vip, Proto::Udp))
+        && kuryr_support::probe(&client, vip, Proto::Udp)
+        && kuryr_support::probe(&client, vip, Proto::Sctp))
     {
         if Instant::now() > deadline {
             m.fail(&format!(
-                "x/a does not reach the Service at {vip} over TCP and UDP"
+                "x/a does not reach the Service at {vip} over TCP, UDP and SCTP"
             ));
         }
         std::thread::sleep(Duration::from_millis(500));

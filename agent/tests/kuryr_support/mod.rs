@@ -275,6 +275,7 @@ pub fn start_operator(kube: &Kube, etcd: &str, extra: &[&str], log: &Path) -> Pr
 pub enum Proto {
     Tcp,
     Udp,
+    Sctp,
 }
 
 impl Proto {
@@ -283,8 +284,30 @@ impl Proto {
         match self {
             Proto::Tcp => "TCP",
             Proto::Udp => "UDP",
+            Proto::Sctp => "SCTP",
         }
     }
+}
+
+/// IPPROTO_SCTP.
+const IPPROTO_SCTP: i32 = 132;
+
+/// A one-to-one style SCTP socket, which connects, listens and accepts as TCP does (the
+/// guest's kernel loads its sctp module first).
+fn sctp_socket() -> std::io::Result<socket2::Socket> {
+    socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::from(IPPROTO_SCTP)),
+    )
+}
+
+/// An SCTP listener on `addr`, accepting through std's TcpListener (the calls are the same).
+fn sctp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = sctp_socket()?;
+    s.bind(&addr.into())?;
+    s.listen(64)?;
+    Ok(TcpListener::from(s))
 }
 
 /// How long a probe waits for its connection or its echo.
@@ -296,8 +319,8 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
 /// once, under emulation, next to the agents they test.
 const IDLE: Duration = Duration::from_millis(100);
 
-/// Servers in one pod's network namespace: a TCP listener (accepts, then closes) and a UDP
-/// echo on each of `ports`. They stop when dropped.
+/// Servers in one pod's network namespace: a TCP and an SCTP listener (each accepts, then
+/// closes) and a UDP echo on each of `ports`. They stop when dropped.
 pub struct PodServers {
     stop: Arc<AtomicBool>,
     accepted: Arc<AtomicU64>,
@@ -310,31 +333,35 @@ impl PodServers {
         let accepted = Arc::new(AtomicU64::new(0));
         for &port in ports {
             let addr = SocketAddr::from((ip, port));
-            let (tcp, udp) = in_netns(ns, move || {
+            let (tcp, sctp, udp) = in_netns(ns, move || {
                 (
                     TcpListener::bind(addr).map_err(|e| e.to_string()),
+                    sctp_listener(addr).map_err(|e| e.to_string()),
                     UdpSocket::bind(addr).map_err(|e| e.to_string()),
                 )
             });
             let tcp = tcp.unwrap_or_else(|e| panic!("TCP server {addr} in {ns}: {e}"));
+            let sctp = sctp.unwrap_or_else(|e| panic!("SCTP server {addr} in {ns}: {e}"));
             let udp = udp.unwrap_or_else(|e| panic!("UDP server {addr} in {ns}: {e}"));
-            tcp.set_nonblocking(true).expect("nonblocking");
             udp.set_read_timeout(Some(IDLE)).expect("timeout");
-            let (s, n) = (stop.clone(), accepted.clone());
-            std::thread::spawn(move || {
-                while !s.load(Ordering::Relaxed) {
-                    match tcp.accept() {
-                        Ok((c, _)) => {
-                            n.fetch_add(1, Ordering::Relaxed);
-                            drop(c)
+            for listener in [tcp, sctp] {
+                listener.set_nonblocking(true).expect("nonblocking");
+                let (s, n) = (stop.clone(), accepted.clone());
+                std::thread::spawn(move || {
+                    while !s.load(Ordering::Relaxed) {
+                        match listener.accept() {
+                            Ok((c, _)) => {
+                                n.fetch_add(1, Ordering::Relaxed);
+                                drop(c)
+                            }
+                            // The kernel completes the handshake: a probe's connect does not
+                            // wait for this accept, so the loop can sleep without slowing it.
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(IDLE),
+                            Err(_) => std::thread::sleep(IDLE),
                         }
-                        // The kernel completes the handshake: a probe's connect does not
-                        // wait for this accept, so the loop can sleep without slowing it.
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(IDLE),
-                        Err(_) => std::thread::sleep(IDLE),
                     }
-                }
-            });
+                });
+            }
             let s = stop.clone();
             std::thread::spawn(move || {
                 let mut buf = [0u8; 512];
@@ -348,7 +375,7 @@ impl PodServers {
         PodServers { stop, accepted }
     }
 
-    /// TCP connections accepted so far, on any port.
+    /// TCP and SCTP connections accepted so far, on any port.
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
     }
@@ -360,8 +387,8 @@ impl Drop for PodServers {
     }
 }
 
-/// One probe: from network namespace `ns`, connect (TCP) or get an echo back (UDP) from `to`
-/// within [`PROBE_TIMEOUT`]. A refused TCP connection counts as not reached.
+/// One probe: from network namespace `ns`, connect (TCP, SCTP) or get an echo back (UDP) from
+/// `to` within [`PROBE_TIMEOUT`]. A refused connection counts as not reached.
 pub fn probe(ns: &str, to: SocketAddr, proto: Proto) -> bool {
     probe_with(ns, to, proto, PROBE_TIMEOUT)
 }
@@ -370,6 +397,9 @@ pub fn probe(ns: &str, to: SocketAddr, proto: Proto) -> bool {
 pub fn probe_with(ns: &str, to: SocketAddr, proto: Proto, timeout: Duration) -> bool {
     in_netns(ns, move || match proto {
         Proto::Tcp => TcpStream::connect_timeout(&to, timeout).is_ok(),
+        Proto::Sctp => sctp_socket()
+            .and_then(|s| s.connect_timeout(&to.into(), timeout))
+            .is_ok(),
         Proto::Udp => {
             let Ok(s) = UdpSocket::bind("0.0.0.0:0") else {
                 return false;
