@@ -99,7 +99,8 @@ pub struct Config {
     /// Seconds of the host registration's lease.
     #[arg(long, default_value_t = 10)]
     pub lease_ttl_secs: i64,
-    /// Upcalls admitted per second per datapath port (per handler), the token rate.
+    /// Upcalls admitted per second per datapath port, whichever handler they reach: the
+    /// token rate.
     #[arg(long, default_value_t = 2_000)]
     pub upcall_rate: u64,
     /// Token bucket depth of the per-port upcall limit.

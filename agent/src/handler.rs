@@ -19,7 +19,7 @@ use crate::flows::{FlowEvent, Installed};
 use crate::flowtable::FlowKind;
 use crate::install;
 use crate::metrics::Metrics;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::SharedLimiter;
 use crate::topo::SharedTopo;
 
 /// `EEXIST`: another handler installed the same megaflow first.
@@ -37,9 +37,8 @@ pub struct HandlerCtx {
     pub flows: Sender<FlowEvent>,
     pub metrics: Arc<Metrics>,
     pub stop: Arc<AtomicBool>,
-    /// Per-port upcall rate and burst for this handler.
-    pub rate: u64,
-    pub burst: u64,
+    /// The per-port upcall rate limit, shared by all the handlers.
+    pub limiter: SharedLimiter,
     /// Keep each flow's simulation trace.
     pub trace: bool,
 }
@@ -51,9 +50,7 @@ pub struct Handler {
     dp: Dpif,
     ctx: HandlerCtx,
     sim: Simulation,
-    limiter: RateLimiter<u32>,
     actions: Vec<u8>,
-    epoch: Instant,
 }
 
 impl Handler {
@@ -65,12 +62,10 @@ impl Handler {
             } else {
                 Simulation::new()
             },
-            limiter: RateLimiter::new(ctx.rate, ctx.burst),
             up,
             dp,
             ctx,
             actions: Vec::with_capacity(256),
-            epoch: Instant::now(),
         }
     }
 
@@ -112,8 +107,7 @@ impl Handler {
             }
         };
         let in_port = key.in_port.unwrap_or(u32::MAX);
-        let now_ns = start.duration_since(self.epoch).as_nanos() as u64;
-        if !self.limiter.admit(in_port, now_ns) {
+        if !self.ctx.limiter.admit(in_port, start) {
             m.upcall_dropped("rate_limited");
             return;
         }

@@ -1,9 +1,12 @@
 //! Per-port upcall rate limiting with token buckets, so that one noisy pod cannot starve the
 //! upcall handlers (MidoNet throttled each datapath port's upcall channel the same way).
-//! Pure: the caller passes a monotonic clock in nanoseconds.
+//! The buckets are pure: the caller passes a monotonic clock in nanoseconds. [`SharedLimiter`]
+//! holds one set of buckets for all of a datapath's handlers.
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 /// One bucket: `rate` tokens a second, holding at most `burst`.
 #[derive(Debug, Clone, Copy)]
@@ -66,9 +69,57 @@ impl<K: Hash + Eq + Copy> RateLimiter<K> {
     }
 }
 
+/// The per-port buckets every upcall handler of a datapath shares: a port gets its rate
+/// whichever handler its upcalls reach. With per-CPU dispatch one port's upcalls arrive on
+/// every CPU's handler, and a limiter per handler gave a port handlers × the rate.
+#[derive(Debug, Clone)]
+pub struct SharedLimiter {
+    buckets: Arc<Mutex<RateLimiter<u32>>>,
+    epoch: Instant,
+}
+
+impl SharedLimiter {
+    /// `rate_per_s` upcalls a second per datapath port, in bursts of up to `burst`.
+    pub fn new(rate_per_s: u64, burst: u64) -> Self {
+        Self {
+            buckets: Arc::new(Mutex::new(RateLimiter::new(rate_per_s, burst))),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Takes one token for datapath port `port` at `now`; false means the upcall must be
+    /// dropped. A handler that panicked holding the lock left the buckets consistent (every
+    /// update is a whole bucket), so a poisoned lock is used as it is.
+    pub fn admit(&self, port: u32, now: Instant) -> bool {
+        let ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        self.buckets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(port, ns)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handlers_share_one_budget_per_port() {
+        let limiter = SharedLimiter::new(100, 10);
+        let now = Instant::now();
+        let handlers: Vec<_> = (0..4)
+            .map(|_| {
+                let l = limiter.clone();
+                std::thread::spawn(move || (0..10).filter(|_| l.admit(1, now)).count())
+            })
+            .collect();
+        let admitted: usize = handlers.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(
+            admitted, 10,
+            "4 handlers together get port 1's burst, not 4 bursts"
+        );
+        assert!(limiter.admit(2, now), "another port has its own bucket");
+    }
 
     const S: u64 = 1_000_000_000;
 

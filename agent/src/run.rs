@@ -50,6 +50,7 @@ use crate::flows::FlowManager;
 use crate::handler::{Handler, HandlerCtx};
 use crate::host::{HostRegistration, register_host};
 use crate::metrics::Metrics;
+use crate::ratelimit::SharedLimiter;
 use crate::revalidate;
 use crate::service::Agent;
 use crate::topo::{LocalPorts, TopologyWatcher};
@@ -378,8 +379,7 @@ async fn run_async(cfg: Config, mut settings: Settings) -> anyhow::Result<()> {
         flows: flows_tx.clone(),
         metrics: metrics.clone(),
         stop: stop.clone(),
-        rate: cfg.upcall_rate,
-        burst: cfg.upcall_burst,
+        limiter: SharedLimiter::new(cfg.upcall_rate, cfg.upcall_burst),
         trace: cfg.trace_flows,
     };
     let mut threads = Vec::new();

@@ -162,8 +162,7 @@ fn rig_with(capacity: usize, timeouts: IdleTimeouts) -> Rig {
             flows: flows.clone(),
             metrics: metrics.clone(),
             stop: stop.clone(),
-            rate: 1000,
-            burst: 1000,
+            limiter: weft_agent::ratelimit::SharedLimiter::new(1000, 1000),
             trace: true,
         },
     );
@@ -497,8 +496,7 @@ fn malformed_upcalls_and_unknown_tunnel_keys_are_counted_and_dropped() {
             flows: tx,
             metrics: metrics.clone(),
             stop: Arc::new(AtomicBool::new(false)),
-            rate: 1000,
-            burst: 1000,
+            limiter: weft_agent::ratelimit::SharedLimiter::new(1000, 1000),
             trace: false,
         },
     );
