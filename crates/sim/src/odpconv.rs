@@ -62,6 +62,12 @@ pub(crate) fn ct(commit: bool, zone: u16, nat: NatSpec) -> Ct {
     }
 }
 
+/// `ct(zone=Z,nat)`: a lookup in `zone` that applies an existing connection's translation
+/// (the reverse one to its replies) and commits nothing.
+pub(crate) fn ct_lookup(zone: u16) -> Action {
+    Action::Ct(ct(false, zone, NatSpec::Reverse))
+}
+
 pub(crate) fn set_eth(src: [u8; 6], dst: [u8; 6]) -> Action {
     Action::Set(SetKey::Ethernet(KeyEthernet { src, dst }))
 }

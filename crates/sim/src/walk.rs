@@ -382,11 +382,7 @@ impl Walker<'_, '_> {
                 let zone = self.in_zone();
                 note!(self, "conntrack needed: ct(zone={zone},nat), recirculate");
                 self.sim.actions.clear();
-                self.sim.actions.push(odp::Action::Ct(crate::odpconv::ct(
-                    false,
-                    zone,
-                    crate::odpconv::NatSpec::Reverse,
-                )));
+                self.sim.actions.push(crate::odpconv::ct_lookup(zone));
                 self.sim.actions.push(odp::Action::Recirc(RECIRC_CT));
                 self.sim.emit.clear();
                 self.sim.verdict = Verdict::Recirculate;
@@ -1510,11 +1506,7 @@ impl Walker<'_, '_> {
         let zone = crate::topology::hairpin_zone(port.zone);
         note!(self, "  hairpin reply: ct(zone={zone},nat), back out");
         self.sim.actions.clear();
-        self.sim.actions.push(odp::Action::Ct(crate::odpconv::ct(
-            false,
-            zone,
-            crate::odpconv::NatSpec::Reverse,
-        )));
+        self.sim.actions.push(crate::odpconv::ct_lookup(zone));
         self.back_out();
         Some(Next::Stop)
     }
@@ -1666,11 +1658,7 @@ impl Walker<'_, '_> {
                         port.id,
                         port.zone
                     );
-                    self.sim.actions.push(odp::Action::Ct(crate::odpconv::ct(
-                        false,
-                        port.zone,
-                        crate::odpconv::NatSpec::Reverse,
-                    )));
+                    self.sim.actions.push(crate::odpconv::ct_lookup(port.zone));
                     self.sim
                         .actions
                         .push(odp::Action::Recirc(RECIRC_DELIVERY | port.tunnel_key));
@@ -1759,11 +1747,7 @@ impl Walker<'_, '_> {
         }
         if port.ct_delivery && self.r_is_ip() {
             note!(self, "delivery to {} through zone {}", port.id, port.zone);
-            self.sim.actions.push(odp::Action::Ct(crate::odpconv::ct(
-                false,
-                port.zone,
-                crate::odpconv::NatSpec::Reverse,
-            )));
+            self.sim.actions.push(crate::odpconv::ct_lookup(port.zone));
             self.sim
                 .actions
                 .push(odp::Action::Recirc(RECIRC_DELIVERY | port.tunnel_key));
