@@ -80,12 +80,18 @@ free_port() {
 }
 
 # wait_for NAME URL PATTERN CURL-ARGS...: polls URL until its body matches the glob PATTERN, for
-# READY_TIMEOUT seconds, while NAME's process lives.
+# READY_TIMEOUT seconds, while NAME's process lives. Returns 1 if NAME exited because another
+# process took one of its ports between free_port and its bind (the caller retries on other
+# ports); any other exit, or no answer in time, is fatal.
 wait_for() {
   local name=$1 url=$2 expect=$3 i body
   shift 3
   for ((i = 0; i < READY_TIMEOUT * 4; i++)); do
     running "$name" || {
+      if grep -q 'address already in use' "$DIR/$name.log" 2>/dev/null; then
+        say "$name lost a port to another process; retrying on other ports"
+        return 1
+      fi
       tail -n 30 "$DIR/$name.log" >&2 || true
       die "$name exited while starting (log: $DIR/$name.log)"
     }
@@ -112,6 +118,23 @@ certs() {
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$c/sa.key" 2>/dev/null
   openssl pkey -in "$c/sa.key" -pubout -out "$c/sa.pub"
   chmod 600 "$c"/*.key
+}
+
+# start_apiserver: kube-apiserver on $api_port over etcd on $etcd_port, in the background.
+start_apiserver() {
+  local p=$DIR/pki
+  setsid "$apiserver_bin" \
+    --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --cert-dir "$DIR/pki" --tls-cert-file "$p/apiserver.pem" --tls-private-key-file "$p/apiserver.key" \
+    --client-ca-file "$p/ca.pem" \
+    --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \
+    --authorization-mode RBAC --token-auth-file "$DIR/tokens.csv" \
+    --service-account-issuer https://kubernetes.default.svc \
+    --service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \
+    --disable-admission-plugins ServiceAccount \
+    >"$DIR/kube-apiserver.log" 2>&1 </dev/null &
+  echo $! >"$DIR/kube-apiserver.pid"
 }
 
 up() {
@@ -147,35 +170,32 @@ up() {
   token=$(openssl rand -hex 24)
   printf '%s,admin,admin,system:masters\n' "$token" >"$DIR/tokens.csv"
   chmod 600 "$DIR/tokens.csv"
-  etcd_port=$(free_port)
-  peer_port=$(free_port)
-  api_port=$(free_port)
-
-  setsid "$etcd_bin" --name weft-cp --data-dir "$DIR/etcd" \
-    --listen-client-urls "http://127.0.0.1:$etcd_port" \
-    --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-    --listen-peer-urls "http://127.0.0.1:$peer_port" \
-    --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-    --initial-cluster "weft-cp=http://127.0.0.1:$peer_port" \
-    --unsafe-no-fsync >"$DIR/etcd.log" 2>&1 </dev/null &
-  echo $! >"$DIR/etcd.pid"
-  wait_for etcd "http://127.0.0.1:$etcd_port/health" '*"health":"true"*'
+  local attempt
+  for ((attempt = 1; ; attempt++)); do
+    ((attempt <= 5)) || die "etcd found no free ports in 5 attempts"
+    etcd_port=$(free_port)
+    peer_port=$(free_port)
+    [ "$peer_port" != "$etcd_port" ] || continue
+    rm -rf "$DIR/etcd"
+    setsid "$etcd_bin" --name weft-cp --data-dir "$DIR/etcd" \
+      --listen-client-urls "http://127.0.0.1:$etcd_port" \
+      --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+      --listen-peer-urls "http://127.0.0.1:$peer_port" \
+      --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+      --initial-cluster "weft-cp=http://127.0.0.1:$peer_port" \
+      --unsafe-no-fsync >"$DIR/etcd.log" 2>&1 </dev/null &
+    echo $! >"$DIR/etcd.pid"
+    wait_for etcd "http://127.0.0.1:$etcd_port/health" '*"health":"true"*' && break
+  done
 
   local p=$DIR/pki
-  setsid "$apiserver_bin" \
-    --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
-    --cert-dir "$DIR/pki" --tls-cert-file "$p/apiserver.pem" --tls-private-key-file "$p/apiserver.key" \
-    --client-ca-file "$p/ca.pem" \
-    --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \
-    --authorization-mode RBAC --token-auth-file "$DIR/tokens.csv" \
-    --service-account-issuer https://kubernetes.default.svc \
-    --service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \
-    --disable-admission-plugins ServiceAccount \
-    >"$DIR/kube-apiserver.log" 2>&1 </dev/null &
-  echo $! >"$DIR/kube-apiserver.pid"
-  wait_for kube-apiserver "https://127.0.0.1:$api_port/readyz" ok \
-    --cacert "$p/ca.pem" -H "Authorization: Bearer $token"
+  for ((attempt = 1; ; attempt++)); do
+    ((attempt <= 5)) || die "kube-apiserver found no free port in 5 attempts"
+    api_port=$(free_port)
+    start_apiserver
+    wait_for kube-apiserver "https://127.0.0.1:$api_port/readyz" ok \
+      --cacert "$p/ca.pem" -H "Authorization: Bearer $token" && break
+  done
 
   cat >"$DIR/kubeconfig" <<EOF
 apiVersion: v1
