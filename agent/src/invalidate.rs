@@ -561,6 +561,7 @@ mod tests {
                         healthy: true,
                     }],
                     session_affinity: false,
+                    affinity_timeout_s: None,
                 })
                 .collect(),
         })

@@ -103,6 +103,7 @@ pub(crate) fn topology() -> Inventory {
             }],
             health_check: None,
             session_affinity: SessionAffinity::ClientIp,
+            session_affinity_timeout_seconds: Some(600),
         },
     ));
     let mut web = AclRule::new(api::Action::Accept);

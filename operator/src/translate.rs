@@ -691,6 +691,12 @@ fn load_balancer(name: &str, o: &VirtualLoadBalancer) -> Result<Vec<AnyRecord>, 
     let mut f = Fields::new(CrKind::VirtualLoadBalancer, name);
     let s = &o.spec;
     let affinity = s.session_affinity == SessionAffinity::ClientIp;
+    if !affinity && s.session_affinity_timeout_seconds.is_some() {
+        f.fail(
+            "spec.sessionAffinityTimeoutSeconds",
+            "is only used with sessionAffinity ClientIP",
+        );
+    }
     let vips = s
         .vips
         .iter()
@@ -728,6 +734,7 @@ fn load_balancer(name: &str, o: &VirtualLoadBalancer) -> Result<Vec<AnyRecord>, 
                 port: v.port,
                 members,
                 session_affinity: affinity,
+                affinity_timeout_s: s.session_affinity_timeout_seconds.filter(|_| affinity),
             })
         })
         .collect();
@@ -1144,6 +1151,7 @@ mod tests {
         assert_eq!(lb.router.as_deref(), Some("vrt:edge"));
         assert_eq!(lb.vips.len(), 1);
         assert!(lb.vips[0].session_affinity);
+        assert_eq!(lb.vips[0].affinity_timeout_s, Some(600));
         assert_eq!(lb.vips[0].protocol, Protocol::Tcp);
         assert_eq!(
             lb.vips[0]

@@ -43,6 +43,10 @@ use crate::patterns;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.sessionAffinityTimeoutSeconds) || (has(self.sessionAffinity) && self.sessionAffinity == 'ClientIP')",
+     "message": "sessionAffinityTimeoutSeconds needs sessionAffinity ClientIP"}
+]))]
 pub struct VirtualLoadBalancerSpec {
     /// The `VirtualRouter` whose networks reach the VIPs; absent means every router.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,6 +62,12 @@ pub struct VirtualLoadBalancerSpec {
     /// `ClientIP` keeps a client on the same member.
     #[serde(default)]
     pub session_affinity: SessionAffinity,
+    /// With `ClientIP`: how long a client's member is remembered after the client's last new
+    /// connection. Past it, the client's next connection picks a member afresh. Default
+    /// 10800 (three hours, as Kubernetes Services).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub session_affinity_timeout_seconds: Option<u32>,
 }
 
 /// One virtual IP, protocol and port, with its pool.
@@ -118,7 +128,8 @@ pub enum SessionAffinity {
     /// Every connection picks a member afresh.
     #[default]
     None,
-    /// Connections from one client address go to the same member.
+    /// Connections from one client address go to the same member, for as long as the client
+    /// opens a new one within `sessionAffinityTimeoutSeconds` of the last.
     #[serde(rename = "ClientIP")]
     ClientIp,
 }

@@ -476,6 +476,10 @@ pub struct Member {
     pub healthy: bool,
 }
 
+/// How long a client's member is remembered when a VIP says nothing: three hours, as
+/// Kubernetes' `sessionAffinityConfig.clientIP.timeoutSeconds` defaults.
+pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
+
 /// A virtual IP and port served by a pool of members.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Vip {
@@ -486,6 +490,10 @@ pub struct Vip {
     pub members: Vec<Member>,
     #[serde(default)]
     pub session_affinity: bool,
+    /// With `session_affinity`, how long a client's member is remembered after its last new
+    /// connection; [`DEFAULT_AFFINITY_TIMEOUT_S`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_timeout_s: Option<u32>,
     /// Pod ports taken as members besides `members`: each address of each port this picks
     /// (of the VIP's family), at `target_port` (or `port`), weight 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -874,6 +882,7 @@ pub(crate) mod tests {
                         },
                     ],
                     session_affinity: true,
+                    affinity_timeout_s: None,
                 }],
             }
             .into_any(),

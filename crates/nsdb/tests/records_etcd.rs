@@ -102,6 +102,7 @@ fn one_of_each() -> Vec<AnyRecord> {
                     healthy: true,
                 }],
                 session_affinity: true,
+                affinity_timeout_s: Some(600),
             }],
         }
         .into_any(),

@@ -240,6 +240,8 @@ pub struct PacketContext<'a> {
     pub fields: Fields,
     /// The whole frame as received (may be empty; replies are then built from the fields alone).
     pub packet: &'a [u8],
+    /// Earlier session-affinity choices; without it every client is chosen afresh.
+    pub affinity: Option<&'a dyn crate::AffinityMemory>,
 }
 
 impl<'a> PacketContext<'a> {
@@ -248,10 +250,22 @@ impl<'a> PacketContext<'a> {
         PacketContext {
             fields,
             packet: &[],
+            affinity: None,
         }
     }
     /// A context with fields and the frame's bytes.
     pub fn with_packet(fields: Fields, packet: &'a [u8]) -> PacketContext<'a> {
-        PacketContext { fields, packet }
+        PacketContext {
+            fields,
+            packet,
+            affinity: None,
+        }
+    }
+    /// The same context, recalling session-affinity choices from `memory`.
+    pub fn remembering(self, memory: &'a dyn crate::AffinityMemory) -> PacketContext<'a> {
+        PacketContext {
+            affinity: Some(memory),
+            ..self
+        }
     }
 }

@@ -449,6 +449,7 @@ impl TopoBuilder {
                     })
                     .collect(),
                 session_affinity,
+                affinity_timeout_s: None,
             }],
         });
         self

@@ -15,6 +15,7 @@
 //! See [`walk`] for the pass structure (conntrack and recirculation) and the flooding policy.
 
 pub mod acl;
+pub mod affinity;
 pub mod error;
 pub mod fields;
 pub mod fixtures;
@@ -27,6 +28,7 @@ pub mod tag;
 pub mod topology;
 pub mod walk;
 
+pub use affinity::{AffinityChoice, AffinityKey, AffinityMemory};
 pub use error::SimError;
 pub use fields::{Fields, PacketContext};
 pub use result::{Delivery, DropReason, Emit, Simulation, Verdict};

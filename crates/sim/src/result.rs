@@ -117,6 +117,9 @@ pub struct Simulation {
     pub trace: String,
     /// Record the trace (costs allocations; off by default).
     pub trace_enabled: bool,
+    /// The member a VIP with session affinity chose (or recalled) for this client, for the
+    /// caller to remember ([`crate::affinity`]).
+    pub affinity: Option<crate::AffinityChoice>,
 }
 
 impl Simulation {
@@ -143,6 +146,7 @@ impl Simulation {
         self.verdict = Verdict::None;
         self.install = true;
         self.trace.clear();
+        self.affinity = None;
     }
 
     pub(crate) fn note(&mut self, args: std::fmt::Arguments<'_>) {

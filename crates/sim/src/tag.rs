@@ -14,6 +14,7 @@
 //! | chain | `chain(id)` |
 //! | load balancer | `lb(id)`, and `device(router)` for a router's LB or [`Tag::global_vips`] for one attached to no router (when the first such LB appears, no flow carries that tag yet: flush all flows) |
 //! | host | `host(id)` |
+//! | a client's remembered member at a VIP, forgotten | `affinity(key)` |
 //! | a local vport added to or removed from the datapath | `port(id)` of the port bound to it, `device(its bridge)` |
 //!
 //! Lookups that miss are tagged too (an unknown MAC, an IP with no ARP entry, the router's
@@ -44,6 +45,8 @@ pub enum TagKind {
     Lb = 7,
     /// A host (its underlay address or tunnel settings).
     Host = 8,
+    /// One client's remembered member at one VIP ([`crate::affinity`]).
+    Affinity = 9,
 }
 
 impl TagKind {
@@ -57,6 +60,7 @@ impl TagKind {
             6 => TagKind::Chain,
             7 => TagKind::Lb,
             8 => TagKind::Host,
+            9 => TagKind::Affinity,
             _ => return None,
         })
     }
@@ -69,7 +73,7 @@ pub struct Tag(pub u64);
 const LOW: u64 = (1 << 56) - 1;
 
 impl Tag {
-    fn make(kind: TagKind, h: u64) -> Tag {
+    pub(crate) fn make(kind: TagKind, h: u64) -> Tag {
         Tag(((kind as u64) << 56) | (h & LOW))
     }
     fn of_id(kind: TagKind, id: &str) -> Tag {

@@ -243,6 +243,8 @@ pub(crate) struct VipC {
     pub members: Vec<MemberC>,
     pub total: u32,
     pub affinity: bool,
+    /// How long a client's member is remembered, in seconds.
+    pub affinity_timeout_s: u32,
 }
 
 /// The scope of a VIP attached to no router in the VIP index: it applies at ingress.
@@ -877,6 +879,9 @@ impl Topology {
                     members,
                     total,
                     affinity: v.session_affinity,
+                    affinity_timeout_s: v
+                        .affinity_timeout_s
+                        .unwrap_or(nsdb::DEFAULT_AFFINITY_TIMEOUT_S),
                 });
             }
         }

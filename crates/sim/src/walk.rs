@@ -142,6 +142,7 @@ pub fn simulate_into(t: &Topology, ctx: &PacketContext<'_>, sim: &mut Simulation
         pkt: ctx.fields,
         orig: ctx.fields,
         bytes: ctx.packet,
+        memory: ctx.affinity,
         read: Fields::default(),
         wrote_eth: false,
         wrote_ttl: false,
@@ -201,6 +202,7 @@ struct Walker<'t, 's> {
     pkt: Fields,
     orig: Fields,
     bytes: &'t [u8],
+    memory: Option<&'t dyn crate::AffinityMemory>,
     read: Fields,
     wrote_eth: bool,
     wrote_ttl: bool,
@@ -225,7 +227,7 @@ fn mac_str(m: [u8; 6]) -> nsdb::MacAddr {
     nsdb::MacAddr(m)
 }
 
-impl Walker<'_, '_> {
+impl<'t> Walker<'t, '_> {
     // ---- reads: each records the bits it looked at ----
     fn r_eth_dst(&mut self) -> [u8; 6] {
         if !self.wrote_eth {
@@ -1435,14 +1437,33 @@ impl Walker<'_, '_> {
             note!(self, "  no healthy member: reject");
             return Ok(self.reject());
         }
-        let h = self.flow_hash(vip.affinity);
-        let pick = (h % u64::from(vip.total.max(1))) as u32;
-        let m = vip
-            .members
-            .iter()
-            .find(|m| pick < m.cum)
-            .unwrap_or(&vip.members[0]);
-        note!(self, "  member {}:{}", m.ip, m.port);
+        let recalled = if vip.affinity { self.recall(vip) } else { None };
+        let m = match recalled {
+            Some(m) => {
+                note!(
+                    self,
+                    "  member {}:{} (remembered for this client)",
+                    m.ip,
+                    m.port
+                );
+                m
+            }
+            None => {
+                let h = self.flow_hash(vip.affinity);
+                let pick = (h % u64::from(vip.total.max(1))) as u32;
+                let m = vip
+                    .members
+                    .iter()
+                    .find(|m| pick < m.cum)
+                    .unwrap_or(&vip.members[0]);
+                note!(self, "  member {}:{}", m.ip, m.port);
+                m
+            }
+        };
+        if let Some(a) = &mut self.sim.affinity {
+            a.member = m.ip;
+            a.member_port = m.port;
+        }
         if let (std::net::IpAddr::V4(member), std::net::IpAddr::V4(vip_ip)) = (m.ip, vip.ip)
             && u32::from(member) == self.r_src_bits(32)
         {
@@ -1451,6 +1472,32 @@ impl Walker<'_, '_> {
             self.nat_dst(m.ip, Some(m.port));
         }
         Ok(Next::Stop)
+    }
+
+    /// Session affinity at `vip`: tags the flow with the client's choice, reports the choice
+    /// (its member filled in by the caller) and returns the member remembered for the client,
+    /// if it is still one of the VIP's healthy members. Reads the whole client address.
+    fn recall(&mut self, vip: &'t crate::topology::VipC) -> Option<&'t crate::topology::MemberC> {
+        let client = if self.pkt.is_ipv6() {
+            std::net::IpAddr::V6(self.r_src6_bits(128).into())
+        } else {
+            std::net::IpAddr::V4(self.r_src_bits(32).into())
+        };
+        let key = crate::AffinityKey {
+            vip: vip.ip,
+            proto: self.r_proto(),
+            port: vip.port,
+            client,
+        };
+        self.tag(Tag::affinity(&key));
+        self.sim.affinity = Some(crate::AffinityChoice {
+            key,
+            member: vip.ip,
+            member_port: 0,
+            timeout_s: vip.affinity_timeout_s,
+        });
+        let (ip, port) = self.memory?.recall(&key)?;
+        vip.members.iter().find(|m| m.ip == ip && m.port == port)
     }
 
     /// A pod's connection to a Service that chose the pod itself. Delivered as it is, the

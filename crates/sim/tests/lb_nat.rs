@@ -262,6 +262,126 @@ fn eight_member_pool_spreads_by_weight_and_affinity_sticks() {
     assert!(others.len() > 4, "different clients spread: {others:?}");
 }
 
+/// A memory of earlier choices that recalls one member for every client, and counts asks.
+#[derive(Debug)]
+struct Recalls(
+    Option<(std::net::IpAddr, u16)>,
+    std::sync::atomic::AtomicU32,
+);
+
+impl sim::AffinityMemory for Recalls {
+    fn recall(&self, _key: &sim::AffinityKey) -> Option<(std::net::IpAddr, u16)> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0
+    }
+}
+
+#[test]
+fn a_remembered_member_is_kept_while_it_serves_and_replaced_once_it_goes() {
+    let members = [
+        ("10.0.2.100", 8080, 1, true),
+        ("10.0.2.101", 8080, 1, true),
+        ("10.0.2.102", 8080, 1, false),
+    ];
+    let b = two_bridges()
+        .vip(
+            "sticky",
+            Some("r1"),
+            "10.96.0.12",
+            Protocol::Udp,
+            53,
+            &members,
+            true,
+        )
+        .vip(
+            "plain",
+            Some("r1"),
+            "10.96.0.13",
+            Protocol::Udp,
+            53,
+            &members,
+            false,
+        );
+    let t = b.build();
+    let (p1, gw) = (b.mac("p1"), b.mac("r1-b1"));
+    let to = |vip: &str| {
+        ct(
+            pkt::udp(2, p1, gw, "10.0.1.11", vip, 40000, 53),
+            RECIRC_CT,
+            TRK | NEW,
+        )
+    };
+    let sim_with = |f: Fields, memory: &Recalls| {
+        let mut s = sim::Simulation::traced();
+        sim::simulate_into(&t, &sim::PacketContext::new(f).remembering(memory), &mut s);
+        s
+    };
+    let ip = |a: &str| a.parse::<std::net::IpAddr>().unwrap();
+    let key = sim::AffinityKey {
+        vip: ip("10.96.0.12"),
+        proto: 17,
+        port: 53,
+        client: ip("10.0.1.11"),
+    };
+
+    // Nothing remembered: the client address's hash picks, and the choice is reported.
+    let fresh = sim_with(to("10.96.0.12"), &Recalls(None, Default::default()));
+    let chosen = fresh.affinity.expect("a sticky VIP reports its choice");
+    assert_eq!(chosen.key, key);
+    assert_eq!(chosen.timeout_s, nsdb::DEFAULT_AFFINITY_TIMEOUT_S);
+    assert!(
+        fresh
+            .actions_text()
+            .contains(&format!("nat(dst={}:8080)", chosen.member)),
+        "{}",
+        fresh.actions_text()
+    );
+    assert!(
+        fresh.tags.contains(&Tag::affinity(&key)),
+        "{:?}",
+        fresh.tags
+    );
+    assert_eq!(fresh.fields_mask.ipv4_src, !0, "the choice is per client");
+    assert_eq!(fresh.fields_mask.tp_src, 0, "not per connection");
+
+    // The other healthy member remembered: it is kept, and reported again.
+    let other = if chosen.member == ip("10.0.2.100") {
+        "10.0.2.101"
+    } else {
+        "10.0.2.100"
+    };
+    let kept = sim_with(
+        to("10.96.0.12"),
+        &Recalls(Some((ip(other), 8080)), Default::default()),
+    );
+    assert!(
+        kept.actions_text()
+            .contains(&format!("nat(dst={other}:8080)")),
+        "{}",
+        kept.actions_text()
+    );
+    assert_eq!(kept.affinity.map(|c| c.member), Some(ip(other)));
+    assert_eq!(kept.fields_mask.tp_src, 0);
+
+    // A remembered member that no longer serves (unhealthy, or at another port): chosen
+    // afresh, and the new choice reported to replace it.
+    for gone in [(ip("10.0.2.102"), 8080), (ip(other), 9090)] {
+        let s = sim_with(to("10.96.0.12"), &Recalls(Some(gone), Default::default()));
+        assert_eq!(
+            s.affinity.map(|c| c.member),
+            Some(chosen.member),
+            "{gone:?}"
+        );
+    }
+
+    // A VIP without affinity neither asks nor reports.
+    let asks = Recalls(Some((ip(other), 8080)), Default::default());
+    let plain = sim_with(to("10.96.0.13"), &asks);
+    assert_eq!(asks.1.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(plain.affinity.is_none());
+    assert!(plain.fields_mask.tp_src != 0, "per connection");
+}
+
 #[test]
 fn global_vip_applies_before_the_first_device() {
     let b = two_bridges().vip(

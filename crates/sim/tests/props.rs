@@ -648,6 +648,7 @@ fn records(s: &Spec) -> (RecordSet, LocalDatapath) {
                     })
                     .collect(),
                 session_affinity: octet % 2 == 0,
+                affinity_timeout_s: None,
             }],
         });
     }

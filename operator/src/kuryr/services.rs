@@ -5,9 +5,6 @@
 //! kube-proxy's job for pod traffic, done once in NSDB for every agent.
 //!
 //! What kube-proxy does that this does not:
-//! - `sessionAffinityConfig.clientIP.timeoutSeconds` is not honoured: the simulation's affinity
-//!   is a hash of the client address with no expiry, so a client keeps its member for as long
-//!   as the member set does not change.
 //! - When no endpoint is ready, kube-proxy falls back to endpoints that are terminating but
 //!   still serving; here terminating endpoints are always left out, and the VIP rejects.
 //! - `internalTrafficPolicy: Local`, `externalTrafficPolicy`, topology hints, node ports,
@@ -176,7 +173,11 @@ fn members(
 /// rule for a Service without endpoints does, instead of letting the packet be routed on.
 ///
 /// Errors name the field: a cluster IP that is not an IP address, a protocol other than TCP,
-/// UDP and SCTP, a port out of range, a session affinity other than `None` and `ClientIP`.
+/// UDP and SCTP, a port out of range, a session affinity other than `None` and `ClientIP`, an
+/// affinity timeout outside 1 to 86400 seconds. `sessionAffinity: ClientIP` carries
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` (Kubernetes' default of 3 hours when
+/// absent): each agent remembers a client's member for that long after the client's last new
+/// connection, as kube-proxy's `recent` match does.
 pub fn load_balancer(
     svc: &Service,
     slices: &[EndpointSlice],
@@ -204,6 +205,22 @@ pub fn load_balancer(
                 format!("spec.sessionAffinity: {other:?} is neither None nor ClientIP"),
             ));
         }
+    };
+    let affinity_timeout_s = match spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds)
+    {
+        Some(t) if session_affinity => Some(u32::try_from(t).ok().filter(|t| (1..=86_400).contains(t)).ok_or_else(|| {
+            invalid(
+                svc,
+                format!(
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds: {t} is not within 1 and 86400"
+                ),
+            )
+        })?),
+        _ => None,
     };
     let mut checked = Vec::with_capacity(ports.len());
     for (i, sp) in ports.iter().enumerate() {
@@ -244,6 +261,7 @@ pub fn load_balancer(
             port,
             members: members(ip, sp, protocol, &own),
             session_affinity,
+            affinity_timeout_s,
             member_selector: None,
             target_port: None,
         })
@@ -845,6 +863,22 @@ mod tests {
         let lb = lb(&svc, &[]);
         assert_eq!(lb.vips.len(), 2);
         assert!(lb.vips.iter().all(|v| v.session_affinity));
+        assert!(
+            lb.vips.iter().all(|v| v.affinity_timeout_s == Some(600)),
+            "the timeout goes with every VIP: {:?}",
+            lb.vips
+        );
+
+        let svc = service(json!({
+            "clusterIP": "10.96.0.10",
+            "ports": [{"port": 80}],
+            "sessionAffinity": "ClientIP",
+        }));
+        assert_eq!(
+            load_balancer(&svc, &[]).unwrap().unwrap().vips[0].affinity_timeout_s,
+            None,
+            "no timeout given: the agents use Kubernetes' default"
+        );
 
         let svc = service(json!({
             "clusterIP": "10.96.0.10",
@@ -914,6 +948,12 @@ mod tests {
                 json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}],
                        "sessionAffinity": "Cookie"}),
                 "spec.sessionAffinity: ",
+            ),
+            (
+                json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}],
+                       "sessionAffinity": "ClientIP",
+                       "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}}),
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds: ",
             ),
         ];
         for (spec, field) in cases {
