@@ -16,6 +16,7 @@ use odp::dpif::{Dpif, FlowId};
 use sim::Tag;
 use tracing::{debug, warn};
 
+use crate::affinity::Affinity;
 use crate::api::FlowInfo;
 use crate::ctl::dpflow;
 use crate::flowtable::{FlowKind, FlowTable, IdleTimeouts};
@@ -82,10 +83,13 @@ pub struct FlowManager {
     unknown: HashSet<u128>,
     metrics: Arc<Metrics>,
     interval: Duration,
+    /// Session-affinity choices: refreshed from their flows' use, forgotten here.
+    affinity: Arc<Affinity>,
 }
 
 impl FlowManager {
     /// A manager of datapath `ifindex`'s flows.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         dp: Dpif,
         ifindex: i32,
@@ -94,6 +98,7 @@ impl FlowManager {
         interval: Duration,
         generation: u64,
         metrics: Arc<Metrics>,
+        affinity: Arc<Affinity>,
     ) -> Self {
         FlowManager {
             dp,
@@ -106,6 +111,7 @@ impl FlowManager {
             unknown: HashSet::new(),
             metrics,
             interval,
+            affinity,
         }
     }
 
@@ -262,6 +268,9 @@ impl FlowManager {
             if self.table.contains(u) {
                 if let Some(used) = e.stats.used_ms {
                     self.table.observe_used(u, used);
+                    for t in self.index.tags_of(u).unwrap_or_default() {
+                        self.affinity.touch(*t, used);
+                    }
                 }
             } else if self.unknown.contains(&u) {
                 orphans.push(u);
@@ -273,10 +282,22 @@ impl FlowManager {
         if !orphans.is_empty() {
             self.delete(&orphans, "stale");
         }
-        let expired = self.table.expire(now_ms());
+        let now = now_ms();
+        let expired = self.table.expire(now);
         if !expired.is_empty() {
             self.forget(&expired);
             self.delete(&expired, "expired");
+        }
+        let forgotten = self.affinity.expire(now);
+        if !forgotten.is_empty() {
+            self.metrics
+                .affinity_entries
+                .set(self.affinity.len() as i64);
+            let victims = self.index.invalidate_all(forgotten);
+            if !victims.is_empty() {
+                self.forget(&victims);
+                self.delete(&victims, "affinity_expired");
+            }
         }
     }
 

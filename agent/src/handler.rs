@@ -15,6 +15,7 @@ use odp::upcall::{Upcall, UpcallKind, UpcallSocket};
 use sim::{DropReason, Fields, PacketContext, Simulation, Verdict};
 use tracing::{debug, warn};
 
+use crate::affinity::Affinity;
 use crate::flows::{FlowEvent, Installed};
 use crate::flowtable::FlowKind;
 use crate::install;
@@ -41,6 +42,8 @@ pub struct HandlerCtx {
     pub limiter: SharedLimiter,
     /// Keep each flow's simulation trace.
     pub trace: bool,
+    /// Session-affinity choices, recalled and recorded here, aged by the flow manager.
+    pub affinity: Arc<Affinity>,
 }
 
 /// One handler: its sockets and reusable buffers.
@@ -115,11 +118,18 @@ impl Handler {
         let fields = Fields::from_key(&key);
         sim::simulate_into(
             &snap.topo,
-            &PacketContext::with_packet(fields, &u.packet),
+            &PacketContext::with_packet(fields, &u.packet).remembering(&*self.ctx.affinity),
             &mut self.sim,
         );
         m.simulations.inc();
         let s = &self.sim;
+        if let Some(c) = &s.affinity {
+            if self.ctx.affinity.record(c, crate::flows::now_ms()) {
+                m.affinity_entries.set(self.ctx.affinity.len() as i64);
+            } else {
+                m.affinity_full.inc();
+            }
+        }
         if s.verdict == Verdict::Drop(DropReason::UnknownTunnelKey) {
             m.tunnel_drops.inc();
         }

@@ -2,6 +2,7 @@
 //! packets through the virtual topology, installs their megaflows, and invalidates them when the
 //! topology changes.
 
+pub mod affinity;
 pub mod api;
 pub mod attachments;
 pub mod cni;

@@ -52,6 +52,10 @@ pub struct Metrics {
     pub invalidations: Counter,
     /// Updates that no tag covered, so every flow was deleted.
     pub full_flushes: Counter,
+    /// Clients whose session-affinity member is remembered.
+    pub affinity_entries: Gauge,
+    /// New clients not remembered because the affinity memory was full.
+    pub affinity_full: Counter,
     /// Kernel refusals of a flow put or an execute.
     pub datapath_errors: Counter,
     /// Packets from the tunnel whose key names no local port.
@@ -109,6 +113,8 @@ impl Metrics {
             flows: Gauge::default(),
             invalidations: Counter::default(),
             full_flushes: Counter::default(),
+            affinity_entries: Gauge::default(),
+            affinity_full: Counter::default(),
             datapath_errors: Counter::default(),
             tunnel_drops: Counter::default(),
             // 10 µs .. ~5 s.
@@ -162,6 +168,16 @@ impl Metrics {
             "weft_agent_full_flushes",
             "Topology updates no tag covered, which deleted every flow",
             m.full_flushes.clone(),
+        );
+        r.register(
+            "weft_agent_affinity_entries",
+            "Clients whose session-affinity member is remembered",
+            m.affinity_entries.clone(),
+        );
+        r.register(
+            "weft_agent_affinity_full",
+            "New clients not remembered because the session-affinity memory was full",
+            m.affinity_full.clone(),
         );
         r.register(
             "weft_agent_datapath_errors",

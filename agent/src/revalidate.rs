@@ -1,12 +1,15 @@
 //! Restart without loss: the flows of an adopted datapath are checked against the current
 //! topology, as the kernel reports them, and only the stale ones are deleted. A flow is
 //! valid when simulating its match again gives the same megaflow (the same UFID, which
-//! names the masked match) with the same actions.
+//! names the masked match) with the same actions. A flow's session-affinity choice is read
+//! from its own actions ([`FromActions`]) and remembered again, so a client keeps its member
+//! across the restart while that member serves.
 
 use odp::dpif::{Dpif, FlowEntry, FlowId};
 use sim::{Fields, PacketContext, Simulation};
 use tracing::{info, warn};
 
+use crate::affinity::{Affinity, FromActions};
 use crate::flows::Installed;
 use crate::flowtable::FlowKind;
 use crate::install;
@@ -26,7 +29,11 @@ pub fn check(e: &FlowEntry, snap: &TopoSnap, sim: &mut Simulation) -> Option<Ins
     let ufid = u128::from_be_bytes(e.ufid?);
     let key = odp::decode_key(&e.key).ok()?;
     let actions = odp::decode_actions(&e.actions).ok()?;
-    sim::simulate_into(&snap.topo, &PacketContext::new(Fields::from_key(&key)), sim);
+    sim::simulate_into(
+        &snap.topo,
+        &PacketContext::new(Fields::from_key(&key)).remembering(&FromActions(&actions)),
+        sim,
+    );
     if !sim.install || install::ufid(&key, sim) != ufid || sim.actions != actions {
         return None;
     }
@@ -54,6 +61,7 @@ pub fn revalidate(
     ifindex: i32,
     snap: &TopoSnap,
     trace: bool,
+    affinity: &Affinity,
 ) -> anyhow::Result<Revalidation> {
     let entries = d.flow_dump(ifindex)?;
     let total = entries.len();
@@ -66,7 +74,12 @@ pub fn revalidate(
     let mut stale = Vec::new();
     for e in &entries {
         match check(e, snap, &mut sim) {
-            Some(f) => out.kept.push(f),
+            Some(f) => {
+                if let Some(c) = &sim.affinity {
+                    affinity.record(c, e.stats.used_ms.unwrap_or_else(crate::flows::now_ms));
+                }
+                out.kept.push(f)
+            }
             None => stale.push(match e.ufid {
                 Some(u) => FlowId::Ufid(u),
                 None => FlowId::Key(e.key.clone()),

@@ -42,6 +42,7 @@ use odp::upcall::UpcallSocket;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::affinity::Affinity;
 use crate::api::proto::{ErrorCode, Reply, Request, Response, Status};
 use crate::api::server::Deferred;
 use crate::config::{Config, Settings, tunnel_vport_name};
@@ -351,6 +352,7 @@ async fn run_async(cfg: Config, mut settings: Settings) -> anyhow::Result<()> {
     let shared = TopologyWatcher::initial(&settings.host, dp.tunnel_port_no, first, &ports)?;
     metrics.generation.set(1);
     let (flows_tx, flows_rx) = std::sync::mpsc::channel();
+    let affinity = Arc::new(Affinity::default());
     let mut manager = FlowManager::new(
         Dpif::open()?,
         dp.info.ifindex,
@@ -359,9 +361,16 @@ async fn run_async(cfg: Config, mut settings: Settings) -> anyhow::Result<()> {
         settings.expiry_interval,
         1,
         metrics.clone(),
+        affinity.clone(),
     );
     if dp.adopted {
-        let r = revalidate::revalidate(&mut d, dp.info.ifindex, &shared.load(), cfg.trace_flows)?;
+        let r = revalidate::revalidate(
+            &mut d,
+            dp.info.ifindex,
+            &shared.load(),
+            cfg.trace_flows,
+            &affinity,
+        )?;
         metrics.deleted("stale", r.deleted);
         for f in r.kept {
             manager.adopt(f);
@@ -381,6 +390,7 @@ async fn run_async(cfg: Config, mut settings: Settings) -> anyhow::Result<()> {
         stop: stop.clone(),
         limiter: SharedLimiter::new(cfg.upcall_rate, cfg.upcall_burst),
         trace: cfg.trace_flows,
+        affinity: affinity.clone(),
     };
     let mut threads = Vec::new();
     for (i, up) in sockets.into_iter().enumerate() {
@@ -417,6 +427,7 @@ async fn run_async(cfg: Config, mut settings: Settings) -> anyhow::Result<()> {
         ports: ports.clone(),
         local: local_tx,
         flows: flows_tx,
+        affinity,
         attachments,
     });
     handler.set(agent.clone());

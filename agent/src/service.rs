@@ -31,6 +31,8 @@ pub struct Agent {
     pub ports: Arc<LocalPorts>,
     pub local: mpsc::UnboundedSender<LocalChange>,
     pub flows: std::sync::mpsc::Sender<FlowEvent>,
+    /// Session-affinity choices, so that a trace shows the member a client really gets.
+    pub affinity: Arc<crate::affinity::Affinity>,
     /// What this agent attached (the state directory's record).
     pub attachments: Attachments,
 }
@@ -297,7 +299,11 @@ impl Agent {
         let snap = self.topo.load();
         let mut s = Simulation::traced();
         let fields = sim::Fields::from_key(&key);
-        sim::simulate_into(&snap.topo, &PacketContext::new(fields), &mut s);
+        sim::simulate_into(
+            &snap.topo,
+            &PacketContext::new(fields).remembering(&*self.affinity),
+            &mut s,
+        );
         Ok(Reply::Trace(TraceInfo {
             verdict: format!("{:?}", s.verdict),
             matched: s.match_text(&fields),

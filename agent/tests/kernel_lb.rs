@@ -15,8 +15,8 @@ use std::time::Instant;
 use hosts_support::Cluster;
 use nsdb::{LoadBalancer, Protocol};
 use scen2_support::{
-    BackgroundExchanges, Exchange, External, NamedServer, exchanges, generation, wait_exchange,
-    wait_generation,
+    BackgroundExchanges, Exchange, External, NamedServer, exchange, exchanges, generation,
+    wait_exchange, wait_generation,
 };
 use sim::Topology;
 use sim::fixtures::TopoBuilder;
@@ -298,7 +298,7 @@ fn snat_through_the_router_uplink_shows_the_outside_only_the_snat_address() {
         let mut last = String::new();
         let mut got = None;
         for _ in 0..30 {
-            match scen2_support::exchange(&ns, sa("192.0.2.1", 9000), 5000) {
+            match exchange(&ns, sa("192.0.2.1", 9000), 5000) {
                 Ok(x) => {
                     got = Some(x);
                     break;
@@ -315,7 +315,7 @@ fn snat_through_the_router_uplink_shows_the_outside_only_the_snat_address() {
         };
         check_snat(&c, pod, &x);
         // More connections, each a new SNAT mapping.
-        for (i, r) in scen2_support::exchanges(&ns, sa("192.0.2.1", 9000), 10, 5000)
+        for (i, r) in exchanges(&ns, sa("192.0.2.1", 9000), 10, 5000)
             .into_iter()
             .enumerate()
         {
@@ -353,5 +353,134 @@ fn check_snat(c: &Cluster, pod: &str, x: &Exchange) {
     }
     if x.peer != sa("192.0.2.1", 9000) {
         c.fail(&format!("{pod}'s socket reports peer {}", x.peer));
+    }
+}
+
+/// The member the simulation gives client c1 at the VIP of `b` when nothing is remembered:
+/// the hash pick that a forgotten choice falls back to.
+fn fresh_pick(b: &TopoBuilder) -> IpAddr {
+    // The guest's hosts register themselves; the fixture names only h1 and h2.
+    let b = b.clone().host("h3", "192.168.0.3");
+    let h3 = b.datapath_of("h3");
+    let f = sim::Fields {
+        recirc_id: sim::RECIRC_CT,
+        ct_state: 0x21, // +trk+new
+        ..sim::fixtures::pkt::tcp(
+            h3.vports["wf-c1"],
+            b.mac("c1"),
+            b.mac("r1-b1"),
+            CLIENT,
+            VIP,
+            40000,
+            VIP_PORT,
+        )
+    };
+    let s = sim::simulate(&b.build_for("h3", &h3), &sim::PacketContext::new(f));
+    match s.affinity {
+        Some(a) => a.member,
+        None => panic!(
+            "the VIP made no session-affinity choice: {}",
+            s.actions_text()
+        ),
+    }
+}
+
+#[test]
+#[ignore = "needs the OVS kernel datapath: run by e2e/kernel-tests.sh inside the guest"]
+fn client_ip_affinity_keeps_a_client_on_its_member_until_it_is_idle_for_the_timeout() {
+    const TIMEOUT_S: u64 = 4;
+    let mut b = lb_topology();
+    {
+        let v = &mut b.records.load_balancers[0].vips[0];
+        v.session_affinity = true;
+        v.affinity_timeout_s = Some(TIMEOUT_S as u32);
+    }
+    let c = cluster("lb-affinity", &b);
+    let _servers = backends(&c);
+    let ns = c.pod("c1").ns.clone();
+    let to = sa(VIP, VIP_PORT);
+    c.wait_reachable("c1", ip("10.0.2.31"), 30);
+    c.wait_reachable("c1", ip("10.0.2.32"), 30);
+
+    // Every connection of the client goes to one member.
+    let first = wait_exchange(&c, "c1", to, 30);
+    check_vip_exchange(&c, &first, 0);
+    let kept = first.backend.clone();
+    let kept_ip = if kept == "be1" {
+        "10.0.2.31"
+    } else {
+        "10.0.2.32"
+    };
+    for (i, r) in exchanges(&ns, to, 8, 100).into_iter().enumerate() {
+        match r {
+            Ok(x) if x.backend == kept => check_vip_exchange(&c, &x, i + 1),
+            other => c.fail(&format!(
+                "connection {} went elsewhere than {kept}, the client's member: {other:?}",
+                i + 1
+            )),
+        }
+    }
+
+    // The member the client has is made nearly weightless: a choice made afresh now lands
+    // on the other one (the simulation says which weight makes it so), but the client's
+    // remembered member still serves, so it keeps it.
+    let mut lb = b.records.load_balancers[0].clone();
+    let mut heavy = 1000;
+    loop {
+        for m in &mut lb.vips[0].members {
+            m.weight = if m.ip == IpAddr::V4(ip(kept_ip)) {
+                1
+            } else {
+                heavy
+            };
+        }
+        b.records.load_balancers[0] = lb.clone();
+        if fresh_pick(&b) != IpAddr::V4(ip(kept_ip)) {
+            break;
+        }
+        heavy += 1;
+    }
+    let before = generation(&c, "h3");
+    c.put(&lb);
+    wait_generation(&c, "h3", before, 1200);
+    // The client keeps opening connections, for several timeouts in all but never idle for
+    // one: each goes to its member, and each keeps the choice alive.
+    let busy = Instant::now();
+    let mut n = 0;
+    while busy.elapsed() < std::time::Duration::from_secs(3 * TIMEOUT_S) {
+        n += 1;
+        match exchange(&ns, to, 100) {
+            Ok(x) if x.backend == kept => check_vip_exchange(&c, &x, n),
+            other => c.fail(&format!(
+                "{:?} after the weights changed, connection {n} did not go to the client's \
+                 remembered member {kept}: {other:?}",
+                busy.elapsed()
+            )),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    eprintln!(
+        "lb-affinity: {n} connections over {:?} all went to {kept}, the remembered member",
+        busy.elapsed()
+    );
+
+    // Idle for longer than the timeout plus the flow sweep (1 s at the default idle
+    // timeout): the choice is forgotten and made afresh, and the new one is kept in turn.
+    std::thread::sleep(std::time::Duration::from_secs(TIMEOUT_S + 3));
+    let fresh = fresh_pick(&b);
+    let fresh_name = if fresh == IpAddr::V4(ip("10.0.2.31")) {
+        "be1"
+    } else {
+        "be2"
+    };
+    for (i, r) in exchanges(&ns, to, 4, 100).into_iter().enumerate() {
+        match r {
+            Ok(x) if x.backend == fresh_name => check_vip_exchange(&c, &x, i),
+            other => c.fail(&format!(
+                "after {}s idle, connection {i} should have been chosen afresh ({fresh_name}), \
+                 not kept on {kept}: {other:?}",
+                TIMEOUT_S + 3
+            )),
+        }
     }
 }

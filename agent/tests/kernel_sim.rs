@@ -143,6 +143,7 @@ fn rig_with(capacity: usize, timeouts: IdleTimeouts) -> Rig {
     }));
     let metrics = Arc::new(Metrics::new());
     let (flows, flows_rx) = std::sync::mpsc::channel();
+    let affinity = Arc::new(weft_agent::affinity::Affinity::default());
     let manager = FlowManager::new(
         Dpif::open().expect("manager's socket"),
         info.ifindex,
@@ -151,6 +152,7 @@ fn rig_with(capacity: usize, timeouts: IdleTimeouts) -> Rig {
         Duration::from_millis(200),
         1,
         metrics.clone(),
+        affinity.clone(),
     );
     let stop = Arc::new(AtomicBool::new(false));
     let handler = Handler::new(
@@ -164,6 +166,7 @@ fn rig_with(capacity: usize, timeouts: IdleTimeouts) -> Rig {
             stop: stop.clone(),
             limiter: weft_agent::ratelimit::SharedLimiter::new(1000, 1000),
             trace: true,
+            affinity,
         },
     );
     let threads = vec![
@@ -498,6 +501,7 @@ fn malformed_upcalls_and_unknown_tunnel_keys_are_counted_and_dropped() {
             stop: Arc::new(AtomicBool::new(false)),
             limiter: weft_agent::ratelimit::SharedLimiter::new(1000, 1000),
             trace: false,
+            affinity: Default::default(),
         },
     );
     let upcall = |key: Vec<u8>, packet: Vec<u8>| odp::upcall::Upcall {
