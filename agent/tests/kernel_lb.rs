@@ -1,8 +1,9 @@
 //! Load balancing and NAT across three hosts in the kernel guest, as a user of the virtual
 //! network sees them: a VIP spreading many connections over backends on other hosts while
 //! the client only ever talks to the VIP, a backend removed under traffic getting no new
-//! connection, and pods reaching an external network through the router's uplink with
-//! source NAT.
+//! connection, a client kept on its member by `ClientIP` session affinity until it is idle
+//! for the timeout (and across an agent restart), and pods reaching an external network
+//! through the router's uplink with source NAT.
 
 mod hosts_support;
 mod kernel_support;
@@ -385,6 +386,23 @@ fn fresh_pick(b: &TopoBuilder) -> IpAddr {
     }
 }
 
+/// Makes member `light` of `b`'s VIP nearly weightless and the other one heavy enough that a
+/// choice made afresh for the client lands on the other (the simulation says which weight
+/// does); returns the load balancer record to write.
+fn weigh_against(b: &mut TopoBuilder, light: IpAddr) -> LoadBalancer {
+    let mut lb = b.records.load_balancers[0].clone();
+    for heavy in 1000.. {
+        for m in &mut lb.vips[0].members {
+            m.weight = if m.ip == light { 1 } else { heavy };
+        }
+        b.records.load_balancers[0] = lb.clone();
+        if fresh_pick(b) != light {
+            break;
+        }
+    }
+    lb
+}
+
 #[test]
 #[ignore = "needs the OVS kernel datapath: run by e2e/kernel-tests.sh inside the guest"]
 fn client_ip_affinity_keeps_a_client_on_its_member_until_it_is_idle_for_the_timeout() {
@@ -395,7 +413,7 @@ fn client_ip_affinity_keeps_a_client_on_its_member_until_it_is_idle_for_the_time
         v.session_affinity = true;
         v.affinity_timeout_s = Some(TIMEOUT_S as u32);
     }
-    let c = cluster("lb-affinity", &b);
+    let mut c = cluster("lb-affinity", &b);
     let _servers = backends(&c);
     let ns = c.pod("c1").ns.clone();
     let to = sa(VIP, VIP_PORT);
@@ -424,22 +442,7 @@ fn client_ip_affinity_keeps_a_client_on_its_member_until_it_is_idle_for_the_time
     // The member the client has is made nearly weightless: a choice made afresh now lands
     // on the other one (the simulation says which weight makes it so), but the client's
     // remembered member still serves, so it keeps it.
-    let mut lb = b.records.load_balancers[0].clone();
-    let mut heavy = 1000;
-    loop {
-        for m in &mut lb.vips[0].members {
-            m.weight = if m.ip == IpAddr::V4(ip(kept_ip)) {
-                1
-            } else {
-                heavy
-            };
-        }
-        b.records.load_balancers[0] = lb.clone();
-        if fresh_pick(&b) != IpAddr::V4(ip(kept_ip)) {
-            break;
-        }
-        heavy += 1;
-    }
+    let lb = weigh_against(&mut b, IpAddr::V4(ip(kept_ip)));
     let before = generation(&c, "h3");
     c.put(&lb);
     wait_generation(&c, "h3", before, 1200);
@@ -464,9 +467,11 @@ fn client_ip_affinity_keeps_a_client_on_its_member_until_it_is_idle_for_the_time
         busy.elapsed()
     );
 
-    // Idle for longer than the timeout plus the flow sweep (1 s at the default idle
-    // timeout): the choice is forgotten and made afresh, and the new one is kept in turn.
-    std::thread::sleep(std::time::Duration::from_secs(TIMEOUT_S + 3));
+    // Idle for longer than the timeout plus one flow sweep (5 s at the default idle timeout
+    // of 60 s) and a margin: the choice is forgotten and made afresh, and the new one is
+    // kept in turn. (Polling would not do: each connection refreshes the choice.)
+    const IDLE_S: u64 = TIMEOUT_S + 5 + 4;
+    std::thread::sleep(std::time::Duration::from_secs(IDLE_S));
     let fresh = fresh_pick(&b);
     let fresh_name = if fresh == IpAddr::V4(ip("10.0.2.31")) {
         "be1"
@@ -477,9 +482,27 @@ fn client_ip_affinity_keeps_a_client_on_its_member_until_it_is_idle_for_the_time
         match r {
             Ok(x) if x.backend == fresh_name => check_vip_exchange(&c, &x, i),
             other => c.fail(&format!(
-                "after {}s idle, connection {i} should have been chosen afresh ({fresh_name}), \
-                 not kept on {kept}: {other:?}",
-                TIMEOUT_S + 3
+                "after {IDLE_S}s idle, connection {i} should have been chosen afresh \
+                 ({fresh_name}), not kept on {kept}: {other:?}"
+            )),
+        }
+    }
+    // A restart keeps the choice. The agent of the client's node is killed; while it is
+    // down the weights turn against the client's member and the timeout grows to a minute
+    // (so that the restart, slow under emulation, fits in it). The restarted agent reads
+    // the client's member back from the flows it adopts, so the client stays on it.
+    c.kill_agent("h3");
+    let mut lb = weigh_against(&mut b, fresh);
+    lb.vips[0].affinity_timeout_s = Some(60);
+    b.records.load_balancers[0] = lb.clone();
+    c.put(&lb);
+    c.start_agent("h3");
+    for (i, r) in exchanges(&ns, to, 4, 100).into_iter().enumerate() {
+        match r {
+            Ok(x) if x.backend == fresh_name => check_vip_exchange(&c, &x, i),
+            other => c.fail(&format!(
+                "after the agent restarted, connection {i} left the client's member \
+                 {fresh_name} for the one a fresh choice now gives: {other:?}"
             )),
         }
     }

@@ -163,13 +163,16 @@ spec:
   - {name: http, port: 80, targetPort: web}
 "#;
 
-/// A Service without selector, its slice made by hand; UDP.
+/// A Service without selector, its slice made by hand; UDP, with client-IP session affinity
+/// remembered for ten minutes.
 const DNS: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: dns, namespace: svc-x}
 spec:
   clusterIP: 10.96.10.53
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}
   ports:
   - {port: 53, protocol: UDP}
 ---
@@ -244,11 +247,18 @@ fn services_become_load_balancers_that_follow_their_endpoint_slices() {
             .iter()
             .all(|v| !v.session_affinity && v.member_selector.is_none() && v.target_port.is_none())
     );
-    wait_vips(
+    let dns = wait_vips(
         &db,
         &mut op,
         "ksvc:svc-x:dns",
         &["10.96.10.53 Udp:53 -> 192.168.50.7:1053"],
+    );
+    assert!(
+        dns.vips
+            .iter()
+            .all(|v| v.session_affinity && v.affinity_timeout_s == Some(600)),
+        "ClientIP affinity and its timeout reach the VIP: {:?}",
+        dns.vips
     );
     // The API server's own Service, like any other (its members are whatever the API
     // server's endpoint reconciler wrote).
