@@ -8,13 +8,10 @@
 //! (when that member is still a healthy member of the VIP) or else picks one by the client
 //! address's hash, and reports the choice in [`Simulation::affinity`](crate::Simulation) for
 //! the caller to remember. The megaflow masks the client address, never the L4 ports, and
-//! carries [`Tag::affinity`], so forgetting a choice deletes exactly that client's flows.
+//! carries [`Tag::affinity`](crate::Tag::affinity), so forgetting a choice deletes exactly that client's flows.
 
 use std::fmt;
 use std::net::IpAddr;
-
-use crate::hash::mix64;
-use crate::tag::{Tag, TagKind};
 
 /// One client of one VIP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,32 +39,10 @@ pub trait AffinityMemory: fmt::Debug + Sync {
     fn recall(&self, key: &AffinityKey) -> Option<(IpAddr, u16)>;
 }
 
-fn bits(a: IpAddr) -> u128 {
-    match a {
-        IpAddr::V4(a) => u128::from(u32::from(a)),
-        IpAddr::V6(a) => u128::from(a) ^ (1u128 << 127),
-    }
-}
-
-fn fold(v: u128) -> u64 {
-    mix64(v as u64 ^ ((v >> 64) as u64).rotate_left(23))
-}
-
-impl Tag {
-    /// The tag of one client's remembered choice at one VIP.
-    pub fn affinity(k: &AffinityKey) -> Tag {
-        let h = mix64(
-            fold(bits(k.vip))
-                ^ (u64::from(k.proto) << 16 | u64::from(k.port)).rotate_left(40)
-                ^ fold(bits(k.client)).rotate_left(7),
-        );
-        Tag::make(TagKind::Affinity, h)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tag::{Tag, TagKind};
 
     fn key(client: &str) -> AffinityKey {
         AffinityKey {

@@ -71,6 +71,16 @@ pub fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// An address as 128 bits for hashing; IPv6 sets the top bit so that no IPv4 address hashes
+/// like an IPv6 one.
+#[inline]
+pub fn ip_bits(ip: std::net::IpAddr) -> u128 {
+    match ip {
+        std::net::IpAddr::V4(a) => u128::from(u32::from(a)),
+        std::net::IpAddr::V6(a) => u128::from(a) ^ (1u128 << 127),
+    }
+}
+
 /// The flow hash of a 5-tuple. It is symmetric in neither direction on purpose: ECMP and
 /// load-balancer choices are made once per direction, at the ingress host.
 #[inline]

@@ -73,7 +73,7 @@ pub struct Tag(pub u64);
 const LOW: u64 = (1 << 56) - 1;
 
 impl Tag {
-    pub(crate) fn make(kind: TagKind, h: u64) -> Tag {
+    fn make(kind: TagKind, h: u64) -> Tag {
         Tag(((kind as u64) << 56) | (h & LOW))
     }
     fn of_id(kind: TagKind, id: &str) -> Tag {
@@ -111,6 +111,14 @@ impl Tag {
     pub fn global_vips() -> Tag {
         Tag::of_id(TagKind::Lb, "/global-vips")
     }
+    /// The tag of one client's remembered member at one VIP ([`crate::affinity`]).
+    pub fn affinity(k: &crate::AffinityKey) -> Tag {
+        use crate::hash::{five_tuple, ip_bits};
+        Tag::make(
+            TagKind::Affinity,
+            five_tuple(ip_bits(k.client), ip_bits(k.vip), k.proto, 0, k.port),
+        )
+    }
     /// The tag of a MAC address as seen by one bridge (by the bridge's id).
     pub fn mac(bridge_id: &str, mac: [u8; 6]) -> Tag {
         Tag::mac_in(Tag::device(bridge_id), mac)
@@ -127,10 +135,7 @@ impl Tag {
     }
     #[inline]
     pub(crate) fn ip_in(device: Tag, ip: IpAddr) -> Tag {
-        let v = match ip {
-            IpAddr::V4(a) => u128::from(u32::from(a)),
-            IpAddr::V6(a) => u128::from(a) ^ (1u128 << 127),
-        };
+        let v = crate::hash::ip_bits(ip);
         Tag::make(
             TagKind::Ip,
             mix64(device.0 ^ mix64(v as u64) ^ ((v >> 64) as u64).rotate_left(7)),

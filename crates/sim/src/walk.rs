@@ -1437,7 +1437,8 @@ impl<'t> Walker<'t, '_> {
             note!(self, "  no healthy member: reject");
             return Ok(self.reject());
         }
-        let recalled = if vip.affinity { self.recall(vip) } else { None };
+        let key = vip.affinity.then(|| self.affinity_key(vip));
+        let recalled = key.and_then(|k| self.recall(vip, &k));
         let m = match recalled {
             Some(m) => {
                 note!(
@@ -1460,9 +1461,13 @@ impl<'t> Walker<'t, '_> {
                 m
             }
         };
-        if let Some(a) = &mut self.sim.affinity {
-            a.member = m.ip;
-            a.member_port = m.port;
+        if let Some(key) = key {
+            self.sim.affinity = Some(crate::AffinityChoice {
+                key,
+                member: m.ip,
+                member_port: m.port,
+                timeout_s: vip.affinity_timeout_s,
+            });
         }
         if let (std::net::IpAddr::V4(member), std::net::IpAddr::V4(vip_ip)) = (m.ip, vip.ip)
             && u32::from(member) == self.r_src_bits(32)
@@ -1474,10 +1479,10 @@ impl<'t> Walker<'t, '_> {
         Ok(Next::Stop)
     }
 
-    /// Session affinity at `vip`: tags the flow with the client's choice, reports the choice
-    /// (its member filled in by the caller) and returns the member remembered for the client,
-    /// if it is still one of the VIP's healthy members. Reads the whole client address.
-    fn recall(&mut self, vip: &'t crate::topology::VipC) -> Option<&'t crate::topology::MemberC> {
+    /// The client of `vip` this packet comes from, for session affinity. Reads the whole
+    /// client address, and tags the flow with the client's choice so that forgetting it
+    /// deletes the flow.
+    fn affinity_key(&mut self, vip: &crate::topology::VipC) -> crate::AffinityKey {
         let client = if self.pkt.is_ipv6() {
             std::net::IpAddr::V6(self.r_src6_bits(128).into())
         } else {
@@ -1490,13 +1495,17 @@ impl<'t> Walker<'t, '_> {
             client,
         };
         self.tag(Tag::affinity(&key));
-        self.sim.affinity = Some(crate::AffinityChoice {
-            key,
-            member: vip.ip,
-            member_port: 0,
-            timeout_s: vip.affinity_timeout_s,
-        });
-        let (ip, port) = self.memory?.recall(&key)?;
+        key
+    }
+
+    /// The member remembered for `key`'s client, if it is still one of `vip`'s healthy
+    /// members.
+    fn recall(
+        &self,
+        vip: &'t crate::topology::VipC,
+        key: &crate::AffinityKey,
+    ) -> Option<&'t crate::topology::MemberC> {
+        let (ip, port) = self.memory?.recall(key)?;
         vip.members.iter().find(|m| m.ip == ip && m.port == port)
     }
 
