@@ -289,10 +289,10 @@ impl FlowManager {
             self.delete(&expired, "expired");
         }
         let forgotten = self.affinity.expire(now);
+        self.metrics
+            .affinity_entries
+            .set(self.affinity.len() as i64);
         if !forgotten.is_empty() {
-            self.metrics
-                .affinity_entries
-                .set(self.affinity.len() as i64);
             let victims = self.index.invalidate_all(forgotten);
             if !victims.is_empty() {
                 self.forget(&victims);

@@ -123,12 +123,10 @@ impl Handler {
         );
         m.simulations.inc();
         let s = &self.sim;
-        if let Some(c) = &s.affinity {
-            if self.ctx.affinity.record(c, crate::flows::now_ms()) {
-                m.affinity_entries.set(self.ctx.affinity.len() as i64);
-            } else {
-                m.affinity_full.inc();
-            }
+        if let Some(c) = &s.affinity
+            && !self.ctx.affinity.record(c, crate::flows::now_ms())
+        {
+            m.affinity_full.inc();
         }
         if s.verdict == Verdict::Drop(DropReason::UnknownTunnelKey) {
             m.tunnel_drops.inc();

@@ -52,7 +52,7 @@ pub struct Metrics {
     pub invalidations: Counter,
     /// Updates that no tag covered, so every flow was deleted.
     pub full_flushes: Counter,
-    /// Clients whose session-affinity member is remembered.
+    /// Clients whose session-affinity member is remembered, as of the last flow sweep.
     pub affinity_entries: Gauge,
     /// New clients not remembered because the affinity memory was full.
     pub affinity_full: Counter,

@@ -206,21 +206,25 @@ pub fn load_balancer(
             ));
         }
     };
-    let affinity_timeout_s = match spec
+    let timeout = spec
         .session_affinity_config
         .as_ref()
         .and_then(|c| c.client_ip.as_ref())
         .and_then(|c| c.timeout_seconds)
-    {
-        Some(t) if session_affinity => Some(u32::try_from(t).ok().filter(|t| (1..=86_400).contains(t)).ok_or_else(|| {
-            invalid(
-                svc,
-                format!(
-                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds: {t} is not within 1 and 86400"
-                ),
-            )
-        })?),
-        _ => None,
+        .filter(|_| session_affinity);
+    let affinity_timeout_s = match timeout {
+        None => None,
+        Some(t) => match u32::try_from(t) {
+            Ok(t) if (1..=86_400).contains(&t) => Some(t),
+            _ => {
+                return Err(invalid(
+                    svc,
+                    format!(
+                        "spec.sessionAffinityConfig.clientIP.timeoutSeconds: {t} is not within 1 and 86400"
+                    ),
+                ));
+            }
+        },
     };
     let mut checked = Vec::with_capacity(ports.len());
     for (i, sp) in ports.iter().enumerate() {
