@@ -1063,11 +1063,12 @@ pub enum Fate {
     Stopped(String, Verdict),
 }
 
-/// An IPv4 5-tuple as conntrack keys it.
+/// A 5-tuple as conntrack keys it; IPv4 addresses are held in the low 32 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Tuple {
-    src: u32,
-    dst: u32,
+    v6: bool,
+    src: u128,
+    dst: u128,
     sport: u16,
     dport: u16,
     proto: u8,
@@ -1075,9 +1076,16 @@ struct Tuple {
 
 impl Tuple {
     fn of(f: &Fields) -> Tuple {
+        let v6 = f.is_ipv6();
+        let (src, dst) = if v6 {
+            (f.ipv6_src, f.ipv6_dst)
+        } else {
+            (u128::from(f.ipv4_src), u128::from(f.ipv4_dst))
+        };
         Tuple {
-            src: f.ipv4_src,
-            dst: f.ipv4_dst,
+            v6,
+            src,
+            dst,
             sport: f.tp_src,
             dport: f.tp_dst,
             proto: f.ip_proto,
@@ -1090,15 +1098,21 @@ impl Tuple {
             dst: self.src,
             sport: self.dport,
             dport: self.sport,
-            proto: self.proto,
+            ..self
         }
     }
 
     /// Writes the tuple into `f`, returning the NAT flags of what changed.
     fn write(self, f: &mut Fields) -> u32 {
         let old = Tuple::of(f);
-        f.ipv4_src = self.src;
-        f.ipv4_dst = self.dst;
+        if self.v6 {
+            f.ipv6_src = self.src;
+            f.ipv6_dst = self.dst;
+        } else {
+            // An IPv4 tuple's addresses are IPv4 addresses: the casts keep them whole.
+            f.ipv4_src = self.src as u32;
+            f.ipv4_dst = self.dst as u32;
+        }
         f.tp_src = self.sport;
         f.tp_dst = self.dport;
         let mut flags = 0;
@@ -1126,7 +1140,8 @@ struct CtEntry {
 fn nat_of(c: &odp::Ct, t: Tuple) -> Tuple {
     let Some(nat) = c.nat else { return t };
     let ip = |a: Option<IpAddr>| match a {
-        Some(IpAddr::V4(a)) => Some(u32::from(a)),
+        Some(IpAddr::V4(a)) if !t.v6 => Some(u128::from(u32::from(a))),
+        Some(IpAddr::V6(a)) if t.v6 => Some(u128::from(a)),
         _ => None,
     };
     let mut out = t;
@@ -1218,7 +1233,7 @@ impl Network {
             .collect()
     }
 
-    /// [`Network::send`], with each copy's IPv4 header and ports as conntrack's NAT left them
+    /// [`Network::send`], with each copy's IP addresses and ports as conntrack's NAT left them
     /// (the model applies no other `set` action).
     pub fn send_seen(&mut self, host: &str, pkt: Fields) -> Vec<(Fate, Fields)> {
         let mut h = self

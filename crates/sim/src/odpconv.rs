@@ -27,7 +27,7 @@ pub(crate) enum NatSpec {
     },
     /// `nat(src=ip)`: the source address only; the kernel keeps the source port unless that
     /// would clash with another connection.
-    SrcAddr(Ipv4Addr),
+    SrcAddr(IpAddr),
 }
 
 pub(crate) fn ct(commit: bool, zone: u16, nat: NatSpec) -> Ct {
@@ -44,7 +44,7 @@ pub(crate) fn ct(commit: bool, zone: u16, nat: NatSpec) -> Ct {
         }),
         NatSpec::SrcAddr(ip) => Some(Nat {
             kind: Some(NatKind::Src),
-            ip_min: Some(IpAddr::V4(ip)),
+            ip_min: Some(ip),
             ..Nat::default()
         }),
         NatSpec::Dst { ip, port } => Some(Nat {

@@ -29,7 +29,7 @@
 //! source NAT and leaves it addressed to the pod itself (`+rpl+dnat`); the tracked pass sends
 //! it through `ct(zone=<hairpin zone>,nat)`, which undoes the destination NAT, and back out
 //! from the VIP. What the walk judges before the VIP stands (the port's and devices'
-//! chains); nothing after it does: a pod is not isolated from itself. IPv4 only.
+//! chains); nothing after it does: a pod is not isolated from itself. IPv4 and IPv6 alike.
 //!
 //! # Flooding policy
 //! Unknown unicast and broadcast are sent only to the bridge's exterior ports bound to this
@@ -1408,10 +1408,15 @@ impl<'t> Walker<'t, '_> {
         } else {
             0
         };
-        match t.vip6_index.get(&(scope, dst, p, dport)) {
-            Some(&v) => self.vip(v).map(Some),
-            None => Ok(None),
+        if let Some(&v) = t.vip6_index.get(&(scope, dst, p, dport)) {
+            return self.vip(v).map(Some);
         }
+        // A VIP's address at a port it does not serve: a hairpin connection's reply, as in
+        // `try_nat`.
+        if !self.ct_tracked() {
+            return Err(Abort::NeedCt);
+        }
+        Ok(None)
     }
 
     /// A packet to VIP `v`: conntrack first, then a member by the flow hash (or the source
@@ -1469,10 +1474,12 @@ impl<'t> Walker<'t, '_> {
                 timeout_s: vip.affinity_timeout_s,
             });
         }
-        if let (std::net::IpAddr::V4(member), std::net::IpAddr::V4(vip_ip)) = (m.ip, vip.ip)
-            && u32::from(member) == self.r_src_bits(32)
-        {
-            self.hairpin(member, m.port, vip_ip);
+        let own = match m.ip {
+            std::net::IpAddr::V4(a) => u32::from(a) == self.r_src_bits(32),
+            std::net::IpAddr::V6(a) => u128::from(a) == self.r_src6_bits(128),
+        };
+        if own {
+            self.hairpin(m.ip, m.port, vip.ip);
         } else {
             self.nat_dst(m.ip, Some(m.port));
         }
@@ -1519,7 +1526,7 @@ impl<'t> Walker<'t, '_> {
     /// [`Self::hairpin_reply`] the destination NAT. Two zones, because the kernel NATs a
     /// packet once per zone. What the walk judged up to the VIP stands; after it, nothing
     /// does: a pod is not isolated from itself.
-    fn hairpin(&mut self, member: std::net::Ipv4Addr, port: u16, vip: std::net::Ipv4Addr) {
+    fn hairpin(&mut self, member: std::net::IpAddr, port: u16, vip: std::net::IpAddr) {
         let zone = self.in_zone();
         let hz = crate::topology::hairpin_zone(zone);
         note!(
@@ -1531,7 +1538,7 @@ impl<'t> Walker<'t, '_> {
             true,
             hz,
             crate::odpconv::NatSpec::Dst {
-                ip: std::net::IpAddr::V4(member),
+                ip: member,
                 port: Some(port),
             },
         )));
@@ -1548,15 +1555,23 @@ impl<'t> Walker<'t, '_> {
     /// NAT is undone in the hairpin zone, and it goes back out of the port, from the VIP.
     fn hairpin_reply(&mut self, p: Idx) -> Option<Next> {
         let port = &self.t.ports[p as usize];
-        if port.v4.is_empty() || self.r_eth_type() != ethertype::IPV4 {
-            return None;
-        }
+        let v4 = match self.r_eth_type() {
+            ethertype::IPV4 if !port.v4.is_empty() => true,
+            ethertype::IPV6 if !port.v6.is_empty() => false,
+            _ => return None,
+        };
         let both = ct::REPLY_DIR | ct::DST_NAT;
         if self.r_ct(both) & both != both {
             return None;
         }
-        let dst = self.r_dst_bits(32);
-        if !port.v4.iter().any(|(a, _)| *a == dst) {
+        let own = if v4 {
+            let dst = self.r_dst_bits(32);
+            port.v4.iter().any(|(a, _)| *a == dst)
+        } else {
+            let dst = self.r_dst6_bits(128);
+            port.v6.iter().any(|(a, _)| *a == dst)
+        };
+        if !own {
             return None;
         }
         let zone = crate::topology::hairpin_zone(port.zone);

@@ -562,12 +562,14 @@ fn ipv6_vip_translates_with_an_ipv6_ct_nat() {
             tags: with(vec![Tag::lb("lb6")]),
             verdict: Verdict::Recirculate,
         },
+        // A tracked packet from a pod with an IPv6 address is checked for a hairpin reply
+        // (-rpl-dnat: not one).
         Row {
             name: "new connection: DNAT to the healthy IPv6 member",
             pkt: tracked(to_vip, sim::RECIRC_CT, 0x21),
             bytes: vec![],
             actions: "ct(commit,zone=3,nat(dst=[fd00:2::14]:8080)),recirc(0x2)",
-            mask: "recirc_id(0x1),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(src=fd00:1::11,dst=fd00:96::10,proto=6,frag=no),tcp(src=40000,dst=80)",
+            mask: "recirc_id(0x1),in_port(2),ct_state(-rpl-dnat),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(src=fd00:1::11,dst=fd00:96::10,proto=6,frag=no),tcp(src=40000,dst=80)",
             tags: with(vec![Tag::lb("lb6")]),
             verdict: Verdict::Recirculate,
         },
@@ -593,7 +595,7 @@ fn ipv6_vip_translates_with_an_ipv6_ct_nat() {
             pkt: empty,
             bytes: pkt::frame6(&empty),
             actions: "drop",
-            mask: "recirc_id(0x1),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(dst=fd00:96::11,proto=6,frag=no),tcp(dst=80)",
+            mask: "recirc_id(0x1),in_port(2),ct_state(-rpl-dnat),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(dst=fd00:96::11,proto=6,frag=no),tcp(dst=80)",
             tags: with(vec![Tag::lb("lb6-empty")]),
             verdict: Verdict::Rejected,
         },

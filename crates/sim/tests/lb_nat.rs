@@ -611,36 +611,48 @@ fn vip_members_are_the_pods_its_selector_picks() {
     assert_eq!(s.verdict, Verdict::Rejected);
 }
 
-/// A pod of a Service reaching the Service and chosen itself (hairpin): over TCP and UDP,
-/// every packet of the connection, both ways, is delivered to the pod with the VIP as its
-/// peer, through the hosts' conntrack as the kernel keeps it. Also when the pod is isolated
-/// by NetworkPolicies in both directions: a pod is not isolated from itself.
+/// A pod of a Service reaching the Service and chosen itself (hairpin): over TCP and UDP, to
+/// the Service's IPv4 and IPv6 VIPs, every packet of the connection, both ways, is delivered
+/// to the pod with the VIP as its peer, through the hosts' conntrack as the kernel keeps it.
+/// Also when the pod is isolated by NetworkPolicies in both directions: a pod is not isolated
+/// from itself.
 #[test]
 fn a_member_reaching_its_own_service_is_answered_from_the_vip() {
     use nsdb::{LabelSelector, PodAttachMode, PodDirection, PortSelector, RuleAction};
     use sim::fixtures::{Fate, Network, TopoBuilder};
+    use std::net::IpAddr;
+    // (protocol, VIP, service port, target port, the pod's own address, the other member's)
+    let services = [
+        (6, "10.96.0.20", 80, 8080, "10.0.1.11", "10.0.1.12"),
+        (17, "10.96.0.21", 53, 5353, "10.0.1.11", "10.0.1.12"),
+        (6, "fd00:96::20", 80, 8080, "fd00:1::11", "fd00:1::12"),
+        (17, "fd00:96::21", 53, 5353, "fd00:1::11", "fd00:1::12"),
+    ];
     let base = || {
-        two_bridges()
+        let mut b = two_bridges()
+            .addr("p1", "fd00:1::11/128")
+            .addr("p2", "fd00:1::12/128")
+            .link6("r1", "b1", "fd00:1::1/64")
             .pod_labels("p1", "x", &[("app", "web")])
-            .pod_labels("p2", "x", &[("app", "web")])
-            .vip(
-                "web",
+            .pod_labels("p2", "x", &[("app", "web")]);
+        for (i, (proto, vip, port, target, own, other)) in services.into_iter().enumerate() {
+            let protocol = if proto == 6 {
+                Protocol::Tcp
+            } else {
+                Protocol::Udp
+            };
+            let members = [(own, target, 1, true), (other, target, 1, true)];
+            b = b.vip(
+                &format!("svc{i}"),
                 None,
-                "10.96.0.20",
-                Protocol::Tcp,
-                80,
-                &[("10.0.1.11", 8080, 1, true), ("10.0.1.12", 8080, 1, true)],
+                vip,
+                protocol,
+                port,
+                &members,
                 false,
-            )
-            .vip(
-                "dns",
-                None,
-                "10.96.0.21",
-                Protocol::Udp,
-                53,
-                &[("10.0.1.11", 5353, 1, true), ("10.0.1.12", 5353, 1, true)],
-                false,
-            )
+            );
+        }
+        b
     };
     let isolated = |b: TopoBuilder| {
         let web = PortSelector::in_namespace("x", LabelSelector::label("app", "web"));
@@ -654,20 +666,37 @@ fn a_member_reaching_its_own_service_is_answered_from_the_vip() {
             .chain("deny-out", RuleAction::Drop, vec![])
             .attach("deny-out", PodDirection::Egress, web, PodAttachMode::Allow)
     };
+    let packet = |in_port, mac, gw, src: &str, dst: &str, proto, sp, dp| {
+        if src.contains(':') {
+            pkt::ipv6(in_port, mac, gw, src, dst, proto, sp, dp)
+        } else {
+            pkt::ipv4(in_port, mac, gw, src, dst, proto, sp, dp)
+        }
+    };
+    // (source, source port, destination, destination port) as the pod sees them.
+    let seen = |f: &Fields| -> (IpAddr, u16, IpAddr, u16) {
+        if f.is_ipv6() {
+            let (s, d) = (f.ipv6_src_addr().into(), f.ipv6_dst_addr().into());
+            (s, f.tp_src, d, f.tp_dst)
+        } else {
+            let (s, d) = (f.ipv4_src.into(), f.ipv4_dst.into());
+            (IpAddr::V4(s), f.tp_src, IpAddr::V4(d), f.tp_dst)
+        }
+    };
+    let addr = |s: &str| s.parse::<IpAddr>().unwrap();
     for (what, b) in [("open", base()), ("isolated", isolated(base()))] {
         let mut net = Network::new(&b);
         let (mac, gw, dp) = (b.mac("p1"), b.mac("r1-b1"), b.dp("p1"));
         let at = |port: &str| Fate::Delivered("h1".into(), b.dp(port));
-        let (mut hairpins, mut others) = (0, 0);
-        for (proto, vip, vport, mport) in
-            [(6, "10.96.0.20", 80, 8080), (17, "10.96.0.21", 53, 5353)]
-        {
+        for (proto, vip, vport, mport, own, _) in services {
+            let (mut hairpins, mut others) = (0, 0);
             for sport in 40000..40016u16 {
                 for round in ["first", "later"] {
-                    let req = pkt::ipv4(dp, mac, gw, "10.0.1.11", vip, proto, sport, vport);
+                    let case = format!("{what} {proto} {vip}:{vport} from {sport} {round}");
+                    let req = packet(dp, mac, gw, own, vip, proto, sport, vport);
                     let got = net.send_seen("h1", req);
                     let [(fate, f)] = got.as_slice() else {
-                        panic!("{what} {proto}/{sport} {round}: {got:?}");
+                        panic!("{case}: {got:?}");
                     };
                     // The other member: reached when nothing isolates the pods, and dropped
                     // by the policies otherwise (p1 may send nowhere, p2 hear no one).
@@ -679,30 +708,31 @@ fn a_member_reaching_its_own_service_is_answered_from_the_vip() {
                         others += 1;
                         continue;
                     }
-                    assert_eq!(*fate, at("p1"), "{what} {proto}/{sport} {round}");
+                    assert_eq!(*fate, at("p1"), "{case}");
                     hairpins += 1;
+                    let (src, _, dst, dport) = seen(f);
                     assert_eq!(
-                        (f.ipv4_src, f.ipv4_dst, f.tp_dst),
-                        (v4(vip), v4("10.0.1.11"), mport),
-                        "{what} {proto}/{sport} {round}: the pod is reached from the VIP"
+                        (src, dst, dport),
+                        (addr(vip), addr(own), mport),
+                        "{case}: the pod is reached from the VIP"
                     );
-                    let reply = pkt::ipv4(dp, mac, gw, "10.0.1.11", vip, proto, mport, f.tp_src);
+                    let reply = packet(dp, mac, gw, own, vip, proto, mport, f.tp_src);
                     let got = net.send_seen("h1", reply);
                     let [(fate, f)] = got.as_slice() else {
-                        panic!("{what} {proto}/{sport} {round} reply: {got:?}");
+                        panic!("{case} reply: {got:?}");
                     };
-                    assert_eq!(*fate, at("p1"), "{what} {proto}/{sport} {round} reply");
+                    assert_eq!(*fate, at("p1"), "{case} reply");
                     assert_eq!(
-                        (f.ipv4_src, f.tp_src, f.ipv4_dst, f.tp_dst),
-                        (v4(vip), vport, v4("10.0.1.11"), sport),
-                        "{what} {proto}/{sport} {round}: the reply comes from the VIP's port"
+                        seen(f),
+                        (addr(vip), vport, addr(own), sport),
+                        "{case}: the reply comes from the VIP's port"
                     );
                 }
             }
+            assert!(
+                hairpins > 0 && others > 0,
+                "{what} {vip}: both members picked ({hairpins} hairpins, {others} to p2)"
+            );
         }
-        assert!(
-            hairpins > 0 && others > 0,
-            "{what}: both members picked ({hairpins} hairpins, {others} to p2)"
-        );
     }
 }
