@@ -2,11 +2,13 @@
 //! network sees them: a VIP spreading many connections over backends on other hosts while
 //! the client only ever talks to the VIP, a backend removed under traffic getting no new
 //! connection, a client kept on its member by `ClientIP` session affinity until it is idle
-//! for the timeout (and across an agent restart), and pods reaching an external network
-//! through the router's uplink with source NAT.
+//! for the timeout (and across an agent restart), a backend reaching its own IPv6 Service
+//! (hairpin), and pods reaching an external network through the router's uplink with source
+//! NAT.
 
 mod hosts_support;
 mod kernel_support;
+mod kuryr_support;
 mod scen2_support;
 
 use std::collections::BTreeMap;
@@ -504,6 +506,82 @@ fn client_ip_affinity_keeps_a_client_on_its_member_until_it_is_idle_for_the_time
                 "after the agent restarted, connection {i} left the client's member \
                  {fresh_name} for the one a fresh choice now gives: {other:?}"
             )),
+        }
+    }
+}
+
+/// Hairpin over IPv6: the backends also have IPv6 addresses (fd00:2::31 on h1, fd00:2::32 on
+/// h2, router r1 at fd00:2::1/64), and `fd00:96::10` port 80 spreads TCP and UDP over both
+/// at port 8080. be1, a member, reaches the VIP: every TCP connection is answered and every
+/// UDP echo comes back from the VIP, also those be1 answered itself.
+#[test]
+#[ignore = "needs the OVS kernel datapath: run by e2e/kernel-tests.sh inside the guest"]
+fn a_backend_reaching_its_own_ipv6_service_is_answered_from_the_vip_over_tcp_and_udp() {
+    use kuryr_support::{PodServers, Proto, probe, probe_all};
+    use std::net::Ipv6Addr;
+    use std::time::Duration;
+    const VIP6: &str = "fd00:96::10";
+    let (be1, be2): (Ipv6Addr, Ipv6Addr) =
+        ("fd00:2::31".parse().unwrap(), "fd00:2::32".parse().unwrap());
+    let mut b = lb_topology()
+        .addr("be1", "fd00:2::31/128")
+        .addr("be2", "fd00:2::32/128")
+        .link6("r1", "b2", "fd00:2::1/64");
+    for (lb, proto) in [("web6", Protocol::Tcp), ("web6-udp", Protocol::Udp)] {
+        let members = [
+            ("fd00:2::31", BACKEND_PORT, 1, true),
+            ("fd00:2::32", BACKEND_PORT, 1, true),
+        ];
+        b = b.vip(lb, Some("r1"), VIP6, proto, VIP_PORT, &members, false);
+    }
+    let c = cluster("lb-hairpin6", &b);
+    assert_eq!(c.pod("be1").ip6, Some(be1), "be1 has its IPv6 address");
+    let servers = [
+        PodServers::start(&c.pod("be1").ns, be1, &[BACKEND_PORT]),
+        PodServers::start(&c.pod("be2").ns, be2, &[BACKEND_PORT]),
+    ];
+    let me = c.pod("be1").ns.clone();
+    let vip = SocketAddr::new(VIP6.parse().unwrap(), VIP_PORT);
+    // be2 directly first (the agents learn each other's bindings), then the VIP.
+    for (to, what) in [
+        (SocketAddr::new(be2.into(), BACKEND_PORT), "be2"),
+        (vip, "the VIP"),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !probe(&me, to, Proto::Tcp) {
+            if Instant::now() > deadline {
+                c.fail(&format!("be1 does not reach {what} at {to} over IPv6 TCP"));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    const N: usize = 20;
+    let counts = |f: fn(&PodServers) -> u64| [f(&servers[0]), f(&servers[1])];
+    let each = |proto| {
+        let (a0, e0) = (counts(PodServers::accepted), counts(PodServers::echoed));
+        let to = BTreeMap::from_iter((0..N).map(|i| (i, (me.clone(), vip, proto))));
+        let answered = probe_all(&to).values().filter(|v| **v).count();
+        // The servers count after they answer; give the last ones a moment.
+        std::thread::sleep(Duration::from_millis(500));
+        let (a1, e1) = (counts(PodServers::accepted), counts(PodServers::echoed));
+        let served = match proto {
+            Proto::Udp => [e1[0] - e0[0], e1[1] - e0[1]],
+            _ => [a1[0] - a0[0], a1[1] - a0[1]],
+        };
+        (answered, served)
+    };
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let (answered, [own, other]) = each(proto);
+        eprintln!(
+            "lb-hairpin6: {N} {} connections from be1 to {vip}: {answered} answered from the VIP ({own} by be1 itself, {other} by be2)",
+            proto.as_str()
+        );
+        if answered != N || own == 0 || other == 0 {
+            c.fail(&format!(
+                "hairpin over IPv6 {}: {answered} of {N} answered from the VIP, {own} by be1 \
+                 itself and {other} by be2; every one must be answered, by both members",
+                proto.as_str()
+            ));
         }
     }
 }

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -424,6 +424,8 @@ pub struct Pod {
     pub ns: String,
     /// Its address.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, if its port has one.
+    pub ip6: Option<Ipv6Addr>,
     /// Its MAC, `aa:bb:..`.
     pub mac: String,
     /// The host-side interface (the vport).
@@ -434,12 +436,18 @@ pub struct Pod {
 }
 
 /// What a pod's interface needs from the topology: its address and prefix length, its
-/// gateway (the router port on its bridge, or the bridge's gateway), its MAC and MTU.
+/// gateway (the router port on its bridge, or the bridge's gateway), its MAC and MTU; and
+/// the same for IPv6 when its port has an IPv6 address.
 #[derive(Debug, Clone)]
 pub struct PodAddr {
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Option<Ipv4Addr>,
+    /// The IPv6 address and its prefix length (the bridge's IPv6 subnet, or else the router
+    /// port's IPv6 prefix on the bridge).
+    pub v6: Option<(Ipv6Addr, u8)>,
+    /// The router port's IPv6 address on the bridge.
+    pub gateway_v6: Option<Ipv6Addr>,
     pub mac: String,
     pub mtu: u16,
 }
@@ -486,6 +494,26 @@ pub fn pod_addr(records: &RecordSet, port: &str) -> PodAddr {
             IpNet::V6(_) => None,
         })
     });
+    let router_v6 = router_port.and_then(|rp| {
+        rp.addresses.iter().find_map(|a| match a {
+            IpNet::V6(n) => Some(*n),
+            IpNet::V4(_) => None,
+        })
+    });
+    let v6 = p.addresses.iter().find_map(|a| match a {
+        IpNet::V6(n) => Some(n.addr()),
+        IpNet::V4(_) => None,
+    });
+    let v6 = v6.map(|a| {
+        let len = br
+            .subnet_v6
+            .map(|s| s.prefix_len())
+            .or(router_v6.map(|n| n.prefix_len()))
+            .unwrap_or_else(|| {
+                panic!("bridge {bridge} has no subnet_v6 and no IPv6 router port: cannot address {port}")
+            });
+        (a, len)
+    });
     let prefix_len = br
         .subnet_v4
         .map(|s| s.prefix_len())
@@ -498,6 +526,8 @@ pub fn pod_addr(records: &RecordSet, port: &str) -> PodAddr {
         ip,
         prefix_len,
         gateway,
+        v6,
+        gateway_v6: router_v6.map(|n| n.addr()),
         mac: p.mac.to_string(),
         // 0: unset, the agent's pod MTU applies.
         mtu: if br.mtu == 0 { u16::MAX } else { br.mtu },
@@ -864,10 +894,17 @@ impl Cluster {
         let ifname = format!("wf-{port}");
         assert!(ifname.len() <= 15, "interface name {ifname} is too long");
         let ns = Netns::new(&ns_name);
+        // IPv6 stays off in a pod without an IPv6 address, so that it sends nothing but what
+        // a test makes it send. A pod with one takes no router advertisement, and its address
+        // needs no duplicate address detection before it can be used.
+        let pod_v6 = if a.v6.is_some() {
+            "sysctl -qw net.ipv6.conf.all.accept_ra=0 net.ipv6.conf.default.accept_ra=0"
+        } else {
+            "sysctl -qw net.ipv6.conf.all.disable_ipv6=1"
+        };
         let mut cmd = format!(
-            "ip netns exec {ns_name} sysctl -qw net.ipv6.conf.all.disable_ipv6=1 && \
+            "ip netns exec {ns_name} {pod_v6} && \
              ip -n {host} link add {ifname} mtu {mtu} type veth peer name eth0 netns {ns_name} && \
-             ip netns exec {ns_name} sysctl -qw net.ipv6.conf.eth0.disable_ipv6=1 && \
              ip netns exec {host} sysctl -qw net.ipv6.conf.{ifname}.disable_ipv6=1 && \
              ip -n {host} link set {ifname} up && \
              ip -n {ns_name} link set eth0 address {mac} mtu {mtu} up && \
@@ -876,8 +913,19 @@ impl Cluster {
             ip = a.ip,
             len = a.prefix_len,
         );
+        if a.v6.is_none() {
+            cmd += &format!(
+                " && ip netns exec {ns_name} sysctl -qw net.ipv6.conf.eth0.disable_ipv6=1"
+            );
+        }
         if let Some(gw) = a.gateway {
             cmd += &format!(" && ip -n {ns_name} route add default via {gw}");
+        }
+        if let Some((ip6, len)) = a.v6 {
+            cmd += &format!(" && ip -n {ns_name} -6 addr add {ip6}/{len} dev eth0 nodad");
+            if let Some(gw) = a.gateway_v6 {
+                cmd += &format!(" && ip -n {ns_name} -6 route add default via {gw}");
+            }
         }
         sh(&cmd);
         let reply = api_call(
@@ -907,6 +955,7 @@ impl Cluster {
                 host: host.into(),
                 ns: ns_name,
                 ip: a.ip,
+                ip6: a.v6.map(|(ip, _)| ip),
                 mac: a.mac,
                 ifname,
                 port_no,
@@ -1656,6 +1705,7 @@ impl Cluster {
                 host: host.into(),
                 ns: ns_name,
                 ip: pod.ip,
+                ip6: None,
                 mac: pod.mac.clone(),
                 ifname: pod.vport.clone(),
                 port_no: 0,

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
@@ -294,9 +294,9 @@ const IPPROTO_SCTP: i32 = 132;
 
 /// A one-to-one style SCTP socket, which connects, listens and accepts as TCP does (the
 /// guest's kernel loads its sctp module first).
-fn sctp_socket() -> std::io::Result<socket2::Socket> {
+fn sctp_socket(family: &SocketAddr) -> std::io::Result<socket2::Socket> {
     socket2::Socket::new(
-        socket2::Domain::IPV4,
+        socket2::Domain::for_address(*family),
         socket2::Type::STREAM,
         Some(socket2::Protocol::from(IPPROTO_SCTP)),
     )
@@ -304,7 +304,7 @@ fn sctp_socket() -> std::io::Result<socket2::Socket> {
 
 /// An SCTP listener on `addr`, accepting through std's TcpListener (the calls are the same).
 fn sctp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let s = sctp_socket()?;
+    let s = sctp_socket(&addr)?;
     s.bind(&addr.into())?;
     s.listen(64)?;
     Ok(TcpListener::from(s))
@@ -324,13 +324,16 @@ const IDLE: Duration = Duration::from_millis(100);
 pub struct PodServers {
     stop: Arc<AtomicBool>,
     accepted: Arc<AtomicU64>,
+    echoed: Arc<AtomicU64>,
 }
 
 impl PodServers {
     /// Starts them in network namespace `ns` on `ip`.
-    pub fn start(ns: &str, ip: Ipv4Addr, ports: &[u16]) -> PodServers {
+    pub fn start(ns: &str, ip: impl Into<IpAddr>, ports: &[u16]) -> PodServers {
+        let ip = ip.into();
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU64::new(0));
+        let echoed = Arc::new(AtomicU64::new(0));
         for &port in ports {
             let addr = SocketAddr::from((ip, port));
             let (tcp, sctp, udp) = in_netns(ns, move || {
@@ -362,22 +365,33 @@ impl PodServers {
                     }
                 });
             }
-            let s = stop.clone();
+            let (s, n) = (stop.clone(), echoed.clone());
             std::thread::spawn(move || {
                 let mut buf = [0u8; 512];
                 while !s.load(Ordering::Relaxed) {
-                    if let Ok((n, from)) = udp.recv_from(&mut buf) {
-                        let _ = udp.send_to(&buf[..n], from);
+                    if let Ok((len, from)) = udp.recv_from(&mut buf)
+                        && udp.send_to(&buf[..len], from).is_ok()
+                    {
+                        n.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             });
         }
-        PodServers { stop, accepted }
+        PodServers {
+            stop,
+            accepted,
+            echoed,
+        }
     }
 
     /// TCP and SCTP connections accepted so far, on any port.
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// UDP datagrams echoed so far, on any port.
+    pub fn echoed(&self) -> u64 {
+        self.echoed.load(Ordering::Relaxed)
     }
 }
 
@@ -397,11 +411,12 @@ pub fn probe(ns: &str, to: SocketAddr, proto: Proto) -> bool {
 pub fn probe_with(ns: &str, to: SocketAddr, proto: Proto, timeout: Duration) -> bool {
     in_netns(ns, move || match proto {
         Proto::Tcp => TcpStream::connect_timeout(&to, timeout).is_ok(),
-        Proto::Sctp => sctp_socket()
+        Proto::Sctp => sctp_socket(&to)
             .and_then(|s| s.connect_timeout(&to.into(), timeout))
             .is_ok(),
         Proto::Udp => {
-            let Ok(s) = UdpSocket::bind("0.0.0.0:0") else {
+            let any = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+            let Ok(s) = UdpSocket::bind(any) else {
                 return false;
             };
             let _ = s.set_read_timeout(Some(Duration::from_millis(250).min(timeout)));
