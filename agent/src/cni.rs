@@ -19,8 +19,7 @@ use anyhow::Context;
 use ipnet::IpNet;
 use nsdb::pod_port::{IdentityUpdate, PodIdentity};
 use nsdb::{
-    Bridge, IpFamily, MacAddr, NsdbError, PodPort, PodPortRelease, PodPortRequest, Port,
-    PortBinding,
+    Bridge, IpFamily, MacAddr, NsdbError, PodPortRelease, PodPortRequest, Port, PortBinding,
 };
 use odp::dpif::Dpif;
 use tracing::{info, warn};
@@ -437,6 +436,8 @@ impl Agent {
                 .filter_map(|f| pod.address(f))
                 .collect(),
             gateway_v4: pod.bridge.gateway_v4,
+            // An IPv6 default route only for a pod with an IPv6 address.
+            gateway_v6: pod.address(IpFamily::V6).and(pod.bridge.gateway_v6),
             mtu,
         };
 
@@ -469,7 +470,7 @@ impl Agent {
             addresses = ?iface.addresses,
             "pod attached"
         );
-        Ok(Reply::CniAdded(result(&pod, &iface, vport, host, &a.netns)))
+        Ok(Reply::CniAdded(result(&iface, vport, host, &a.netns)))
     }
 
     /// Removes what an attachment holds, keeping on after a failure: the vport, the veth,
@@ -611,7 +612,6 @@ impl Agent {
         }
         for r in prev.routes.iter().filter(|r| r.dst.prefix_len() == 0) {
             if let Some(gw) = r.gw
-                && gw.is_ipv4()
                 && !seen.default_gateways.contains(&gw)
             {
                 return fail(format!(
@@ -762,34 +762,36 @@ impl Agent {
 }
 
 /// The spec's Result of an attachment.
-fn result(
-    pod: &PodPort,
-    iface: &PodInterface,
-    vport: &str,
-    host_mac: [u8; 6],
-    netns: &str,
-) -> CniResult {
+fn result(iface: &PodInterface, vport: &str, host_mac: [u8; 6], netns: &str) -> CniResult {
     let ips = iface
         .addresses
         .iter()
         .map(|a| CniIp {
             address: *a,
             gateway: match a {
-                IpNet::V4(_) => pod.bridge.gateway_v4.map(IpAddr::V4),
-                IpNet::V6(_) => None,
+                IpNet::V4(_) => iface.gateway_v4.map(IpAddr::V4),
+                IpNet::V6(_) => iface.gateway_v6.map(IpAddr::V6),
             },
             interface: Some(1),
         })
         .collect();
-    let routes = pod
-        .bridge
-        .gateway_v4
+    let gateways = [
+        iface.gateway_v4.map(IpAddr::V4),
+        iface.gateway_v6.map(IpAddr::V6),
+    ];
+    let routes = gateways
+        .into_iter()
+        .flatten()
         .map(|gw| CniRoute {
-            dst: "0.0.0.0/0".parse().expect("the default route"),
-            gw: Some(IpAddr::V4(gw)),
+            dst: match gw {
+                IpAddr::V4(_) => "0.0.0.0/0",
+                IpAddr::V6(_) => "::/0",
+            }
+            .parse()
+            .expect("the default route"),
+            gw: Some(gw),
             mtu: None,
         })
-        .into_iter()
         .collect();
     CniResult {
         interfaces: vec![

@@ -782,6 +782,7 @@ mod tests {
                     subnet_v4: None,
                     subnet_v6: None,
                     gateway_v4: None,
+                    gateway_v6: None,
                     mtu: 1450,
                     vlan: None,
                     excluded_ips: vec![],

@@ -7,14 +7,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use futures::TryStreamExt;
 use ipnet::{IpNet, Ipv4Net};
 use nix::sched::{CloneFlags, setns};
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -30,8 +30,9 @@ pub struct PodInterface {
     pub mac: [u8; 6],
     /// Address and prefix length of the pod's subnet, one per family.
     pub addresses: Vec<IpNet>,
-    /// The default route's next hop.
+    /// The default routes' next hops, one per family.
     pub gateway_v4: Option<Ipv4Addr>,
+    pub gateway_v6: Option<Ipv6Addr>,
     pub mtu: u32,
 }
 
@@ -200,9 +201,13 @@ pub async fn plumb(
             .ok_or_else(|| anyhow::anyhow!("{} did not appear in the pod's namespace", p.ifname))?;
         let index = link.header.index;
         for a in &p.addresses {
-            h.address()
-                .add(index, a.addr(), a.prefix_len())
-                .execute()
+            let mut add = h.address().add(index, a.addr(), a.prefix_len());
+            // The address is the pod's by its lease: no duplicate address detection, which
+            // would leave it unusable for a second or more after the pod starts.
+            if a.addr().is_ipv6() {
+                add.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+            }
+            add.execute()
                 .await
                 .map_err(|e| anyhow::Error::new(e).context(format!("adding {a}")))?;
         }
@@ -219,11 +224,17 @@ pub async fn plumb(
                 .execute()
                 .await;
         }
-        if let Some(gw) = p.gateway_v4 {
-            let route = RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(gw)
-                .output_interface(index)
-                .build();
+        let routes = [
+            p.gateway_v4.map(|gw| {
+                let r = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw);
+                (IpAddr::V4(gw), r.output_interface(index).build())
+            }),
+            p.gateway_v6.map(|gw| {
+                let r = RouteMessageBuilder::<Ipv6Addr>::new().gateway(gw);
+                (IpAddr::V6(gw), r.output_interface(index).build())
+            }),
+        ];
+        for (gw, route) in routes.into_iter().flatten() {
             h.route().add(route).execute().await.map_err(|e| {
                 anyhow::Error::new(e).context(format!("adding the default route via {gw}"))
             })?;
@@ -296,21 +307,30 @@ pub async fn observe(
             }
         }
         let mut default_gateways = Vec::new();
-        let mut routes = h
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
-        while let Some(r) = routes.try_next().await? {
-            let via_us = r
-                .attributes
-                .iter()
-                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
-            if r.header.destination_prefix_length != 0 || !via_us {
-                continue;
-            }
-            for a in &r.attributes {
-                if let RouteAttribute::Gateway(RouteAddress::Inet(gw)) = a {
-                    default_gateways.push(IpAddr::V4(*gw));
+        let families = [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ];
+        for family in families {
+            let mut routes = h.route().get(family).execute();
+            while let Some(r) = routes.try_next().await? {
+                let via_us = r
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+                if r.header.destination_prefix_length != 0 || !via_us {
+                    continue;
+                }
+                for a in &r.attributes {
+                    match a {
+                        RouteAttribute::Gateway(RouteAddress::Inet(gw)) => {
+                            default_gateways.push(IpAddr::V4(*gw))
+                        }
+                        RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => {
+                            default_gateways.push(IpAddr::V6(*gw))
+                        }
+                        _ => {}
+                    }
                 }
             }
         }

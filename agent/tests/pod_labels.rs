@@ -140,6 +140,7 @@ fn bridge() -> Bridge {
         subnet_v4: Some("10.8.0.0/24".parse().unwrap()),
         subnet_v6: None,
         gateway_v4: Some("10.8.0.1".parse().unwrap()),
+        gateway_v6: None,
         mtu: 0,
         vlan: None,
         excluded_ips: vec![],

@@ -1,6 +1,6 @@
 //! A pod's veth made over rtnetlink in real network namespaces (root, no datapath needed):
-//! the pod's end appears in its namespace named as asked, with the MAC, addresses, MTU and
-//! default route; the agent's threads stay in their own namespace; removal is idempotent.
+//! the pod's end appears in its namespace named as asked, with the MAC, addresses (IPv4 and
+//! IPv6), MTU and default routes; the agent's threads stay in their own namespace; removal is idempotent.
 
 use std::process::Command;
 
@@ -61,8 +61,12 @@ async fn a_pod_interface_is_made_configured_and_removed() {
     let pod = PodInterface {
         ifname: "eth0".into(),
         mac: [0x02, 0x11, 0x22, 0x33, 0x44, 0x55],
-        addresses: vec!["10.77.0.5/24".parse().unwrap()],
+        addresses: vec![
+            "10.77.0.5/24".parse().unwrap(),
+            "fd00:77::5/64".parse().unwrap(),
+        ],
         gateway_v4: Some("10.77.0.1".parse().unwrap()),
+        gateway_v6: Some("fd00:77::1".parse().unwrap()),
         mtu: 1400,
     };
     let f = podnet::open_netns(&ns.path()).unwrap();
@@ -76,10 +80,21 @@ async fn a_pod_interface_is_made_configured_and_removed() {
     let inside = sh(&format!("ip -n {} addr show eth0", ns.0));
     assert!(inside.contains("02:11:22:33:44:55"), "{inside}");
     assert!(inside.contains("inet 10.77.0.5/24"), "{inside}");
+    // Usable at once: no duplicate address detection holds it tentative.
+    let v6 = inside
+        .lines()
+        .find(|l| l.contains("inet6 fd00:77::5/64"))
+        .unwrap_or_else(|| panic!("no IPv6 address: {inside}"));
+    assert!(!v6.contains("tentative"), "{inside}");
     assert!(inside.contains("mtu 1400"), "{inside}");
     let routes = sh(&format!("ip -n {} route show default", ns.0));
     assert!(
         routes.contains("default via 10.77.0.1 dev eth0"),
+        "{routes}"
+    );
+    let routes = sh(&format!("ip -n {} -6 route show default", ns.0));
+    assert!(
+        routes.contains("default via fd00:77::1 dev eth0"),
         "{routes}"
     );
 
@@ -98,7 +113,7 @@ async fn a_pod_interface_is_made_configured_and_removed() {
     );
     assert_eq!(
         seen.default_gateways,
-        vec!["10.77.0.1".parse::<std::net::IpAddr>().unwrap()]
+        ["10.77.0.1", "fd00:77::1"].map(|a| a.parse::<std::net::IpAddr>().unwrap())
     );
     assert!(
         podnet::observe(&f, &ns.path(), "eth9")
@@ -140,6 +155,7 @@ async fn a_bad_pod_interface_leaves_no_veth() {
         mac: [0x02, 0, 0, 0, 0, 9],
         addresses: vec!["10.78.0.5/24".parse().unwrap()],
         gateway_v4: Some("192.0.2.1".parse().unwrap()),
+        gateway_v6: None,
         mtu: 1400,
     };
     let err = podnet::plumb(host_end, &f, &ns.path(), &pod)

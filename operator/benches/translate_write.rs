@@ -58,6 +58,7 @@ fn topology(bridges: usize, ports: usize) -> Inventory {
                     // Router r is the k-th router on bridge b.
                     ip: address(b, 10 + k),
                     mac: None,
+                    ip_v6: None,
                 }
             })
             .collect();

@@ -24,6 +24,7 @@ pub(crate) fn itf(bridge: &str, ip: &str) -> RouterInterface {
         bridge: bridge.into(),
         ip: ip.into(),
         mac: None,
+        ip_v6: None,
     }
 }
 

@@ -153,6 +153,11 @@ pub fn connected_route(port_id: &str) -> String {
     format!("{port_id}:connected")
 }
 
+/// The connected route of a router port's IPv6 subnet.
+pub fn connected_route_v6(port_id: &str) -> String {
+    format!("{port_id}:connected6")
+}
+
 /// The default route towards the uplink gateway.
 pub fn default_route(router: &str) -> String {
     format!("vrt:{router}:route:default")

@@ -6,7 +6,7 @@
 //! reconciler fills them in from NSDB's allocator ([`needs_tunnel_key`], [`set_tunnel_key`]).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use api::{
@@ -338,6 +338,14 @@ fn first_host(net: Ipv4Net) -> Option<Ipv4Addr> {
     net.hosts().next()
 }
 
+/// The first address of an IPv6 subnet after its network address (the subnet-router
+/// anycast address), the default IPv6 gateway.
+fn first_host_v6(net: Ipv6Net) -> Option<Ipv6Addr> {
+    let next = u128::from(net.network()).checked_add(1)?;
+    let a = Ipv6Addr::from(next);
+    net.contains(&a).then_some(a)
+}
+
 fn bridge(name: &str, o: &VirtualBridge, inv: &Inventory) -> Result<Vec<AnyRecord>, Error> {
     let mut f = Fields::new(CrKind::VirtualBridge, name);
     let s = &o.spec;
@@ -357,6 +365,26 @@ fn bridge(name: &str, o: &VirtualBridge, inv: &Inventory) -> Result<Vec<AnyRecor
     {
         f.fail("spec.gateway", format!("{gw} is outside the subnet {net}"));
     }
+    let gateway_v6: Option<Ipv6Addr> = match (&s.gateway_v6, subnet_v6) {
+        (Some(g), Some(net)) => match f.parse(|| "spec.gatewayV6".into(), g, "IPv6 address") {
+            Some(gw) if !net.contains(&gw) => {
+                f.fail(
+                    "spec.gatewayV6",
+                    format!("{gw} is outside the subnet {net}"),
+                );
+                None
+            }
+            gw => gw,
+        },
+        (Some(g), None) => {
+            f.fail(
+                "spec.gatewayV6",
+                format!("{g} is IPv6 but there is no subnetV6"),
+            );
+            None
+        }
+        (None, net) => net.and_then(first_host_v6),
+    };
     let excluded_ips: Vec<IpAddr> = s
         .excluded_ips
         .iter()
@@ -372,6 +400,7 @@ fn bridge(name: &str, o: &VirtualBridge, inv: &Inventory) -> Result<Vec<AnyRecor
         subnet_v4: subnet,
         subnet_v6,
         gateway_v4: gateway,
+        gateway_v6,
         // 0: each agent derives it from its underlay and encapsulation.
         mtu: s.mtu.unwrap_or(0),
         vlan: s.vlan,
@@ -474,6 +503,48 @@ fn router(name: &str, o: &VirtualRouter, inv: &Inventory) -> Result<Vec<AnyRecor
             Ipv4Net::new(ip, subnet.prefix_len()).expect("prefix length of a parsed prefix"),
         );
         connected.push((IpNet::V4(subnet), port_id.clone()));
+        // The IPv6 side: the router's address on the bridge's IPv6 subnet.
+        let v6 = match &itf.ip_v6 {
+            None => None,
+            Some(a) => {
+                let subnet_v6 = br.spec.subnet_v6.as_deref().map(str::parse::<Ipv6Net>);
+                let Some(ip6) = f.parse::<Ipv6Addr>(|| field("ipV6"), a, "IPv6 address") else {
+                    continue;
+                };
+                match subnet_v6 {
+                    Some(Ok(net)) if net.trunc().contains(&ip6) => Some((ip6, net.trunc())),
+                    Some(Ok(net)) => {
+                        f.fail(
+                            field("ipV6"),
+                            format!(
+                                "{ip6} is outside the subnet {} of VirtualBridge {}",
+                                net.trunc(),
+                                itf.bridge
+                            ),
+                        );
+                        continue;
+                    }
+                    _ => {
+                        f.fail(
+                            field("ipV6"),
+                            format!(
+                                "VirtualBridge {} has no valid subnetV6 for {ip6}",
+                                itf.bridge
+                            ),
+                        );
+                        continue;
+                    }
+                }
+            }
+        };
+        let mut addresses = vec![address];
+        let mut peer_addresses = vec![IpNet::V4(Ipv4Net::from(ip))];
+        if let Some((ip6, net)) = v6 {
+            let a = Ipv6Net::new(ip6, net.prefix_len()).expect("prefix length of a parsed prefix");
+            addresses.push(IpNet::V6(a));
+            peer_addresses.push(IpNet::V6(Ipv6Net::from(ip6)));
+            connected.push((IpNet::V6(net), port_id.clone()));
+        }
         records.push(AnyRecord::Port(Port {
             named_ports: Vec::new(),
             namespace_labels: Default::default(),
@@ -483,7 +554,7 @@ fn router(name: &str, o: &VirtualRouter, inv: &Inventory) -> Result<Vec<AnyRecor
                 peer: peer_id.clone(),
             },
             mac,
-            addresses: vec![address],
+            addresses,
             tunnel_key: 0,
             inbound_chain: None,
             outbound_chain: None,
@@ -500,13 +571,23 @@ fn router(name: &str, o: &VirtualRouter, inv: &Inventory) -> Result<Vec<AnyRecor
                 peer: port_id.clone(),
             },
             mac,
-            addresses: vec![IpNet::V4(Ipv4Net::from(ip))],
+            addresses: peer_addresses,
             tunnel_key: 0,
             inbound_chain: None,
             outbound_chain: None,
             admin_up: true,
             labels: BTreeMap::new(),
         }));
+        if let Some((_, net)) = v6 {
+            records.push(AnyRecord::Route(Route {
+                id: ids::connected_route_v6(&port_id),
+                router: router_id.clone(),
+                dst: IpNet::V6(net),
+                next_hop: None,
+                port: port_id.clone(),
+                weight: 1,
+            }));
+        }
         records.push(AnyRecord::Route(Route {
             id: ids::connected_route(&port_id),
             router: router_id.clone(),
@@ -954,6 +1035,8 @@ mod tests {
         };
         assert_eq!(b.vlan, Some(7));
         assert_eq!(b.subnet_v6, Some("fd00:2::/64".parse().unwrap()));
+        // The IPv6 gateway defaults to the subnet's first address.
+        assert_eq!(b.gateway_v6, Some("fd00:2::1".parse().unwrap()));
         assert_eq!(b.excluded_ips, vec!["10.2.0.9".parse::<IpAddr>().unwrap()]);
         // The attachment chain jumps to the attached ACL.
         let t = tr(&inv, CrKind::VirtualBridge, "blue");
@@ -1026,6 +1109,80 @@ mod tests {
         assert_eq!(ports["vrt:edge:uplink"].kind, PortKind::Uplink);
         // Deterministic: translating again gives identical records.
         assert_eq!(t, tr(&inv, CrKind::VirtualRouter, "edge"));
+    }
+
+    /// A router interface with `ipV6` gives the router port the IPv6 address on the bridge's
+    /// IPv6 subnet, the bridge side the host address (for neighbour discovery), and the router
+    /// a connected IPv6 route; an address the bridge cannot hold fails its field.
+    #[test]
+    fn a_router_interface_with_an_ipv6_address_routes_the_bridges_ipv6_subnet() {
+        let mut inv = topology();
+        fn red(inv: &mut Inventory) -> &mut api::RouterInterface {
+            let edge = inv.routers.get_mut("edge").unwrap();
+            let itf = edge.spec.interfaces.iter_mut().find(|i| i.bridge == "red");
+            itf.unwrap()
+        }
+        red(&mut inv).ip_v6 = Some("fd00:2::fe".into());
+        let t = tr(&inv, CrKind::VirtualRouter, "edge");
+        let port = |id: &str| match t.get(&format!("/weft/v1/ports/{id}")) {
+            Some(AnyRecord::Port(p)) => p.addresses.clone(),
+            other => panic!("{id}: {other:?}"),
+        };
+        let nets = |v: &[&str]| {
+            v.iter()
+                .map(|a| a.parse::<IpNet>().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            port("vrt:edge:port:red"),
+            nets(&["10.2.0.254/24", "fd00:2::fe/64"])
+        );
+        assert_eq!(
+            port("vrt:edge:peer:red"),
+            nets(&["10.2.0.254/32", "fd00:2::fe/128"])
+        );
+        let Some(AnyRecord::Route(r)) = t.get("/weft/v1/routes/vrt:edge:port:red:connected6")
+        else {
+            panic!("no connected IPv6 route: {:?}", keys(&t))
+        };
+        assert_eq!(r.dst, "fd00:2::/64".parse::<IpNet>().unwrap());
+        assert_eq!((r.port.as_str(), r.next_hop), ("vrt:edge:port:red", None));
+
+        for (addr, want) in [
+            (
+                "fd00:3::1",
+                "spec.interfaces[1].ipV6: fd00:3::1 is outside the subnet fd00:2::/64",
+            ),
+            (
+                "10.2.0.1",
+                "spec.interfaces[1].ipV6: \"10.2.0.1\" is not a valid IPv6 address",
+            ),
+        ] {
+            red(&mut inv).ip_v6 = Some(addr.into());
+            let err = translate(&ObjectKey::new(CrKind::VirtualRouter, "edge"), &inv)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{addr}: {err}");
+        }
+        // On a bridge with no IPv6 subnet.
+        red(&mut inv).ip_v6 = None;
+        let edge = inv.routers.get_mut("edge").unwrap();
+        let blue = edge
+            .spec
+            .interfaces
+            .iter()
+            .position(|i| i.bridge == "blue")
+            .unwrap();
+        edge.spec.interfaces[blue].ip_v6 = Some("fd00:1::1".into());
+        let err = translate(&ObjectKey::new(CrKind::VirtualRouter, "edge"), &inv)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "spec.interfaces[{blue}].ipV6: VirtualBridge blue has no valid subnetV6"
+            )),
+            "{err}"
+        );
     }
 
     #[test]

@@ -60,6 +60,12 @@ pub struct VirtualBridgeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(patterns::IPV4))]
     pub gateway: Option<String>,
+    /// IPv6 gateway address inside `subnetV6`, the next hop of the pods' IPv6 default route;
+    /// defaults to the subnet's first address after the network address (`::1`). A router
+    /// reaches the bridge over IPv6 by an interface with `ipV6` at this address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(patterns::IPV6))]
+    pub gateway_v6: Option<String>,
     /// MTU of the pod interfaces. Without it each node's agent gives its pods the largest
     /// MTU its underlay carries with the encapsulation; an MTU larger than that is refused
     /// at attach time.

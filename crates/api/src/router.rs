@@ -81,6 +81,12 @@ pub struct RouterInterface {
     /// normally the bridge's gateway.
     #[schemars(pattern(patterns::IPV4))]
     pub ip: String,
+    /// The router's IPv6 address on that bridge; it must lie in the bridge's `subnetV6` and is
+    /// normally the bridge's `gatewayV6`. Without it the router does not route IPv6 for the
+    /// bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(patterns::IPV6))]
+    pub ip_v6: Option<String>,
     /// MAC address of the port; generated when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(patterns::MAC))]

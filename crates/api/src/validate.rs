@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -237,6 +237,50 @@ fn parse_ip(s: &str, field: &str, out: &mut Vec<Invalid>) -> Option<IpAddr> {
     }
 }
 
+/// Whether `ip` is a usable host address of IPv6 prefix `net`: inside it, and (for prefixes
+/// shorter than /127) not the network address, the subnet-router anycast address. Returns the
+/// reason when it is not.
+fn host6_in(ip: Ipv6Addr, net: Ipv6Net) -> Result<(), String> {
+    if !net.contains(&ip) {
+        return Err(format!("{ip} is outside the subnet {net}"));
+    }
+    if net.prefix_len() < 127 && ip == net.network() {
+        return Err(format!("{ip} is the network address of {net}"));
+    }
+    Ok(())
+}
+
+/// `field`'s IPv6 address, checked to be a host address of `subnet_v6` (the bridge's
+/// `subnetV6` as written, and as parsed); `what` names whose subnet it is.
+fn check_v6_host(
+    s: &str,
+    field: &str,
+    subnet_v6: (Option<&str>, Option<Ipv6Net>),
+    what: &str,
+    out: &mut Vec<Invalid>,
+) {
+    let ip = match Ipv6Addr::from_str(s) {
+        Ok(a) => a,
+        Err(_) => {
+            out.push(Invalid::new(field, format!("{s:?} is not an IPv6 address")));
+            return;
+        }
+    };
+    match subnet_v6 {
+        (None, _) => out.push(Invalid::new(
+            field,
+            format!("{ip} is IPv6 but {what} has no subnetV6"),
+        )),
+        (Some(_), Some(net)) => {
+            if let Err(reason) = host6_in(ip, net) {
+                out.push(Invalid::new(field, format!("{reason} of {what}")));
+            }
+        }
+        // A bad subnetV6 is reported by its bridge.
+        (Some(_), None) => {}
+    }
+}
+
 /// Whether `ip` is a usable host address of `net`: inside it, and (for prefixes shorter than
 /// /31) neither the network nor the broadcast address. Returns the reason when it is not.
 fn host_in(ip: Ipv4Addr, net: Ipv4Net) -> Result<(), String> {
@@ -306,6 +350,10 @@ fn check_bridge<'a>(
     ) && let Err(reason) = host_in(gw, net)
     {
         out.push(Invalid::new("spec.gateway", reason));
+    }
+    if let Some(gw) = &spec.gateway_v6 {
+        let v6 = (spec.subnet_v6.as_deref(), subnet_v6);
+        check_v6_host(gw, "spec.gatewayV6", v6, "the bridge", &mut out);
     }
     if let Some(mtu) = spec.mtu {
         check_range(mtu.into(), 576, 9000, "spec.mtu", &mut out);
@@ -402,6 +450,21 @@ fn check_router(r: &VirtualRouter, objects: Objects<'_>) -> Vec<Invalid> {
             .ok()
             .map(|n| n.trunc());
         by_bridge.insert(&itf.bridge, (i, subnet));
+        if let Some(ip6) = &itf.ip_v6 {
+            let written = bridge.spec.subnet_v6.as_deref();
+            let v6 = (
+                written,
+                written.and_then(|n| Ipv6Net::from_str(n).ok().map(|n| n.trunc())),
+            );
+            let what = format!("bridge {}", itf.bridge);
+            check_v6_host(
+                ip6,
+                &format!("spec.interfaces[{i}].ipV6"),
+                v6,
+                &what,
+                &mut out,
+            );
+        }
         let Some(subnet) = subnet else { continue };
         if let Some(ip) = ip
             && let Err(reason) = host_in(ip, subnet)
@@ -1018,11 +1081,13 @@ mod tests {
                     bridge: "blue".into(),
                     ip: "10.10.0.1".into(),
                     mac: None,
+                    ip_v6: None,
                 },
                 RouterInterface {
                     bridge: "green".into(),
                     ip: "10.20.0.1".into(),
                     mac: Some("02:00:0a:14:00:01".into()),
+                    ip_v6: None,
                 },
             ],
             routes: vec![StaticRoute {
@@ -1106,6 +1171,17 @@ mod tests {
         assert!(report.is_empty(), "{report}");
     }
 
+    #[test]
+    fn a_dual_stack_bridge_and_its_router_interface_are_valid() {
+        let mut set = base();
+        let b = set.bridge("green");
+        b.subnet_v6 = Some("fd00:20::/64".into());
+        b.gateway_v6 = Some("fd00:20::1".into());
+        set.router("edge").interfaces[1].ip_v6 = Some("fd00:20::1".into());
+        let report = set.check();
+        assert!(report.is_empty(), "{report}");
+    }
+
     type Edit = fn(&mut Set);
 
     /// One row: an edit of the base topology and the one fault it must cause.
@@ -1144,6 +1220,45 @@ mod tests {
                 object: "blue",
                 field: "spec.subnet",
                 reason: "no room",
+            },
+            Case {
+                what: "IPv6 gateway without an IPv6 subnet",
+                edit: |s| s.bridge("green").gateway_v6 = Some("fd00:20::1".into()),
+                kind: VirtualBridge,
+                object: "green",
+                field: "spec.gatewayV6",
+                reason: "fd00:20::1 is IPv6 but the bridge has no subnetV6",
+            },
+            Case {
+                what: "IPv6 gateway outside the IPv6 subnet",
+                edit: |s| {
+                    let b = s.bridge("green");
+                    b.subnet_v6 = Some("fd00:20::/64".into());
+                    b.gateway_v6 = Some("fd00:30::1".into());
+                },
+                kind: VirtualBridge,
+                object: "green",
+                field: "spec.gatewayV6",
+                reason: "fd00:30::1 is outside the subnet fd00:20::/64",
+            },
+            Case {
+                what: "router IPv6 address on a bridge without an IPv6 subnet",
+                edit: |s| s.router("edge").interfaces[1].ip_v6 = Some("fd00:20::1".into()),
+                kind: VirtualRouter,
+                object: "edge",
+                field: "spec.interfaces[1].ipV6",
+                reason: "fd00:20::1 is IPv6 but bridge green has no subnetV6",
+            },
+            Case {
+                what: "router IPv6 address at the network address",
+                edit: |s| {
+                    s.bridge("green").subnet_v6 = Some("fd00:20::/64".into());
+                    s.router("edge").interfaces[1].ip_v6 = Some("fd00:20::".into());
+                },
+                kind: VirtualRouter,
+                object: "edge",
+                field: "spec.interfaces[1].ipV6",
+                reason: "fd00:20:: is the network address of fd00:20::/64 of bridge green",
             },
             Case {
                 what: "gateway outside subnet",

@@ -444,6 +444,7 @@ mod tests {
             subnet_v4: Some(subnet.parse().unwrap()),
             subnet_v6: Some("fd00::/120".parse().unwrap()),
             gateway_v4: gw.map(|g| g.parse().unwrap()),
+            gateway_v6: None,
             mtu: 1500,
             vlan: None,
             excluded_ips: excluded.iter().map(|e| e.parse().unwrap()).collect(),

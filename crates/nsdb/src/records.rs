@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -72,6 +72,10 @@ pub struct Bridge {
     pub subnet_v6: Option<Ipv6Net>,
     #[serde(default)]
     pub gateway_v4: Option<Ipv4Addr>,
+    /// The IPv6 default route's next hop for the bridge's pods: a router's IPv6 address on
+    /// the bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_v6: Option<Ipv6Addr>,
     /// The MTU of the segment's pods; 0 leaves it to each agent, which derives it from its
     /// underlay and encapsulation.
     pub mtu: u16,
@@ -664,6 +668,7 @@ pub(crate) mod tests {
                 subnet_v4: Some("10.0.0.0/24".parse().unwrap()),
                 subnet_v6: Some("fd00:10::/64".parse().unwrap()),
                 gateway_v4: Some("10.0.0.1".parse().unwrap()),
+                gateway_v6: None,
                 mtu: 1450,
                 vlan: Some(100),
                 excluded_ips: vec!["10.0.0.2".parse().unwrap(), "fd00:10::9".parse().unwrap()],
@@ -679,6 +684,7 @@ pub(crate) mod tests {
                 subnet_v4: None,
                 subnet_v6: None,
                 gateway_v4: None,
+                gateway_v6: None,
                 mtu: 1500,
                 vlan: None,
                 excluded_ips: vec![],

@@ -95,6 +95,7 @@ impl TopoBuilder {
             subnet_v4: None,
             subnet_v6: None,
             gateway_v4: None,
+            gateway_v6: None,
             mtu: 1500,
             vlan: None,
             excluded_ips: vec![],

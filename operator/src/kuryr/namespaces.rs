@@ -334,6 +334,7 @@ pub fn records(ns: &str, subnet: Ipv4Net, listed: bool, router: Option<&str>) ->
         subnet_v4: Some(subnet),
         subnet_v6: None,
         gateway_v4: Some(gateway),
+        gateway_v6: None,
         // 0: each agent derives it from its underlay and encapsulation.
         mtu: 0,
         vlan: None,

@@ -24,6 +24,7 @@ pub fn bridge(id: &str, subnet: &str, gateway: &str) -> Bridge {
         subnet_v4: Some(subnet.parse().unwrap()),
         subnet_v6: Some("fd00:1::/112".parse().unwrap()),
         gateway_v4: Some(gateway.parse().unwrap()),
+        gateway_v6: None,
         mtu: 1450,
         vlan: None,
         excluded_ips: vec![],
