@@ -84,6 +84,8 @@ impl Space {
         let mut skip: Vec<IpAddr> = bridge.excluded_ips.clone();
         if v4 {
             skip.extend(bridge.gateway_v4.map(IpAddr::V4));
+        } else {
+            skip.extend(bridge.gateway_v6.map(IpAddr::V6));
         }
         for ip in skip {
             if let Some(off) = space.offset_of(ip) {
@@ -482,14 +484,15 @@ mod tests {
     }
 
     #[test]
-    fn v6_space_and_missing_subnet() {
-        let b = bridge("10.0.0.0/24", None, &["fd00::5"]);
+    fn v6_space_skips_the_anycast_address_the_gateway_and_excluded() {
+        let mut b = bridge("10.0.0.0/24", None, &["fd00::5"]);
+        b.gateway_v6 = Some("fd00::1".parse().unwrap());
         let s = Space::for_bridge(&b, IpFamily::V6).unwrap();
         assert_eq!(s.size, 256);
-        assert!(s.reserved.contains(&0) && s.reserved.contains(&5));
+        assert_eq!(s.reserved, BTreeSet::from([0, 1, 5]));
         assert_eq!(
-            s.ip_at(1, IpFamily::V6),
-            "fd00::1".parse::<IpAddr>().unwrap()
+            s.ip_at(2, IpFamily::V6),
+            "fd00::2".parse::<IpAddr>().unwrap()
         );
         let mut nb = b.clone();
         nb.subnet_v6 = None;
