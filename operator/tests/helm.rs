@@ -268,6 +268,35 @@ fn values_outside_the_schema_are_refused() {
         !out.status.success() && err.contains("schema") && err.contains("/defaultBridge/subnet"),
         "{err}"
     );
+    // An IPv6 subnet needs its gateway (the router's IPv6 address), and is not an IPv4 one.
+    for v6 in [
+        [
+            "defaultBridge.subnetV6=fd00:10:96::/64",
+            "defaultBridge.gatewayV6=",
+        ],
+        [
+            "defaultBridge.subnetV6=10.1.0.0/16",
+            "defaultBridge.gatewayV6=fd00:10:96::1",
+        ],
+        [
+            "defaultBridge.subnetV6=",
+            "defaultBridge.gatewayV6=fd00:10:96::1",
+        ],
+    ] {
+        let mut cmd = Command::new(helm_bin());
+        cmd.args(["template", "weft", chart.to_str().unwrap()])
+            .args(ENDPOINTS)
+            .args(DEPLOY);
+        for v in v6 {
+            cmd.args(["--set", v]);
+        }
+        let out = run("helm template", &mut cmd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("schema") && err.contains("/defaultBridge"),
+            "{v6:?}: {err}"
+        );
+    }
 }
 
 #[test]
@@ -429,6 +458,20 @@ fn rendered_values_wire_tls_the_default_bridge_and_the_etcd_statefulset() {
         object(&docs, "VirtualRouter", "edge")["spec"]["interfaces"][0]["ip"],
         "10.240.255.254"
     );
+    // Dual stack: the bridge's IPv6 subnet and gateway, which is the router's IPv6 address.
+    let mut values = DEPLOY.to_vec();
+    values.extend(["--set", "defaultBridge.subnetV6=fd00:10:240::/64"]);
+    values.extend(["--set", "defaultBridge.gatewayV6=fd00:10:240::1"]);
+    let docs = documents(&render(&values));
+    let spec = &object(&docs, "VirtualBridge", "weft-pods")["spec"];
+    assert_eq!(
+        (&spec["subnetV6"], &spec["gatewayV6"]),
+        (&"fd00:10:240::/64".into(), &"fd00:10:240::1".into())
+    );
+    assert_eq!(
+        object(&docs, "VirtualRouter", "weft-cluster")["spec"]["interfaces"],
+        serde_json::json!([{"bridge": "weft-pods", "ip": "10.240.0.1", "ipV6": "fd00:10:240::1"}])
+    );
     let mut values = DEPLOY.to_vec();
     values.extend(["--set", "network.createClusterRouter=false"]);
     assert!(of_kind(&documents(&render(&values)), "VirtualRouter").is_empty());
@@ -484,7 +527,18 @@ fn rendered_chart_passes_server_side_dry_run() {
     ];
     let mut deployed = DEPLOY.to_vec();
     deployed.extend(["--set", "etcd.persistence.enabled=false"]);
+    // A dual-stack default bridge: the CRDs take its IPv6 fields and the router's ipV6.
+    let mut dual = deployed.clone();
+    dual.extend(["--set", "defaultBridge.subnetV6=fd00:10:240::/64"]);
+    dual.extend(["--set", "defaultBridge.gatewayV6=fd00:10:240::1"]);
     for (values, extra) in [
+        (
+            &dual[..],
+            &[
+                "virtualbridge.weft.dev/weft-pods",
+                "virtualrouter.weft.dev/weft-cluster",
+            ][..],
+        ),
         (&ENDPOINTS[..], &[][..]),
         (&TLS[..], &[][..]),
         (
