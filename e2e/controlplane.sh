@@ -128,7 +128,7 @@ start_apiserver() {
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
     --cert-dir "$DIR/pki" --tls-cert-file "$p/apiserver.pem" --tls-private-key-file "$p/apiserver.key" \
     --client-ca-file "$p/ca.pem" \
-    --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \
+    --service-cluster-ip-range 10.96.0.0/16,fd00:96::/112 --allow-privileged=true \
     --authorization-mode RBAC --token-auth-file "$DIR/tokens.csv" \
     --service-account-issuer https://kubernetes.default.svc \
     --service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \

@@ -17,7 +17,7 @@ mod kuryr_support;
 mod cases;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use kuryr_support::model::{CONVERGE, Model, PODS, Pair, kuryr_cluster, netns_name, pod_key};
@@ -298,10 +298,104 @@ fn services(m: &Model) {
     m.kube.delete(&service_manifest(m, false));
 }
 
+/// The dual-stack Service's cluster IPs (the API server's ranges are 10.96.0.0/16 and
+/// fd00:96::/112).
+const VIP_DUAL: Ipv4Addr = Ipv4Addr::new(10, 96, 100, 20);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
+
+/// A dual-stack Service without a selector, `x/web6`, with an EndpointSlice per family: x/b
+/// (on h2) and y/c (on h1).
+fn dual_stack_manifest(m: &Model) -> String {
+    let ports = "- {name: http, port: 80, protocol: TCP}\n- {name: dns, port: 80, protocol: UDP}\n";
+    let slice = |family: &str, b: IpAddr, c: IpAddr| {
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: web6-{}, namespace: \"x\", \
+             labels: {{kubernetes.io/service-name: web6}}}}\n\
+             addressType: {family}\nports:\n{ports}endpoints:\n\
+             - {{addresses: [\"{b}\"], conditions: {{ready: true}}}}\n\
+             - {{addresses: [\"{c}\"], conditions: {{ready: true}}}}\n",
+            family.to_lowercase()
+        )
+    };
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web6, namespace: \"x\"}}\n\
+         spec:\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n\
+         \x20 clusterIP: \"{VIP_DUAL}\"\n  clusterIPs: [\"{VIP_DUAL}\", \"{VIP6}\"]\n  ports:\n{}{}{}",
+        ports.replace("- ", "  - "),
+        slice("IPv4", m.ips["x/b"].into(), m.ips["y/c"].into()),
+        slice("IPv6", m.ips6["x/b"].into(), m.ips6["y/c"].into()),
+    )
+}
+
+/// A dual-stack Service over the pods' IPv6 addresses: x/a reaches its IPv6 cluster IP over
+/// TCP and UDP, connections spread over the endpoints on two hosts with the VIP as the
+/// client's peer, and x/b, an endpoint, reaches it too (hairpin), answered by itself and by
+/// y/c, always from the VIP.
+fn dual_stack_service(m: &Model) {
+    let servers: BTreeMap<&str, PodServers> = ["x/b", "y/c"]
+        .into_iter()
+        .map(|k| {
+            let (ns, pod) = k.split_once('/').expect("ns/pod");
+            let s = PodServers::start(&format!("pod-{}", netns_name(ns, pod)), m.ips6[k], &[80]);
+            (k, s)
+        })
+        .collect();
+    m.kube.apply(&dual_stack_manifest(m));
+    let vip = SocketAddr::from((VIP6, 80));
+    let client = format!("pod-{}", netns_name("x", "a"));
+    let deadline = Instant::now() + CONVERGE;
+    while !(kuryr_support::probe(&client, vip, Proto::Tcp)
+        && kuryr_support::probe(&client, vip, Proto::Udp))
+    {
+        if Instant::now() > deadline {
+            m.fail(&format!(
+                "x/a does not reach the dual-stack Service at {vip}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // (answered, served by x/b, served by y/c) of `n` probes from `from` over `proto`.
+    let run = |from: &str, proto: Proto, n: usize| {
+        let count = |k: &str| match proto {
+            Proto::Udp => servers[k].echoed(),
+            _ => servers[k].accepted(),
+        };
+        let (b0, c0) = (count("x/b"), count("y/c"));
+        let to = BTreeMap::from_iter((0..n).map(|i| (i, (from.to_owned(), vip, proto))));
+        let answered = probe_all(&to).values().filter(|v| **v).count();
+        // The servers count after they answer; give the last ones a moment.
+        std::thread::sleep(Duration::from_millis(500));
+        (answered, count("x/b") - b0, count("y/c") - c0)
+    };
+    let me = format!("pod-{}", netns_name("x", "b"));
+    for (from, who, proto, n) in [
+        (&client, "x/a", Proto::Tcp, 40),
+        (&client, "x/a", Proto::Udp, 20),
+        (&me, "x/b (hairpin)", Proto::Tcp, 20),
+        (&me, "x/b (hairpin)", Proto::Udp, 20),
+    ] {
+        let (answered, b, c) = run(from, proto, n);
+        eprintln!(
+            "kuryr: {n} {} connections from {who} to {vip}: {answered} answered from the VIP, {b} by x/b (h2), {c} by y/c (h1)",
+            proto.as_str()
+        );
+        if answered != n || b == 0 || c == 0 {
+            m.fail(&format!(
+                "dual-stack Service at {vip}, {} from {who}: {answered} of {n} answered from \
+                 the VIP, {b} by x/b and {c} by y/c; every one must be answered, by both",
+                proto.as_str()
+            ));
+        }
+    }
+    m.kube.delete(&dual_stack_manifest(m));
+}
+
 #[test]
 #[ignore = "needs the kernel datapath and a control plane: run by e2e/kernel-tests.sh"]
 fn kuryr_policies_and_services_over_cni_pods() {
     let m = Model::start();
+    dual_stack_service(&m);
     network_policies(&m);
     services(&m);
 }
@@ -364,7 +458,7 @@ fn kuryr_shop_example_works_end_to_end() {
     kube.apply(&format!(
         "apiVersion: weft.dev/v1alpha1\nkind: VirtualBridge\nmetadata: {{name: fallback}}\n\
          spec: {{subnet: \"10.129.0.0/24\"}}\n---\n{}",
-        kuryr_support::model::cluster_router("fallback", "10.129.0.1")
+        kuryr_support::model::cluster_router("fallback", "10.129.0.1", None)
     ));
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/kubernetes");
     println!("$ kubectl apply -f examples/kubernetes/");

@@ -1554,6 +1554,8 @@ pub struct CniPod {
     pub container_id: String,
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
+    /// Its IPv6 address, on a bridge with an IPv6 subnet.
+    pub ip6: Option<Ipv6Addr>,
     pub mac: String,
     /// The host end of its veth.
     pub vport: String,
@@ -1705,7 +1707,7 @@ impl Cluster {
                 host: host.into(),
                 ns: ns_name,
                 ip: pod.ip,
-                ip6: None,
+                ip6: pod.ip6,
                 mac: pod.mac.clone(),
                 ifname: pod.vport.clone(),
                 port_no: 0,
@@ -1739,6 +1741,15 @@ impl Cluster {
         let IpAddr::V4(ip) = addr.addr() else {
             self.fail(&format!("the first address of {r} is not IPv4"))
         };
+        let ip6 = r["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["address"].as_str()?.parse::<IpNet>().ok())
+            .find_map(|n| match n.addr() {
+                IpAddr::V6(a) => Some(a),
+                IpAddr::V4(_) => None,
+            });
         // The container id cnitool made up, from the port the agent labelled with it.
         let db = self.db();
         let bound = self
@@ -1764,6 +1775,7 @@ impl Cluster {
             container_id,
             ip,
             prefix_len: addr.prefix_len(),
+            ip6,
             mac,
             vport,
             result: r,

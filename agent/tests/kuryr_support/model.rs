@@ -4,7 +4,7 @@
 //! over TCP and UDP in every pod, and the operator running in the guest.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::{Kube, PodServers, Proc, Proto, probe_all, start_operator};
@@ -33,13 +33,20 @@ pub const PODS: [(&str, &str, &str); 9] = [
 pub const BRIDGE: &str = "pods";
 pub const SUBNET: &str = "10.128.0.0/16";
 const GATEWAY: &str = "10.128.0.1";
+/// The bridge is dual-stack: pods have an IPv6 address too, and a default route to the
+/// router's IPv6 address.
+pub const SUBNET_V6: &str = "fd00:128::/64";
+const GATEWAY_V6: &str = "fd00:128::1";
 
-/// The cluster router on `bridge`, at its gateway address: what Services need, since a pod
-/// sends to a cluster IP through its gateway.
-pub fn cluster_router(bridge: &str, gateway: &str) -> String {
+/// The cluster router on `bridge`, at its gateway address (and its IPv6 gateway address,
+/// if given): what Services need, since a pod sends to a cluster IP through its gateway.
+pub fn cluster_router(bridge: &str, gateway: &str, gateway_v6: Option<&str>) -> String {
+    let v6 = gateway_v6
+        .map(|g| format!(", ipV6: \"{g}\""))
+        .unwrap_or_default();
     format!(
         "apiVersion: weft.dev/v1alpha1\nkind: VirtualRouter\nmetadata: {{name: cluster}}\n\
-         spec: {{interfaces: [{{bridge: {bridge}, ip: \"{gateway}\"}}]}}\n"
+         spec: {{interfaces: [{{bridge: {bridge}, ip: \"{gateway}\"{v6}}}]}}\n"
     )
 }
 
@@ -48,8 +55,8 @@ pub fn cluster_router(bridge: &str, gateway: &str) -> String {
 pub fn model_manifest() -> String {
     let mut m = format!(
         "apiVersion: weft.dev/v1alpha1\nkind: VirtualBridge\nmetadata: {{name: {BRIDGE}}}\n\
-         spec: {{subnet: \"{SUBNET}\"}}\n---\n{}",
-        cluster_router(BRIDGE, GATEWAY)
+         spec: {{subnet: \"{SUBNET}\", subnetV6: \"{SUBNET_V6}\"}}\n---\n{}",
+        cluster_router(BRIDGE, GATEWAY, Some(GATEWAY_V6))
     );
     for ns in ["x", "y", "z"] {
         m.push_str(&format!(
@@ -91,6 +98,8 @@ pub struct Model {
     pub kube: Kube,
     _operator: Proc,
     pub ips: BTreeMap<String, Ipv4Addr>,
+    /// The pods' IPv6 addresses.
+    pub ips6: BTreeMap<String, Ipv6Addr>,
     pub servers: BTreeMap<String, PodServers>,
 }
 
@@ -158,14 +167,22 @@ impl Model {
             kube,
             _operator: operator,
             ips: BTreeMap::new(),
+            ips6: BTreeMap::new(),
             servers: BTreeMap::new(),
         };
         m.wait_for_bridge();
         eprintln!("kuryr: bridge {BRIDGE} written by the operator");
         for (ns, pod, node) in PODS {
             let p = m.c.cni_add_as(&netns_name(ns, pod), node, ns, pod);
-            eprintln!("kuryr: pod {ns}/{pod} attached on {node} at {}", p.ip);
+            let Some(ip6) = p.ip6 else {
+                m.fail(&format!("pod {ns}/{pod} has no IPv6 address: {}", p.result));
+            };
+            eprintln!(
+                "kuryr: pod {ns}/{pod} attached on {node} at {} and {ip6}",
+                p.ip
+            );
             m.ips.insert(pod_key(ns, pod), p.ip);
+            m.ips6.insert(pod_key(ns, pod), ip6);
         }
         m.check_identity_reached_the_ports();
         for (ns, pod, _) in PODS {
