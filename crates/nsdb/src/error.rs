@@ -8,6 +8,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum NsdbError {
     /// The client could not connect to any endpoint.
+    #[cfg(feature = "client")]
     #[error("cannot connect to etcd at {endpoints}")]
     Connect {
         endpoints: String,
@@ -48,6 +49,7 @@ pub enum NsdbError {
     #[error("TLS handshake with etcd at {endpoint} failed: {reason}")]
     TlsHandshake { endpoint: String, reason: String },
     /// An etcd request failed.
+    #[cfg(feature = "client")]
     #[error("etcd {op} on {key} failed")]
     Etcd {
         op: &'static str,
@@ -165,6 +167,7 @@ impl std::fmt::Debug for Chain<'_> {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "client")]
     #[test]
     fn chain_shows_the_cause() {
         let err = NsdbError::Etcd {

@@ -37,35 +37,51 @@
 //! # }
 //! ```
 
+#[cfg(feature = "client")]
 pub mod alloc;
+#[cfg(feature = "client")]
 pub mod binding;
+#[cfg(feature = "client")]
 pub mod client;
 pub mod codec;
 pub mod error;
 pub mod keys;
+#[cfg(feature = "client")]
 pub mod lease;
+#[cfg(feature = "client")]
 pub mod metrics;
+#[cfg(feature = "client")]
 pub mod pod_port;
 pub mod records;
 pub mod selector;
+#[cfg(feature = "client")]
 pub mod tls;
 pub mod tunnel_key;
+#[cfg(feature = "client")]
 pub mod watch;
 
+#[cfg(feature = "client")]
 pub use alloc::IpFamily;
+#[cfg(feature = "client")]
 pub use binding::{Bind, Unbind};
+#[cfg(feature = "client")]
 pub use client::{Listed, MAX_TXN_OPS, Nsdb, Txn, Versioned};
 pub use error::{NsdbError, Result};
 pub use keys::Kind;
+#[cfg(feature = "client")]
 pub use lease::KeptLease;
+#[cfg(feature = "client")]
 pub use metrics::register;
+#[cfg(feature = "client")]
 pub use pod_port::{PodPort, PodPortRelease, PodPortRequest};
 pub use records::*;
 pub use selector::{
     LABEL_NAMESPACE_NAME, LABEL_ROLE, LabelExpr, LabelSelector, PortSelector, ROLE_NODE,
     SelectorOp, is_node_port,
 };
+#[cfg(feature = "client")]
 pub use tls::TlsFiles;
+#[cfg(feature = "client")]
 pub use watch::{Change, ChangeOp, Entry, Snapshot, Update, WatchCache, WatchHealth};
 #[cfg(feature = "test-util")]
 pub mod testing;

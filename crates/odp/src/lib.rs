@@ -11,7 +11,8 @@
 //! - [`text`]: `Display` in the exact form of `ovs-dpctl dump-flows`; [`parse`]: the same
 //!   syntax (and `ovs-dpctl add-flow`'s) back into values.
 //!
-//! The socket layer lives in its own modules and sends the messages built here.
+//! The socket layer lives in its own modules, behind the `netlink` feature (on by default),
+//! and sends the messages built here.
 
 pub mod action;
 pub mod codec;
@@ -33,7 +34,11 @@ pub use key::{
 };
 pub use parse::{parse_actions, parse_flow, parse_match};
 
+#[cfg(feature = "netlink")]
 pub mod dpif;
+#[cfg(feature = "netlink")]
 pub mod families;
+#[cfg(feature = "netlink")]
 pub mod sock;
+#[cfg(feature = "netlink")]
 pub mod upcall;
