@@ -26,13 +26,25 @@ pub fn megaflow(upcall_key: &odp::FlowKey, sim: &Simulation) -> odp::Flow {
 }
 
 /// The UFID of the megaflow: a stable 128-bit hash of the masked key (as the kernel stores
-/// it) and of the mask, so it survives an agent restart and two packets of one megaflow agree.
+/// it) and of the mask, in their netlink encoding, so it survives an agent restart and two
+/// packets of one megaflow agree. The encoding goes to a buffer kept per thread: no heap
+/// allocation once the buffer has grown to a key's size.
 pub fn ufid(upcall_key: &odp::FlowKey, sim: &Simulation) -> u128 {
-    let masked = sim.flow(&Fields::from_key(upcall_key));
-    let text = format!("{}", odp::MatchDisplay(&masked.key, &masked.mask));
-    let hi = sim::hash::fnv1a(0x5746_4654, text.as_bytes());
-    let lo = sim::hash::fnv1a(0x7566_6964, text.as_bytes());
-    (u128::from(hi) << 64) | u128::from(lo)
+    thread_local! {
+        static WIRE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let masked = sim.masked_key(&Fields::from_key(upcall_key));
+    WIRE.with_borrow_mut(|wire| {
+        wire.clear();
+        // A key or mask that does not encode cannot be installed either (flow_put encodes the
+        // same values): whatever was written still hashes the same way every time.
+        let _ = odp::encode_key(&masked, wire);
+        // Where the key ends, so that no key and mask hash as another pair cut elsewhere.
+        let key_len = wire.len() as u32;
+        let _ = odp::encode_key(&sim.mask, wire);
+        wire.extend_from_slice(&key_len.to_le_bytes());
+        sim::hash::wide(wire)
+    })
 }
 
 /// Encodes `flow` as the `OVS_FLOW_CMD_NEW` payload parts [`dpif::Dpif::flow_put`] takes.
