@@ -33,7 +33,11 @@ pub fn ufid(upcall_key: &odp::FlowKey, sim: &Simulation) -> u128 {
     thread_local! {
         static WIRE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let masked = sim.masked_key(&Fields::from_key(upcall_key));
+    // Every field under the mask, eth_type included: the kernel keeps the key masked, so a
+    // flow dumped after a restart has only those values, and must get the same UFID.
+    let masked = Fields::from_key(upcall_key)
+        .masked(&sim.fields_mask)
+        .to_key();
     WIRE.with_borrow_mut(|wire| {
         wire.clear();
         // A key or mask that does not encode cannot be installed either (flow_put encodes the
@@ -132,6 +136,35 @@ mod tests {
             f.match_text()
         );
         assert_eq!(f.actions_text(), format!("{}", b.dp("p2")));
+    }
+
+    /// The kernel stores a flow's key masked, and dumps it so: a restarted agent that reads
+    /// the flow back must name it as the agent that installed it did.
+    #[test]
+    fn a_flow_dumped_with_its_key_masked_keeps_its_ufid() {
+        let b = topo();
+        let key = upcall_key(&b, "p1", b.mac("p2"), TCP);
+        let s = simulate(&b, &key);
+        let m = |a: [u8; 6]| {
+            let h: Vec<String> = a.iter().map(|x| format!("{x:02x}")).collect();
+            h.join(":")
+        };
+        let dumped = format!(
+            "recirc_id(0),dp_hash(0),skb_priority(0),in_port({}),skb_mark(0),ct_state(0),\
+             ct_zone(0),ct_mark(0),ct_label(0),eth(src=00:00:00:00:00:00,dst={}),\
+             eth_type(0x0000)",
+            b.dp("p1"),
+            m(b.mac("p2"))
+        );
+        let dumped = odp::parse_match(&dumped).expect("the dumped key").0;
+        let again = simulate(&b, &dumped);
+        assert_eq!(
+            again.mask,
+            s.mask,
+            "{}",
+            again.match_text(&Fields::from_key(&dumped))
+        );
+        assert_eq!(ufid(&dumped, &again), ufid(&key, &s));
     }
 
     #[test]

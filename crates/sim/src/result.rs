@@ -168,7 +168,7 @@ impl Simulation {
     }
 
     /// The key of [`Simulation::flow`] alone: `pkt` under the megaflow's mask.
-    pub fn masked_key(&self, pkt: &Fields) -> odp::FlowKey {
+    fn masked_key(&self, pkt: &Fields) -> odp::FlowKey {
         let m = &self.fields_mask;
         let mut k = pkt.masked(m);
         // Keep what decides which attributes exist; their values only print where masked.
