@@ -938,6 +938,9 @@ fn parse_set(c: &mut Cur<'_>) -> Result<Action> {
     })
 }
 
+/// The shortest userdata `ovs-dpctl` sends; shorter text is padded with zeros.
+const USERDATA_MIN: usize = 8;
+
 fn parse_userspace(c: &mut Cur<'_>) -> Result<Action> {
     let mut u = Userspace::default();
     let mut pid = None;
@@ -962,6 +965,11 @@ fn parse_userspace(c: &mut Cur<'_>) -> Result<Action> {
                     );
                 }
                 c.pos += end + 1;
+                // As ovs-dpctl sends it: OVS pads userdata with zeros to at least 8 bytes
+                // (kernels before 3.10 wanted exactly 8), and the kernel dumps what it got.
+                if v.len() < USERDATA_MIN {
+                    v.resize(USERDATA_MIN, 0);
+                }
                 u.userdata = Some(v);
             }
             "actions" => u.actions = true,

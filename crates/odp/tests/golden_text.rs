@@ -29,7 +29,7 @@ fn table() -> Vec<String> {
         ),
         (
             "in_port(5),eth(),eth_type(0x86dd),ipv6(proto=58,frag=no),icmpv6(type=136,code=0),nd(target=fe80::1,sll=00:00:00:00:00:01,tll=00:00:00:00:00:02)",
-            "userspace(pid=42,userdata(0a0b0c),actions,tunnel_out_port=4)",
+            "userspace(pid=42,userdata(0a0b0c0d0e0f1011),actions,tunnel_out_port=4)",
         ),
         (
             "in_port(6),eth(src=00:00:00:00:00:01),eth_type(0x0806),arp(sip=10.0.0.1,tip=10.0.0.2,op=2,sha=00:00:00:00:00:01,tha=ff:ff:ff:ff:ff:ff)",
@@ -266,6 +266,33 @@ fn bad_text_is_a_clear_error() {
     assert!(e.contains("hex digits"), "{e}");
     let e = parse_flow("in_port(1)").unwrap_err().to_string();
     assert!(e.contains("actions:"), "{e}");
+}
+
+/// Userdata shorter than 8 bytes is padded with zeros, as ovs-dpctl pads it before sending
+/// (golden/ovs-dpctl-3.1.0-linux-6.1.txt: `userdata(01020304)` goes out and is dumped as
+/// `userdata(0102030400000000)`); 8 bytes and more, 48 zero bytes included, stay as written.
+#[test]
+fn short_userdata_is_padded_to_eight_bytes_as_ovs_dpctl_sends_it() {
+    for (text, printed) in [
+        (
+            "userspace(pid=4242,userdata(01020304))",
+            "userspace(pid=4242,userdata(0102030400000000))",
+        ),
+        (
+            "userspace(pid=1,userdata())",
+            "userspace(pid=1,userdata(0000000000000000))",
+        ),
+        (
+            "userspace(pid=7,userdata(0102030405060708))",
+            "userspace(pid=7,userdata(0102030405060708))",
+        ),
+    ] {
+        let a = odp::parse_actions(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(odp::ActionsDisplay(&a).to_string(), printed, "{text}");
+    }
+    let zeros = format!("userspace(pid=4242,userdata({}))", "00".repeat(48));
+    let a = odp::parse_actions(&zeros).unwrap();
+    assert_eq!(odp::ActionsDisplay(&a).to_string(), zeros);
 }
 
 #[test]
