@@ -328,11 +328,30 @@ fn dual_stack_manifest(m: &Model) -> String {
     )
 }
 
+/// The runtime's CHECK of a dual-stack pod verifies both default routes: it passes as ADD
+/// left the pod, and fails naming the IPv6 gateway once that route is gone.
+fn dual_stack_check(m: &Model) {
+    let (ns, pod, node) = ("x", "a", "h1");
+    let netns = format!("pod-{}", netns_name(ns, pod));
+    let out = m.c.cnitool(node, "check", &netns, Some((ns, pod)));
+    assert!(out.ok, "CHECK of dual-stack {ns}/{pod}: {out:?}");
+    kernel_support::sh(&format!("ip -n {netns} -6 route del default"));
+    let out = m.c.cnitool(node, "check", &netns, Some((ns, pod)));
+    kernel_support::sh(&format!(
+        "ip -n {netns} -6 route add default via fd00:128::1 dev eth0"
+    ));
+    assert!(
+        !out.ok && out.stderr.contains("no default route via fd00:128::1"),
+        "CHECK without the IPv6 default route: {out:?}"
+    );
+}
+
 /// A dual-stack Service over the pods' IPv6 addresses: x/a reaches its IPv6 cluster IP over
 /// TCP and UDP, connections spread over the endpoints on two hosts with the VIP as the
 /// client's peer, and x/b, an endpoint, reaches it too (hairpin), answered by itself and by
 /// y/c, always from the VIP.
 fn dual_stack_service(m: &Model) {
+    dual_stack_check(m);
     let servers: BTreeMap<&str, PodServers> = ["x/b", "y/c"]
         .into_iter()
         .map(|k| {
