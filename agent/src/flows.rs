@@ -18,7 +18,6 @@ use tracing::{debug, warn};
 
 use crate::affinity::Affinity;
 use crate::api::FlowInfo;
-use crate::ctl::dpflow;
 use crate::flowtable::{FlowKind, FlowTable, IdleTimeouts};
 use crate::metrics::Metrics;
 use crate::tags::TagIndex;
@@ -226,10 +225,7 @@ impl FlowManager {
 
     /// Deletes flows from the kernel; one already gone is not an error.
     fn delete(&mut self, ufids: &[u128], reason: &'static str) {
-        let ids: Vec<FlowId> = ufids
-            .iter()
-            .map(|u| FlowId::Ufid(u.to_be_bytes()))
-            .collect();
+        let ids: Vec<FlowId> = ufids.iter().map(|u| FlowId::ufid(*u)).collect();
         match self.dp.flow_del_batch(self.ifindex, &ids) {
             Ok(results) => {
                 let gone = results.iter().filter(|r| r.is_ok()).count();
@@ -262,7 +258,7 @@ impl FlowManager {
         let mut unknown = HashSet::new();
         let mut orphans = Vec::new();
         for e in &entries {
-            let Some(u) = e.ufid.map(u128::from_be_bytes) else {
+            let Some(u) = e.ufid() else {
                 continue;
             };
             if self.table.contains(u) {
@@ -305,7 +301,7 @@ impl FlowManager {
         let stats: HashMap<u128, odp::dpif::FlowEntry> = match self.dp.flow_dump(self.ifindex) {
             Ok(entries) => entries
                 .into_iter()
-                .filter_map(|e| e.ufid.map(|u| (u128::from_be_bytes(u), e)))
+                .filter_map(|e| e.ufid().map(|u| (u, e)))
                 .collect(),
             Err(e) => {
                 warn!(error = %e, "flow dump failed; flows shown without statistics");
@@ -318,8 +314,8 @@ impl FlowManager {
             .iter()
             .map(|(u, r)| {
                 let flow = match stats.get(u) {
-                    Some(e) => match dpflow::flow_from_entry(e, now) {
-                        Ok(f) => dpflow::dpctl_line(e, &f, false),
+                    Some(e) => match e.to_flow(now) {
+                        Ok(f) => e.dump_line(&f, false),
                         Err(_) => r.flow.to_string(),
                     },
                     None => r.flow.to_string(),
@@ -380,32 +376,36 @@ const ENOENT: i32 = 2;
 
 /// Milliseconds on the clock the kernel stamps `used` with.
 pub fn now_ms() -> u64 {
-    dpflow::monotonic_ms().unwrap_or(0)
+    odp::dpif::monotonic_ms().unwrap_or(0)
 }
 
-/// A tracked UFID as `ovs-dpctl dump-flows -m` prints it. The table keys UFIDs by their
-/// wire bytes read big-endian, while ovs-dpctl reads the same bytes as four host-order
-/// words; printing the table's number directly gave byte-swapped words that neither
-/// ovs-dpctl nor `weftctl dp get-flow` recognise (seen in the kernel restart test).
+/// A tracked UFID as `ovs-dpctl dump-flows -m` prints it: the table's number is the one
+/// the kernel's bytes stand for ([`odp::msg::ufid_bytes`]).
 fn ufid_text(u: u128) -> String {
     let mut s = String::new();
-    odp::text::format_ufid(&mut s, dpflow::ufid_from_wire(u.to_be_bytes()));
+    odp::text::format_ufid(&mut s, u);
     s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ctl::dpflow;
 
     #[test]
     fn a_flow_s_ufid_is_printed_as_ovs_dpctl_prints_its_wire_bytes() {
         let u: u128 = 0x3aad_a212_2e68_97a7_5e14_d207_7db8_2a37;
         let text = ufid_text(u);
+        assert_eq!(text, "ufid:3aada212-2e68-97a7-5e14-d2077db82a37");
+        // Parsing the text the way `weftctl dp get-flow` does names the same kernel flow.
         let parsed = dpflow::parse_ufid(&text).expect("printed UFID parses");
-        // Parsing the text the way `weftctl dp get-flow` does gives back the kernel's bytes.
-        assert_eq!(dpflow::ufid_to_wire(parsed), u.to_be_bytes());
-        #[cfg(target_endian = "little")]
-        assert_eq!(text, "ufid:12a2ad3a-a797-682e-07d2-145e372ab87d");
+        assert_eq!(FlowId::ufid(parsed), FlowId::ufid(u));
+        // The kernel's bytes are four host-order words, most significant first, which is
+        // how ovs-dpctl reads them.
+        let FlowId::Ufid(wire) = FlowId::ufid(u) else {
+            unreachable!()
+        };
+        assert_eq!(&wire[..4], &0x3aad_a212u32.to_ne_bytes());
     }
 
     fn log(entries: &[(u64, Option<&[&str]>)]) -> VecDeque<(u64, Option<Vec<Tag>>)> {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
-use odp::dpif::{Dpif, PutMode};
+use odp::dpif::{Dpif, FlowPut, PutMode};
 use odp::sock::SockError;
 use odp::upcall::{Upcall, UpcallKind, UpcallSocket};
 use sim::{DropReason, Fields, PacketContext, Simulation, Verdict};
@@ -134,7 +134,7 @@ impl Handler {
         if s.install {
             let flow = install::megaflow(&key, s);
             let ufid = flow.ufid.unwrap_or_default();
-            match install::flow_put(&flow) {
+            match FlowPut::from_flow(&flow) {
                 Ok(put) => match self.dp.flow_put(self.ctx.dp_ifindex, &put, PutMode::Create) {
                     Ok(()) => {
                         m.flows_installed.inc();

@@ -7,8 +7,6 @@
 //! has every attribute the kernel extracted, so it always satisfies those rules, and the
 //! kernel applies the mask itself.
 
-use dpif::FlowPut;
-use odp::dpif;
 use sim::{Fields, Simulation};
 
 /// The flow to install for a miss whose kernel key is `upcall_key` and whose simulation is
@@ -51,26 +49,10 @@ pub fn ufid(upcall_key: &odp::FlowKey, sim: &Simulation) -> u128 {
     })
 }
 
-/// Encodes `flow` as the `OVS_FLOW_CMD_NEW` payload parts [`dpif::Dpif::flow_put`] takes.
-pub fn flow_put(flow: &odp::Flow) -> odp::Result<FlowPut> {
-    let mut key = Vec::with_capacity(256);
-    odp::encode_key(&flow.key, &mut key)?;
-    let mut mask = Vec::with_capacity(256);
-    odp::encode_key(&flow.mask, &mut mask)?;
-    let mut actions = Vec::with_capacity(64);
-    odp::encode_actions(&flow.actions, &mut actions)?;
-    Ok(FlowPut {
-        key,
-        mask: Some(mask),
-        actions,
-        ufid: flow.ufid.map(u128::to_be_bytes),
-        clear: false,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use odp::dpif::FlowPut;
     use sim::Topology;
     use sim::fixtures::TopoBuilder;
 
@@ -209,9 +191,9 @@ mod tests {
         let acts = f.actions_text();
         assert!(acts.contains("ttl=63"), "{acts}");
         assert!(acts.ends_with(&format!("{}", b.dp("p4"))), "{acts}");
-        let p = flow_put(&f).expect("encodes");
+        let p = FlowPut::from_flow(&f).expect("encodes");
         assert!(p.mask.as_ref().is_some_and(|m| !m.is_empty()));
-        assert_eq!(p.ufid, f.ufid.map(u128::to_be_bytes));
+        assert_eq!(p.ufid, f.ufid.map(odp::msg::ufid_bytes));
         let back = odp::decode_key(&p.key).expect("decodes");
         assert_eq!(back, key);
     }
@@ -223,6 +205,6 @@ mod tests {
         let s = simulate(&b, &key);
         let f = megaflow(&key, &s);
         assert!(f.actions.is_empty(), "{}", f.actions_text());
-        assert!(flow_put(&f).expect("encodes").actions.is_empty());
+        assert!(FlowPut::from_flow(&f).expect("encodes").actions.is_empty());
     }
 }

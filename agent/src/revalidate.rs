@@ -26,7 +26,7 @@ pub struct Revalidation {
 
 /// Whether `e` is still what the topology would install; `Some` with its record if so.
 pub fn check(e: &FlowEntry, snap: &TopoSnap, sim: &mut Simulation) -> Option<Installed> {
-    let ufid = u128::from_be_bytes(e.ufid?);
+    let ufid = e.ufid()?;
     let key = odp::decode_key(&e.key).ok()?;
     let actions = odp::decode_actions(&e.actions).ok()?;
     sim::simulate_into(

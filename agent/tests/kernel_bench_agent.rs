@@ -1215,7 +1215,7 @@ fn bench_invalidation_latency_from_nsdb_write_to_kernel_flow_deletion() {
                 .into_iter()
                 .filter(|f| f.tags.contains(&chain_tag))
                 .map(|f| {
-                    weft_agent::ctl::dpflow::ufid_to_wire(
+                    odp::msg::ufid_bytes(
                         weft_agent::ctl::dpflow::parse_ufid(&f.ufid).expect("the agent's UFID"),
                     )
                 })

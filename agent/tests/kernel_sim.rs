@@ -245,10 +245,7 @@ impl Rig {
         for e in d.flow_dump(self.ifindex).expect("dump") {
             // As ovs-dpctl dump-flows -m (and the agent's API) print it.
             let mut u = String::new();
-            odp::text::format_ufid(
-                &mut u,
-                weft_agent::ctl::dpflow::ufid_from_wire(e.ufid.expect("every flow has a UFID")),
-            );
+            odp::text::format_ufid(&mut u, e.ufid().expect("every flow has a UFID"));
             kernel.insert(u);
         }
         assert_eq!(tracked, kernel, "the agent's flows and the kernel's differ");

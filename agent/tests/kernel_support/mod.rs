@@ -34,9 +34,9 @@ pub fn dump_flows_text(dp: &str) -> String {
         Ok(flows) => flows
             .iter()
             .map(|e| {
-                let now = weft_agent::ctl::dpflow::monotonic_ms().unwrap_or(0);
-                match weft_agent::ctl::dpflow::flow_from_entry(e, now) {
-                    Ok(f) => weft_agent::ctl::dpflow::dpctl_line(e, &f, true) + "\n",
+                let now = odp::dpif::monotonic_ms().unwrap_or(0);
+                match e.to_flow(now) {
+                    Ok(f) => e.dump_line(&f, true) + "\n",
                     Err(err) => format!("undecodable flow: {err:#}\n"),
                 }
             })

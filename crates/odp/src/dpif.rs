@@ -190,6 +190,26 @@ pub struct FlowPut {
     pub clear: bool,
 }
 
+impl FlowPut {
+    /// The put of `flow`: its key, mask and actions encoded, and its UFID as the kernel
+    /// keeps it ([`crate::msg::ufid_bytes`]).
+    pub fn from_flow(flow: &crate::Flow) -> crate::Result<FlowPut> {
+        let mut key = Vec::with_capacity(256);
+        crate::encode_key(&flow.key, &mut key)?;
+        let mut mask = Vec::with_capacity(256);
+        crate::encode_key(&flow.mask, &mut mask)?;
+        let mut actions = Vec::with_capacity(64);
+        crate::encode_actions(&flow.actions, &mut actions)?;
+        Ok(FlowPut {
+            key,
+            mask: Some(mask),
+            actions,
+            ufid: flow.ufid.map(crate::msg::ufid_bytes),
+            clear: false,
+        })
+    }
+}
+
 /// How [`Dpif::flow_put`] treats an existing flow with the same key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutMode {
@@ -208,6 +228,13 @@ pub enum FlowId {
     Key(Vec<u8>),
     /// By its UFID.
     Ufid([u8; 16]),
+}
+
+impl FlowId {
+    /// The flow named by UFID `u` (the `u128` the text form prints).
+    pub fn ufid(u: u128) -> FlowId {
+        FlowId::Ufid(crate::msg::ufid_bytes(u))
+    }
 }
 
 /// `struct ovs_flow_stats` plus the kernel's other counters.
@@ -236,6 +263,61 @@ pub struct FlowEntry {
     pub ufid: Option<[u8; 16]>,
     /// Counters.
     pub stats: KernelFlowStats,
+}
+
+impl FlowEntry {
+    /// Its UFID as the text form prints it.
+    pub fn ufid(&self) -> Option<u128> {
+        self.ufid.as_ref().map(crate::msg::ufid_from_bytes)
+    }
+
+    /// The flow decoded. `now_ms` is the current time on the kernel's clock
+    /// ([`monotonic_ms`]), which turns the kernel's `used` stamp into an age.
+    pub fn to_flow(&self, now_ms: u64) -> crate::Result<crate::Flow> {
+        let mask = match &self.mask {
+            Some(m) => crate::decode_key(m)?,
+            None => crate::FlowKey::default(),
+        };
+        Ok(crate::Flow {
+            key: crate::decode_key(&self.key)?,
+            mask,
+            actions: crate::decode_actions(&self.actions)?,
+            ufid: self.ufid(),
+            stats: crate::FlowStats::from_kernel(
+                self.stats.packets,
+                self.stats.bytes,
+                self.stats.used_ms,
+                now_ms,
+                self.stats.tcp_flags,
+            ),
+        })
+    }
+
+    /// Its line of `ovs-dpctl dump-flows` (`with_ufid`: of `dump-flows -m`), for `flow`,
+    /// its decoding.
+    pub fn dump_line(&self, flow: &crate::Flow, with_ufid: bool) -> String {
+        crate::text::dump_line(&self.key, flow, with_ufid)
+    }
+}
+
+/// Milliseconds since boot, the clock the kernel stamps `OVS_FLOW_ATTR_USED` with (it uses
+/// the monotonic clock, which differs from this one only by time spent suspended).
+pub fn monotonic_ms() -> std::io::Result<u64> {
+    let s = std::fs::read_to_string("/proc/uptime")?;
+    let bad = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("/proc/uptime: {s:?}"),
+        )
+    };
+    let secs = s.split_whitespace().next().ok_or_else(bad)?;
+    let (i, f) = secs.split_once('.').unwrap_or((secs, "0"));
+    let i: u64 = i.parse().map_err(|_| bad())?;
+    let f: u64 = format!("{f:0<3}")
+        .get(..3)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(bad)?;
+    Ok(i * 1000 + f)
 }
 
 /// A handle on the OVS kernel datapath in the calling thread's network namespace.

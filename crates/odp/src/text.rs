@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::action::{Action, Ct, HASH_ALG_L4, HASH_ALG_SYM_L4, Nat, NatKind, SetKey, Userspace};
-use crate::flow::FlowStats;
+use crate::flow::{Flow, FlowStats};
 use crate::key::{
     CtTupleIpv4, CtTupleIpv6, FlowKey, FlowMask, GeneveOpts, KeyArp, KeyEthernet, KeyIcmp, KeyIpv4,
     KeyIpv6, KeyNd, KeyPorts, Mac, RawAttr, TunnelKey, VLAN_CFI, ct_state,
@@ -866,6 +866,119 @@ pub fn format_key(s: &mut String, key: &FlowKey, mask: &FlowMask) {
     }
 }
 
+/// The match text, with key attributes the codec does not model printed the way
+/// `ovs-dpctl` prints them: `keyN(<bytes>[/<mask>])` at their place in the kernel's
+/// attribute order, even when fully wildcarded. Linux 5.18+ adds such an attribute to every
+/// IPv6 flow (type 32, `OVS_KEY_ATTR_IPV6_EXTHDRS`) and Debian's ovs-dpctl prints it as
+/// `key32(00 00/00 00)` right after `ipv6(..)`.
+pub fn match_text_in_wire_order(raw_key: &[u8], f: &Flow) -> String {
+    let unknown: Vec<u16> = f.key.other.iter().map(|a| a.kind & 0x3fff).collect();
+    if unknown.is_empty() {
+        return f.match_text();
+    }
+    let (mut key, mut mask) = (f.key.clone(), f.mask.clone());
+    key.other.clear();
+    mask.other.clear();
+    let mut known = String::new();
+    format_key(&mut known, &key, &mask);
+    let mut groups: Vec<(Option<u16>, String)> = split_groups(&known)
+        .into_iter()
+        .map(|g| (group_kind(&g), g))
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    for attr in crate::nla::attrs(raw_key, "OVS_KEY_ATTR") {
+        let Ok(attr) = attr else { break };
+        let kind = attr.kind();
+        if unknown.contains(&kind) {
+            if let Some(a) = f.key.other.iter().find(|a| a.kind & 0x3fff == kind) {
+                let m = f.mask.other.iter().find(|m| m.kind & 0x3fff == kind);
+                let mut g = String::new();
+                format_unknown(&mut g, a, m);
+                out.push(g);
+            }
+            continue;
+        }
+        while let Some(i) = groups.iter().position(|(k, _)| *k == Some(kind)) {
+            out.push(groups.remove(i).1);
+        }
+    }
+    // Anything the wire walk did not place keeps its relative order at the end.
+    out.extend(groups.into_iter().map(|(_, g)| g));
+    out.join(",")
+}
+
+/// Splits `a(..),b(..),c` at the commas outside parentheses.
+fn split_groups(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0i32, 0usize);
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(s[start..i].to_string());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if start < s.len() {
+        out.push(s[start..].to_string());
+    }
+    out
+}
+
+/// The `OVS_KEY_ATTR_*` number a printed group comes from.
+fn group_kind(g: &str) -> Option<u16> {
+    let name = g.split('(').next().unwrap_or(g);
+    Some(match name {
+        "encap" => 1,
+        "skb_priority" => 2,
+        "in_port" => 3,
+        "eth" => 4,
+        "vlan" => 5,
+        "eth_type" => 6,
+        "ipv4" => 7,
+        "ipv6" => 8,
+        "tcp" => 9,
+        "udp" => 10,
+        "icmp" => 11,
+        "icmpv6" => 12,
+        "arp" => 13,
+        "nd" => 14,
+        "skb_mark" => 15,
+        "tunnel" => 16,
+        "sctp" => 17,
+        "tcp_flags" => 18,
+        "dp_hash" => 19,
+        "recirc_id" => 20,
+        "ct_state" => 22,
+        "ct_zone" => 23,
+        "ct_mark" => 24,
+        "ct_label" => 25,
+        "ct_tuple4" => 26,
+        "ct_tuple6" => 27,
+        _ => return None,
+    })
+}
+
+/// One line of `ovs-dpctl dump-flows` for flow `f` whose key the kernel encoded as
+/// `raw_key`: the UFID first when `with_ufid` (as `-m` prints it), then the match in the
+/// kernel's attribute order, the counters and the actions.
+pub fn dump_line(raw_key: &[u8], f: &Flow, with_ufid: bool) -> String {
+    let mut s = String::with_capacity(256);
+    if with_ufid && let Some(u) = f.ufid {
+        format_ufid(&mut s, u);
+        s.push_str(", ");
+    }
+    s.push_str(&match_text_in_wire_order(raw_key, f));
+    s.push_str(", ");
+    format_stats(&mut s, &f.stats);
+    s.push_str(", actions:");
+    format_actions(&mut s, &f.actions);
+    s
+}
+
 /// Appends the UFID as OVS prints it: `ufid:xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
 pub fn format_ufid(s: &mut String, u: u128) {
     let h = format!("{u:032x}");
@@ -1224,8 +1337,15 @@ pub fn format_actions(s: &mut String, actions: &[Action]) {
 mod tests {
     use super::*;
     use crate::action::Ct;
-    use crate::flow::Flow;
     use crate::key::KeyIpv4;
+
+    #[test]
+    fn groups_split_at_top_level_commas_only() {
+        assert_eq!(
+            split_groups("a(1,2),b,c(d(e,f))"),
+            vec!["a(1,2)", "b", "c(d(e,f))"]
+        );
+    }
 
     #[test]
     fn brief_example_prints_like_dpctl() {

@@ -268,6 +268,35 @@ fn bad_text_is_a_clear_error() {
     assert!(e.contains("actions:"), "{e}");
 }
 
+/// Key attributes the codec does not model print the way `ovs-dpctl` prints them, at their
+/// place in the kernel's attribute order: `key32(00 00/00 00)` right after `ipv6(..)`, as
+/// Linux 5.18+ dumps every IPv6 flow.
+#[test]
+fn unknown_key_attributes_print_in_wire_order_like_ovs_dpctl() {
+    let f = odp::parse_flow("in_port(1),eth(),eth_type(0x86dd),ipv6(frag=no) 2").unwrap();
+    let mut key = f.key.clone();
+    key.other.push(odp::RawAttr {
+        kind: 32,
+        data: vec![0, 0],
+    });
+    let mut mask = f.mask.clone();
+    mask.other.push(odp::RawAttr {
+        kind: 32,
+        data: vec![0, 0],
+    });
+    let mut raw = Vec::new();
+    odp::encode_key(&key, &mut raw).unwrap();
+    let flow = Flow { key, mask, ..f };
+    assert_eq!(
+        odp::text::match_text_in_wire_order(&raw, &flow),
+        "in_port(1),eth(),eth_type(0x86dd),ipv6(frag=no),key32(00 00/00 00)"
+    );
+    assert_eq!(
+        odp::text::dump_line(&raw, &flow, false),
+        "in_port(1),eth(),eth_type(0x86dd),ipv6(frag=no),key32(00 00/00 00), packets:0, bytes:0, used:never, actions:2"
+    );
+}
+
 /// Userdata shorter than 8 bytes is padded with zeros, as ovs-dpctl pads it before sending
 /// (golden/ovs-dpctl-3.1.0-linux-6.1.txt: `userdata(01020304)` goes out and is dumped as
 /// `userdata(0102030400000000)`); 8 bytes and more, 48 zero bytes included, stay as written.
