@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::Criterion;
-use sim::fixtures::TopoBuilder;
+use sim::fixtures::{TopoBuilder, pkt};
 use sim::{Fields, PacketContext, Simulation, Topology, simulate_into};
 use weft_agent::install;
 
@@ -24,24 +24,11 @@ fn topo() -> TopoBuilder {
         .link("r1", "b2", "10.0.2.1/24")
 }
 
-/// The key an upcall carries for a TCP packet from p1 to p4, every attribute present.
+/// The key of a TCP packet from p1 to p4, as an upcall reports it.
 fn upcall_key(b: &TopoBuilder) -> odp::FlowKey {
-    let mac = |a: [u8; 6]| {
-        a.iter()
-            .map(|x| format!("{x:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    };
-    let text = format!(
-        "recirc_id(0),dp_hash(0),skb_priority(0),in_port({}),skb_mark(0),ct_state(0),\
-         ct_zone(0),ct_mark(0),ct_label(0),eth(src={},dst={}),eth_type(0x0800),\
-         ipv4(src=10.0.1.11,dst=10.0.2.14,proto=6,tos=0,ttl=64,frag=no),tcp(src=40000,dst=80),\
-         tcp_flags(syn)",
-        b.dp("p1"),
-        mac(b.mac("p1")),
-        mac(b.mac("r1-b1"))
-    );
-    odp::parse_match(&text).expect("the bench's key").0
+    let (p1, gw) = (b.mac("p1"), b.mac("r1-b1"));
+    let f = pkt::tcp(b.dp("p1"), p1, gw, "10.0.1.11", "10.0.2.14", 40000, 80);
+    f.to_key()
 }
 
 /// The former UFID: the masked match's text, hashed.

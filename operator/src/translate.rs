@@ -453,6 +453,18 @@ fn protocol(p: api::Protocol) -> Protocol {
     }
 }
 
+/// The route of router `router` to `dst`, the subnet port `port` is on.
+fn connected_route(id: String, router: &str, dst: IpNet, port: &str) -> AnyRecord {
+    AnyRecord::Route(Route {
+        id,
+        router: router.to_owned(),
+        dst,
+        next_hop: None,
+        port: port.to_owned(),
+        weight: 1,
+    })
+}
+
 fn router(name: &str, o: &VirtualRouter, inv: &Inventory) -> Result<Vec<AnyRecord>, Error> {
     let mut f = Fields::new(CrKind::VirtualRouter, name);
     let s = &o.spec;
@@ -579,23 +591,11 @@ fn router(name: &str, o: &VirtualRouter, inv: &Inventory) -> Result<Vec<AnyRecor
             labels: BTreeMap::new(),
         }));
         if let Some((_, net)) = v6 {
-            records.push(AnyRecord::Route(Route {
-                id: ids::connected_route_v6(&port_id),
-                router: router_id.clone(),
-                dst: IpNet::V6(net),
-                next_hop: None,
-                port: port_id.clone(),
-                weight: 1,
-            }));
+            let id = ids::connected_route_v6(&port_id);
+            records.push(connected_route(id, &router_id, IpNet::V6(net), &port_id));
         }
-        records.push(AnyRecord::Route(Route {
-            id: ids::connected_route(&port_id),
-            router: router_id.clone(),
-            dst: IpNet::V4(subnet),
-            next_hop: None,
-            port: port_id,
-            weight: 1,
-        }));
+        let id = ids::connected_route(&port_id);
+        records.push(connected_route(id, &router_id, IpNet::V4(subnet), &port_id));
     }
 
     let mut snat = None;
@@ -622,14 +622,8 @@ fn router(name: &str, o: &VirtualRouter, inv: &Inventory) -> Result<Vec<AnyRecor
                     .map(|i| ("weft.dev/host-interface".to_owned(), i.clone()))
                     .collect(),
             }));
-            records.push(AnyRecord::Route(Route {
-                id: ids::connected_route(&port_id),
-                router: router_id.clone(),
-                dst: IpNet::V4(net),
-                next_hop: None,
-                port: port_id.clone(),
-                weight: 1,
-            }));
+            let id = ids::connected_route(&port_id);
+            records.push(connected_route(id, &router_id, IpNet::V4(net), &port_id));
             // A static default route takes the place of the one towards the gateway.
             let static_default = s.routes.iter().any(|r| {
                 r.destination
