@@ -32,8 +32,8 @@ fn upcall_key(b: &TopoBuilder) -> odp::FlowKey {
 }
 
 /// The former UFID: the masked match's text, hashed.
-fn text_ufid(key: &odp::FlowKey, sim: &Simulation) -> u128 {
-    let masked = sim.flow(&Fields::from_key(key));
+fn text_ufid(fields: &Fields, sim: &Simulation) -> u128 {
+    let masked = sim.flow(fields);
     let text = format!("{}", odp::MatchDisplay(&masked.key, &masked.mask));
     let hi = sim::hash::fnv1a(0x5746_4654, text.as_bytes());
     let lo = sim::hash::fnv1a(0x7566_6964, text.as_bytes());
@@ -65,7 +65,8 @@ fn main() {
     let mut s = Simulation::new();
     simulate_into(&t, &ctx, &mut s);
     assert!(s.install && !s.actions.is_empty(), "{}", s.actions_text());
-    assert_ne!(install::ufid(&key, &s), 0);
+    let fields = Fields::from_key(&key);
+    assert_ne!(install::ufid(&fields, &s), 0);
 
     let mut c = Criterion::default().configure_from_args();
     let mut g = c.benchmark_group("upcall");
@@ -77,10 +78,10 @@ fn main() {
         })
     });
     g.bench_function("ufid text (former)", |bench| {
-        bench.iter(|| text_ufid(black_box(&key), &s))
+        bench.iter(|| text_ufid(black_box(&fields), &s))
     });
     g.bench_function("ufid wire", |bench| {
-        bench.iter(|| install::ufid(black_box(&key), &s))
+        bench.iter(|| install::ufid(black_box(&fields), &s))
     });
     g.finish();
     c.final_summary();
@@ -90,10 +91,10 @@ fn main() {
         black_box(sim_s.actions.len());
     });
     let text = rate(|| {
-        black_box(text_ufid(black_box(&key), &s));
+        black_box(text_ufid(black_box(&fields), &s));
     });
     let wire = rate(|| {
-        black_box(install::ufid(black_box(&key), &s));
+        black_box(install::ufid(black_box(&fields), &s));
     });
     println!("\nsummary (one core, best of 5 rounds of 100,000):");
     println!("  simulate            {sims:>12.0}/s  1.00x");

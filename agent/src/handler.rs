@@ -132,7 +132,7 @@ impl Handler {
             m.tunnel_drops.inc();
         }
         if s.install {
-            let flow = install::megaflow(&key, s);
+            let flow = install::megaflow(&key, &fields, s);
             let ufid = flow.ufid.unwrap_or_default();
             match FlowPut::from_flow(&flow) {
                 Ok(put) => match self.dp.flow_put(self.ctx.dp_ifindex, &put, PutMode::Create) {

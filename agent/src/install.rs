@@ -9,37 +9,37 @@
 
 use sim::{Fields, Simulation};
 
-/// The flow to install for a miss whose kernel key is `upcall_key` and whose simulation is
-/// `sim`: key = `upcall_key` (every attribute), mask = `sim.mask`, actions = `sim.actions`
-/// (empty = drop), and a UFID derived from the masked key and the mask, so every packet
-/// that the megaflow covers names the same flow.
-pub fn megaflow(upcall_key: &odp::FlowKey, sim: &Simulation) -> odp::Flow {
+/// The flow to install for a miss whose kernel key is `upcall_key` (`fields` once decoded,
+/// as the simulation got them) and whose simulation is `sim`: key = `upcall_key` (every
+/// attribute), mask = `sim.mask`, actions = `sim.actions` (empty = drop), and a UFID derived
+/// from the masked key and the mask, so every packet that the megaflow covers names the same
+/// flow.
+pub fn megaflow(upcall_key: &odp::FlowKey, fields: &Fields, sim: &Simulation) -> odp::Flow {
     odp::Flow {
         key: upcall_key.clone(),
         mask: sim.mask.clone(),
         actions: sim.actions.clone(),
-        ufid: Some(ufid(upcall_key, sim)),
+        ufid: Some(ufid(fields, sim)),
         stats: odp::FlowStats::default(),
     }
 }
 
-/// The UFID of the megaflow: a stable 128-bit hash of the masked key (as the kernel stores
-/// it) and of the mask, in their netlink encoding, so it survives an agent restart and two
-/// packets of one megaflow agree. The encoding goes to a buffer kept per thread: no heap
-/// allocation once the buffer has grown to a key's size.
-pub fn ufid(upcall_key: &odp::FlowKey, sim: &Simulation) -> u128 {
+/// The UFID of the megaflow of packet `fields`: a stable 128-bit hash of the masked key (as
+/// the kernel stores it) and of the mask, in their netlink encoding, so it survives an agent
+/// restart and two packets of one megaflow agree. The encoding goes to a buffer kept per
+/// thread: no heap allocation once the buffer has grown to a key's size.
+pub fn ufid(fields: &Fields, sim: &Simulation) -> u128 {
     thread_local! {
         static WIRE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     // Every field under the mask, eth_type included: the kernel keeps the key masked, so a
     // flow dumped after a restart has only those values, and must get the same UFID.
-    let masked = Fields::from_key(upcall_key)
-        .masked(&sim.fields_mask)
-        .to_key();
+    let masked = fields.masked(&sim.fields_mask).to_key();
     WIRE.with_borrow_mut(|wire| {
         wire.clear();
-        // A key or mask that does not encode cannot be installed either (flow_put encodes the
-        // same values): whatever was written still hashes the same way every time.
+        // A key or mask that does not encode cannot be installed either (FlowPut::from_flow
+        // encodes the same mask, and a key with the same attributes): whatever was written
+        // still hashes the same way every time.
         let _ = odp::encode_key(&masked, wire);
         // Where the key ends, so that no key and mask hash as another pair cut elsewhere.
         let key_len = wire.len() as u32;
@@ -106,7 +106,7 @@ mod tests {
         let b = topo();
         let key = upcall_key(&b, "p1", b.mac("p2"), TCP);
         let s = simulate(&b, &key);
-        let f = megaflow(&key, &s);
+        let f = megaflow(&key, &Fields::from_key(&key), &s);
         assert_eq!(f.key, key, "the installed key is the upcall's whole key");
         assert!(
             f.key.tcp_flags.is_some(),
@@ -146,7 +146,10 @@ mod tests {
             "{}",
             again.match_text(&Fields::from_key(&dumped))
         );
-        assert_eq!(ufid(&dumped, &again), ufid(&key, &s));
+        assert_eq!(
+            ufid(&Fields::from_key(&dumped), &again),
+            ufid(&Fields::from_key(&key), &s)
+        );
     }
 
     #[test]
@@ -163,8 +166,8 @@ mod tests {
         let s2 = simulate(&b, &k2);
         assert_eq!(s1.mask, s2.mask);
         assert_eq!(
-            megaflow(&k1, &s1).ufid,
-            megaflow(&k2, &s2).ufid,
+            megaflow(&k1, &Fields::from_key(&k1), &s1).ufid,
+            megaflow(&k2, &Fields::from_key(&k2), &s2).ufid,
             "an L2 flow does not read the TCP ports, so both packets are one megaflow"
         );
         let k3 = upcall_key(
@@ -174,7 +177,10 @@ mod tests {
             &TCP.replace("dst=10.0.1.12", "dst=10.0.2.14"),
         );
         let s3 = simulate(&b, &k3);
-        assert_ne!(megaflow(&k1, &s1).ufid, megaflow(&k3, &s3).ufid);
+        assert_ne!(
+            megaflow(&k1, &Fields::from_key(&k1), &s1).ufid,
+            megaflow(&k3, &Fields::from_key(&k3), &s3).ufid
+        );
     }
 
     #[test]
@@ -187,7 +193,7 @@ mod tests {
             &TCP.replace("dst=10.0.1.12", "dst=10.0.2.14"),
         );
         let s = simulate(&b, &key);
-        let f = megaflow(&key, &s);
+        let f = megaflow(&key, &Fields::from_key(&key), &s);
         let acts = f.actions_text();
         assert!(acts.contains("ttl=63"), "{acts}");
         assert!(acts.ends_with(&format!("{}", b.dp("p4"))), "{acts}");
@@ -203,7 +209,7 @@ mod tests {
         let b = topo().down("p2");
         let key = upcall_key(&b, "p1", b.mac("p2"), TCP);
         let s = simulate(&b, &key);
-        let f = megaflow(&key, &s);
+        let f = megaflow(&key, &Fields::from_key(&key), &s);
         assert!(f.actions.is_empty(), "{}", f.actions_text());
         assert!(FlowPut::from_flow(&f).expect("encodes").actions.is_empty());
     }

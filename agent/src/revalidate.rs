@@ -29,15 +29,19 @@ pub fn check(e: &FlowEntry, snap: &TopoSnap, sim: &mut Simulation) -> Option<Ins
     let ufid = e.ufid()?;
     let key = odp::decode_key(&e.key).ok()?;
     let actions = odp::decode_actions(&e.actions).ok()?;
+    let fields = Fields::from_key(&key);
     sim::simulate_into(
         &snap.topo,
-        &PacketContext::new(Fields::from_key(&key)).remembering(&FromActions(&actions)),
+        &PacketContext::new(fields).remembering(&FromActions(&actions)),
         sim,
     );
-    if !sim.install || install::ufid(&key, sim) != ufid || sim.actions != actions {
+    if !sim.install || sim.actions != actions {
         return None;
     }
-    let flow = install::megaflow(&key, sim);
+    let flow = install::megaflow(&key, &fields, sim);
+    if flow.ufid != Some(ufid) {
+        return None;
+    }
     let kind = if key.in_port == Some(snap.topo.tunnel_port()) {
         FlowKind::Tunnel
     } else if actions.is_empty() {

@@ -159,16 +159,6 @@ impl Simulation {
     /// The datapath flow for the packet with fields `pkt` that produced this result: its key
     /// masked (as the kernel stores it), the mask and the actions.
     pub fn flow(&self, pkt: &Fields) -> odp::Flow {
-        odp::Flow {
-            key: self.masked_key(pkt),
-            mask: self.mask.clone(),
-            actions: self.actions.clone(),
-            ..odp::Flow::default()
-        }
-    }
-
-    /// The key of [`Simulation::flow`] alone: `pkt` under the megaflow's mask.
-    fn masked_key(&self, pkt: &Fields) -> odp::FlowKey {
         let m = &self.fields_mask;
         let mut k = pkt.masked(m);
         // Keep what decides which attributes exist; their values only print where masked.
@@ -177,7 +167,12 @@ impl Simulation {
         k.ip_proto = pkt.ip_proto;
         k.ip_frag = pkt.ip_frag;
         k.tun_id = pkt.tun_id & m.tun_id;
-        k.to_key()
+        odp::Flow {
+            key: k.to_key(),
+            mask: self.mask.clone(),
+            actions: self.actions.clone(),
+            ..odp::Flow::default()
+        }
     }
 
     /// The match of [`Simulation::flow`] in `ovs-dpctl` text.
