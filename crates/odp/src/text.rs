@@ -872,7 +872,12 @@ pub fn format_key(s: &mut String, key: &FlowKey, mask: &FlowMask) {
 /// IPv6 flow (type 32, `OVS_KEY_ATTR_IPV6_EXTHDRS`) and Debian's ovs-dpctl prints it as
 /// `key32(00 00/00 00)` right after `ipv6(..)`.
 pub fn match_text_in_wire_order(raw_key: &[u8], f: &Flow) -> String {
-    let unknown: Vec<u16> = f.key.other.iter().map(|a| a.kind & 0x3fff).collect();
+    let unknown: Vec<u16> = f
+        .key
+        .other
+        .iter()
+        .map(|a| a.kind & crate::nla::NLA_TYPE_MASK)
+        .collect();
     if unknown.is_empty() {
         return f.match_text();
     }
@@ -890,8 +895,17 @@ pub fn match_text_in_wire_order(raw_key: &[u8], f: &Flow) -> String {
         let Ok(attr) = attr else { break };
         let kind = attr.kind();
         if unknown.contains(&kind) {
-            if let Some(a) = f.key.other.iter().find(|a| a.kind & 0x3fff == kind) {
-                let m = f.mask.other.iter().find(|m| m.kind & 0x3fff == kind);
+            if let Some(a) = f
+                .key
+                .other
+                .iter()
+                .find(|a| a.kind & crate::nla::NLA_TYPE_MASK == kind)
+            {
+                let m = f
+                    .mask
+                    .other
+                    .iter()
+                    .find(|m| m.kind & crate::nla::NLA_TYPE_MASK == kind);
                 let mut g = String::new();
                 format_unknown(&mut g, a, m);
                 out.push(g);
@@ -930,34 +944,35 @@ fn split_groups(s: &str) -> Vec<String> {
 
 /// The `OVS_KEY_ATTR_*` number a printed group comes from.
 fn group_kind(g: &str) -> Option<u16> {
+    use crate::nla::key as k;
     let name = g.split('(').next().unwrap_or(g);
     Some(match name {
-        "encap" => 1,
-        "skb_priority" => 2,
-        "in_port" => 3,
-        "eth" => 4,
-        "vlan" => 5,
-        "eth_type" => 6,
-        "ipv4" => 7,
-        "ipv6" => 8,
-        "tcp" => 9,
-        "udp" => 10,
-        "icmp" => 11,
-        "icmpv6" => 12,
-        "arp" => 13,
-        "nd" => 14,
-        "skb_mark" => 15,
-        "tunnel" => 16,
-        "sctp" => 17,
-        "tcp_flags" => 18,
-        "dp_hash" => 19,
-        "recirc_id" => 20,
-        "ct_state" => 22,
-        "ct_zone" => 23,
-        "ct_mark" => 24,
-        "ct_label" => 25,
-        "ct_tuple4" => 26,
-        "ct_tuple6" => 27,
+        "encap" => k::ENCAP,
+        "skb_priority" => k::PRIORITY,
+        "in_port" => k::IN_PORT,
+        "eth" => k::ETHERNET,
+        "vlan" => k::VLAN,
+        "eth_type" => k::ETHERTYPE,
+        "ipv4" => k::IPV4,
+        "ipv6" => k::IPV6,
+        "tcp" => k::TCP,
+        "udp" => k::UDP,
+        "icmp" => k::ICMP,
+        "icmpv6" => k::ICMPV6,
+        "arp" => k::ARP,
+        "nd" => k::ND,
+        "skb_mark" => k::SKB_MARK,
+        "tunnel" => k::TUNNEL,
+        "sctp" => k::SCTP,
+        "tcp_flags" => k::TCP_FLAGS,
+        "dp_hash" => k::DP_HASH,
+        "recirc_id" => k::RECIRC_ID,
+        "ct_state" => k::CT_STATE,
+        "ct_zone" => k::CT_ZONE,
+        "ct_mark" => k::CT_MARK,
+        "ct_label" => k::CT_LABELS,
+        "ct_tuple4" => k::CT_ORIG_TUPLE_IPV4,
+        "ct_tuple6" => k::CT_ORIG_TUPLE_IPV6,
         _ => return None,
     })
 }
