@@ -516,46 +516,34 @@ fn router(name: &str, o: &VirtualRouter, inv: &Inventory) -> Result<Vec<AnyRecor
         );
         connected.push((IpNet::V4(subnet), port_id.clone()));
         // The IPv6 side: the router's address on the bridge's IPv6 subnet.
-        let v6 = match &itf.ip_v6 {
-            None => None,
-            Some(a) => {
-                let subnet_v6 = br.spec.subnet_v6.as_deref().map(str::parse::<Ipv6Net>);
-                let Some(ip6) = f.parse::<Ipv6Addr>(|| field("ipV6"), a, "IPv6 address") else {
-                    continue;
-                };
-                match subnet_v6 {
-                    Some(Ok(net)) if net.trunc().contains(&ip6) => Some((ip6, net.trunc())),
-                    Some(Ok(net)) => {
-                        f.fail(
-                            field("ipV6"),
-                            format!(
-                                "{ip6} is outside the subnet {} of VirtualBridge {}",
-                                net.trunc(),
-                                itf.bridge
-                            ),
-                        );
-                        continue;
-                    }
-                    _ => {
-                        f.fail(
-                            field("ipV6"),
-                            format!(
-                                "VirtualBridge {} has no valid subnetV6 for {ip6}",
-                                itf.bridge
-                            ),
-                        );
-                        continue;
-                    }
-                }
-            }
-        };
         let mut addresses = vec![address];
         let mut peer_addresses = vec![IpNet::V4(Ipv4Net::from(ip))];
-        if let Some((ip6, net)) = v6 {
+        let mut subnet_v6 = None;
+        if let Some(a) = &itf.ip_v6 {
+            let Some(ip6) = f.parse::<Ipv6Addr>(|| field("ipV6"), a, "IPv6 address") else {
+                continue;
+            };
+            let bridge_v6 = br.spec.subnet_v6.as_deref();
+            let net = bridge_v6.and_then(|n| n.parse::<Ipv6Net>().ok().map(|n| n.trunc()));
+            let Some(net) = net.filter(|n| n.contains(&ip6)) else {
+                let reason = match net {
+                    Some(net) => format!(
+                        "{ip6} is outside the subnet {net} of VirtualBridge {}",
+                        itf.bridge
+                    ),
+                    None => format!(
+                        "VirtualBridge {} has no valid subnetV6 for {ip6}",
+                        itf.bridge
+                    ),
+                };
+                f.fail(field("ipV6"), reason);
+                continue;
+            };
             let a = Ipv6Net::new(ip6, net.prefix_len()).expect("prefix length of a parsed prefix");
             addresses.push(IpNet::V6(a));
             peer_addresses.push(IpNet::V6(Ipv6Net::from(ip6)));
             connected.push((IpNet::V6(net), port_id.clone()));
+            subnet_v6 = Some(net);
         }
         records.push(AnyRecord::Port(Port {
             named_ports: Vec::new(),
@@ -590,7 +578,7 @@ fn router(name: &str, o: &VirtualRouter, inv: &Inventory) -> Result<Vec<AnyRecor
             admin_up: true,
             labels: BTreeMap::new(),
         }));
-        if let Some((_, net)) = v6 {
+        if let Some(net) = subnet_v6 {
             let id = ids::connected_route_v6(&port_id);
             records.push(connected_route(id, &router_id, IpNet::V6(net), &port_id));
         }
