@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nsdb::{AnyRecord, DeviceRef, Nsdb, PortKind, Record};
 use sim::RecordSet;
 use weft_agent::api::client::Client;
@@ -452,6 +452,22 @@ pub struct PodAddr {
     pub mtu: u16,
 }
 
+/// The first IPv4 prefix of `addrs`.
+fn v4_net(addrs: &[IpNet]) -> Option<Ipv4Net> {
+    addrs.iter().find_map(|a| match a {
+        IpNet::V4(n) => Some(*n),
+        IpNet::V6(_) => None,
+    })
+}
+
+/// The first IPv6 prefix of `addrs`.
+fn v6_net(addrs: &[IpNet]) -> Option<Ipv6Net> {
+    addrs.iter().find_map(|a| match a {
+        IpNet::V6(n) => Some(*n),
+        IpNet::V4(_) => None,
+    })
+}
+
 /// Reads a pod's addressing from the records: the port's first IPv4 address; the prefix
 /// length from the bridge's subnet or else from the router port linked to the bridge; the
 /// gateway from the bridge's `gateway_v4` or else that router port's address.
@@ -464,13 +480,8 @@ pub fn pod_addr(records: &RecordSet, port: &str) -> PodAddr {
     let DeviceRef::Bridge(bridge) = &p.device else {
         panic!("port {port} is not on a bridge")
     };
-    let ip = p
-        .addresses
-        .iter()
-        .find_map(|a| match a {
-            IpNet::V4(n) => Some(n.addr()),
-            IpNet::V6(_) => None,
-        })
+    let ip = v4_net(&p.addresses)
+        .map(|n| n.addr())
         .unwrap_or_else(|| panic!("port {port} has no IPv4 address"));
     let br = records
         .bridges
@@ -488,23 +499,10 @@ pub fn pod_addr(records: &RecordSet, port: &str) -> PodAddr {
                 .find(|rp| &rp.id == peer && matches!(rp.device, DeviceRef::Router(_))),
             _ => None,
         });
-    let router_v4 = router_port.and_then(|rp| {
-        rp.addresses.iter().find_map(|a| match a {
-            IpNet::V4(n) => Some(*n),
-            IpNet::V6(_) => None,
-        })
-    });
-    let router_v6 = router_port.and_then(|rp| {
-        rp.addresses.iter().find_map(|a| match a {
-            IpNet::V6(n) => Some(*n),
-            IpNet::V4(_) => None,
-        })
-    });
-    let v6 = p.addresses.iter().find_map(|a| match a {
-        IpNet::V6(n) => Some(n.addr()),
-        IpNet::V4(_) => None,
-    });
-    let v6 = v6.map(|a| {
+    let router_addrs = router_port.map_or(&[][..], |rp| rp.addresses.as_slice());
+    let (router_v4, router_v6) = (v4_net(router_addrs), v6_net(router_addrs));
+    let v6 = v6_net(&p.addresses).map(|n| {
+        let a = n.addr();
         let len = br
             .subnet_v6
             .map(|s| s.prefix_len())
