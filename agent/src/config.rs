@@ -37,6 +37,25 @@ impl TunnelKind {
     }
 }
 
+/// Where a Service VIP's member is chosen for a new connection (`--lb-member-choice`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MemberChoiceArg {
+    /// In the kernel: `hash(l4(0))` and one flow per bucket; new connections do not upcall.
+    Datapath,
+    /// In the simulation: one upcall and one flow per connection.
+    Simulation,
+}
+
+impl MemberChoiceArg {
+    /// The simulation's spelling.
+    pub fn sim(self) -> sim::MemberChoice {
+        match self {
+            MemberChoiceArg::Datapath => sim::MemberChoice::Datapath,
+            MemberChoiceArg::Simulation => sim::MemberChoice::Simulation,
+        }
+    }
+}
+
 /// weft-agent: the Weft node agent. Owns this node's OVS kernel datapath and tunnel port,
 /// simulates each new flow through the virtual topology read from NSDB, and installs it.
 #[derive(Debug, Clone, Parser)]
@@ -111,6 +130,12 @@ pub struct Config {
     /// `weftctl trace` simulates any flow key with its trace on demand.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub trace_flows: bool,
+    /// Where the member of a VIP without session affinity is chosen for a new connection:
+    /// `datapath` hashes the connection in the kernel and matches the hash's bucket, so
+    /// that, once each bucket's flow is installed, new connections never reach the agent;
+    /// `simulation` takes one upcall and installs one flow per connection.
+    #[arg(long, value_enum, default_value_t = MemberChoiceArg::Datapath)]
+    pub lb_member_choice: MemberChoiceArg,
     /// The bridge (its NSDB id, `vbr:<VirtualBridge name>`) that pods of a namespace no
     /// bridge serves attach to; without it their ADD fails.
     #[arg(long, env = "WEFT_DEFAULT_BRIDGE")]
@@ -157,6 +182,8 @@ pub struct Settings {
     pub default_bridge: Option<String>,
     /// The bridge of the node's own port (`--node-bridge`).
     pub node_bridge: Option<String>,
+    /// Where VIP members are chosen (`--lb-member-choice`).
+    pub member_choice: sim::MemberChoice,
     /// TLS to etcd (`--etcd-ca-file`, `--etcd-cert-file`, `--etcd-key-file`), checked.
     pub etcd_tls: nsdb::TlsFiles,
     /// Where the Kubernetes client comes from (`--kubeconfig`, or in-cluster).
@@ -286,6 +313,7 @@ impl Config {
             expiry_interval: Duration::from_millis((normal_ms / 10).clamp(200, 5_000)),
             default_bridge,
             node_bridge,
+            member_choice: self.lb_member_choice.sim(),
             etcd_tls,
             kube_source,
             kube: None,

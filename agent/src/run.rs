@@ -349,7 +349,13 @@ async fn run_async(cfg: Config, mut settings: Settings) -> anyhow::Result<()> {
     }
 
     // 5. The topology, and the adopted datapath's flows that are still valid.
-    let shared = TopologyWatcher::initial(&settings.host, dp.tunnel_port_no, first, &ports)?;
+    let shared = TopologyWatcher::initial(
+        &settings.host,
+        dp.tunnel_port_no,
+        settings.member_choice,
+        first,
+        &ports,
+    )?;
     metrics.generation.set(1);
     let (flows_tx, flows_rx) = std::sync::mpsc::channel();
     let affinity = Arc::new(Affinity::default());
@@ -406,6 +412,7 @@ async fn run_async(cfg: Config, mut settings: Settings) -> anyhow::Result<()> {
     let watcher = TopologyWatcher {
         host: settings.host.clone(),
         tunnel_port: dp.tunnel_port_no,
+        member_choice: settings.member_choice,
         shared: shared.clone(),
         ports: ports.clone(),
         flows: flows_tx.clone(),

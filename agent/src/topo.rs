@@ -84,8 +84,7 @@ pub enum LocalChange {
 pub fn compile(
     records: &Snapshot,
     host: &str,
-    tunnel_port: u32,
-    vports: BTreeMap<String, u32>,
+    dp: &LocalDatapath,
     known_hosts: &BTreeMap<String, Host>,
 ) -> Result<Topology, sim::SimError> {
     let mut set = RecordSet::from_records(records.iter().map(|(_, e)| &*e.record));
@@ -100,11 +99,7 @@ pub fn compile(
         .filter_map(|h| known_hosts.get(h).cloned())
         .collect();
     set.hosts.extend(kept);
-    let dp = LocalDatapath {
-        tunnel_port,
-        vports,
-    };
-    let topo = Topology::compile(&set, host, &dp)?;
+    let topo = Topology::compile(&set, host, dp)?;
     for p in topo.problems() {
         warn!(problem = %p, kind = p.metric_label(), "topology problem (the affected objects drop traffic)");
     }
@@ -117,6 +112,8 @@ pub fn compile(
 pub struct TopologyWatcher {
     pub host: String,
     pub tunnel_port: u32,
+    /// Where VIP members are chosen (`--lb-member-choice`).
+    pub member_choice: sim::MemberChoice,
     pub shared: SharedTopo,
     pub ports: Arc<LocalPorts>,
     pub flows: std::sync::mpsc::Sender<FlowEvent>,
@@ -135,17 +132,17 @@ impl TopologyWatcher {
     pub fn initial(
         host: &str,
         tunnel_port: u32,
+        member_choice: sim::MemberChoice,
         records: Arc<Snapshot>,
         ports: &LocalPorts,
     ) -> anyhow::Result<SharedTopo> {
-        let topo = compile(
-            &records,
-            host,
+        let dp = LocalDatapath {
             tunnel_port,
-            ports.snapshot(),
-            &BTreeMap::new(),
-        )
-        .map_err(|e| anyhow::anyhow!("compiling the topology: {e}"))?;
+            vports: ports.snapshot(),
+            member_choice,
+        };
+        let topo = compile(&records, host, &dp, &BTreeMap::new())
+            .map_err(|e| anyhow::anyhow!("compiling the topology: {e}"))?;
         Ok(Arc::new(ArcSwap::from_pointee(TopoSnap {
             generation: 1,
             records,
@@ -222,13 +219,12 @@ impl TopologyWatcher {
             .collect();
         self.known_hosts
             .retain(|id, _| bound.contains(id.as_str()) || records.get::<Host>(id).is_some());
-        let topo = match compile(
-            &records,
-            &self.host,
-            self.tunnel_port,
-            self.ports.snapshot(),
-            &self.known_hosts,
-        ) {
+        let dp = LocalDatapath {
+            tunnel_port: self.tunnel_port,
+            vports: self.ports.snapshot(),
+            member_choice: self.member_choice,
+        };
+        let topo = match compile(&records, &self.host, &dp, &self.known_hosts) {
             Ok(t) => t,
             Err(e) => {
                 // Keep simulating with the last good topology; flows built from it stay.

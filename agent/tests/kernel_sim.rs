@@ -133,6 +133,7 @@ fn rig_with(capacity: usize, timeouts: IdleTimeouts) -> Rig {
     let dp = LocalDatapath {
         tunnel_port: 999,
         vports,
+        ..Default::default()
     };
     let topo = Topology::compile(&b.records, "h1", &dp).expect("topology compiles");
     assert!(topo.problems().is_empty(), "{:?}", topo.problems());

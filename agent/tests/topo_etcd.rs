@@ -9,7 +9,7 @@ use std::time::Duration;
 use nsdb::testing::Etcd;
 use nsdb::{Nsdb, PortBinding, Route, WatchCache};
 use sim::fixtures::{TopoBuilder, pkt};
-use sim::{DropReason, PacketContext, RecordSet, Simulation, Tag, Topology, Verdict};
+use sim::{DropReason, MemberChoice, PacketContext, RecordSet, Simulation, Tag, Topology, Verdict};
 use tokio::sync::mpsc;
 use weft_agent::flows::FlowEvent;
 use weft_agent::metrics::Metrics;
@@ -81,13 +81,16 @@ async fn nsdb_writes_become_generations_with_exactly_their_invalidations() {
         !first.is_empty(),
         "the watch cache starts with the written topology"
     );
-    let shared = TopologyWatcher::initial("h1", TUNNEL_PORT, first, &ports).expect("compiles");
+    let shared =
+        TopologyWatcher::initial("h1", TUNNEL_PORT, MemberChoice::default(), first, &ports)
+            .expect("compiles");
     assert_eq!(shared.load().generation, 1);
     let (flows_tx, flows_rx) = std::sync::mpsc::channel();
     let (local_tx, local_rx) = mpsc::unbounded_channel();
     let watcher = TopologyWatcher {
         host: "h1".into(),
         tunnel_port: TUNNEL_PORT,
+        member_choice: MemberChoice::default(),
         shared: shared.clone(),
         ports: ports.clone(),
         flows: flows_tx,
@@ -178,12 +181,15 @@ async fn a_host_whose_record_expired_still_receives_its_ports_traffic() {
     }
     let cache = WatchCache::start(db.clone()).await;
     let (first, updates) = cache.subscribe();
-    let shared = TopologyWatcher::initial("h1", TUNNEL_PORT, first, &ports).expect("compiles");
+    let shared =
+        TopologyWatcher::initial("h1", TUNNEL_PORT, MemberChoice::default(), first, &ports)
+            .expect("compiles");
     let (flows_tx, rx) = std::sync::mpsc::channel();
     let (_local_tx, local_rx) = mpsc::unbounded_channel();
     let watcher = TopologyWatcher {
         host: "h1".into(),
         tunnel_port: TUNNEL_PORT,
+        member_choice: MemberChoice::default(),
         shared: shared.clone(),
         ports: ports.clone(),
         flows: flows_tx,
@@ -251,13 +257,16 @@ async fn a_vport_bound_to_two_ports_is_a_problem_reported_and_counted() {
     }
     let cache = WatchCache::start(db.clone()).await;
     let (first, updates) = cache.subscribe();
-    let shared = TopologyWatcher::initial("h1", TUNNEL_PORT, first, &ports).expect("compiles");
+    let shared =
+        TopologyWatcher::initial("h1", TUNNEL_PORT, MemberChoice::default(), first, &ports)
+            .expect("compiles");
     let metrics = Arc::new(Metrics::new());
     let (flows_tx, flows_rx) = std::sync::mpsc::channel();
     let (local_tx, local_rx) = mpsc::unbounded_channel();
     let watcher = TopologyWatcher {
         host: "h1".into(),
         tunnel_port: TUNNEL_PORT,
+        member_choice: MemberChoice::default(),
         shared: shared.clone(),
         ports: ports.clone(),
         flows: flows_tx,

@@ -59,6 +59,9 @@ pub const VLAN_CFI: u16 = 0x1000;
 pub struct Fields {
     /// Recirculation id (0 on the first pass).
     pub recirc_id: u32,
+    /// The datapath's flow hash (`dp_hash`), set by a `hash()` action of an earlier pass;
+    /// 0 when none ran.
+    pub dp_hash: u32,
     /// Datapath input port number.
     pub in_port: u32,
     /// Tunnel id of a packet received from the tunnel port (0 if none).
@@ -121,6 +124,7 @@ impl Fields {
     /// Every bit set: the mask of an exact-match flow.
     pub const EXACT: Fields = Fields {
         recirc_id: !0,
+        dp_hash: !0,
         in_port: !0,
         tun_id: !0,
         tun_src: !0,
@@ -179,6 +183,7 @@ impl Fields {
         }
         Fields {
             recirc_id: self.recirc_id & m.recirc_id,
+            dp_hash: self.dp_hash & m.dp_hash,
             in_port: self.in_port & m.in_port,
             tun_id: self.tun_id & m.tun_id,
             tun_src: self.tun_src & m.tun_src,

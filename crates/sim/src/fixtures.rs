@@ -31,6 +31,7 @@ pub struct TopoBuilder {
     dp_ports: BTreeMap<String, u32>,
     next_key: u32,
     next_dp: u32,
+    member_choice: crate::MemberChoice,
 }
 
 impl Topology {
@@ -41,6 +42,7 @@ impl Topology {
             dp_ports: BTreeMap::new(),
             next_key: 1,
             next_dp: 2,
+            member_choice: crate::MemberChoice::default(),
         };
         b = b.host("h1", "192.168.0.1").host("h2", "192.168.0.2");
         b
@@ -487,11 +489,18 @@ impl TopoBuilder {
         self
     }
 
+    /// Chooses VIP members where `choice` says (in the datapath by default).
+    pub fn member_choice(mut self, choice: crate::MemberChoice) -> Self {
+        self.member_choice = choice;
+        self
+    }
+
     /// The local datapath the fixture describes.
     pub fn datapath(&self) -> LocalDatapath {
         LocalDatapath {
             tunnel_port: TUNNEL_PORT,
             vports: self.dp_ports.clone(),
+            member_choice: self.member_choice,
         }
     }
 
@@ -508,6 +517,7 @@ impl TopoBuilder {
                 .zip(2..)
                 .map(|(b, n)| (b.vport.clone(), n))
                 .collect(),
+            member_choice: self.member_choice,
         }
     }
 
@@ -1259,6 +1269,16 @@ impl Network {
             for a in &sim.actions {
                 match a {
                     odp::Action::Ct(c) => self.ct(h, c, &mut f),
+                    // The kernel's flow hash of the connection, never zero (`execute_hash`).
+                    odp::Action::Hash { basis, .. } => {
+                        let (src, dst) = if f.is_ipv6() {
+                            (f.ipv6_src, f.ipv6_dst)
+                        } else {
+                            (u128::from(f.ipv4_src), u128::from(f.ipv4_dst))
+                        };
+                        let h = crate::hash::five_tuple(src, dst, f.ip_proto, f.tp_src, f.tp_dst);
+                        f.dp_hash = ((h as u32) ^ basis).max(1);
+                    }
                     odp::Action::Recirc(id) => queue.push((
                         h,
                         Fields {
@@ -1279,6 +1299,7 @@ impl Network {
                                 in_port: self.hosts[to].2.tunnel_port(),
                                 tun_id: u64::from(d.tun_id),
                                 recirc_id: 0,
+                                dp_hash: 0,
                                 ct_state: 0,
                                 ct_zone: 0,
                                 ..f

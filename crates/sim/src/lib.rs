@@ -16,6 +16,7 @@
 
 pub mod acl;
 pub mod affinity;
+pub mod buckets;
 pub mod error;
 pub mod fields;
 pub mod fixtures;
@@ -34,9 +35,9 @@ pub use fields::{Fields, PacketContext};
 pub use result::{Delivery, DropReason, Emit, Simulation, Verdict};
 pub use tag::{Tag, TagKind};
 pub use topology::{
-    LABEL_NEXT_HOP_MAC, LocalDatapath, RecordSet, Topology, hairpin_zone, zone_of_key,
+    LABEL_NEXT_HOP_MAC, LocalDatapath, MemberChoice, RecordSet, Topology, hairpin_zone, zone_of_key,
 };
 pub use walk::{
-    MAX_DEVICES, MAX_JUMPS, MAX_RULE_STEPS, RECIRC_CT, RECIRC_DELIVERY, RECIRC_NAT, simulate,
-    simulate_into,
+    MAX_DEVICES, MAX_JUMPS, MAX_RULE_STEPS, RECIRC_CT, RECIRC_DELIVERY, RECIRC_LB, RECIRC_NAT,
+    simulate, simulate_into,
 };

@@ -139,6 +139,7 @@ pub(crate) fn mask_into(pkt: &Fields, m: &Fields, out: &mut FlowKey) {
     // first (clearing the whole ~700-byte key was a third of the time of an L2 simulation).
     // The attributes the walk never reads are never set and stay `None`.
     out.recirc_id = Some(m.recirc_id);
+    out.dp_hash = (m.dp_hash != 0).then_some(m.dp_hash);
     out.in_port = (m.in_port != 0).then_some(m.in_port);
     if m.tun_id != 0 || m.tun_dst != 0 || m.tun_src != 0 {
         out.tunnel = Some(TunnelKey {
@@ -296,6 +297,7 @@ impl Fields {
     pub fn from_key(k: &FlowKey) -> Fields {
         let mut f = Fields {
             recirc_id: k.recirc_id.unwrap_or(0),
+            dp_hash: k.dp_hash.unwrap_or(0),
             in_port: k.in_port.unwrap_or(0),
             ct_state: k.ct_state.unwrap_or(0),
             ct_zone: k.ct_zone.unwrap_or(0),
@@ -362,6 +364,8 @@ impl Fields {
     pub fn to_key(&self) -> FlowKey {
         let mut k = FlowKey {
             recirc_id: Some(self.recirc_id),
+            // The kernel reports and dumps a key's hash only when it is not zero.
+            dp_hash: (self.dp_hash != 0).then_some(self.dp_hash),
             in_port: Some(self.in_port),
             ct_state: Some(self.ct_state),
             ct_zone: Some(self.ct_zone),

@@ -92,6 +92,22 @@ pub struct LocalDatapath {
     pub tunnel_port: u32,
     /// Datapath port number of each local vport, by vport name (`wf...`).
     pub vports: BTreeMap<String, u32>,
+    /// Where a VIP's member is chosen for a new connection.
+    pub member_choice: MemberChoice,
+}
+
+/// Where the member of a VIP without session affinity is chosen for a new connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MemberChoice {
+    /// In the kernel: the tracked pass hashes the connection (`hash(l4(0))`) and
+    /// recirculates, and one flow per bucket of the VIP's table ([`crate::buckets`]) picks
+    /// the member. No flow reads the client's port, so once a bucket's flow is installed, new
+    /// connections that land in it never leave the kernel.
+    #[default]
+    Datapath,
+    /// In the simulation, by a hash of the 5-tuple: one upcall and one megaflow per
+    /// connection.
+    Simulation,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,6 +251,10 @@ pub(crate) struct MemberC {
     pub cum: u32,
 }
 
+/// Per bucket of a VIP chosen in the datapath, the index of its member in
+/// [`VipC::members`]; `dp_hash & (len - 1)` is the bucket.
+pub(crate) type BucketTable = Vec<u16>;
+
 #[derive(Debug, Clone)]
 pub(crate) struct VipC {
     pub lb_tag: Tag,
@@ -242,6 +262,9 @@ pub(crate) struct VipC {
     pub port: u16,
     pub members: Vec<MemberC>,
     pub total: u32,
+    /// Empty when the simulation chooses the member (one member, session affinity, or
+    /// [`MemberChoice::Simulation`]).
+    pub buckets: BucketTable,
     pub affinity: bool,
     /// How long a client's member is remembered, in seconds.
     pub affinity_timeout_s: u32,
@@ -834,6 +857,7 @@ impl Topology {
             };
             for v in &lb.vips {
                 let mut members = Vec::new();
+                let mut keyed: Vec<(u64, u32)> = Vec::new();
                 let mut total = 0u32;
                 // Pods picked by the VIP's selector join its listed members, weight 1, each
                 // address of the VIP's family at the target port.
@@ -856,6 +880,7 @@ impl Topology {
                         continue;
                     }
                     total = total.saturating_add(m.weight);
+                    keyed.push((crate::buckets::member_key(m.ip, m.port), m.weight));
                     members.push(MemberC {
                         ip: m.ip,
                         port: m.port,
@@ -872,12 +897,21 @@ impl Topology {
                         vip6_index.insert((scope, u128::from(a), v.protocol.number(), v.port), idx)
                     }
                 };
+                let in_datapath = dp.member_choice == MemberChoice::Datapath
+                    && !v.session_affinity
+                    && (2..=crate::buckets::MAX_BUCKETS).contains(&members.len());
+                let buckets = if in_datapath {
+                    crate::buckets::table(&keyed, crate::buckets::buckets_for(keyed.len()))
+                } else {
+                    Vec::new()
+                };
                 vips.push(VipC {
                     lb_tag: Tag::lb(&lb.id),
                     ip: v.ip,
                     port: v.port,
                     members,
                     total,
+                    buckets,
                     affinity: v.session_affinity,
                     affinity_timeout_s: v
                         .affinity_timeout_s

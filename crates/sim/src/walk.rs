@@ -84,6 +84,9 @@ pub const MAX_RULE_STEPS: u32 = 20_000;
 pub const RECIRC_CT: u32 = 1;
 /// Recirculation id of the pass after a VIP or DNAT translation.
 pub const RECIRC_NAT: u32 = 2;
+/// Recirculation id of the pass after a VIP's `hash(l4(0))`: its flows match the bucket
+/// (`dp_hash`) and translate to the bucket's member.
+pub const RECIRC_LB: u32 = 3;
 /// Flag of the delivery stage's recirculation id; the low 24 bits are the port's tunnel key.
 pub const RECIRC_DELIVERY: u32 = 0x4000_0000;
 
@@ -91,6 +94,8 @@ pub const RECIRC_DELIVERY: u32 = 0x4000_0000;
 enum Pass {
     First,
     Tracked,
+    /// The tracked pass again, with the connection's hash in `dp_hash`.
+    Bucket,
     Nat,
 }
 
@@ -369,6 +374,7 @@ impl<'t> Walker<'t, '_> {
         self.pass = match f.recirc_id {
             0 => Pass::First,
             RECIRC_CT => Pass::Tracked,
+            RECIRC_LB => Pass::Bucket,
             RECIRC_NAT => Pass::Nat,
             _ => {
                 self.drop_(DropReason::UnknownRecirc);
@@ -432,7 +438,7 @@ impl<'t> Walker<'t, '_> {
         }
         if p == self.in_port
             && self.devices == 0
-            && self.pass == Pass::Tracked
+            && matches!(self.pass, Pass::Tracked | Pass::Bucket)
             && !self.t.vips.is_empty()
             && let Some(n) = self.hairpin_reply(p)
         {
@@ -1442,9 +1448,33 @@ impl<'t> Walker<'t, '_> {
             note!(self, "  no healthy member: reject");
             return Ok(self.reject());
         }
+        if !vip.buckets.is_empty() {
+            if self.pass == Pass::Tracked {
+                note!(
+                    self,
+                    "  new connection: hash(l4(0)), recirculate to the VIP's {} buckets",
+                    vip.buckets.len()
+                );
+                self.sim.actions.clear();
+                self.sim.actions.push(odp::Action::Hash {
+                    alg: odp::action::HASH_ALG_L4,
+                    basis: 0,
+                });
+                self.sim.actions.push(odp::Action::Recirc(RECIRC_LB));
+                self.sim.verdict = Verdict::Recirculate;
+                return Ok(Next::Stop);
+            }
+            let n = vip.buckets.len() as u32 - 1;
+            self.read.dp_hash |= n;
+            let b = self.pkt.dp_hash & n;
+            let m = &vip.members[vip.buckets[b as usize] as usize];
+            note!(self, "  bucket {b}: member {}:{}", m.ip, m.port);
+            return Ok(self.translate(m, vip.ip));
+        }
         let key = vip.affinity.then(|| self.affinity_key(vip));
         let recalled = key.and_then(|k| self.recall(vip, &k));
         let m = match recalled {
+            _ if vip.members.len() == 1 => &vip.members[0],
             Some(m) => {
                 note!(
                     self,
@@ -1474,16 +1504,36 @@ impl<'t> Walker<'t, '_> {
                 timeout_s: vip.affinity_timeout_s,
             });
         }
-        let own = match m.ip {
-            std::net::IpAddr::V4(a) => u32::from(a) == self.r_src_bits(32),
-            std::net::IpAddr::V6(a) => u128::from(a) == self.r_src6_bits(128),
-        };
-        if own {
-            self.hairpin(m.ip, m.port, vip.ip);
+        Ok(self.translate(m, vip.ip))
+    }
+
+    /// The connection to `vip` goes to member `m`: destination NAT, or a hairpin when `m` is
+    /// the sender.
+    fn translate(&mut self, m: &crate::topology::MemberC, vip: std::net::IpAddr) -> Next {
+        if self.is_sender(m.ip) {
+            self.hairpin(m.ip, m.port, vip);
         } else {
             self.nat_dst(m.ip, Some(m.port));
         }
-        Ok(Next::Stop)
+        Next::Stop
+    }
+
+    /// Whether `ip` is the packet's source, reading the source only up to the first bit
+    /// where the two differ, so that one flow serves every client that differs from `ip`
+    /// in the same place.
+    fn is_sender(&mut self, ip: std::net::IpAddr) -> bool {
+        match ip {
+            std::net::IpAddr::V4(a) => {
+                let a = u32::from(a);
+                let bits = (self.pkt.ipv4_src ^ a).leading_zeros().min(31) as u8 + 1;
+                (self.r_src_bits(bits) ^ a) & u32::prefix_mask(bits) == 0
+            }
+            std::net::IpAddr::V6(a) => {
+                let a = u128::from(a);
+                let bits = (self.pkt.ipv6_src ^ a).leading_zeros().min(127) as u8 + 1;
+                (self.r_src6_bits(bits) ^ a) & u128::prefix_mask(bits) == 0
+            }
+        }
     }
 
     /// The client of `vip` this packet comes from, for session affinity. Reads the whole
@@ -1665,7 +1715,7 @@ impl<'t> Walker<'t, '_> {
     /// the ingress zone (first tracked pass only) and the header rewrites.
     fn begin_output(&mut self) {
         self.sim.actions.clear();
-        if self.pass == Pass::Tracked && self.in_port != Idx::MAX {
+        if matches!(self.pass, Pass::Tracked | Pass::Bucket) && self.in_port != Idx::MAX {
             let st = self.r_ct(ct::NEW);
             if st & ct::NEW != 0 {
                 let zone = self.in_zone();

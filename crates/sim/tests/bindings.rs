@@ -49,6 +49,7 @@ fn two_ports_bound_to_one_vport_are_a_problem_and_neither_gets_its_traffic() {
         &LocalDatapath {
             tunnel_port: 1,
             vports: BTreeMap::from([("wf-p3".to_string(), 2)]),
+            ..Default::default()
         },
     )
     .expect("compiles for h2");

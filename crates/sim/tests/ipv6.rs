@@ -569,7 +569,7 @@ fn ipv6_vip_translates_with_an_ipv6_ct_nat() {
             pkt: tracked(to_vip, sim::RECIRC_CT, 0x21),
             bytes: vec![],
             actions: "ct(commit,zone=3,nat(dst=[fd00:2::14]:8080)),recirc(0x2)",
-            mask: "recirc_id(0x1),in_port(2),ct_state(-rpl-dnat),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(src=fd00:1::11,dst=fd00:96::10,proto=6,frag=no),tcp(src=40000,dst=80)",
+            mask: "recirc_id(0x1),in_port(2),ct_state(-rpl-dnat),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(src=fd00::/ffff:fffe::,dst=fd00:96::10,proto=6,frag=no),tcp(dst=80)",
             tags: with(vec![Tag::lb("lb6")]),
             verdict: Verdict::Recirculate,
         },

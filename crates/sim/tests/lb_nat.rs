@@ -7,7 +7,10 @@ mod common;
 use common::{Row, check, run, two_bridges};
 use nsdb::{DnatRule, Protocol};
 use sim::fixtures::pkt;
-use sim::{DropReason, Fields, RECIRC_CT, RECIRC_DELIVERY, RECIRC_NAT, Tag, Verdict};
+use sim::{
+    DropReason, Fields, MemberChoice, RECIRC_CT, RECIRC_DELIVERY, RECIRC_LB, RECIRC_NAT, Tag,
+    Verdict,
+};
 
 const TRK: u32 = 0x20;
 const NEW: u32 = 0x01;
@@ -82,7 +85,7 @@ fn vip_translates_to_a_healthy_member() {
             pkt: ct(to_vip, RECIRC_CT, TRK | NEW),
             bytes: vec![],
             actions: "ct(commit,zone=3,nat(dst=10.0.2.14:8080)),recirc(0x2)",
-            mask: "recirc_id(0x1),in_port(2),ct_state(-rpl-dnat),eth(dst=02:00:00:00:00:08),eth_type(0x0800),ipv4(src=10.0.1.11,dst=10.96.0.10,proto=6,frag=no),tcp(src=40000,dst=80)",
+            mask: "recirc_id(0x1),in_port(2),ct_state(-rpl-dnat),eth(dst=02:00:00:00:00:08),eth_type(0x0800),ipv4(src=10.0.0.0/255.255.254.0,dst=10.96.0.10,proto=6,frag=no),tcp(dst=80)",
             tags: with(vec![Tag::lb("lb1")]),
             verdict: Verdict::Recirculate,
         },
@@ -181,7 +184,7 @@ fn vip_translates_to_a_healthy_member() {
 }
 
 #[test]
-fn eight_member_pool_spreads_by_weight_and_affinity_sticks() {
+fn eight_member_pool_chosen_by_the_simulation_spreads_by_weight_and_affinity_sticks() {
     let members: Vec<(String, u16, u32, bool)> = (0..8)
         .map(|i| {
             (
@@ -197,6 +200,7 @@ fn eight_member_pool_spreads_by_weight_and_affinity_sticks() {
         .map(|(a, p, w, h)| (a.as_str(), *p, *w, *h))
         .collect();
     let b = two_bridges()
+        .member_choice(MemberChoice::Simulation)
         .vip(
             "lb8",
             Some("r1"),
@@ -260,6 +264,87 @@ fn eight_member_pool_spreads_by_weight_and_affinity_sticks() {
     let others: std::collections::BTreeSet<String> =
         (1..60).map(|i| pick(1, &format!("10.0.1.{i}"))).collect();
     assert!(others.len() > 4, "different clients spread: {others:?}");
+}
+
+#[test]
+fn eight_member_pool_chosen_in_the_datapath_splits_buckets_by_weight() {
+    let m: Vec<(String, u16, u32, bool)> = (0..8)
+        .map(|i| {
+            (
+                format!("10.0.2.{}", 100 + i),
+                8080,
+                if i == 0 { 4 } else { 1 },
+                true,
+            )
+        })
+        .collect();
+    let m: Vec<(&str, u16, u32, bool)> = m
+        .iter()
+        .map(|(a, p, w, h)| (a.as_str(), *p, *w, *h))
+        .collect();
+    let b = two_bridges().vip(
+        "lb8",
+        Some("r1"),
+        "10.96.0.10",
+        Protocol::Tcp,
+        80,
+        &m,
+        false,
+    );
+    let t = b.build();
+    let (p1, gw) = (b.mac("p1"), b.mac("r1-b1"));
+    let new = |sport: u16| {
+        ct(
+            pkt::tcp(2, p1, gw, "10.0.1.11", "10.96.0.10", sport, 80),
+            RECIRC_CT,
+            TRK | NEW,
+        )
+    };
+    // Every new connection takes the same flow: hash, then the bucket stage.
+    let mut tracked = std::collections::BTreeSet::new();
+    for sport in [1, 40000, 65535] {
+        let s = run(&t, new(sport), &[]);
+        assert_eq!(s.verdict, Verdict::Recirculate);
+        tracked.insert((s.actions_text(), s.match_text(&new(sport))));
+    }
+    assert_eq!(
+        tracked.len(),
+        1,
+        "one flow for all connections: {tracked:?}"
+    );
+    let (actions, mask) = tracked.pop_first().unwrap();
+    assert_eq!(actions, "hash(l4(0)),recirc(0x3)");
+    assert!(!mask.contains("tcp(src"), "{mask}");
+
+    // The bucket stage: one flow per bucket, matching dp_hash only in its low six bits.
+    let mut per_member = std::collections::BTreeMap::new();
+    for h in 0..64u32 {
+        let f = Fields {
+            recirc_id: RECIRC_LB,
+            dp_hash: h | 0xabc0_0000,
+            ..new(40000 + h as u16)
+        };
+        let s = run(&t, f, &[]);
+        assert_eq!(s.fields_mask.tp_src, 0, "bucket {h}: not per connection");
+        assert_eq!(s.fields_mask.dp_hash, 63, "bucket {h}");
+        let text = s.actions_text();
+        assert!(
+            text.starts_with("ct(commit,zone=3,nat(dst=10.0.2.")
+                && text.ends_with(":8080)),recirc(0x2)"),
+            "bucket {h}: {text}"
+        );
+        *per_member.entry(text).or_insert(0u32) += 1;
+    }
+    // Weight 4 of 11 of 64 buckets: 23; each of the others 5 or 6.
+    assert_eq!(per_member.len(), 8, "{per_member:?}");
+    for (k, v) in &per_member {
+        let want = if k.contains("10.0.2.100:") {
+            23..=23
+        } else {
+            5..=6
+        };
+        assert!(want.contains(v), "{per_member:?}");
+    }
 }
 
 /// A memory of earlier choices that recalls one member for every client, and counts asks.
@@ -379,7 +464,12 @@ fn a_remembered_member_is_kept_while_it_serves_and_replaced_once_it_goes() {
     let plain = sim_with(to("10.96.0.13"), &asks);
     assert_eq!(asks.1.load(std::sync::atomic::Ordering::Relaxed), 0);
     assert!(plain.affinity.is_none());
-    assert!(plain.fields_mask.tp_src != 0, "per connection");
+    assert_eq!(
+        plain.actions_text(),
+        "hash(l4(0)),recirc(0x3)",
+        "chosen in the datapath"
+    );
+    assert_eq!(plain.fields_mask.tp_src, 0, "not per connection");
 }
 
 #[test]
@@ -419,7 +509,9 @@ fn global_vip_applies_before_the_first_device() {
             bytes: vec![],
             actions: "ct(commit,zone=3,nat(dst=10.0.2.14:5353)),recirc(0x2)",
             // A tracked packet from a pod is checked for a hairpin reply (-rpl-dnat: not one).
-            mask: "recirc_id(0x1),in_port(2),ct_state(-rpl-dnat),eth(),eth_type(0x0800),ipv4(src=10.0.1.11,dst=10.96.0.20,proto=17,frag=no),udp(src=3333,dst=53)",
+            // One member: no hash, and the source is read only as far as it takes to tell
+            // that the client is not the member (a hairpin).
+            mask: "recirc_id(0x1),in_port(2),ct_state(-rpl-dnat),eth(),eth_type(0x0800),ipv4(src=10.0.0.0/255.255.254.0,dst=10.96.0.20,proto=17,frag=no),udp(dst=53)",
             tags: vec![Tag::port("p1"), Tag::global_vips(), Tag::lb("svc")],
             verdict: Verdict::Recirculate,
         },

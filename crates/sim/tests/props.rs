@@ -512,7 +512,7 @@ fn records(s: &Spec) -> (RecordSet, LocalDatapath) {
     }
     let mut dp = LocalDatapath {
         tunnel_port: 1,
-        vports: BTreeMap::new(),
+        ..Default::default()
     };
     for (i, &(dev, kind, peer, octet, local)) in s.ports.iter().enumerate() {
         // Device indexes beyond the generated ones make dangling references on purpose.
