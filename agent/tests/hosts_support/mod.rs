@@ -309,6 +309,50 @@ impl Host {
         Ok((code, body))
     }
 
+    /// The value of one series (name with its labels, as exposed) of the agent's /metrics;
+    /// fails when the agent does not answer or does not expose it.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (code, body) = self
+            .http_get("/metrics")
+            .unwrap_or_else(|e| panic!("metrics of the agent of {}: {e}", self.name));
+        assert_eq!(code, 200, "metrics of the agent of {}: {body}", self.name);
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                (k == series).then(|| v.parse().ok()).flatten()
+            })
+            .unwrap_or_else(|| panic!("the agent of {} exposes no {series}:\n{body}", self.name))
+    }
+
+    /// The name of the agent's datapath (`weft` unless it reported another).
+    pub fn datapath_name(&self) -> &str {
+        if self.datapath.is_empty() {
+            "weft"
+        } else {
+            &self.datapath
+        }
+    }
+
+    /// The datapath's lookup counters as `ovs-dpctl show` prints them: (hit, missed).
+    pub fn datapath_lookups(&self) -> (u64, u64) {
+        let out = sh(&format!(
+            "ip netns exec {} ovs-dpctl show {}",
+            self.name,
+            self.datapath_name()
+        ));
+        let line = out
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("lookups:"))
+            .unwrap_or_else(|| panic!("no lookups line in ovs-dpctl show:\n{out}"));
+        let field = |name: &str| -> u64 {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in ovs-dpctl's {line:?}"))
+        };
+        (field("hit:"), field("missed:"))
+    }
+
     /// Polls `Status` until the agent answers and is ready; fails if it exits or is not
     /// ready in time.
     fn wait_ready(&mut self) -> Status {

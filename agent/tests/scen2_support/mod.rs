@@ -495,14 +495,7 @@ pub struct DpctlFlow {
 /// Weft's own printer), parsed. Fails the test if ovs-dpctl fails or prints a flow without
 /// a UFID.
 pub fn dpctl_flows(c: &Cluster, host: &str) -> Vec<DpctlFlow> {
-    let dp = {
-        let d = &c.host(host).datapath;
-        if d.is_empty() {
-            "weft".to_string()
-        } else {
-            d.clone()
-        }
-    };
+    let dp = c.host(host).datapath_name();
     let (ok, out, err) = sh_try(&format!(
         "ip netns exec {host} ovs-dpctl dump-flows -m {dp}"
     ));
