@@ -188,10 +188,15 @@ pub fn tags_of_change_in(
             }
             AnyRecord::LoadBalancer(lb) => {
                 out.push(Tag::lb(&lb.id));
-                out.push(match &lb.router {
-                    Some(r) => Tag::device(r),
-                    None => Tag::global_vips(),
-                });
+                // A lookup that hits no VIP carries only the table's tag, and its result
+                // changes only with the VIPs' addresses, protocols and ports: members,
+                // weights, health and affinity are read behind a hit, under the LB's tag.
+                if created_or_deleted || vip_keys(old) != vip_keys(new) {
+                    out.push(match &lb.router {
+                        Some(r) => Tag::device(r),
+                        None => Tag::global_vips(),
+                    });
+                }
             }
             AnyRecord::Host(h) => {
                 out.push(Tag::host(&h.id));
@@ -330,6 +335,20 @@ fn chain_of(r: Option<&AnyRecord>) -> Option<&Chain> {
 
 fn ct_flips(old: Option<&AnyRecord>, new: Option<&AnyRecord>) -> bool {
     chain_of(old).is_some_and(may_use_ct) != chain_of(new).is_some_and(may_use_ct)
+}
+
+/// A VIP as a table lookup finds it: address, protocol and port.
+type VipKey = (std::net::IpAddr, nsdb::Protocol, u16);
+
+/// What a VIP table lookup reads of a load balancer: its router and its VIPs' keys.
+fn vip_keys(r: Option<&AnyRecord>) -> Option<(Option<&str>, Vec<VipKey>)> {
+    let Some(AnyRecord::LoadBalancer(lb)) = r else {
+        return None;
+    };
+    Some((
+        lb.router.as_deref(),
+        lb.vips.iter().map(|v| (v.ip, v.protocol, v.port)).collect(),
+    ))
 }
 
 fn has_vips(r: Option<&AnyRecord>) -> bool {
@@ -567,6 +586,24 @@ mod tests {
         })
     }
 
+    /// `r` (a load balancer) with `n` members on each VIP, of weights 1, 2, 3, ...
+    fn with_members(mut r: AnyRecord, n: usize) -> AnyRecord {
+        let AnyRecord::LoadBalancer(lb) = &mut r else {
+            panic!("not a load balancer")
+        };
+        for v in &mut lb.vips {
+            v.members = (0..n)
+                .map(|i| Member {
+                    ip: format!("10.0.1.{}", 20 + i).parse().unwrap(),
+                    port: 8080,
+                    weight: i as u32 + 1,
+                    healthy: i % 2 == 0,
+                })
+                .collect();
+        }
+        r
+    }
+
     /// Each row: a change from the record alone, and exactly the tags it must produce.
     #[test]
     fn table_of_record_changes() {
@@ -678,6 +715,30 @@ mod tests {
                 "global LB changed",
                 Some(lb("lb1", None, 1)),
                 Some(lb("lb1", None, 2)),
+                vec![Tag::lb("lb1"), Tag::global_vips()],
+            ),
+            (
+                "router LB's members changed: only flows that hit its VIPs",
+                Some(lb("lb1", Some("r1"), 2)),
+                Some(with_members(lb("lb1", Some("r1"), 2), 3)),
+                vec![Tag::lb("lb1")],
+            ),
+            (
+                "global LB's members changed: only flows that hit its VIPs",
+                Some(lb("lb1", None, 2)),
+                Some(with_members(lb("lb1", None, 2), 0)),
+                vec![Tag::lb("lb1")],
+            ),
+            (
+                "router LB moved to another router",
+                Some(lb("lb1", Some("r1"), 1)),
+                Some(lb("lb1", Some("r2"), 1)),
+                vec![Tag::lb("lb1"), Tag::device("r1"), Tag::device("r2")],
+            ),
+            (
+                "global LB created",
+                None,
+                Some(lb("lb1", None, 1)),
                 vec![Tag::lb("lb1"), Tag::global_vips()],
             ),
             ("IP lease", None, Some(lease.clone()), vec![]),
