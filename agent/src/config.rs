@@ -345,6 +345,26 @@ mod tests {
         assert_eq!(s.pod_mtu, 1450);
         assert!(s.handlers >= 1);
         assert_eq!(s.timeouts.normal_ms, 60_000);
+        assert_eq!(s.member_choice, sim::MemberChoice::Datapath);
+    }
+
+    #[test]
+    fn the_member_choice_is_the_datapath_or_the_simulation() {
+        let s = parse(&["--lb-member-choice", "simulation"])
+            .settings()
+            .unwrap();
+        assert_eq!(s.member_choice, sim::MemberChoice::Simulation);
+        let e = Config::try_parse_from([
+            "weft-agent",
+            "--node-name",
+            "n",
+            "--underlay-ip",
+            "192.0.2.1",
+            "--lb-member-choice",
+            "random",
+        ])
+        .expect_err("refused by the parser");
+        assert!(e.to_string().contains("--lb-member-choice"), "{e}");
     }
 
     #[test]

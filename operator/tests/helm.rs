@@ -227,6 +227,7 @@ fn values_outside_the_schema_are_refused() {
     for bad in [
         "agent.tunnel=gre",
         "agent.underlayMtu=100",
+        "agent.lbMemberChoice=random",
         "etcd.endpoints={etcd:2379}",
         "operator.nosuchvalue=1",
         "etcd.nosuchvalue=1",
@@ -604,6 +605,10 @@ fn helm_install_upgrade_uninstall() {
     let agent_args = container_args(&ds["spec"]["template"]["spec"], "agent");
     assert!(
         agent_args.contains(&"--tunnel=vxlan".to_string()),
+        "{agent_args:?}"
+    );
+    assert!(
+        agent_args.contains(&"--lb-member-choice=datapath".to_string()),
         "{agent_args:?}"
     );
     assert!(
