@@ -6,6 +6,8 @@
 //!
 //! - flow setups per second (upcall, simulation, install, execute) for new connections to a
 //!   load-balancer VIP, against the same packets again through the installed flows;
+//! - new connections per second to a VIP whose member the kernel chooses (hash buckets),
+//!   against the same agent choosing it per connection in the simulation;
 //! - the round trip of the first packet of a new connection against its later packets;
 //! - the agent's resident memory with 10,000 installed flows and 1,000 NSDB ports, against the
 //!   same agent idle;
@@ -52,6 +54,9 @@ const VIP_FAR: &str = "10.96.0.12";
 /// The VIP whose members echo each datagram back.
 const VIP_ECHO: &str = "10.96.0.11";
 const ECHO_PORT: u16 = 6000;
+/// The agents' arguments of the benchmarks that measure the setup path: the simulation
+/// chooses each VIP connection's member, so that every new connection is an upcall.
+const PER_CONNECTION: &[&str] = &["--lb-member-choice", "simulation"];
 /// Without progress for this long, the datagrams in flight are counted as lost.
 const STALL: Duration = Duration::from_secs(1);
 
@@ -455,8 +460,8 @@ fn send_connections(
 
 /// Bridges b1 (10.0.1.0/24: client p1 on h1) and b2 (10.0.2.0/24: m1 on h1, m2 on h2) joined
 /// by router r1, which holds two VIPs balanced over m1 and m2: [`VIP_SINK`]:[`SINK_PORT`]
-/// and [`VIP_ECHO`]:[`ECHO_PORT`]. The member is chosen by a hash of the 5-tuple, so every
-/// new source port is a new megaflow.
+/// and [`VIP_ECHO`]:[`ECHO_PORT`]. Under [`PER_CONNECTION`] the member is chosen by a hash
+/// of the 5-tuple, so every new source port is a new megaflow.
 fn lb_topology() -> TopoBuilder {
     Topology::test()
         .bridge("b1")
@@ -562,14 +567,16 @@ fn write_records(c: &mut Cluster, records: &RecordSet, bind: &HashSet<String>) -
 
 /// Starts hosts h1 and h2, writes the LB topology (with `extra_ports` more ports), attaches
 /// the pods `p1`, `m1`, `m2` and the first `attach_extra` extra ports bound to h1, starts a
-/// sink and an echo server in each member, and warms the paths up.
+/// sink and an echo server in each member, and warms the paths up. Every agent gets
+/// `agent_args`.
 fn lb_cluster(
     name: &str,
     extra_ports: usize,
     attach_extra: usize,
     idle_timeout_secs: Option<u64>,
+    agent_args: &[&str],
 ) -> LbCluster {
-    let mut c = Cluster::start(name, 2, BENCH_SECS);
+    let mut c = Cluster::start_with(name, 2, BENCH_SECS, agent_args);
     let own_agent = idle_timeout_secs.map(|t| OwnAgent::replace(&mut c, "h1", t));
     let idle_rss_kib = proc_kib(agent_pid(c.host("h1")), "VmRSS");
     let b = scaled_topology(extra_ports);
@@ -633,7 +640,8 @@ fn lb_cluster(
 struct OwnAgent(std::process::Child);
 
 impl OwnAgent {
-    /// Stops `host`'s agent and starts one with `--idle-timeout-secs idle_secs` in its place
+    /// Stops `host`'s agent and starts one with `--idle-timeout-secs idle_secs` (and the
+    /// host's further arguments) in its place
     /// (same namespace, socket, log and etcd; it adopts the datapath), and waits until it
     /// answers `Status` as ready.
     fn replace(c: &mut Cluster, host: &str, idle_secs: u64) -> OwnAgent {
@@ -653,6 +661,7 @@ impl OwnAgent {
             .args(["--underlay-mtu", &hosts_support::UNDERLAY_MTU.to_string()])
             .args(["--etcd-endpoints", &hosts_support::EtcdProc::endpoint()])
             .args(["--idle-timeout-secs", &idle_secs.to_string()])
+            .args(&h.agent_args)
             .arg("--api-socket")
             .arg(&h.api)
             .env("WEFT_STATE_DIR", h.state_dir())
@@ -759,7 +768,7 @@ impl LbCluster {
 fn bench_flow_setups_per_second_against_the_kernel_fast_path() {
     let n: u16 = env_or("WEFT_BENCH_CONNS", 5000);
     let window: u64 = env_or("WEFT_BENCH_WINDOW", 32);
-    let lb = lb_cluster("bench-setups", 0, 0, None);
+    let lb = lb_cluster("bench-setups", 0, 0, None, PER_CONNECTION);
     let h1 = lb.c.host("h1");
     let ports: Vec<u16> = (20000..20000 + n).collect();
 
@@ -831,6 +840,109 @@ fn bench_flow_setups_per_second_against_the_kernel_fast_path() {
         fast_upcalls <= 0.01 * f64::from(n),
         "the replay of {n} connections whose flows were installed made {fast_upcalls} upcalls \
          ({fast_errors} flows or executes refused by the kernel): the baseline is not the fast path"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1b. New connections with the member chosen in the kernel
+// ---------------------------------------------------------------------------------------------
+
+/// One mode's run of [`bench_new_connections_with_the_member_chosen_in_the_kernel`].
+struct ChoiceRun {
+    mode: &'static str,
+    warm_up: usize,
+    setup: Blast,
+    upcalls: f64,
+    missed: u64,
+    flows: f64,
+    fast: Blast,
+}
+
+/// h1's datapath lookups that missed, as `ovs-dpctl show` counts them.
+fn kernel_missed(h: &Host) -> u64 {
+    h.datapath_lookups().1
+}
+
+#[test]
+#[ignore = "benchmark: run by e2e/kernel-bench.sh inside the guest"]
+fn bench_new_connections_with_the_member_chosen_in_the_kernel() {
+    let n: u16 = env_or("WEFT_BENCH_CONNS", 5000);
+    let window: u64 = env_or("WEFT_BENCH_WINDOW", 32);
+    let mut runs = Vec::new();
+    for (mode, args) in [
+        ("simulation (one upcall per connection)", PER_CONNECTION),
+        ("datapath (hash buckets)", &[][..]),
+    ] {
+        let lb = lb_cluster("bench-choice", 0, 0, None, args);
+        let h1 = lb.c.host("h1");
+        // Warm-up from ports the measurement does not use: in the kernel mode, until each of
+        // the VIP's 64 buckets has met a connection (about 300 are expected).
+        let warm: Vec<u16> = (2000..3000).collect();
+        let warm_up = warm.len();
+        lb.connect(VIP_SINK, warm, window);
+        let ports: Vec<u16> = (20000..20000 + n).collect();
+        let m0 = Scrape::of(h1);
+        let missed0 = kernel_missed(h1);
+        let setup = lb.connect(VIP_SINK, ports.clone(), window);
+        let m1 = Scrape::of(h1);
+        let missed = kernel_missed(h1) - missed0;
+        let fast = lb.connect(VIP_SINK, ports, window);
+        runs.push(ChoiceRun {
+            mode,
+            warm_up,
+            upcalls: m1.delta(&m0, "weft_agent_upcalls_total"),
+            flows: m1.delta(&m0, "weft_agent_flows_installed_total"),
+            missed,
+            setup,
+            fast,
+        });
+    }
+    println!(
+        "BENCH new connections to a VIP over two members, {n} new UDP connections after a warm-up, window {window}, 2 hosts"
+    );
+    println!(
+        "BENCH | member chosen in | warm-up | delivered/sent (lost) | connections/s | h1 upcalls per connection | kernel misses | flows installed | replay over installed flows, connections/s |"
+    );
+    for r in &runs {
+        println!(
+            "BENCH | {} | {} | {}/{} ({}) | {:.0} | {:.3} | {} | {:.0} | {:.0} |",
+            r.mode,
+            r.warm_up,
+            r.setup.delivered,
+            r.setup.sent,
+            r.setup.lost(),
+            r.setup.rate(),
+            r.upcalls / f64::from(n),
+            r.missed,
+            r.flows,
+            r.fast.rate(),
+        );
+    }
+    let (before, after) = (&runs[0], &runs[1]);
+    println!(
+        "BENCH ratio kernel choice / simulation choice: {:.2}x the new connections per second; the kernel choice reaches {:.2} of its own replay rate",
+        after.setup.rate() / before.setup.rate(),
+        after.setup.rate() / after.fast.rate()
+    );
+    // The work timed is the work described: one upcall per connection before, none after.
+    for r in &runs {
+        assert!(
+            r.setup.delivered >= u64::from(n) * 9 / 10,
+            "{}: too few datagrams delivered: {:?}",
+            r.mode,
+            r.setup
+        );
+    }
+    assert!(
+        before.upcalls >= 0.9 * f64::from(n),
+        "choosing in the simulation, {n} new connections made only {} upcalls",
+        before.upcalls
+    );
+    assert!(
+        after.upcalls == 0.0 && after.missed == 0,
+        "choosing in the kernel, {n} new connections after the warm-up made {} upcalls and {} kernel misses",
+        after.upcalls,
+        after.missed
     );
 }
 
@@ -909,7 +1021,7 @@ fn request_response(
 fn bench_first_packet_latency_against_later_packets() {
     let flows: u16 = env_or("WEFT_BENCH_LATENCY_FLOWS", 200);
     let later: usize = env_or("WEFT_BENCH_LATER", 5);
-    let lb = lb_cluster("bench-first-packet", 0, 0, None);
+    let lb = lb_cluster("bench-first-packet", 0, 0, None, PER_CONNECTION);
     let (h1, p1) = (lb.c.host("h1"), lb.c.pod("p1"));
     let dst = SocketAddrV4::new(ip(VIP_ECHO), ECHO_PORT);
     // A few connections first, unmeasured: the flows all connections share (the first pass,
@@ -979,7 +1091,13 @@ fn bench_agent_rss_with_10k_flows_and_1k_ports() {
     let target: usize = env_or("WEFT_BENCH_RSS_FLOWS", 10_000);
     let extra_ports: usize = env_or("WEFT_BENCH_RSS_PORTS", 1000);
     let window: u64 = env_or("WEFT_BENCH_WINDOW", 32);
-    let lb = lb_cluster("bench-rss", extra_ports, 4, Some(IDLE_TIMEOUT_SECS));
+    let lb = lb_cluster(
+        "bench-rss",
+        extra_ports,
+        4,
+        Some(IDLE_TIMEOUT_SECS),
+        PER_CONNECTION,
+    );
     let h1 = lb.c.host("h1");
     let pid = agent_pid(h1);
     let s0 = h1.status();
@@ -1316,7 +1434,7 @@ fn bench_idle_agent_wakeups_against_etcd() {
     let secs: u64 = env_or("WEFT_BENCH_IDLE_SECS", 10);
     // A configured agent: the load-balancer topology written, its pods attached, flows
     // installed by the warm-up. Then nothing sends.
-    let lb = lb_cluster("bench-idle", 0, 0, None);
+    let lb = lb_cluster("bench-idle", 0, 0, None, &[]);
     let h1 = lb.c.host("h1");
     let agent = agent_pid(h1);
     let etcd =

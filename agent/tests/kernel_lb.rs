@@ -1,7 +1,8 @@
 //! Load balancing and NAT across three hosts in the kernel guest, as a user of the virtual
 //! network sees them: a VIP spreading many connections over backends on other hosts while
-//! the client only ever talks to the VIP, a backend removed under traffic getting no new
-//! connection, a client kept on its member by `ClientIP` session affinity until it is idle
+//! the client only ever talks to the VIP, a weighted VIP split in the kernel with no upcall
+//! per connection, a backend removed under traffic getting no new connection while
+//! established connections carry on, a client kept on its member by `ClientIP` session affinity until it is idle
 //! for the timeout (and across an agent restart), a backend reaching its own IPv6 Service
 //! (hairpin), and pods reaching an external network through the router's uplink with source
 //! NAT.
@@ -18,8 +19,8 @@ use std::time::Instant;
 use hosts_support::Cluster;
 use nsdb::{LoadBalancer, Protocol};
 use scen2_support::{
-    BackgroundExchanges, Exchange, External, NamedServer, dpctl_flows, exchange, exchanges,
-    generation, wait_exchange, wait_generation,
+    BackgroundExchanges, Exchange, External, HeldExchange, NamedServer, dpctl_flows, exchange,
+    exchanges, generation, wait_exchange, wait_generation,
 };
 use sim::Topology;
 use sim::fixtures::TopoBuilder;
@@ -301,6 +302,11 @@ fn vip_backend_removed_under_traffic_gets_no_new_connection() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 
+    // Connections established before the change, finished after it.
+    let held: Vec<HeldExchange> = (0..6)
+        .map(|_| HeldExchange::open(&c.pod("c1").ns, sa(VIP, VIP_PORT), 4000))
+        .collect();
+
     // The client's host is the one that picks the backend (the ingress host decides).
     let before = generation(&c, "h3");
     let mut lb: LoadBalancer = b
@@ -338,6 +344,21 @@ fn vip_backend_removed_under_traffic_gets_no_new_connection() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let attempts = bg.stop();
+    let mut held_on = BTreeMap::<String, usize>::new();
+    for (i, h) in held.into_iter().enumerate() {
+        match h.finish() {
+            Ok(x) => {
+                check_vip_exchange(&c, &x, i);
+                *held_on.entry(x.backend).or_default() += 1;
+            }
+            Err(e) => c.fail(&format!(
+                "connection {i}, established before the change, broke: {e}"
+            )),
+        }
+    }
+    eprintln!(
+        "lb-remove: connections established before and finished after the change: {held_on:?}"
+    );
 
     let mut failed = Vec::new();
     let mut to_removed_after = Vec::new();

@@ -134,6 +134,16 @@ pub struct Exchange {
 /// the socket's peer must be `to` and the payload must come back unchanged after the
 /// server's header line.
 pub fn exchange_here(to: SocketAddr, len: usize) -> Result<Exchange, String> {
+    exchange_between(to, len, || {})
+}
+
+/// [`exchange_here`] with `between` called once the connection is established and the
+/// first half of the payload is sent; the second half follows when it returns.
+fn exchange_between(
+    to: SocketAddr,
+    len: usize,
+    between: impl FnOnce(),
+) -> Result<Exchange, String> {
     let mut c = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT).map_err(|e| match e.kind() {
         ErrorKind::TimedOut | ErrorKind::WouldBlock => format!("connect {to}: timed out"),
         _ => format!("connect {to}: {e}"),
@@ -145,8 +155,12 @@ pub fn exchange_here(to: SocketAddr, len: usize) -> Result<Exchange, String> {
     c.set_write_timeout(Some(IO_TIMEOUT))
         .map_err(|e| e.to_string())?;
     let sent = payload(len);
-    c.write_all(&sent)
+    let (first, second) = sent.split_at(len / 2);
+    c.write_all(first)
         .map_err(|e| format!("write to {to} (local {local}): {e}"))?;
+    between();
+    c.write_all(second)
+        .map_err(|e| format!("write to {to} (local {local}) after the pause: {e}"))?;
     c.shutdown(std::net::Shutdown::Write)
         .map_err(|e| format!("shutdown: {e}"))?;
     let mut back = Vec::new();
@@ -212,6 +226,49 @@ pub fn wait_exchange(c: &Cluster, from: &str, to: SocketAddr, tries: u32) -> Exc
     c.fail(&format!(
         "{from} never completed an exchange with {to}: {last}"
     ))
+}
+
+/// An exchange held open: connected and half sent when [`HeldExchange::open`] returns, the
+/// rest sent and the reply read by [`HeldExchange::finish`], so that the connection is
+/// established across whatever happens in between (within [`IO_TIMEOUT`], the server's).
+#[derive(Debug)]
+pub struct HeldExchange {
+    go: mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<Result<Exchange, String>>,
+}
+
+impl HeldExchange {
+    /// Opens a connection from network namespace `ns` to `to` for `len` bytes. Fails the
+    /// test if it cannot be established.
+    pub fn open(ns: &str, to: SocketAddr, len: usize) -> HeldExchange {
+        let (go, wait) = mpsc::channel::<()>();
+        let (ready, started) = mpsc::channel::<()>();
+        let ns2 = ns.to_string();
+        let thread = std::thread::spawn(move || {
+            in_netns(&ns2, move || {
+                exchange_between(to, len, move || {
+                    let _ = ready.send(());
+                    // Ends when finished, or when the handle is dropped.
+                    let _ = wait.recv();
+                })
+            })
+        });
+        if started.recv_timeout(Duration::from_secs(60)).is_err() {
+            let why = thread
+                .join()
+                .unwrap_or_else(|_| Err("the connecting thread panicked".into()));
+            panic!("held connection from {ns} to {to} not established: {why:?}");
+        }
+        HeldExchange { go, thread }
+    }
+
+    /// Sends the rest and reads the reply.
+    pub fn finish(self) -> Result<Exchange, String> {
+        let _ = self.go.send(());
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err("the held connection's thread panicked".into()))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
