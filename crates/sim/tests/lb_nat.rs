@@ -6,7 +6,7 @@ mod common;
 
 use common::{Row, check, run, two_bridges};
 use nsdb::{DnatRule, Protocol};
-use sim::fixtures::pkt;
+use sim::fixtures::{TopoBuilder, pkt};
 use sim::{
     DropReason, Fields, MemberChoice, RECIRC_CT, RECIRC_DELIVERY, RECIRC_LB, RECIRC_NAT, Tag,
     Verdict,
@@ -183,42 +183,23 @@ fn vip_translates_to_a_healthy_member() {
     check(&t, &rows);
 }
 
-#[test]
-fn eight_member_pool_chosen_by_the_simulation_spreads_by_weight_and_affinity_sticks() {
-    let members: Vec<(String, u16, u32, bool)> = (0..8)
-        .map(|i| {
-            (
-                format!("10.0.2.{}", 100 + i),
-                8080,
-                if i == 0 { 4 } else { 1 },
-                true,
-            )
-        })
-        .collect();
+/// `b` with load balancer `id` on r1: VIP `vip`:80/TCP over eight healthy members,
+/// 10.0.2.100-107 at port 8080, the first of weight 4 and the others of weight 1.
+fn eight_member_vip(b: TopoBuilder, id: &str, vip: &str, affinity: bool) -> TopoBuilder {
+    let members: Vec<String> = (0..8).map(|i| format!("10.0.2.{}", 100 + i)).collect();
     let m: Vec<(&str, u16, u32, bool)> = members
         .iter()
-        .map(|(a, p, w, h)| (a.as_str(), *p, *w, *h))
+        .enumerate()
+        .map(|(i, a)| (a.as_str(), 8080, if i == 0 { 4 } else { 1 }, true))
         .collect();
-    let b = two_bridges()
-        .member_choice(MemberChoice::Simulation)
-        .vip(
-            "lb8",
-            Some("r1"),
-            "10.96.0.10",
-            Protocol::Tcp,
-            80,
-            &m,
-            false,
-        )
-        .vip(
-            "lb-sticky",
-            Some("r1"),
-            "10.96.0.12",
-            Protocol::Tcp,
-            80,
-            &m,
-            true,
-        );
+    b.vip(id, Some("r1"), vip, Protocol::Tcp, 80, &m, affinity)
+}
+
+#[test]
+fn eight_member_pool_chosen_by_the_simulation_spreads_by_weight_and_affinity_sticks() {
+    let b = two_bridges().member_choice(MemberChoice::Simulation);
+    let b = eight_member_vip(b, "lb8", "10.96.0.10", false);
+    let b = eight_member_vip(b, "lb-sticky", "10.96.0.12", true);
     let t = b.build();
     let (p1, gw) = (b.mac("p1"), b.mac("r1-b1"));
     let mut counts = std::collections::BTreeMap::new();
@@ -268,29 +249,7 @@ fn eight_member_pool_chosen_by_the_simulation_spreads_by_weight_and_affinity_sti
 
 #[test]
 fn eight_member_pool_chosen_in_the_datapath_splits_buckets_by_weight() {
-    let m: Vec<(String, u16, u32, bool)> = (0..8)
-        .map(|i| {
-            (
-                format!("10.0.2.{}", 100 + i),
-                8080,
-                if i == 0 { 4 } else { 1 },
-                true,
-            )
-        })
-        .collect();
-    let m: Vec<(&str, u16, u32, bool)> = m
-        .iter()
-        .map(|(a, p, w, h)| (a.as_str(), *p, *w, *h))
-        .collect();
-    let b = two_bridges().vip(
-        "lb8",
-        Some("r1"),
-        "10.96.0.10",
-        Protocol::Tcp,
-        80,
-        &m,
-        false,
-    );
+    let b = eight_member_vip(two_bridges(), "lb8", "10.96.0.10", false);
     let t = b.build();
     let (p1, gw) = (b.mac("p1"), b.mac("r1-b1"));
     let new = |sport: u16| {
