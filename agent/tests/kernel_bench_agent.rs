@@ -6,8 +6,10 @@
 //!
 //! - flow setups per second (upcall, simulation, install, execute) for new connections to a
 //!   load-balancer VIP, against the same packets again through the installed flows;
-//! - new connections per second to a VIP whose member the kernel chooses (hash buckets),
-//!   against the same agent choosing it per connection in the simulation;
+//! - new connections per second to a VIP, side by side with ovs-vswitchd on the same kernel
+//!   and the same generator: the member chosen in the kernel (weft's buckets, an OpenFlow
+//!   select group with `dp_hash`) and per connection (weft's simulation, a select group
+//!   hashing the 5-tuple);
 //! - the round trip of the first packet of a new connection against its later packets;
 //! - the agent's resident memory with 10,000 installed flows and 1,000 NSDB ports, against the
 //!   same agent idle;
@@ -32,6 +34,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hosts_support::{Cluster, Host, api_call};
+use kernel_support::{sh, sh_try};
 use nix::sched::{CloneFlags, setns};
 use nsdb::{AnyRecord, Chain, PortBinding, Protocol, Record, RuleAction};
 use odp::dpif::Dpif;
@@ -459,10 +462,10 @@ fn send_connections(
 // ---------------------------------------------------------------------------------------------
 
 /// Bridges b1 (10.0.1.0/24: client p1 on h1) and b2 (10.0.2.0/24: m1 on h1, m2 on h2) joined
-/// by router r1, which holds two VIPs balanced over m1 and m2: [`VIP_SINK`]:[`SINK_PORT`]
+/// by router r1 (m2 on `m2_host`), which holds two VIPs balanced over m1 and m2: [`VIP_SINK`]:[`SINK_PORT`]
 /// and [`VIP_ECHO`]:[`ECHO_PORT`]. Under [`PER_CONNECTION`] the member is chosen by a hash
 /// of the 5-tuple, so every new source port is a new megaflow.
-fn lb_topology() -> TopoBuilder {
+fn lb_topology(m2_host: &str) -> TopoBuilder {
     Topology::test()
         .bridge("b1")
         .bridge("b2")
@@ -471,7 +474,7 @@ fn lb_topology() -> TopoBuilder {
         .link("r1", "b2", "10.0.2.1/24")
         .port_on("p1", "b1", "10.0.1.11", "h1")
         .port_on("m1", "b2", "10.0.2.21", "h1")
-        .port_on("m2", "b2", "10.0.2.22", "h2")
+        .port_on("m2", "b2", "10.0.2.22", m2_host)
         .vip(
             "lb-sink",
             Some("r1"),
@@ -510,7 +513,7 @@ fn lb_topology() -> TopoBuilder {
 /// `lb_topology` plus `n` more ports on bridges of 100 ports each (`x<bridge>-<i>`, bridge
 /// `x<bridge>` on 10.1.<bridge>.0/24, linked to r1), bound alternately to h1 and h2.
 fn scaled_topology(n: usize) -> TopoBuilder {
-    let mut b = lb_topology();
+    let mut b = lb_topology("h2");
     for br in 0..n.div_ceil(100) {
         let id = format!("x{br}");
         b = b.bridge(&id).link("r1", &id, &format!("10.1.{br}.1/24"));
@@ -565,7 +568,8 @@ fn write_records(c: &mut Cluster, records: &RecordSet, bind: &HashSet<String>) -
     all.len()
 }
 
-/// Starts hosts h1 and h2, writes the LB topology (with `extra_ports` more ports), attaches
+/// Starts hosts h1 and h2 (h1 alone if `one_host`: m2 is then on h1 too), writes the LB
+/// topology (with `extra_ports` more ports), attaches
 /// the pods `p1`, `m1`, `m2` and the first `attach_extra` extra ports bound to h1, starts a
 /// sink and an echo server in each member, and warms the paths up. Every agent gets
 /// `agent_args`.
@@ -575,15 +579,22 @@ fn lb_cluster(
     attach_extra: usize,
     idle_timeout_secs: Option<u64>,
     agent_args: &[&str],
+    one_host: bool,
 ) -> LbCluster {
-    let mut c = Cluster::start_with(name, 2, BENCH_SECS, agent_args);
+    let hosts = if one_host { 1 } else { 2 };
+    let mut c = Cluster::start_with(name, hosts, BENCH_SECS, agent_args);
     let own_agent = idle_timeout_secs.map(|t| OwnAgent::replace(&mut c, "h1", t));
     let idle_rss_kib = proc_kib(agent_pid(c.host("h1")), "VmRSS");
-    let b = scaled_topology(extra_ports);
+    let b = if one_host {
+        assert_eq!(extra_ports, 0, "the scaled topology binds ports to h2");
+        lb_topology("h1")
+    } else {
+        scaled_topology(extra_ports)
+    };
     let mut attach: Vec<(String, String)> = vec![
         ("p1".into(), "h1".into()),
         ("m1".into(), "h1".into()),
-        ("m2".into(), "h2".into()),
+        ("m2".into(), if one_host { "h1" } else { "h2" }.into()),
     ];
     attach.extend(
         b.records
@@ -768,7 +779,7 @@ impl LbCluster {
 fn bench_flow_setups_per_second_against_the_kernel_fast_path() {
     let n: u16 = env_or("WEFT_BENCH_CONNS", 5000);
     let window: u64 = env_or("WEFT_BENCH_WINDOW", 32);
-    let lb = lb_cluster("bench-setups", 0, 0, None, PER_CONNECTION);
+    let lb = lb_cluster("bench-setups", 0, 0, None, PER_CONNECTION, false);
     let h1 = lb.c.host("h1");
     let ports: Vec<u16> = (20000..20000 + n).collect();
 
@@ -844,106 +855,344 @@ fn bench_flow_setups_per_second_against_the_kernel_fast_path() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 1b. New connections with the member chosen in the kernel
+// 1b. New connections to a VIP, side by side with ovs-vswitchd
 // ---------------------------------------------------------------------------------------------
 
-/// One mode's run of [`bench_new_connections_with_the_member_chosen_in_the_kernel`].
-struct ChoiceRun {
-    mode: &'static str,
-    warm_up: usize,
+/// The MACs of the OVS side: the client, the members, and the router's two interfaces.
+const OVS_MAC_C: &str = "02:00:00:00:0b:11";
+const OVS_MAC_M1: &str = "02:00:00:00:0b:21";
+const OVS_MAC_M2: &str = "02:00:00:00:0b:22";
+const OVS_MAC_GW1: &str = "02:00:00:00:0b:01";
+const OVS_MAC_GW2: &str = "02:00:00:00:0b:02";
+
+/// How ovs-vswitchd's OpenFlow select group chooses a VIP's member.
+#[derive(Debug, Clone, Copy)]
+enum OvsSelect {
+    /// `selection_method=dp_hash`, as OVN configures it: `hash(l4(0))` and one datapath flow
+    /// per bucket, so new connections stay in the kernel.
+    DpHash,
+    /// `selection_method=hash,fields(...)` over the 5-tuple: each new source port is a new
+    /// megaflow, so every new connection is an upcall.
+    FieldsHash,
+}
+
+/// ovs-vswitchd from Debian's openvswitch-switch, with its own database, on a kernel
+/// datapath of the guest's root namespace, wired as [`lb_topology`] on one host: client
+/// `ob-c` (10.0.1.11/24) and members `ob-m1`, `ob-m2` (10.0.2.21, .22/24) in namespaces of
+/// their own, each on a veth into bridge `obr`, and OpenFlow rules that route between the two
+/// subnets and translate [`VIP_SINK`]:[`SINK_PORT`] as OVN does: `ct(nat)` first, then for a
+/// new connection the select group, whose buckets do `ct(commit,nat(dst=member))`.
+/// Everything is removed on drop.
+struct OvsSwitch {
+    dir: std::path::PathBuf,
+    sinks: Vec<UdpServer>,
+}
+
+impl OvsSwitch {
+    /// Namespace (and host-side veth), address, MAC and gateway of the client and members.
+    const NS: [(&'static str, &'static str, &'static str, &'static str); 3] = [
+        ("ob-c", "10.0.1.11", OVS_MAC_C, "10.0.1.1"),
+        ("ob-m1", "10.0.2.21", OVS_MAC_M1, "10.0.2.1"),
+        ("ob-m2", "10.0.2.22", OVS_MAC_M2, "10.0.2.1"),
+    ];
+
+    fn dir() -> std::path::PathBuf {
+        std::env::temp_dir().join("weft-bench-ovs")
+    }
+
+    /// Runs an OVS command with this switch's run, database and log directory.
+    fn ovs(cmd: &str) -> String {
+        let d = Self::dir();
+        let d = d.display();
+        sh(&format!(
+            "export OVS_RUNDIR={d} OVS_DBDIR={d} OVS_LOGDIR={d}; {cmd}"
+        ))
+    }
+
+    fn start(select: OvsSelect) -> OvsSwitch {
+        Self::cleanup();
+        let dir = Self::dir();
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("OVS directory");
+        let mut me = OvsSwitch {
+            dir: dir.clone(),
+            sinks: Vec::new(),
+        };
+        let d = dir.display();
+        Self::ovs(&format!(
+            "ovsdb-tool create {d}/conf.db /usr/share/openvswitch/vswitch.ovsschema && \
+             ovsdb-server {d}/conf.db --remote=punix:{d}/db.sock --pidfile --detach --log-file && \
+             ovs-vsctl --db=unix:{d}/db.sock --no-wait init && \
+             ovs-vswitchd unix:{d}/db.sock --pidfile --detach --log-file"
+        ));
+        let vsctl = format!("ovs-vsctl --db=unix:{d}/db.sock --timeout=30");
+        Self::ovs(&format!(
+            "{vsctl} add-br obr -- set-fail-mode obr secure -- set bridge obr protocols=OpenFlow10,OpenFlow15"
+        ));
+        for (i, (ns, addr, mac, gw)) in Self::NS.iter().enumerate() {
+            let gw_mac = if i == 0 { OVS_MAC_GW1 } else { OVS_MAC_GW2 };
+            sh(&format!(
+                "ip netns add {ns} && ip link add {ns} type veth peer name eth0 netns {ns} && \
+                 ip -n {ns} link set eth0 address {mac} && ip -n {ns} addr add {addr}/24 dev eth0 && \
+                 ip -n {ns} link set eth0 up && ip -n {ns} link set lo up && ip link set {ns} up && \
+                 ip -n {ns} neigh replace {gw} lladdr {gw_mac} dev eth0 nud permanent && \
+                 ip -n {ns} route add default via {gw}"
+            ));
+            Self::ovs(&format!(
+                "{vsctl} add-port obr {ns} -- set interface {ns} ofport_request={}",
+                i + 1
+            ));
+        }
+        let bucket = |m: &str| format!("ct(commit,zone=1,nat(dst={m}:{SINK_PORT}),table=2)");
+        let method = match select {
+            OvsSelect::DpHash => "selection_method=dp_hash",
+            OvsSelect::FieldsHash => "selection_method=hash,fields(ip_src,ip_dst,udp_src,udp_dst)",
+        };
+        Self::ovs(&format!(
+            "ovs-ofctl -O OpenFlow15 add-group obr 'group_id=1,type=select,{method},\
+             bucket=bucket_id=0,weight=1,actions={},bucket=bucket_id=1,weight=1,actions={}'",
+            bucket("10.0.2.21"),
+            bucket("10.0.2.22")
+        ));
+        let flows = [
+            // To the VIP: conntrack first; an established connection comes back translated.
+            format!(
+                "table=0,priority=100,udp,nw_dst={VIP_SINK},tp_dst={SINK_PORT},actions=ct(zone=1,nat,table=1)"
+            ),
+            // From the members: conntrack translates replies back.
+            "table=0,priority=90,ip,in_port=2,actions=ct(zone=1,nat,table=3)".into(),
+            "table=0,priority=90,ip,in_port=3,actions=ct(zone=1,nat,table=3)".into(),
+            format!(
+                "table=1,priority=100,ct_state=+new+trk,udp,nw_dst={VIP_SINK},tp_dst={SINK_PORT},actions=group:1"
+            ),
+            // Anything else tracked is translated already (an unreplied UDP connection's
+            // later packets are still +new, with the member's address).
+            "table=1,priority=90,ct_state=+trk,ip,actions=resubmit(,2)".into(),
+            // The router: to a member, or back to the client.
+            format!(
+                "table=2,priority=100,ip,nw_dst=10.0.2.21,actions=mod_dl_src:{OVS_MAC_GW2},mod_dl_dst:{OVS_MAC_M1},dec_ttl,output:2"
+            ),
+            format!(
+                "table=2,priority=100,ip,nw_dst=10.0.2.22,actions=mod_dl_src:{OVS_MAC_GW2},mod_dl_dst:{OVS_MAC_M2},dec_ttl,output:3"
+            ),
+            format!(
+                "table=3,priority=100,ip,nw_dst=10.0.1.11,actions=mod_dl_src:{OVS_MAC_GW1},mod_dl_dst:{OVS_MAC_C},dec_ttl,output:1"
+            ),
+        ];
+        let file = dir.join("flows.txt");
+        std::fs::write(&file, flows.join("\n") + "\n").expect("flows file");
+        Self::ovs(&format!(
+            "ovs-ofctl -O OpenFlow15 add-flows obr {}",
+            file.display()
+        ));
+        me.sinks = vec![
+            UdpServer::start(
+                "ob-m1",
+                SocketAddrV4::new(ip("10.0.2.21"), SINK_PORT),
+                false,
+            ),
+            UdpServer::start(
+                "ob-m2",
+                SocketAddrV4::new(ip("10.0.2.22"), SINK_PORT),
+                false,
+            ),
+        ];
+        me
+    }
+
+    fn connect(&self, ports: Vec<u16>, window: u64) -> Blast {
+        send_connections(
+            "ob-c",
+            ip("10.0.1.11"),
+            ports,
+            SocketAddrV4::new(ip(VIP_SINK), SINK_PORT),
+            window,
+            &Delivered::of(&self.sinks.iter().collect::<Vec<_>>()),
+        )
+    }
+
+    fn vswitchd_pid(&self) -> u32 {
+        std::fs::read_to_string(self.dir.join("ovs-vswitchd.pid"))
+            .expect("ovs-vswitchd's pidfile")
+            .trim()
+            .parse()
+            .expect("a pid")
+    }
+
+    /// The kernel datapath's lookups that missed (each one an upcall to ovs-vswitchd).
+    fn missed(&self) -> u64 {
+        let out = sh("ovs-dpctl show ovs-system");
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("lookups:"))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("missed:")?.parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no missed lookups in ovs-dpctl show:\n{out}"))
+    }
+
+    /// Stops a switch left by an earlier run, and removes its namespaces and datapath.
+    fn cleanup() {
+        let dir = Self::dir();
+        for pidfile in ["ovs-vswitchd.pid", "ovsdb-server.pid"] {
+            if let Ok(pid) = std::fs::read_to_string(dir.join(pidfile)) {
+                let _ = sh_try(&format!("kill {} 2>/dev/null; sleep 0.5", pid.trim()));
+            }
+        }
+        for (ns, ..) in Self::NS {
+            let _ = sh_try(&format!(
+                "ip netns del {ns} 2>/dev/null; ip link del {ns} 2>/dev/null"
+            ));
+        }
+        let _ = sh_try("ovs-dpctl del-dp ovs-system 2>/dev/null");
+    }
+}
+
+impl Drop for OvsSwitch {
+    fn drop(&mut self) {
+        self.sinks.clear();
+        Self::cleanup();
+    }
+}
+
+/// CPU seconds (user and system) process `pid` has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
+    // The fields after the command name, which is in parentheses and may hold spaces:
+    // utime and stime are the 12th and 13th of them, in USER_HZ (100 on Linux).
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+    ticks as f64 / 100.0
+}
+
+/// One system's run of [`bench_vip_connections_against_ovs_vswitchd`].
+struct SideRun {
+    system: &'static str,
     setup: Blast,
-    upcalls: f64,
-    missed: u64,
-    flows: f64,
+    misses: u64,
+    cpu_secs: f64,
     fast: Blast,
 }
 
-/// h1's datapath lookups that missed, as `ovs-dpctl show` counts them.
-fn kernel_missed(h: &Host) -> u64 {
-    h.datapath_lookups().1
+impl SideRun {
+    /// 1,000 warm-up connections from ports the measurement does not use (the shared flows,
+    /// and with a kernel choice each of the 64 buckets: about 300 are expected to touch
+    /// all), then `n` new connections, then the same `n` again over the installed flows.
+    /// `misses` reads the kernel's missed lookups, `pid` is the process that serves them.
+    fn measure(
+        system: &'static str,
+        n: u16,
+        connect: impl Fn(Vec<u16>) -> Blast,
+        misses: impl Fn() -> u64,
+        pid: u32,
+    ) -> SideRun {
+        connect((2000..3000).collect());
+        let ports: Vec<u16> = (20000..20000 + n).collect();
+        let (m0, c0) = (misses(), cpu_secs(pid));
+        let setup = connect(ports.clone());
+        let (m1, c1) = (misses(), cpu_secs(pid));
+        let fast = connect(ports);
+        SideRun {
+            system,
+            setup,
+            misses: m1 - m0,
+            cpu_secs: c1 - c0,
+            fast,
+        }
+    }
 }
 
 #[test]
 #[ignore = "benchmark: run by e2e/kernel-bench.sh inside the guest"]
-fn bench_new_connections_with_the_member_chosen_in_the_kernel() {
+fn bench_vip_connections_against_ovs_vswitchd() {
     let n: u16 = env_or("WEFT_BENCH_CONNS", 5000);
     let window: u64 = env_or("WEFT_BENCH_WINDOW", 32);
     let mut runs = Vec::new();
-    for (mode, args) in [
-        ("simulation (one upcall per connection)", PER_CONNECTION),
-        ("datapath (hash buckets)", &[][..]),
+    for (system, select) in [
+        (
+            "ovs-vswitchd, select group dp_hash (OVN)",
+            OvsSelect::DpHash,
+        ),
+        (
+            "ovs-vswitchd, select group hash(5-tuple)",
+            OvsSelect::FieldsHash,
+        ),
     ] {
-        let lb = lb_cluster("bench-choice", 0, 0, None, args);
+        let ovs = OvsSwitch::start(select);
+        runs.push(SideRun::measure(
+            system,
+            n,
+            |ports| ovs.connect(ports, window),
+            || ovs.missed(),
+            ovs.vswitchd_pid(),
+        ));
+    }
+    for (system, args) in [
+        ("weft-agent, member chosen in the kernel", &[][..]),
+        ("weft-agent, member chosen per connection", PER_CONNECTION),
+    ] {
+        let lb = lb_cluster("bench-vs-ovs", 0, 0, None, args, true);
         let h1 = lb.c.host("h1");
-        // Warm-up from ports the measurement does not use: in the kernel mode, until each of
-        // the VIP's 64 buckets has met a connection (about 300 are expected).
-        let warm: Vec<u16> = (2000..3000).collect();
-        let warm_up = warm.len();
-        lb.connect(VIP_SINK, warm, window);
-        let ports: Vec<u16> = (20000..20000 + n).collect();
-        let m0 = Scrape::of(h1);
-        let missed0 = kernel_missed(h1);
-        let setup = lb.connect(VIP_SINK, ports.clone(), window);
-        let m1 = Scrape::of(h1);
-        let missed = kernel_missed(h1) - missed0;
-        let fast = lb.connect(VIP_SINK, ports, window);
-        runs.push(ChoiceRun {
-            mode,
-            warm_up,
-            upcalls: m1.delta(&m0, "weft_agent_upcalls_total"),
-            flows: m1.delta(&m0, "weft_agent_flows_installed_total"),
-            missed,
-            setup,
-            fast,
-        });
+        runs.push(SideRun::measure(
+            system,
+            n,
+            |ports| lb.connect(VIP_SINK, ports, window),
+            || h1.datapath_lookups().1,
+            agent_pid(h1),
+        ));
     }
     println!(
-        "BENCH new connections to a VIP over two members, {n} new UDP connections after a warm-up, window {window}, 2 hosts"
+        "BENCH new UDP connections to a VIP over two members on one host: {n} after 1,000 of warm-up, window {window}, one guest boot"
     );
     println!(
-        "BENCH | member chosen in | warm-up | delivered/sent (lost) | connections/s | h1 upcalls per connection | kernel misses | flows installed | replay over installed flows, connections/s |"
+        "BENCH | system | delivered/sent (lost) | connections/s | kernel misses per connection | CPU s per 1,000 connections | replay over installed flows, connections/s |"
     );
     for r in &runs {
         println!(
-            "BENCH | {} | {} | {}/{} ({}) | {:.0} | {:.3} | {} | {:.0} | {:.0} |",
-            r.mode,
-            r.warm_up,
+            "BENCH | {} | {}/{} ({}) | {:.0} | {:.3} | {:.3} | {:.0} |",
+            r.system,
             r.setup.delivered,
             r.setup.sent,
             r.setup.lost(),
             r.setup.rate(),
-            r.upcalls / f64::from(n),
-            r.missed,
-            r.flows,
+            r.misses as f64 / f64::from(n),
+            r.cpu_secs * 1000.0 / f64::from(n),
             r.fast.rate(),
         );
     }
-    let (before, after) = (&runs[0], &runs[1]);
+    let rate = |i: usize| runs[i].setup.rate();
     println!(
-        "BENCH ratio kernel choice / simulation choice: {:.2}x the new connections per second; the kernel choice reaches {:.2} of its own replay rate",
-        after.setup.rate() / before.setup.rate(),
-        after.setup.rate() / after.fast.rate()
+        "BENCH ratio weft / ovs-vswitchd, new connections/s: member chosen in the kernel {:.2}x (against dp_hash), per connection {:.2}x (against hash(5-tuple)); weft in the kernel / weft per connection {:.2}x",
+        rate(2) / rate(0),
+        rate(3) / rate(1),
+        rate(2) / rate(3),
     );
-    // The work timed is the work described: one upcall per connection before, none after.
+    // The work timed is the work described.
     for r in &runs {
         assert!(
             r.setup.delivered >= u64::from(n) * 9 / 10,
             "{}: too few datagrams delivered: {:?}",
-            r.mode,
+            r.system,
             r.setup
         );
     }
-    assert!(
-        before.upcalls >= 0.9 * f64::from(n),
-        "choosing in the simulation, {n} new connections made only {} upcalls",
-        before.upcalls
-    );
-    assert!(
-        after.upcalls == 0.0 && after.missed == 0,
-        "choosing in the kernel, {n} new connections after the warm-up made {} upcalls and {} kernel misses",
-        after.upcalls,
-        after.missed
-    );
+    for r in [&runs[1], &runs[3]] {
+        assert!(
+            r.misses as f64 >= 0.9 * f64::from(n),
+            "{}: {n} new connections missed the kernel only {} times",
+            r.system,
+            r.misses
+        );
+    }
+    for r in [&runs[0], &runs[2]] {
+        assert_eq!(
+            r.misses, 0,
+            "{}: new connections after the warm-up left the kernel",
+            r.system
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1021,7 +1270,7 @@ fn request_response(
 fn bench_first_packet_latency_against_later_packets() {
     let flows: u16 = env_or("WEFT_BENCH_LATENCY_FLOWS", 200);
     let later: usize = env_or("WEFT_BENCH_LATER", 5);
-    let lb = lb_cluster("bench-first-packet", 0, 0, None, PER_CONNECTION);
+    let lb = lb_cluster("bench-first-packet", 0, 0, None, PER_CONNECTION, false);
     let (h1, p1) = (lb.c.host("h1"), lb.c.pod("p1"));
     let dst = SocketAddrV4::new(ip(VIP_ECHO), ECHO_PORT);
     // A few connections first, unmeasured: the flows all connections share (the first pass,
@@ -1097,6 +1346,7 @@ fn bench_agent_rss_with_10k_flows_and_1k_ports() {
         4,
         Some(IDLE_TIMEOUT_SECS),
         PER_CONNECTION,
+        false,
     );
     let h1 = lb.c.host("h1");
     let pid = agent_pid(h1);
@@ -1434,7 +1684,7 @@ fn bench_idle_agent_wakeups_against_etcd() {
     let secs: u64 = env_or("WEFT_BENCH_IDLE_SECS", 10);
     // A configured agent: the load-balancer topology written, its pods attached, flows
     // installed by the warm-up. Then nothing sends.
-    let lb = lb_cluster("bench-idle", 0, 0, None, &[]);
+    let lb = lb_cluster("bench-idle", 0, 0, None, &[], false);
     let h1 = lb.c.host("h1");
     let agent = agent_pid(h1);
     let etcd =
