@@ -162,6 +162,10 @@ pub(crate) struct PortC {
     pub ct_ingress: bool,
     /// Send delivered packets through this port's zone before output.
     pub ct_delivery: bool,
+    /// The port's own chains, policies or NAT need its zone for every packet delivered to
+    /// it. Without them, [`Self::ct_delivery`] only serves replies of connections translated
+    /// in the port's zone, which the forward direction of a translated connection is not.
+    pub ct_delivery_own: bool,
     pub snat: Option<SnatC>,
     pub next_hop_mac: Option<[u8; 6]>,
     /// Chains attached to this pod port by selector, for traffic delivered to it, in chain
@@ -564,6 +568,7 @@ impl Topology {
                 loc,
                 ct_ingress: false,
                 ct_delivery: false,
+                ct_delivery_own: false,
                 snat: None,
                 next_hop_mac,
                 pod_in: Vec::new(),
@@ -965,7 +970,8 @@ impl Topology {
                 .chain(&p.pod_out)
                 .any(|&(c, m)| m == PodAttachMode::Allow || chains[c as usize].uses_ct);
             p.ct_ingress = chains_ct || nat_uplink || attached_ct;
-            p.ct_delivery = chains_ct || nat_uplink || stateful_topology || attached_ct;
+            p.ct_delivery_own = chains_ct || nat_uplink || attached_ct;
+            p.ct_delivery = p.ct_delivery_own || stateful_topology;
         }
 
         let mut port_by_vport = HashMap::new();

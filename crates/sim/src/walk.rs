@@ -18,6 +18,11 @@
 //!
 //! Every port's own host thus passes both directions of the port's traffic through the
 //! port's zone: replies at ingress, forward traffic at delivery (DESIGN.md decision 4).
+//! One exception saves a `ct` and a recirculation per packet: a port whose own chains,
+//! policies and NAT need no connection state gets the forward direction of a connection
+//! translated in the zone it came through (a VIP's or a DNAT rule's, `+dnat-rpl`) without
+//! its own zone, which holds nothing to undo for it. Its replies take the client's zone at
+//! the client's delivery, as before.
 //!
 //! # Hairpin
 //! A pod that reaches a VIP and is picked itself would receive its own packet from its own
@@ -1771,7 +1776,7 @@ impl<'t> Walker<'t, '_> {
         }
         match port.loc {
             Loc::Local(dp) => {
-                if port.ct_delivery && self.r_is_ip() {
+                if self.ct_at_delivery(q) {
                     self.begin_output();
                     note!(
                         self,
@@ -1836,6 +1841,29 @@ impl<'t> Walker<'t, '_> {
                     port.id
                 );
                 self.drop_(DropReason::PortUnbound)
+            }
+        }
+    }
+
+    /// Whether a packet delivered to local port `q` goes through the port's zone first:
+    /// always where the port's own chains, policies or NAT need it; otherwise (the zone
+    /// only undoes translations for the port's replies) not for the forward direction of a
+    /// connection translated in the zone it came through (`+dnat-rpl`, or the pass right
+    /// after the translation), which saves a `ct` and a recirculation per packet.
+    fn ct_at_delivery(&mut self, q: Idx) -> bool {
+        let port = &self.t.ports[q as usize];
+        if !port.ct_delivery || !self.r_is_ip() {
+            return false;
+        }
+        if port.ct_delivery_own {
+            return true;
+        }
+        match self.pass {
+            Pass::First => true,
+            Pass::Nat => false,
+            Pass::Tracked | Pass::Bucket => {
+                self.r_ct(ct::DST_NAT) & ct::DST_NAT == 0
+                    || self.r_ct(ct::REPLY_DIR) & ct::REPLY_DIR != 0
             }
         }
     }

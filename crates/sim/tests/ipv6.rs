@@ -574,10 +574,10 @@ fn ipv6_vip_translates_with_an_ipv6_ct_nat() {
             verdict: Verdict::Recirculate,
         },
         Row {
-            name: "after NAT: routed to the member, delivered through its zone",
+            name: "after NAT: routed to the member and output",
             pkt: to_member,
             bytes: vec![],
-            actions: "set(eth(src=02:00:00:00:00:0a,dst=02:00:00:00:00:06)),set(ipv6(hlimit=63)),ct(zone=6,nat),recirc(0x40000006)",
+            actions: "set(eth(src=02:00:00:00:00:0a,dst=02:00:00:00:00:06)),set(ipv6(hlimit=63)),4",
             mask: "recirc_id(0x2),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x86dd),ipv6(src=fc00::/fe00::,dst=fd00:2::14,hlimit=64,frag=no)",
             tags: with(vec![
                 Tag::route("r1-b2-net6"),

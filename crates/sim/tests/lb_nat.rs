@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Row, check, run, two_bridges};
-use nsdb::{DnatRule, Protocol};
+use nsdb::{DnatRule, Protocol, RuleAction};
 use sim::fixtures::{TopoBuilder, pkt};
 use sim::{
     DropReason, Fields, MemberChoice, RECIRC_CT, RECIRC_DELIVERY, RECIRC_LB, RECIRC_NAT, Tag,
@@ -90,10 +90,10 @@ fn vip_translates_to_a_healthy_member() {
             verdict: Verdict::Recirculate,
         },
         Row {
-            name: "after NAT: routed to the member, delivered through the member's zone",
+            name: "after NAT: routed to the member and output; the member's zone has nothing to undo",
             pkt: to_member,
             bytes: vec![],
-            actions: "set(eth(src=02:00:00:00:00:0a,dst=02:00:00:00:00:06)),set(ipv4(ttl=63)),ct(zone=6,nat),recirc(0x40000006)",
+            actions: "set(eth(src=02:00:00:00:00:0a,dst=02:00:00:00:00:06)),set(ipv4(ttl=63)),4",
             mask: "recirc_id(0x2),in_port(2),eth(dst=02:00:00:00:00:08),eth_type(0x0800),ipv4(dst=10.0.2.14,ttl=64,frag=no)",
             tags: with(vec![
                 Tag::route("r1-b2-net"),
@@ -119,7 +119,7 @@ fn vip_translates_to_a_healthy_member() {
             name: "an established connection arrives already translated: routed, no commit",
             pkt: ct(to_member, RECIRC_CT, TRK | EST | 0x80),
             bytes: vec![],
-            actions: "set(eth(src=02:00:00:00:00:0a,dst=02:00:00:00:00:06)),set(ipv4(ttl=63)),ct(zone=6,nat),recirc(0x40000006)",
+            actions: "set(eth(src=02:00:00:00:00:0a,dst=02:00:00:00:00:06)),set(ipv4(ttl=63)),4",
             mask: "recirc_id(0x1),in_port(2),ct_state(-new-rpl+dnat),eth(dst=02:00:00:00:00:08),eth_type(0x0800),ipv4(dst=10.0.2.14,ttl=64,frag=no)",
             tags: with(vec![
                 Tag::route("r1-b2-net"),
@@ -181,6 +181,65 @@ fn vip_translates_to_a_healthy_member() {
         },
     ];
     check(&t, &rows);
+}
+
+#[test]
+fn a_member_whose_chain_needs_state_gets_translated_traffic_through_its_zone() {
+    // The same VIP over p4, once open and once behind an outbound chain that matches on
+    // connection state: only the stateful port needs its zone for the forward direction.
+    let vip = |b: TopoBuilder| {
+        b.vip(
+            "lb1",
+            Some("r1"),
+            "10.96.0.10",
+            Protocol::Tcp,
+            80,
+            &[("10.0.2.14", 8080, 1, true)],
+            false,
+        )
+    };
+    let stateful = vip(two_bridges())
+        .chain(
+            "c-est",
+            RuleAction::Accept,
+            vec![nsdb::Rule {
+                ct_state: Some(nsdb::CtMatch {
+                    related: Some(true),
+                    ..nsdb::CtMatch::default()
+                }),
+                ..sim::fixtures::rule("rel", RuleAction::Drop)
+            }],
+        )
+        .port_chains("p4", None, Some("c-est"));
+    for (b, through_zone) in [(vip(two_bridges()), false), (stateful, true)] {
+        let t = b.build();
+        let (p1, gw) = (b.mac("p1"), b.mac("r1-b1"));
+        let mut f = ct(
+            pkt::tcp(2, p1, gw, "10.0.1.11", "10.96.0.10", 40000, 80),
+            RECIRC_NAT,
+            TRK | NEW | 0x80,
+        );
+        f.ipv4_dst = v4("10.0.2.14");
+        f.tp_dst = 8080;
+        for (what, f) in [
+            ("after NAT", f),
+            (
+                "established",
+                Fields {
+                    recirc_id: RECIRC_CT,
+                    ct_state: TRK | EST | 0x80,
+                    ..f
+                },
+            ),
+        ] {
+            let text = run(&t, f, &[]).actions_text();
+            assert_eq!(
+                text.ends_with("ct(zone=6,nat),recirc(0x40000006)"),
+                through_zone,
+                "{what}, stateful member {through_zone}: {text}"
+            );
+        }
+    }
 }
 
 /// `b` with load balancer `id` on r1: VIP `vip`:80/TCP over eight healthy members,
@@ -570,7 +629,7 @@ fn snat_and_dnat_on_the_uplink() {
             name: "after DNAT: routed to the internal address",
             pkt: to_internal,
             bytes: vec![],
-            actions: "set(eth(src=02:00:00:00:00:0a,dst=02:00:00:00:00:06)),set(ipv4(ttl=63)),ct(zone=6,nat),recirc(0x40000006)",
+            actions: "set(eth(src=02:00:00:00:00:0a,dst=02:00:00:00:00:06)),set(ipv4(ttl=63)),4",
             mask: "recirc_id(0x2),in_port(5),eth(dst=02:00:00:00:00:0c),eth_type(0x0800),ipv4(dst=10.0.2.14,ttl=64,frag=no)",
             tags: vec![
                 Tag::port("r1-up"),
@@ -590,7 +649,7 @@ fn snat_and_dnat_on_the_uplink() {
             pkt: reply,
             bytes: vec![],
             actions: "set(eth(src=02:00:00:00:00:08,dst=02:00:00:00:00:03)),set(ipv4(ttl=49)),ct(zone=3,nat),recirc(0x40000003)",
-            mask: "recirc_id(0x1),in_port(5),ct_state(-new),eth(dst=02:00:00:00:00:0c),eth_type(0x0800),ipv4(dst=10.0.1.11,ttl=50,frag=no)",
+            mask: "recirc_id(0x1),in_port(5),ct_state(-new-dnat),eth(dst=02:00:00:00:00:0c),eth_type(0x0800),ipv4(dst=10.0.1.11,ttl=50,frag=no)",
             tags: vec![
                 Tag::port("r1-up"),
                 Tag::device("r1"),
