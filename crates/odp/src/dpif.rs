@@ -3,9 +3,8 @@
 //! their encoded attribute bytes; the codec modules turn them into typed values and text.
 
 use crate::families::{self, OVS_HEADER_LEN, OvsFamilies, dp, flow, ovs_header, packet, vport};
-use crate::sock::{
-    self, AttrWriter, GenlMsg, GenlSocket, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, SockError,
-};
+use crate::nla;
+use crate::sock::{self, GenlMsg, GenlSocket, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, SockError};
 
 /// The result type of this module.
 pub type Result<T, E = SockError> = std::result::Result<T, E>;
@@ -363,21 +362,23 @@ impl Dpif {
     /// CPU, and falls back to per-vport pids when the kernel refuses that feature.
     pub fn dp_create(&mut self, name: &str, upcall_pid: u32) -> Result<DpInfo> {
         let base = dp::F_UNALIGNED | dp::F_VPORT_PIDS;
-        let mut w = AttrWriter::new();
-        w.put_str(dp::ATTR_NAME, name)
-            .put_u32(dp::ATTR_UPCALL_PID, upcall_pid)
-            .put_u32(dp::ATTR_USER_FEATURES, base | dp::F_DISPATCH_UPCALL_PER_CPU)
-            .put(dp::ATTR_PER_CPU_PIDS, &per_cpu_pids(&[upcall_pid]));
+        let attrs = nla::build(&[], |w| {
+            w.string(dp::ATTR_NAME, name)?;
+            w.u32(dp::ATTR_UPCALL_PID, upcall_pid)?;
+            w.u32(dp::ATTR_USER_FEATURES, base | dp::F_DISPATCH_UPCALL_PER_CPU)?;
+            w.put(dp::ATTR_PER_CPU_PIDS, &per_cpu_pids(&[upcall_pid]))
+        })?;
         let what = format!("OVS_DP_CMD_NEW {name}");
-        let r = match self.dp_request(&what, dp::CMD_NEW, NLM_F_ECHO | NLM_F_CREATE, &w.finish()) {
+        let r = match self.dp_request(&what, dp::CMD_NEW, NLM_F_ECHO | NLM_F_CREATE, &attrs) {
             Err(SockError::Kernel { errno, .. })
                 if errno == libc::EOPNOTSUPP || errno == libc::EINVAL =>
             {
-                let mut w = AttrWriter::new();
-                w.put_str(dp::ATTR_NAME, name)
-                    .put_u32(dp::ATTR_UPCALL_PID, upcall_pid)
-                    .put_u32(dp::ATTR_USER_FEATURES, base);
-                self.dp_request(&what, dp::CMD_NEW, NLM_F_ECHO | NLM_F_CREATE, &w.finish())?
+                let attrs = nla::build(&[], |w| {
+                    w.string(dp::ATTR_NAME, name)?;
+                    w.u32(dp::ATTR_UPCALL_PID, upcall_pid)?;
+                    w.u32(dp::ATTR_USER_FEATURES, base)
+                })?;
+                self.dp_request(&what, dp::CMD_NEW, NLM_F_ECHO | NLM_F_CREATE, &attrs)?
             }
             r => r?,
         };
@@ -387,21 +388,21 @@ impl Dpif {
     /// Creates a datapath that delivers upcalls to per-vport pids even where the kernel has
     /// per-CPU dispatch (the mode kernels before 5.16 always use).
     pub fn dp_create_per_vport(&mut self, name: &str, upcall_pid: u32) -> Result<DpInfo> {
-        let mut w = AttrWriter::new();
-        w.put_str(dp::ATTR_NAME, name)
-            .put_u32(dp::ATTR_UPCALL_PID, upcall_pid)
-            .put_u32(dp::ATTR_USER_FEATURES, dp::F_UNALIGNED | dp::F_VPORT_PIDS);
+        let attrs = nla::build(&[], |w| {
+            w.string(dp::ATTR_NAME, name)?;
+            w.u32(dp::ATTR_UPCALL_PID, upcall_pid)?;
+            w.u32(dp::ATTR_USER_FEATURES, dp::F_UNALIGNED | dp::F_VPORT_PIDS)
+        })?;
         let what = format!("OVS_DP_CMD_NEW {name}");
-        let r = self.dp_request(&what, dp::CMD_NEW, NLM_F_ECHO | NLM_F_CREATE, &w.finish())?;
+        let r = self.dp_request(&what, dp::CMD_NEW, NLM_F_ECHO | NLM_F_CREATE, &attrs)?;
         first(r, &what).and_then(|m| parse_dp(&m.payload))
     }
 
     /// Looks a datapath up by name.
     pub fn dp_get(&mut self, name: &str) -> Result<DpInfo> {
-        let mut w = AttrWriter::new();
-        w.put_str(dp::ATTR_NAME, name);
+        let attrs = nla::build(&[], |w| w.string(dp::ATTR_NAME, name))?;
         let what = format!("OVS_DP_CMD_GET {name}");
-        let r = self.dp_request(&what, dp::CMD_GET, 0, &w.finish())?;
+        let r = self.dp_request(&what, dp::CMD_GET, 0, &attrs)?;
         first(r, &what).and_then(|m| parse_dp(&m.payload))
     }
 
@@ -413,30 +414,24 @@ impl Dpif {
 
     /// Deletes a datapath with its vports and flows.
     pub fn dp_delete(&mut self, name: &str) -> Result<()> {
-        let mut w = AttrWriter::new();
-        w.put_str(dp::ATTR_NAME, name);
-        self.dp_request(
-            &format!("OVS_DP_CMD_DEL {name}"),
-            dp::CMD_DEL,
-            0,
-            &w.finish(),
-        )?;
+        let attrs = nla::build(&[], |w| w.string(dp::ATTR_NAME, name))?;
+        self.dp_request(&format!("OVS_DP_CMD_DEL {name}"), dp::CMD_DEL, 0, &attrs)?;
         Ok(())
     }
 
     /// Sets the per-CPU upcall pids of a datapath in per-CPU mode: CPU `i` gets
     /// `pids[i % pids.len()]`, for every possible CPU.
     pub fn dp_set_upcall_pids(&mut self, name: &str, pids: &[u32]) -> Result<DpInfo> {
-        let mut w = AttrWriter::new();
-        let arr = per_cpu_pids(pids);
-        w.put_str(dp::ATTR_NAME, name)
-            .put_u32(
+        let attrs = nla::build(&[], |w| {
+            w.string(dp::ATTR_NAME, name)?;
+            w.u32(
                 dp::ATTR_USER_FEATURES,
                 dp::F_UNALIGNED | dp::F_VPORT_PIDS | dp::F_DISPATCH_UPCALL_PER_CPU,
-            )
-            .put(dp::ATTR_PER_CPU_PIDS, &arr);
+            )?;
+            w.put(dp::ATTR_PER_CPU_PIDS, &per_cpu_pids(pids))
+        })?;
         let what = format!("OVS_DP_CMD_SET {name} per-cpu pids");
-        let r = self.dp_request(&what, dp::CMD_SET, NLM_F_ECHO, &w.finish())?;
+        let r = self.dp_request(&what, dp::CMD_SET, NLM_F_ECHO, &attrs)?;
         first(r, &what).and_then(|m| parse_dp(&m.payload))
     }
 
@@ -457,9 +452,6 @@ impl Dpif {
 
     /// Adds a vport to a datapath.
     pub fn vport_add(&mut self, dp_ifindex: i32, spec: &VportSpec) -> Result<VportInfo> {
-        let mut w = AttrWriter::new();
-        w.put_str(vport::ATTR_NAME, &spec.name)
-            .put_u32(vport::ATTR_TYPE, spec.kind.number());
         let pids: Vec<u8> = if spec.upcall_pids.is_empty() {
             0u32.to_ne_bytes().to_vec()
         } else {
@@ -468,44 +460,45 @@ impl Dpif {
                 .flat_map(|p| p.to_ne_bytes())
                 .collect()
         };
-        w.put(vport::ATTR_UPCALL_PID, &pids);
-        if let Some(no) = spec.port_no {
-            w.put_u32(vport::ATTR_PORT_NO, no);
-        }
-        match spec.kind {
-            VportType::Vxlan { dst_port } | VportType::Geneve { dst_port } => {
-                let mut o = AttrWriter::new();
-                o.put_u16(vport::TUNNEL_ATTR_DST_PORT, dst_port);
-                w.put_nested(vport::ATTR_OPTIONS, &o.finish());
+        let attrs = nla::build(&[], |w| {
+            w.string(vport::ATTR_NAME, &spec.name)?;
+            w.u32(vport::ATTR_TYPE, spec.kind.number())?;
+            w.put(vport::ATTR_UPCALL_PID, &pids)?;
+            if let Some(no) = spec.port_no {
+                w.u32(vport::ATTR_PORT_NO, no)?;
             }
-            _ => {}
-        }
+            match spec.kind {
+                VportType::Vxlan { dst_port } | VportType::Geneve { dst_port } => {
+                    let o = nla::build(&[], |o| o.u16(vport::TUNNEL_ATTR_DST_PORT, dst_port))?;
+                    w.nested(vport::ATTR_OPTIONS, &o)
+                }
+                _ => Ok(()),
+            }
+        })?;
         let what = format!("OVS_VPORT_CMD_NEW {}", spec.name);
         let r = self.vport_request(
             &what,
             dp_ifindex,
             vport::CMD_NEW,
             NLM_F_ECHO | NLM_F_CREATE,
-            &w.finish(),
+            &attrs,
         )?;
         first(r, &what).and_then(|m| parse_vport(&m.payload))
     }
 
     /// Looks a vport up by name.
     pub fn vport_get(&mut self, dp_ifindex: i32, name: &str) -> Result<VportInfo> {
-        let mut w = AttrWriter::new();
-        w.put_str(vport::ATTR_NAME, name);
+        let attrs = nla::build(&[], |w| w.string(vport::ATTR_NAME, name))?;
         let what = format!("OVS_VPORT_CMD_GET {name}");
-        let r = self.vport_request(&what, dp_ifindex, vport::CMD_GET, 0, &w.finish())?;
+        let r = self.vport_request(&what, dp_ifindex, vport::CMD_GET, 0, &attrs)?;
         first(r, &what).and_then(|m| parse_vport(&m.payload))
     }
 
     /// Looks a vport up by port number.
     pub fn vport_get_by_no(&mut self, dp_ifindex: i32, port_no: u32) -> Result<VportInfo> {
-        let mut w = AttrWriter::new();
-        w.put_u32(vport::ATTR_PORT_NO, port_no);
+        let attrs = nla::build(&[], |w| w.u32(vport::ATTR_PORT_NO, port_no))?;
         let what = format!("OVS_VPORT_CMD_GET port {port_no}");
-        let r = self.vport_request(&what, dp_ifindex, vport::CMD_GET, 0, &w.finish())?;
+        let r = self.vport_request(&what, dp_ifindex, vport::CMD_GET, 0, &attrs)?;
         first(r, &what).and_then(|m| parse_vport(&m.payload))
     }
 
@@ -528,14 +521,13 @@ impl Dpif {
 
     /// Deletes a vport by name. Tunnel and internal devices the datapath created go with it.
     pub fn vport_delete(&mut self, dp_ifindex: i32, name: &str) -> Result<()> {
-        let mut w = AttrWriter::new();
-        w.put_str(vport::ATTR_NAME, name);
+        let attrs = nla::build(&[], |w| w.string(vport::ATTR_NAME, name))?;
         self.vport_request(
             &format!("OVS_VPORT_CMD_DEL {name}"),
             dp_ifindex,
             vport::CMD_DEL,
             0,
-            &w.finish(),
+            &attrs,
         )?;
         Ok(())
     }
@@ -547,29 +539,31 @@ impl Dpif {
         port_no: u32,
         pids: &[u32],
     ) -> Result<VportInfo> {
-        let mut w = AttrWriter::new();
         let arr: Vec<u8> = pids.iter().flat_map(|p| p.to_ne_bytes()).collect();
-        w.put_u32(vport::ATTR_PORT_NO, port_no)
-            .put(vport::ATTR_UPCALL_PID, &arr);
+        let attrs = nla::build(&[], |w| {
+            w.u32(vport::ATTR_PORT_NO, port_no)?;
+            w.put(vport::ATTR_UPCALL_PID, &arr)
+        })?;
         let what = format!("OVS_VPORT_CMD_SET port {port_no} upcall pids");
-        let r = self.vport_request(&what, dp_ifindex, vport::CMD_SET, NLM_F_ECHO, &w.finish())?;
+        let r = self.vport_request(&what, dp_ifindex, vport::CMD_SET, NLM_F_ECHO, &attrs)?;
         first(r, &what).and_then(|m| parse_vport(&m.payload))
     }
 
-    fn flow_payload(dp_ifindex: i32, f: &FlowPut) -> Vec<u8> {
-        let mut w = AttrWriter::with_prefix(&ovs_header(dp_ifindex));
-        w.put_nested(flow::ATTR_KEY, &f.key);
-        if let Some(m) = &f.mask {
-            w.put_nested(flow::ATTR_MASK, m);
-        }
-        w.put_nested(flow::ATTR_ACTIONS, &f.actions);
-        if let Some(u) = &f.ufid {
-            w.put(flow::ATTR_UFID, u);
-        }
-        if f.clear {
-            w.put_flag(flow::ATTR_CLEAR);
-        }
-        w.finish()
+    fn flow_payload(dp_ifindex: i32, f: &FlowPut) -> Result<Vec<u8>> {
+        Ok(nla::build(&ovs_header(dp_ifindex), |w| {
+            w.nested(flow::ATTR_KEY, &f.key)?;
+            if let Some(m) = &f.mask {
+                w.nested(flow::ATTR_MASK, m)?;
+            }
+            w.nested(flow::ATTR_ACTIONS, &f.actions)?;
+            if let Some(u) = &f.ufid {
+                w.put(flow::ATTR_UFID, u)?;
+            }
+            if f.clear {
+                w.flag(flow::ATTR_CLEAR)?;
+            }
+            Ok(())
+        })?)
     }
 
     fn put_cmd(mode: PutMode) -> (u8, u16) {
@@ -583,7 +577,7 @@ impl Dpif {
     /// Installs or modifies one flow.
     pub fn flow_put(&mut self, dp_ifindex: i32, f: &FlowPut, mode: PutMode) -> Result<()> {
         let (cmd, flags) = Self::put_cmd(mode);
-        let payload = Self::flow_payload(dp_ifindex, f);
+        let payload = Self::flow_payload(dp_ifindex, f)?;
         let what = if cmd == flow::CMD_NEW {
             "OVS_FLOW_CMD_NEW"
         } else {
@@ -606,28 +600,22 @@ impl Dpif {
         let (cmd, flags) = Self::put_cmd(mode);
         let reqs: Vec<(u8, u16, Vec<u8>)> = flows
             .iter()
-            .map(|f| (cmd, flags, Self::flow_payload(dp_ifindex, f)))
-            .collect();
+            .map(|f| Ok((cmd, flags, Self::flow_payload(dp_ifindex, f)?)))
+            .collect::<Result<_>>()?;
         let id = self.fam.flow.id;
         self.sock.batch(id, flow::VERSION, &reqs)
     }
 
-    fn flow_id_payload(dp_ifindex: i32, id: &FlowId) -> Vec<u8> {
-        let mut w = AttrWriter::with_prefix(&ovs_header(dp_ifindex));
-        match id {
-            FlowId::Key(k) => {
-                w.put_nested(flow::ATTR_KEY, k);
-            }
-            FlowId::Ufid(u) => {
-                w.put(flow::ATTR_UFID, u);
-            }
-        }
-        w.finish()
+    fn flow_id_payload(dp_ifindex: i32, id: &FlowId) -> Result<Vec<u8>> {
+        Ok(nla::build(&ovs_header(dp_ifindex), |w| match id {
+            FlowId::Key(k) => w.nested(flow::ATTR_KEY, k),
+            FlowId::Ufid(u) => w.put(flow::ATTR_UFID, u),
+        })?)
     }
 
     /// Reads one flow back.
     pub fn flow_get(&mut self, dp_ifindex: i32, id: &FlowId) -> Result<FlowEntry> {
-        let payload = Self::flow_id_payload(dp_ifindex, id);
+        let payload = Self::flow_id_payload(dp_ifindex, id)?;
         let fid = self.fam.flow.id;
         let r = self.sock.request(
             "OVS_FLOW_CMD_GET",
@@ -642,7 +630,7 @@ impl Dpif {
 
     /// Deletes one flow and returns its final state.
     pub fn flow_del(&mut self, dp_ifindex: i32, id: &FlowId) -> Result<FlowEntry> {
-        let payload = Self::flow_id_payload(dp_ifindex, id);
+        let payload = Self::flow_id_payload(dp_ifindex, id)?;
         let fid = self.fam.flow.id;
         let r = self.sock.request(
             "OVS_FLOW_CMD_DEL",
@@ -663,8 +651,8 @@ impl Dpif {
     ) -> Result<Vec<Result<(), i32>>> {
         let reqs: Vec<(u8, u16, Vec<u8>)> = ids
             .iter()
-            .map(|id| (flow::CMD_DEL, 0, Self::flow_id_payload(dp_ifindex, id)))
-            .collect();
+            .map(|id| Ok((flow::CMD_DEL, 0, Self::flow_id_payload(dp_ifindex, id)?)))
+            .collect::<Result<_>>()?;
         let fid = self.fam.flow.id;
         self.sock.batch(fid, flow::VERSION, &reqs)
     }
@@ -699,12 +687,12 @@ impl Dpif {
         Ok(())
     }
 
-    fn execute_payload(dp_ifindex: i32, pkt: &[u8], key: &[u8], actions: &[u8]) -> Vec<u8> {
-        let mut w = AttrWriter::with_prefix(&ovs_header(dp_ifindex));
-        w.put(packet::ATTR_PACKET, pkt)
-            .put_nested(packet::ATTR_KEY, key)
-            .put_nested(packet::ATTR_ACTIONS, actions);
-        w.finish()
+    fn execute_payload(dp_ifindex: i32, pkt: &[u8], key: &[u8], actions: &[u8]) -> Result<Vec<u8>> {
+        Ok(nla::build(&ovs_header(dp_ifindex), |w| {
+            w.put(packet::ATTR_PACKET, pkt)?;
+            w.nested(packet::ATTR_KEY, key)?;
+            w.nested(packet::ATTR_ACTIONS, actions)
+        })?)
     }
 
     /// Executes `actions` on a packet. `key` carries its metadata (`in_port`, `skb_mark`,
@@ -717,7 +705,7 @@ impl Dpif {
         key: &[u8],
         actions: &[u8],
     ) -> Result<()> {
-        let payload = Self::execute_payload(dp_ifindex, pkt, key, actions);
+        let payload = Self::execute_payload(dp_ifindex, pkt, key, actions)?;
         let pid = self.fam.packet.id;
         self.sock.request(
             "OVS_PACKET_CMD_EXECUTE",
@@ -739,13 +727,13 @@ impl Dpif {
         let reqs: Vec<(u8, u16, Vec<u8>)> = ops
             .iter()
             .map(|(p, k, a)| {
-                (
+                Ok((
                     packet::CMD_EXECUTE,
                     0,
-                    Self::execute_payload(dp_ifindex, p, k, a),
-                )
+                    Self::execute_payload(dp_ifindex, p, k, a)?,
+                ))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let pid = self.fam.packet.id;
         self.sock.batch(pid, packet::VERSION, &reqs)
     }
@@ -976,15 +964,16 @@ mod tests {
 
     #[test]
     fn parses_a_vport_reply() {
-        let mut o = AttrWriter::new();
-        o.put_u16(vport::TUNNEL_ATTR_DST_PORT, 4789);
-        let mut w = AttrWriter::with_prefix(&ovs_header(7));
-        w.put_u32(vport::ATTR_PORT_NO, 2)
-            .put_u32(vport::ATTR_TYPE, vport::TYPE_VXLAN)
-            .put_str(vport::ATTR_NAME, "weft-tun")
-            .put_nested(vport::ATTR_OPTIONS, &o.finish())
-            .put(vport::ATTR_UPCALL_PID, &[1, 0, 0, 0, 2, 0, 0, 0]);
-        let v = parse_vport(&w.finish()).unwrap();
+        let o = nla::build(&[], |o| o.u16(vport::TUNNEL_ATTR_DST_PORT, 4789)).unwrap();
+        let b = nla::build(&ovs_header(7), |w| {
+            w.u32(vport::ATTR_PORT_NO, 2)?;
+            w.u32(vport::ATTR_TYPE, vport::TYPE_VXLAN)?;
+            w.string(vport::ATTR_NAME, "weft-tun")?;
+            w.nested(vport::ATTR_OPTIONS, &o)?;
+            w.put(vport::ATTR_UPCALL_PID, &[1, 0, 0, 0, 2, 0, 0, 0])
+        })
+        .unwrap();
+        let v = parse_vport(&b).unwrap();
         assert_eq!(v.dp_ifindex, 7);
         assert_eq!(v.port_no, 2);
         assert_eq!(v.kind, VportType::Vxlan { dst_port: 4789 });
@@ -993,30 +982,45 @@ mod tests {
     }
 
     #[test]
+    fn a_request_too_long_for_netlink_is_refused_not_truncated() {
+        // An attribute's length is 16 bits: a 70,000-byte packet cannot be encoded.
+        let big = vec![0u8; 70_000];
+        let e = Dpif::execute_payload(1, &big, &[], &[]).expect_err("refused");
+        assert!(matches!(e, SockError::Encode(_)), "{e}");
+        assert!(e.to_string().contains("70000 bytes exceeds 65531"), "{e}");
+        let fits = Dpif::execute_payload(1, &[0u8; 1500], &[], &[]).unwrap();
+        assert_eq!(fits.len() % 4, 0);
+    }
+
+    #[test]
     fn truncated_replies_are_errors() {
         assert!(parse_vport(&[1, 2]).is_err());
-        let mut w = AttrWriter::with_prefix(&ovs_header(7));
-        w.put_u32(vport::ATTR_PORT_NO, 2);
-        assert!(parse_vport(&w.finish()).is_err());
-        let mut w = AttrWriter::with_prefix(&ovs_header(7));
-        w.put(flow::ATTR_STATS, &[0; 9]);
-        assert!(parse_flow(&w.finish()).is_err());
-        let mut w = AttrWriter::with_prefix(&ovs_header(7));
-        w.put_str(dp::ATTR_NAME, "x").put(dp::ATTR_STATS, &[0; 31]);
-        assert!(parse_dp(&w.finish()).is_err());
+        let h = ovs_header(7);
+        let b = nla::build(&h, |w| w.u32(vport::ATTR_PORT_NO, 2)).unwrap();
+        assert!(parse_vport(&b).is_err());
+        let b = nla::build(&h, |w| w.put(flow::ATTR_STATS, &[0; 9])).unwrap();
+        assert!(parse_flow(&b).is_err());
+        let b = nla::build(&h, |w| {
+            w.string(dp::ATTR_NAME, "x")?;
+            w.put(dp::ATTR_STATS, &[0; 31])
+        })
+        .unwrap();
+        assert!(parse_dp(&b).is_err());
     }
 
     #[test]
     fn parses_a_flow_reply() {
-        let mut w = AttrWriter::with_prefix(&ovs_header(7));
         let mut stats = Vec::new();
         stats.extend_from_slice(&3u64.to_ne_bytes());
         stats.extend_from_slice(&300u64.to_ne_bytes());
-        w.put_nested(flow::ATTR_KEY, &[8, 0, 3, 0, 1, 0, 0, 0])
-            .put(flow::ATTR_STATS, &stats)
-            .put(flow::ATTR_USED, &1234u64.to_ne_bytes())
-            .put(flow::ATTR_UFID, &[9; 16]);
-        let f = parse_flow(&w.finish()).unwrap();
+        let b = nla::build(&ovs_header(7), |w| {
+            w.nested(flow::ATTR_KEY, &[8, 0, 3, 0, 1, 0, 0, 0])?;
+            w.put(flow::ATTR_STATS, &stats)?;
+            w.u64(flow::ATTR_USED, 1234)?;
+            w.put(flow::ATTR_UFID, &[9; 16])
+        })
+        .unwrap();
+        let f = parse_flow(&b).unwrap();
         assert_eq!(f.key, vec![8, 0, 3, 0, 1, 0, 0, 0]);
         assert_eq!(f.stats.packets, 3);
         assert_eq!(f.stats.bytes, 300);

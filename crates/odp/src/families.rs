@@ -2,7 +2,8 @@
 //! `ovs_packet`): their command and attribute numbers from `include/uapi/linux/openvswitch.h`,
 //! and the run-time resolution of their family ids and multicast groups through `nlctrl`.
 
-use crate::sock::{self, AttrWriter, GenlSocket, SockError};
+use crate::nla;
+use crate::sock::{self, GenlSocket, SockError};
 
 /// `GENL_ID_CTRL`: the fixed id of the `nlctrl` family.
 pub const GENL_ID_CTRL: u16 = 0x10;
@@ -244,15 +245,14 @@ impl OvsFamilies {
 
 /// Resolves one generic netlink family by name through `nlctrl`.
 pub fn resolve_family(sock: &mut GenlSocket, name: &str) -> Result<Family, SockError> {
-    let mut w = AttrWriter::new();
-    w.put_str(CTRL_ATTR_FAMILY_NAME, name);
+    let attrs = nla::build(&[], |w| w.string(CTRL_ATTR_FAMILY_NAME, name))?;
     let replies = match sock.request(
         "CTRL_CMD_GETFAMILY",
         GENL_ID_CTRL,
         CTRL_CMD_GETFAMILY,
         2,
         0,
-        &w.finish(),
+        &attrs,
     ) {
         Ok(r) => r,
         Err(SockError::Kernel { errno, .. }) if errno == libc::ENOENT => {
@@ -325,17 +325,20 @@ mod tests {
 
     #[test]
     fn parses_a_family_reply_with_groups() {
-        let mut grp = AttrWriter::new();
-        grp.put_u32(CTRL_ATTR_MCAST_GRP_ID, 11)
-            .put_str(CTRL_ATTR_MCAST_GRP_NAME, "ovs_flow");
-        let mut groups = AttrWriter::new();
-        groups.put_nested(1, &grp.finish());
-        let mut w = AttrWriter::new();
-        w.put_str(CTRL_ATTR_FAMILY_NAME, "ovs_flow")
-            .put_u16(CTRL_ATTR_FAMILY_ID, 0x22)
-            .put_u32(CTRL_ATTR_VERSION, 1)
-            .put_nested(CTRL_ATTR_MCAST_GROUPS, &groups.finish());
-        let f = parse_family("ovs_flow", &w.finish()).unwrap();
+        let grp = nla::build(&[], |w| {
+            w.u32(CTRL_ATTR_MCAST_GRP_ID, 11)?;
+            w.string(CTRL_ATTR_MCAST_GRP_NAME, "ovs_flow")
+        })
+        .unwrap();
+        let groups = nla::build(&[], |w| w.nested(1, &grp)).unwrap();
+        let b = nla::build(&[], |w| {
+            w.string(CTRL_ATTR_FAMILY_NAME, "ovs_flow")?;
+            w.u16(CTRL_ATTR_FAMILY_ID, 0x22)?;
+            w.u32(CTRL_ATTR_VERSION, 1)?;
+            w.nested(CTRL_ATTR_MCAST_GROUPS, &groups)
+        })
+        .unwrap();
+        let f = parse_family("ovs_flow", &b).unwrap();
         assert_eq!(f.id, 0x22);
         assert_eq!(f.version, 1);
         assert_eq!(f.group("ovs_flow").unwrap(), 11);
@@ -344,8 +347,7 @@ mod tests {
 
     #[test]
     fn family_reply_without_id_is_an_error() {
-        let mut w = AttrWriter::new();
-        w.put_str(CTRL_ATTR_FAMILY_NAME, "ovs_flow");
-        assert!(parse_family("ovs_flow", &w.finish()).is_err());
+        let b = nla::build(&[], |w| w.string(CTRL_ATTR_FAMILY_NAME, "ovs_flow")).unwrap();
+        assert!(parse_family("ovs_flow", &b).is_err());
     }
 }

@@ -122,6 +122,19 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
+    /// Appends a nested attribute whose contents are already encoded.
+    pub fn nested(&mut self, kind: u16, inner: &[u8]) -> Result<()> {
+        self.put(kind | NLA_F_NESTED, inner)
+    }
+
+    /// Appends a NUL-terminated string.
+    pub fn string(&mut self, kind: u16, s: &str) -> Result<()> {
+        let mut v = Vec::with_capacity(s.len() + 1);
+        v.extend_from_slice(s.as_bytes());
+        v.push(0);
+        self.put(kind, &v)
+    }
+
     /// Appends a flag (empty) attribute.
     pub fn flag(&mut self, kind: u16) -> Result<()> {
         self.put(kind, &[])
@@ -140,6 +153,11 @@ impl<'a> Writer<'a> {
     /// Appends a big-endian u16.
     pub fn be16(&mut self, kind: u16, v: u16) -> Result<()> {
         self.put(kind, &v.to_be_bytes())
+    }
+
+    /// Appends a native-endian u64.
+    pub fn u64(&mut self, kind: u16, v: u64) -> Result<()> {
+        self.put(kind, &v.to_ne_bytes())
     }
 
     /// Opens a nested attribute; returns its offset for [`Writer::end`].
@@ -162,6 +180,14 @@ impl<'a> Writer<'a> {
         self.pad();
         Ok(())
     }
+}
+
+/// A new buffer that starts with `prefix` (an `ovs_header`, or nothing), followed by the
+/// attributes `f` writes.
+pub fn build(prefix: &[u8], f: impl FnOnce(&mut Writer<'_>) -> Result<()>) -> Result<Vec<u8>> {
+    let mut buf = prefix.to_vec();
+    f(&mut Writer::new(&mut buf))?;
+    Ok(buf)
 }
 
 /// Reads a fixed-size payload, or fails with `invalid NAME length N`.

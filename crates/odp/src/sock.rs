@@ -97,6 +97,9 @@ pub enum SockError {
         /// The group name.
         group: String,
     },
+    /// A request could not be encoded (an attribute longer than netlink allows).
+    #[error("cannot encode the request: {0}")]
+    Encode(#[from] crate::error::Error),
     /// A received message was larger than the receive buffer.
     #[error("netlink message of {len} bytes truncated to {cap}")]
     Truncated {
@@ -224,61 +227,6 @@ pub fn put_genl_msg(
     out.extend_from_slice(&[cmd, version, 0, 0]);
     out.extend_from_slice(payload);
     out.resize(align4(out.len()), 0);
-}
-
-/// Writes netlink attributes into a byte buffer.
-#[derive(Debug, Default, Clone)]
-pub struct AttrWriter {
-    /// The bytes written so far.
-    pub buf: Vec<u8>,
-}
-
-impl AttrWriter {
-    /// An empty writer.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// A writer that starts with `prefix` (e.g. an `ovs_header`).
-    pub fn with_prefix(prefix: &[u8]) -> Self {
-        AttrWriter {
-            buf: prefix.to_vec(),
-        }
-    }
-    /// Appends one attribute.
-    pub fn put(&mut self, ty: u16, data: &[u8]) -> &mut Self {
-        let len = NLA_HDRLEN + data.len();
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(data);
-        self.buf.resize(align4(self.buf.len()), 0);
-        self
-    }
-    /// Appends a nested attribute whose contents are already encoded.
-    pub fn put_nested(&mut self, ty: u16, inner: &[u8]) -> &mut Self {
-        self.put(ty | NLA_F_NESTED, inner)
-    }
-    /// Appends a `u32` attribute (host byte order).
-    pub fn put_u32(&mut self, ty: u16, v: u32) -> &mut Self {
-        self.put(ty, &v.to_ne_bytes())
-    }
-    /// Appends a `u16` attribute (host byte order).
-    pub fn put_u16(&mut self, ty: u16, v: u16) -> &mut Self {
-        self.put(ty, &v.to_ne_bytes())
-    }
-    /// Appends a NUL-terminated string attribute.
-    pub fn put_str(&mut self, ty: u16, s: &str) -> &mut Self {
-        let mut v = s.as_bytes().to_vec();
-        v.push(0);
-        self.put(ty, &v)
-    }
-    /// Appends a flag (empty) attribute.
-    pub fn put_flag(&mut self, ty: u16) -> &mut Self {
-        self.put(ty, &[])
-    }
-    /// The encoded bytes.
-    pub fn finish(self) -> Vec<u8> {
-        self.buf
-    }
 }
 
 /// Iterates over the attributes of a buffer as `(type, payload)`, type without the
@@ -649,12 +597,13 @@ mod tests {
 
     #[test]
     fn attrs_round_trip_and_alignment() {
-        let mut w = AttrWriter::new();
-        w.put_u32(1, 7)
-            .put_str(2, "dp0")
-            .put_flag(3)
-            .put(4, &[1, 2, 3]);
-        let b = w.finish();
+        let b = crate::nla::build(&[], |w| {
+            w.u32(1, 7)?;
+            w.string(2, "dp0")?;
+            w.flag(3)?;
+            w.put(4, &[1, 2, 3])
+        })
+        .unwrap();
         assert_eq!(b.len() % 4, 0);
         let t = attr_table(&b, 4).unwrap();
         assert_eq!(get_u32("a", t[1].unwrap()).unwrap(), 7);

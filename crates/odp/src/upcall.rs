@@ -188,7 +188,7 @@ impl AsRawFd for UpcallSocket {
 mod tests {
     use super::*;
     use crate::families::ovs_header;
-    use crate::sock::AttrWriter;
+    use crate::nla;
 
     fn msg(cmd: u8, attrs: &[u8]) -> GenlMsg {
         let mut payload = ovs_header(5).to_vec();
@@ -206,10 +206,12 @@ mod tests {
 
     #[test]
     fn parses_a_miss() {
-        let mut w = AttrWriter::new();
-        w.put(packet::ATTR_PACKET, &[0xff; 60])
-            .put_nested(packet::ATTR_KEY, &[8, 0, 3, 0, 2, 0, 0, 0]);
-        let u = parse_upcall(&msg(packet::CMD_MISS, &w.finish())).unwrap();
+        let b = nla::build(&[], |w| {
+            w.put(packet::ATTR_PACKET, &[0xff; 60])?;
+            w.nested(packet::ATTR_KEY, &[8, 0, 3, 0, 2, 0, 0, 0])
+        })
+        .unwrap();
+        let u = parse_upcall(&msg(packet::CMD_MISS, &b)).unwrap();
         assert_eq!(u.kind, UpcallKind::Miss);
         assert_eq!(u.dp_ifindex, 5);
         assert_eq!(u.packet.len(), 60);
@@ -219,9 +221,8 @@ mod tests {
 
     #[test]
     fn rejects_upcalls_without_key_or_packet_and_unknown_commands() {
-        let mut w = AttrWriter::new();
-        w.put(packet::ATTR_PACKET, &[0xff; 60]);
-        assert!(parse_upcall(&msg(packet::CMD_MISS, &w.finish())).is_err());
+        let b = nla::build(&[], |w| w.put(packet::ATTR_PACKET, &[0xff; 60])).unwrap();
+        assert!(parse_upcall(&msg(packet::CMD_MISS, &b)).is_err());
         assert!(parse_upcall(&msg(9, &[])).is_err());
         assert!(parse_upcall(&msg(packet::CMD_ACTION, &[1])).is_err());
     }
