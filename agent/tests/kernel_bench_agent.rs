@@ -1074,6 +1074,18 @@ struct SideRun {
     misses: u64,
     cpu_secs: f64,
     fast: Blast,
+    /// The datapath's flow and mask lines of `ovs-dpctl show` after the replay.
+    table: String,
+}
+
+/// The `flows:` and `masks:` lines of `ovs-dpctl show` output: how many megaflows and masks
+/// a lookup goes through.
+fn flow_table_lines(show: &str) -> String {
+    show.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("flows:") || l.starts_with("masks:"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl SideRun {
@@ -1086,6 +1098,7 @@ impl SideRun {
         n: u16,
         connect: impl Fn(Vec<u16>) -> Blast,
         misses: impl Fn() -> u64,
+        show: impl Fn() -> String,
         pid: u32,
     ) -> SideRun {
         connect((2000..3000).collect());
@@ -1100,6 +1113,7 @@ impl SideRun {
             misses: m1 - m0,
             cpu_secs: c1 - c0,
             fast,
+            table: flow_table_lines(&show()),
         }
     }
 }
@@ -1126,6 +1140,7 @@ fn bench_vip_connections_against_ovs_vswitchd() {
             n,
             |ports| ovs.connect(ports, window),
             || ovs.missed(),
+            || sh("ovs-dpctl show ovs-system"),
             ovs.vswitchd_pid(),
         ));
     }
@@ -1140,6 +1155,12 @@ fn bench_vip_connections_against_ovs_vswitchd() {
             n,
             |ports| lb.connect(VIP_SINK, ports, window),
             || h1.datapath_lookups().1,
+            || {
+                sh(&format!(
+                    "ip netns exec h1 ovs-dpctl show {}",
+                    h1.datapath_name()
+                ))
+            },
             agent_pid(h1),
         ));
     }
@@ -1161,6 +1182,9 @@ fn bench_vip_connections_against_ovs_vswitchd() {
             r.cpu_secs * 1000.0 / f64::from(n),
             r.fast.rate(),
         );
+    }
+    for r in &runs {
+        println!("BENCH {} datapath after the replay: {}", r.system, r.table);
     }
     let rate = |i: usize| runs[i].setup.rate();
     println!(
