@@ -235,6 +235,17 @@ impl TopologyWatcher {
             }
         };
         let full_flush = full_flush || std::mem::take(&mut self.pending_full_flush);
+        // Bucket flows carry their bucket's tag, not the load balancer's: those of the
+        // buckets a change moved are found by comparing the compiled tables.
+        let lbs: BTreeSet<Tag> = tags
+            .iter()
+            .copied()
+            .filter(|t| t.kind() == Some(sim::TagKind::Lb))
+            .collect();
+        let mut tags = tags;
+        if !lbs.is_empty() {
+            topo.changed_buckets(&prev.topo, |t| lbs.contains(&t), &mut tags);
+        }
         self.metrics.set_problems(topo.problems());
         self.shared.store(Arc::new(TopoSnap {
             generation,

@@ -7,7 +7,7 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use nsdb::testing::Etcd;
-use nsdb::{Nsdb, PortBinding, Route, WatchCache};
+use nsdb::{Nsdb, PortBinding, Protocol, Route, WatchCache};
 use sim::fixtures::{TopoBuilder, pkt};
 use sim::{DropReason, MemberChoice, PacketContext, RecordSet, Simulation, Tag, Topology, Verdict};
 use tokio::sync::mpsc;
@@ -160,6 +160,45 @@ async fn nsdb_writes_become_generations_with_exactly_their_invalidations() {
     assert_eq!(
         verdict(&shared, &b, "p1", "r1-b1", "10.0.2.14"),
         Verdict::Forward
+    );
+
+    // A VIP over three members appears, then loses one: the second change invalidates the
+    // load balancer's own flows and the buckets that moved, not the router's flows.
+    let lb = |n: u8| {
+        let addrs: Vec<String> = (0..n).map(|i| format!("10.0.2.{}", 100 + i)).collect();
+        let m: Vec<(&str, u16, u32, bool)> =
+            addrs.iter().map(|a| (a.as_str(), 8080, 1, true)).collect();
+        topology()
+            .vip(
+                "web",
+                Some("r1"),
+                "10.96.0.10",
+                Protocol::Tcp,
+                80,
+                &m,
+                false,
+            )
+            .records
+            .load_balancers[0]
+            .clone()
+    };
+    db.put(&lb(3)).await.unwrap();
+    let (g, tags, _) = tokio::task::block_in_place(|| next_invalidation(&rx));
+    assert_eq!(g, 5);
+    assert!(tags.contains(&Tag::device("r1")), "a new VIP: {tags:?}");
+    db.put(&lb(2)).await.unwrap();
+    let (g, tags, _) = tokio::task::block_in_place(|| next_invalidation(&rx));
+    assert_eq!(g, 6);
+    assert!(tags.contains(&Tag::lb("web")), "{tags:?}");
+    assert!(!tags.contains(&Tag::device("r1")), "{tags:?}");
+    let buckets = tags
+        .iter()
+        .filter(|t| t.kind() == Some(sim::TagKind::LbBucket))
+        .count();
+    // The removed member had 21 or 22 of the 64 buckets; the others keep nearly all theirs.
+    assert!(
+        (21..=40).contains(&buckets),
+        "{buckets} buckets invalidated: {tags:?}"
     );
     task.abort();
     drop(cache);

@@ -12,7 +12,7 @@
 //! | port (any field) or its binding | `port(id)`, `device(port's device)`; for a bridge port also `mac(bridge, mac)` and `ip(bridge, a)` of its addresses; for a router port `ip(router, a)` of its addresses and, through its interior peer, `mac`/`ip` of the peer bridge |
 //! | route | `route(id)`, `device(router)` |
 //! | chain | `chain(id)` |
-//! | load balancer | `lb(id)`, and `device(router)` for a router's LB or [`Tag::global_vips`] for one attached to no router (when the first such LB appears, no flow carries that tag yet: flush all flows) |
+//! | load balancer | `lb(id)`, and `device(router)` for a router's LB or [`Tag::global_vips`] for one attached to no router when its VIPs' addresses, protocols or ports change (when the first such LB appears, no flow carries that tag yet: flush all flows); then, from the compiled topologies before and after ([`Topology::changed_buckets`]), `lb_bucket(vip, b)` of each bucket whose member changed, or of every bucket of a VIP that went or whose bucket count changed |
 //! | host | `host(id)` |
 //! | a client's remembered member at a VIP, forgotten | `affinity(key)` |
 //! | a local vport added to or removed from the datapath | `port(id)` of the port bound to it, `device(its bridge)` |
@@ -47,6 +47,7 @@ pub enum TagKind {
     Host = 8,
     /// One client's remembered member at one VIP ([`crate::affinity`]).
     Affinity = 9,
+    LbBucket = 10,
 }
 
 impl TagKind {
@@ -61,6 +62,7 @@ impl TagKind {
             7 => TagKind::Lb,
             8 => TagKind::Host,
             9 => TagKind::Affinity,
+            10 => TagKind::LbBucket,
             _ => return None,
         })
     }
@@ -110,6 +112,21 @@ impl Tag {
     /// The tag carried by every flow that consulted the table of VIPs attached to no router.
     pub fn global_vips() -> Tag {
         Tag::of_id(TagKind::Lb, "/global-vips")
+    }
+    /// The tag of one bucket of a VIP whose member the datapath chooses
+    /// ([`crate::buckets`]); `vip` is the VIP's own hash, [`Tag::vip_key`].
+    pub fn lb_bucket(vip: u64, bucket: usize) -> Tag {
+        Tag::make(TagKind::LbBucket, mix64(vip ^ mix64(bucket as u64)))
+    }
+    /// The hash that names a VIP in [`Tag::lb_bucket`]: its load balancer, address, protocol
+    /// and port.
+    pub fn vip_key(lb: &str, ip: IpAddr, proto: u8, port: u16) -> u64 {
+        let ip = crate::hash::ip_bits(ip);
+        mix64(
+            fnv1a(TagKind::LbBucket as u64, lb.as_bytes())
+                ^ mix64(ip as u64 ^ ((ip >> 64) as u64).rotate_left(17))
+                ^ (u64::from(proto) << 16 | u64::from(port)),
+        )
     }
     /// The tag of one client's remembered member at one VIP ([`crate::affinity`]).
     pub fn affinity(k: &crate::AffinityKey) -> Tag {

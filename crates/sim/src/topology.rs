@@ -269,6 +269,8 @@ pub(crate) struct VipC {
     /// Empty when the simulation chooses the member (one member, session affinity, or
     /// [`MemberChoice::Simulation`]).
     pub buckets: BucketTable,
+    /// Names the VIP in its buckets' tags ([`Tag::lb_bucket`]).
+    pub bucket_key: u64,
     pub affinity: bool,
     /// How long a client's member is remembered, in seconds.
     pub affinity_timeout_s: u32,
@@ -917,6 +919,7 @@ impl Topology {
                     members,
                     total,
                     buckets,
+                    bucket_key: Tag::vip_key(&lb.id, v.ip, v.protocol.number(), v.port),
                     affinity: v.session_affinity,
                     affinity_timeout_s: v
                         .affinity_timeout_s
@@ -1028,6 +1031,43 @@ impl Topology {
     /// The id of the host this snapshot was compiled for.
     pub fn local_host(&self) -> &str {
         &self.hosts[self.local_host as usize].id
+    }
+
+    /// The bucket tags ([`Tag::lb_bucket`]) whose flows are stale in `self` after a change
+    /// from `old` to the load balancers whose tags `changed` holds: every bucket of a VIP
+    /// that went away, stopped using buckets or changed its bucket count, and each bucket
+    /// whose member (address and port) changed. A bucket's flows carry its tag instead of the
+    /// load balancer's, so a member change deletes only the flows of the buckets that move.
+    pub fn changed_buckets(
+        &self,
+        old: &Topology,
+        changed: impl Fn(Tag) -> bool,
+        out: &mut Vec<Tag>,
+    ) {
+        let now: std::collections::HashMap<u64, &VipC> = self
+            .vips
+            .iter()
+            .filter(|v| !v.buckets.is_empty())
+            .map(|v| (v.bucket_key, v))
+            .collect();
+        for was in old
+            .vips
+            .iter()
+            .filter(|v| !v.buckets.is_empty() && changed(v.lb_tag))
+        {
+            let member = |v: &VipC, b: usize| {
+                let m = &v.members[usize::from(v.buckets[b])];
+                (m.ip, m.port)
+            };
+            match now.get(&was.bucket_key) {
+                Some(is) if is.buckets.len() == was.buckets.len() => out.extend(
+                    (0..was.buckets.len())
+                        .filter(|&b| member(was, b) != member(is, b))
+                        .map(|b| Tag::lb_bucket(was.bucket_key, b)),
+                ),
+                _ => out.extend((0..was.buckets.len()).map(|b| Tag::lb_bucket(was.bucket_key, b))),
+            }
+        }
     }
 
     /// Records that were left out of this snapshot, and why.

@@ -1435,7 +1435,11 @@ impl<'t> Walker<'t, '_> {
     /// sending pod itself hairpins ([`Self::hairpin`]).
     fn vip(&mut self, v: Idx) -> R<Next> {
         let vip = &self.t.vips[v as usize];
-        self.tag(vip.lb_tag);
+        // A bucket's flows name the bucket, not the load balancer, so that a member change
+        // deletes only the buckets that move ([`Topology::changed_buckets`]).
+        if self.pass != Pass::Bucket || vip.buckets.is_empty() {
+            self.tag(vip.lb_tag);
+        }
         note!(
             self,
             "  VIP {}:{} ({} healthy members)",
@@ -1472,6 +1476,7 @@ impl<'t> Walker<'t, '_> {
             let n = vip.buckets.len() as u32 - 1;
             self.read.dp_hash |= n;
             let b = self.pkt.dp_hash & n;
+            self.tag(Tag::lb_bucket(vip.bucket_key, b as usize));
             let m = &vip.members[vip.buckets[b as usize] as usize];
             note!(self, "  bucket {b}: member {}:{}", m.ip, m.port);
             return Ok(self.translate(m, vip.ip));

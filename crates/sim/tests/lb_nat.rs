@@ -242,6 +242,81 @@ fn a_member_whose_chain_needs_state_gets_translated_traffic_through_its_zone() {
     }
 }
 
+#[test]
+fn a_member_change_makes_stale_only_the_buckets_that_move() {
+    let pool = |n: u8| {
+        let addrs: Vec<String> = (0..n).map(|i| format!("10.0.2.{}", 100 + i)).collect();
+        let m: Vec<(&str, u16, u32, bool)> =
+            addrs.iter().map(|a| (a.as_str(), 8080, 1, true)).collect();
+        let b = two_bridges().vip(
+            "lb4",
+            Some("r1"),
+            "10.96.0.10",
+            Protocol::Tcp,
+            80,
+            &m,
+            false,
+        );
+        let (p1, gw) = (b.mac("p1"), b.mac("r1-b1"));
+        (
+            b.build(),
+            pkt::tcp(2, p1, gw, "10.0.1.11", "10.96.0.10", 40000, 80),
+        )
+    };
+    let key = sim::Tag::vip_key("lb4", "10.96.0.10".parse().unwrap(), 6, 80);
+    let (old, f) = pool(4);
+    let (new, _) = pool(3);
+    // Each bucket's flow names its bucket, not the load balancer.
+    let member = |t: &sim::Topology, b: u32| {
+        let s = run(
+            t,
+            Fields {
+                recirc_id: RECIRC_LB,
+                ct_state: TRK | NEW,
+                dp_hash: b,
+                ..f
+            },
+            &[],
+        );
+        assert!(
+            s.tags.contains(&Tag::lb_bucket(key, b as usize)),
+            "bucket {b}: {:?}",
+            s.tags
+        );
+        assert!(
+            !s.tags.contains(&Tag::lb("lb4")),
+            "bucket {b}: {:?}",
+            s.tags
+        );
+        s.actions_text()
+    };
+    let moved: std::collections::BTreeSet<Tag> = (0..64u32)
+        .filter(|&b| member(&old, b) != member(&new, b))
+        .map(|b| Tag::lb_bucket(key, b as usize))
+        .collect();
+    let mut stale = Vec::new();
+    new.changed_buckets(&old, |t| t == Tag::lb("lb4"), &mut stale);
+    let stale: std::collections::BTreeSet<Tag> = stale.into_iter().collect();
+    assert_eq!(stale, moved, "exactly the buckets whose member changed");
+    // The removed member had 16 buckets; the survivors keep nearly all of theirs.
+    assert!(
+        (16..=22).contains(&stale.len()),
+        "{} buckets moved",
+        stale.len()
+    );
+
+    // Another load balancer's change touches none of them.
+    let mut none = Vec::new();
+    new.changed_buckets(&old, |t| t == Tag::lb("other"), &mut none);
+    assert!(none.is_empty(), "{none:?}");
+    // A new bucket count (17 members: 128 buckets) makes every old bucket stale.
+    let (sixteen, _) = pool(16);
+    let (seventeen, _) = pool(17);
+    let mut all = Vec::new();
+    seventeen.changed_buckets(&sixteen, |t| t == Tag::lb("lb4"), &mut all);
+    assert_eq!(all.len(), 64);
+}
+
 /// `b` with load balancer `id` on r1: VIP `vip`:80/TCP over eight healthy members,
 /// 10.0.2.100-107 at port 8080, the first of weight 4 and the others of weight 1.
 fn eight_member_vip(b: TopoBuilder, id: &str, vip: &str, affinity: bool) -> TopoBuilder {
