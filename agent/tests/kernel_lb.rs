@@ -264,6 +264,52 @@ fn a_weighted_vip_splits_in_the_kernel_by_weight_and_new_connections_never_upcal
         N,
         "the backends accepted a different number of connections than the client made"
     );
+
+    // Weights 3:1 become 1:1: 16 or so buckets move from be1 to be2. Only their flows go;
+    // the others stay in the kernel, so new connections upcall only in the moved buckets.
+    let before = generation(&c, "h3");
+    let mut lb = b
+        .records
+        .load_balancers
+        .iter()
+        .find(|l| l.id == "web")
+        .expect("load balancer web")
+        .clone();
+    for m in &mut lb.vips[0].members {
+        m.weight = 1;
+    }
+    c.put(&lb);
+    wait_generation(&c, "h3", before, 1200);
+    let mut left = bucket_flows(&c, "h3");
+    for _ in 0..100 {
+        if left < 64 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        left = bucket_flows(&c, "h3");
+    }
+    let moved = 64 - left;
+    let upcalls0 = c.host("h3").metric("weft_agent_upcalls_total");
+    for r in exchanges(&ns, sa(VIP, VIP_PORT), 300, 100) {
+        if let Err(e) = r {
+            c.fail(&format!("a connection after the weight change failed: {e}"));
+        }
+    }
+    let upcalls = c.host("h3").metric("weft_agent_upcalls_total") - upcalls0;
+    eprintln!(
+        "lb-buckets: weights 3:1 -> 1:1: {moved} of 64 bucket flows deleted; 300 connections then made {upcalls} upcalls on h3"
+    );
+    if !(16..=24).contains(&moved) {
+        c.fail(&format!(
+            "the weight change deleted {moved} bucket flows, not the 16 or so that moved"
+        ));
+    }
+    // Each moved bucket's first connection, plus the VIP's own hash flow.
+    if upcalls > (moved + 2) as f64 {
+        c.fail(&format!(
+            "{upcalls} upcalls after the weight change, more than the {moved} moved buckets need"
+        ));
+    }
 }
 
 #[test]

@@ -164,6 +164,17 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_weight_change_moves_little_more_than_the_quotas_differ() {
+        // 3:1 to 1:1: the second member's quota grows by 16 buckets.
+        for (a, b) in [(1, 2), (31, 32), (7, 200)] {
+            let before = table(&[(key(a), 3), (key(b), 1)], 64);
+            let after = table(&[(key(a), 1), (key(b), 1)], 64);
+            let moved = (0..64).filter(|&i| before[i] != after[i]).count();
+            assert!((16..=24).contains(&moved), "{a}, {b}: {moved} buckets moved");
+        }
+    }
+
     /// Buckets of members that stay, and that changed member, when one member goes.
     fn moved_on_removal(members: usize) -> (usize, usize) {
         let all: Vec<(u64, u32)> = (1..=members as u8).map(|i| (key(i), 1)).collect();
