@@ -304,8 +304,10 @@ fn a_weighted_vip_splits_in_the_kernel_by_weight_and_new_connections_never_upcal
             "the weight change deleted {moved} bucket flows, not the 16 or so that moved"
         ));
     }
-    // Each moved bucket's first connection, plus the VIP's own hash flow.
-    if upcalls > (moved + 2) as f64 {
+    // Each moved bucket's first connection, plus the two flows before the bucket stage that
+    // carry the load balancer's own tag (its first pass and its hash), and some slack: far
+    // fewer than the 64 a flush of every bucket would cost.
+    if upcalls > (moved + 4) as f64 {
         c.fail(&format!(
             "{upcalls} upcalls after the weight change, more than the {moved} moved buckets need"
         ));
