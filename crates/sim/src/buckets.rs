@@ -171,7 +171,10 @@ mod tests {
             let before = table(&[(key(a), 3), (key(b), 1)], 64);
             let after = table(&[(key(a), 1), (key(b), 1)], 64);
             let moved = (0..64).filter(|&i| before[i] != after[i]).count();
-            assert!((16..=24).contains(&moved), "{a}, {b}: {moved} buckets moved");
+            assert!(
+                (16..=24).contains(&moved),
+                "{a}, {b}: {moved} buckets moved"
+            );
         }
     }
 
