@@ -73,6 +73,16 @@ fn weighted_topology(w1: u32, w2: u32) -> TopoBuilder {
         )
 }
 
+/// The record of load balancer `web` in `b`, to change and write back.
+fn web(b: &TopoBuilder) -> LoadBalancer {
+    b.records
+        .load_balancers
+        .iter()
+        .find(|l| l.id == "web")
+        .expect("load balancer web")
+        .clone()
+}
+
 /// Starts three hosts, writes `b`'s records and attaches the pods where `b` binds them.
 fn cluster(name: &str, b: &TopoBuilder) -> Cluster {
     let mut c = Cluster::start(name, 3, SCENARIO_SECS);
@@ -268,13 +278,7 @@ fn a_weighted_vip_splits_in_the_kernel_by_weight_and_new_connections_never_upcal
     // Weights 3:1 become 1:1: 16 or so buckets move from be1 to be2. Only their flows go;
     // the others stay in the kernel, so new connections upcall only in the moved buckets.
     let before = generation(&c, "h3");
-    let mut lb = b
-        .records
-        .load_balancers
-        .iter()
-        .find(|l| l.id == "web")
-        .expect("load balancer web")
-        .clone();
+    let mut lb = web(&b);
     for m in &mut lb.vips[0].members {
         m.weight = 1;
     }
@@ -357,13 +361,7 @@ fn vip_backend_removed_under_traffic_gets_no_new_connection() {
 
     // The client's host is the one that picks the backend (the ingress host decides).
     let before = generation(&c, "h3");
-    let mut lb: LoadBalancer = b
-        .records
-        .load_balancers
-        .iter()
-        .find(|l| l.id == "web")
-        .expect("load balancer web")
-        .clone();
+    let mut lb = web(&b);
     lb.vips[0]
         .members
         .retain(|m| m.ip != IpAddr::V4(ip("10.0.2.32")));
