@@ -210,6 +210,9 @@ pub fn tags_of_change_in(
                     });
                 }
             }
+            // A verdict changes which members the load balancer's VIPs choose from; the
+            // buckets it moves are found by comparing the compiled tables.
+            AnyRecord::MemberHealth(h) => out.push(Tag::lb(&h.lb)),
             AnyRecord::IpLease(_) | AnyRecord::TunnelKey(_) => {}
         }
     }
@@ -563,6 +566,7 @@ mod tests {
 
     fn lb(id: &str, router: Option<&str>, vips: usize) -> AnyRecord {
         AnyRecord::LoadBalancer(LoadBalancer {
+            health_check: None,
             id: id.into(),
             name: id.into(),
             router: router.map(Into::into),
@@ -583,6 +587,16 @@ mod tests {
                     affinity_timeout_s: None,
                 })
                 .collect(),
+        })
+    }
+
+    /// A verdict on member 10.0.1.11:8080 of load balancer lb1.
+    fn health(healthy: bool) -> AnyRecord {
+        AnyRecord::MemberHealth(nsdb::MemberHealth {
+            lb: "lb1".into(),
+            member: "10.0.1.11:8080".parse().unwrap(),
+            healthy,
+            host: "h1".into(),
         })
     }
 
@@ -727,6 +741,24 @@ mod tests {
                 "global LB's members changed: only flows that hit its VIPs",
                 Some(lb("lb1", None, 2)),
                 Some(with_members(lb("lb1", None, 2), 0)),
+                vec![Tag::lb("lb1")],
+            ),
+            (
+                "a member's health verdict written: only flows that hit its load balancer's VIPs",
+                None,
+                Some(health(true)),
+                vec![Tag::lb("lb1")],
+            ),
+            (
+                "a member's health verdict turned down",
+                Some(health(true)),
+                Some(health(false)),
+                vec![Tag::lb("lb1")],
+            ),
+            (
+                "a member's health verdict expired with its host's lease",
+                Some(health(false)),
+                None,
                 vec![Tag::lb("lb1")],
             ),
             (
@@ -1450,6 +1482,7 @@ mod tests {
         // The first global VIP asks for a full flush; a second one does not.
         let mut with_global = after.clone();
         with_global.load_balancers.push(LoadBalancer {
+            health_check: None,
             router: None,
             id: "g1".into(),
             ..with_global.load_balancers[0].clone()
@@ -1468,6 +1501,7 @@ mod tests {
         from = (*g1).clone();
         let mut second = with_global.clone();
         second.load_balancers.push(LoadBalancer {
+            health_check: None,
             id: "g2".into(),
             ..second.load_balancers[1].clone()
         });

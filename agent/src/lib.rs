@@ -12,6 +12,7 @@ pub mod datapath;
 pub mod flows;
 pub mod flowtable;
 pub mod handler;
+pub mod health;
 pub mod host;
 pub mod install;
 pub mod invalidate;

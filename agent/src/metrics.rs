@@ -25,6 +25,13 @@ pub struct UpcallDropLabels {
     pub reason: &'static str,
 }
 
+/// How a health probe of a load balancer member ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    /// `ok` or `failed`.
+    pub result: &'static str,
+}
+
 /// A kind of topology problem (`sim::SimError::metric_label`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProblemLabels {
@@ -75,6 +82,13 @@ pub struct Metrics {
     pub nsdb_watch: std::sync::OnceLock<nsdb::WatchHealth>,
     /// 1 once the agent runs on its first topology, 0 while it waits at start.
     pub ready: Gauge,
+    /// Health probes of local load balancer members, by result.
+    pub health_probes: Family<ProbeLabels, Counter>,
+    /// Local members whose health verdict is down.
+    pub members_down: Gauge,
+    /// Local members of load balancers with a health check that this agent cannot probe
+    /// (it has no node port, `--node-bridge`): they count as their records say.
+    pub members_unprobed: Gauge,
     /// What the agent waits for while it is not ready.
     waiting: Mutex<String>,
 }
@@ -125,6 +139,9 @@ impl Metrics {
             nsdb_watch: std::sync::OnceLock::new(),
             topology_problems: Family::default(),
             ready: Gauge::default(),
+            health_probes: Family::default(),
+            members_down: Gauge::default(),
+            members_unprobed: Gauge::default(),
             waiting: Mutex::new("starting".into()),
             registry: Registry::default(),
         };
@@ -220,6 +237,21 @@ impl Metrics {
             "weft_agent_ready",
             "1 once the agent runs on its first topology, 0 while it waits for NSDB at start",
             m.ready.clone(),
+        );
+        r.register(
+            "weft_agent_health_probes",
+            "Health probes of local load balancer members, by result",
+            m.health_probes.clone(),
+        );
+        r.register(
+            "weft_agent_members_down",
+            "Local load balancer members whose health verdict is down",
+            m.members_down.clone(),
+        );
+        r.register(
+            "weft_agent_members_unprobed",
+            "Local members of health-checked load balancers that cannot be probed without a node port",
+            m.members_unprobed.clone(),
         );
         nsdb::register(r);
         Metrics { registry, ..m }

@@ -438,6 +438,18 @@ async fn run_async(cfg: Config, mut settings: Settings) -> anyhow::Result<()> {
         attachments,
     });
     handler.set(agent.clone());
+    let lease = Arc::new(std::sync::atomic::AtomicI64::new(registration.lease_id()));
+    let prober = tokio::spawn(
+        crate::health::Prober {
+            host: settings.host.clone(),
+            nsdb: nsdb.clone(),
+            topo: shared.clone(),
+            metrics: metrics.clone(),
+            lease: lease.clone(),
+            node_port: settings.node_bridge.is_some(),
+        }
+        .run(),
+    );
     let node_port = settings
         .node_bridge
         .clone()
@@ -469,6 +481,7 @@ async fn run_async(cfg: Config, mut settings: Settings) -> anyhow::Result<()> {
                 if let Err(e) = registration.ensure().await {
                     warn!(error = %nsdb::error::chain(&e), "cannot check the host registration");
                 }
+                lease.store(registration.lease_id(), Ordering::Relaxed);
             }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
@@ -482,6 +495,7 @@ async fn run_async(cfg: Config, mut settings: Settings) -> anyhow::Result<()> {
         let _ = t.join();
     }
     watcher.abort();
+    prober.abort();
     if let Some(t) = node_port {
         t.abort();
     }

@@ -2,7 +2,8 @@
 //! network sees them: a VIP spreading many connections over backends on other hosts while
 //! the client only ever talks to the VIP, a weighted VIP split in the kernel with no upcall
 //! per connection, a backend removed under traffic getting no new connection while
-//! established connections carry on, a client kept on its member by `ClientIP` session affinity until it is idle
+//! established connections carry on, a member taken out by its health check when its server
+//! stops and back when it returns (and kept when its host's agent dies), a client kept on its member by `ClientIP` session affinity until it is idle
 //! for the timeout (and across an agent restart), a backend reaching its own IPv6 Service
 //! (hairpin), and pods reaching an external network through the router's uplink with source
 //! NAT.
@@ -762,4 +763,201 @@ fn a_backend_reaching_its_own_ipv6_service_is_answered_from_the_vip_over_tcp_and
             ));
         }
     }
+}
+
+/// Seconds between probes in the health-check scenario, and the thresholds.
+const PROBE_INTERVAL_S: u32 = 2;
+const RISE: u32 = 2;
+const FALL: u32 = 2;
+
+/// The verdict NSDB holds on `member` of load balancer `web`: `None` when there is none.
+fn verdict(c: &Cluster, member: SocketAddr) -> Option<(bool, String)> {
+    let id = nsdb::keys::member_health_id("web", member);
+    c.block_on(c.db().get::<nsdb::MemberHealth>(&id))
+        .unwrap_or_else(|e| c.fail(&format!("reading the verdict on {member}: {e}")))
+        .map(|v| (v.record.healthy, v.record.host))
+}
+
+/// Waits up to `secs` for `member`'s verdict to become `want`; returns how long it took.
+fn wait_verdict(
+    c: &Cluster,
+    member: SocketAddr,
+    want: Option<bool>,
+    secs: u64,
+) -> std::time::Duration {
+    let t0 = Instant::now();
+    loop {
+        let got = verdict(c, member);
+        if got.as_ref().map(|(h, _)| *h) == want {
+            return t0.elapsed();
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(secs) {
+            c.fail(&format!(
+                "the verdict on {member} is {got:?} after {secs} s, not {want:?}"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The backends that answered `n` connections from c1 to the VIP, counted.
+fn spread(c: &Cluster, n: usize) -> BTreeMap<String, usize> {
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, r) in exchanges(&c.pod("c1").ns, sa(VIP, VIP_PORT), n, 100)
+        .into_iter()
+        .enumerate()
+    {
+        match r {
+            Ok(x) => {
+                check_vip_exchange(c, &x, i);
+                *per.entry(x.backend).or_default() += 1;
+            }
+            Err(e) => c.fail(&format!("connection {i} to the VIP failed: {e}")),
+        }
+    }
+    per
+}
+
+#[test]
+#[ignore = "needs the OVS kernel datapath: run by e2e/kernel-tests.sh inside the guest"]
+fn a_health_check_takes_a_stopped_member_out_and_back_and_a_dead_agents_verdict_expires() {
+    // The members' hosts probe them from their node ports, on bridge `join`.
+    let mut b = lb_topology()
+        .bridge("join")
+        .link("r1", "join", "100.64.0.1/24");
+    for (br, subnet, gw) in [
+        ("join", "100.64.0.0/24", "100.64.0.1"),
+        ("b2", "10.0.2.0/24", "10.0.2.1"),
+    ] {
+        let r = b
+            .records
+            .bridges
+            .iter_mut()
+            .find(|x| x.id == br)
+            .expect("bridge");
+        r.subnet_v4 = Some(subnet.parse().unwrap());
+        r.gateway_v4 = Some(gw.parse().unwrap());
+    }
+    b.records.load_balancers[0].health_check = Some(nsdb::HealthCheck {
+        kind: nsdb::ProbeKind::Tcp,
+        path: None,
+        interval_s: PROBE_INTERVAL_S,
+        timeout_s: 1,
+        rise: RISE,
+        fall: FALL,
+    });
+    let mut c = Cluster::start_with(
+        "lb-health",
+        3,
+        SCENARIO_SECS,
+        &["--node-bridge", "join", "--lease-ttl-secs", "4"],
+    );
+    c.write_topology(&b.records);
+    for pb in b.records.bindings.clone() {
+        c.add_pod(&pb.port, &pb.host);
+    }
+    let (be1, _be2) = backends(&c);
+    let m1 = sa("10.0.2.31", BACKEND_PORT);
+    let m2 = sa("10.0.2.32", BACKEND_PORT);
+
+    // 1. Each member's own host probes it and finds it up.
+    wait_verdict(&c, m1, Some(true), 120);
+    wait_verdict(&c, m2, Some(true), 120);
+    assert_eq!(
+        verdict(&c, m1).unwrap().1,
+        "h1",
+        "be1 is probed by its host"
+    );
+    assert_eq!(
+        verdict(&c, m2).unwrap().1,
+        "h2",
+        "be2 is probed by its host"
+    );
+    let before = spread(&c, 40);
+    eprintln!("lb-health: both up: {before:?}");
+    if before.len() != 2 {
+        c.fail(&format!("both members must serve while up: {before:?}"));
+    }
+
+    // 2. be1's server stops: its host marks it down, and no new connection goes to it.
+    drop(be1);
+    let down = wait_verdict(&c, m1, Some(false), 60);
+    let bound = std::time::Duration::from_secs(u64::from(PROBE_INTERVAL_S * (FALL + 1)));
+    eprintln!(
+        "lb-health: be1 marked down {:.1} s after its server stopped (interval {PROBE_INTERVAL_S} s x fall {FALL}, bound {bound:?})",
+        down.as_secs_f64()
+    );
+    if down > bound {
+        c.fail(&format!(
+            "be1 was marked down after {down:?}, beyond {bound:?}: interval x fall plus one interval"
+        ));
+    }
+    let t = Instant::now();
+    let mut during = BTreeMap::new();
+    // The verdict reaches the client's host through the watch; give it a few seconds.
+    while t.elapsed() < std::time::Duration::from_secs(30) {
+        during = spread(&c, 10);
+        if during.keys().all(|k| k == "be2") {
+            break;
+        }
+    }
+    let after = spread(&c, 40);
+    eprintln!("lb-health: be1 down: {after:?}");
+    if after.keys().any(|k| k != "be2") {
+        c.fail(&format!(
+            "a member marked down still gets new connections: {after:?} (before that {during:?})"
+        ));
+    }
+
+    // 3. be1's server is back: after `rise` probes it is up, and it serves again.
+    let be1 = NamedServer::start(&c.pod("be1").ns, "be1", m1);
+    let up = wait_verdict(&c, m1, Some(true), 60);
+    let bound = std::time::Duration::from_secs(u64::from(PROBE_INTERVAL_S * (RISE + 1)));
+    eprintln!(
+        "lb-health: be1 marked up {:.1} s after its server came back (bound {bound:?})",
+        up.as_secs_f64()
+    );
+    if up > bound {
+        c.fail(&format!("be1 was marked up after {up:?}, beyond {bound:?}"));
+    }
+    let t = Instant::now();
+    let mut back = BTreeMap::new();
+    while t.elapsed() < std::time::Duration::from_secs(30) {
+        back = spread(&c, 20);
+        if back.contains_key("be1") {
+            break;
+        }
+    }
+    if !back.contains_key("be1") {
+        c.fail(&format!("be1 is up again but gets no connection: {back:?}"));
+    }
+
+    // 4. be1's host agent dies: its verdicts expire with its lease, and be1, which its
+    // record says is healthy, keeps serving through the datapath the agent left.
+    c.kill_agent("h1");
+    let gone = wait_verdict(&c, m1, None, 30);
+    eprintln!(
+        "lb-health: h1's verdict expired {:.1} s after its agent died (lease 4 s)",
+        gone.as_secs_f64()
+    );
+    assert_eq!(
+        verdict(&c, m2).map(|v| v.0),
+        Some(true),
+        "be2's verdict, from a live agent, stays"
+    );
+    let t = Instant::now();
+    let mut last = BTreeMap::new();
+    while t.elapsed() < std::time::Duration::from_secs(30) {
+        last = spread(&c, 20);
+        if last.contains_key("be1") && last.contains_key("be2") {
+            break;
+        }
+    }
+    eprintln!("lb-health: h1's agent dead: {last:?}");
+    if !last.contains_key("be1") {
+        c.fail(&format!(
+            "be1 stopped serving when its host's agent died: {last:?}"
+        ));
+    }
+    drop(be1);
 }

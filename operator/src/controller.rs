@@ -1,7 +1,7 @@
 //! The four controllers (one per kind): finalizer, semantic check, NSDB write, status by
 //! server-side apply, error policy with exponential backoff, and metrics.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,6 +40,13 @@ pub const FINALIZER: &str = "weft.dev/nsdb-cleanup";
 pub const FIELD_MANAGER: &str = "weft-operator";
 /// How often a programmed object is reconciled again, to repair drift in NSDB.
 pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// How often a load balancer with a health check is looked at again, so its status follows
+/// its members' health.
+pub const HEALTH_RESYNC: Duration = Duration::from_secs(10);
+
+/// The bound of reading a load balancer's member health for its status.
+const HEALTH_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The reason of the Warning event of a bridge whose selector matches a namespace that another
 /// bridge serves.
 pub const NAMESPACE_CONFLICT: &str = "NamespaceConflict";
@@ -227,6 +234,11 @@ pub trait WeftResource:
     fn status_facts(&self, applied: &Applied) -> serde_json::Value;
     /// The same object with itself placed into an inventory.
     fn add_to(&self, inv: &mut Inventory);
+    /// The NSDB id of the load balancer whose members' health the status reports, for an
+    /// object with a health check.
+    fn probed_load_balancer(&self) -> Option<String> {
+        None
+    }
     /// What a programmed object does not do that its spec asks for, each naming the field
     /// and why: reported in its `Ready` message and by a Warning event.
     fn notes(&self, _inv: &Inventory) -> Vec<String> {
@@ -320,10 +332,13 @@ impl WeftResource for VirtualLoadBalancer {
                     "ip": v.ip.to_string(),
                     "protocol": spec.protocol,
                     "port": v.port,
-                    // Members are not probed: their health is not known, so none is reported.
-                    "members": v.members.iter().map(|m| json!({
-                        "ip": m.ip.to_string(), "port": m.port,
-                    })).collect::<Vec<_>>(),
+                    "members": v.members.iter().map(|m| {
+                        let mut s = json!({"ip": m.ip.to_string(), "port": m.port});
+                        if let Some(h) = applied.health.get(&std::net::SocketAddr::new(m.ip, m.port)) {
+                            s["healthy"] = json!(h);
+                        }
+                        s
+                    }).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -331,6 +346,12 @@ impl WeftResource for VirtualLoadBalancer {
     }
     fn add_to(&self, inv: &mut Inventory) {
         inv.add_load_balancer(self.clone());
+    }
+    fn probed_load_balancer(&self) -> Option<String> {
+        self.spec
+            .health_check
+            .as_ref()
+            .map(|_| crate::ids::load_balancer(&self.name_any()))
     }
 }
 
@@ -437,7 +458,11 @@ async fn apply<K: WeftResource>(obj: Arc<K>, ctx: &Context) -> Result<Action, Er
     obj.add_to(&mut inv);
     let generation = obj.meta().generation;
     match program::program(&ctx.nsdb, &key, &inv).await {
-        Ok(applied) => {
+        Ok(mut applied) => {
+            let probed = obj.probed_load_balancer();
+            if let Some(lb) = &probed {
+                applied.health = member_health(ctx, lb).await;
+            }
             ctx.metrics
                 .records_changed(applied.written, applied.deleted);
             let mut msg = format!(
@@ -468,7 +493,12 @@ async fn apply<K: WeftResource>(obj: Arc<K>, ctx: &Context) -> Result<Action, Er
                 }
             }
             ctx.succeeded(&key);
-            Ok(Action::requeue(RESYNC))
+            // The members' health changes without the object: look again soon.
+            Ok(Action::requeue(if probed.is_some() {
+                HEALTH_RESYNC
+            } else {
+                RESYNC
+            }))
         }
         Err(err) => {
             let refused = refusal(&err).map(|(why, message, next)| (why, message.to_owned(), next));
@@ -501,6 +531,28 @@ async fn apply<K: WeftResource>(obj: Arc<K>, ctx: &Context) -> Result<Action, Er
                 warn!(object = %key, err = %status_err, "cannot write status");
             }
             Err(err)
+        }
+    }
+}
+
+/// The verdicts on load balancer `lb`'s members, by member; empty, and logged, when NSDB
+/// does not answer in time (the status then shows no health until the next look).
+async fn member_health(ctx: &Context, lb: &str) -> BTreeMap<std::net::SocketAddr, bool> {
+    let prefix = format!("{lb}/");
+    let list = ctx.nsdb.list_under::<nsdb::MemberHealth>(&prefix);
+    match tokio::time::timeout(HEALTH_READ_TIMEOUT, list).await {
+        Ok(Ok(l)) => l
+            .records
+            .into_iter()
+            .map(|v| (v.record.member, v.record.healthy))
+            .collect(),
+        Ok(Err(e)) => {
+            warn!(lb, err = %e, "cannot read the members' health");
+            BTreeMap::new()
+        }
+        Err(_) => {
+            warn!(lb, "reading the members' health timed out");
+            BTreeMap::new()
         }
     }
 }
@@ -907,16 +959,25 @@ mod tests {
     #[test]
     fn a_refused_spec_is_reported_with_its_reason_and_field() {
         let mut inv = crate::fixtures::topology();
-        let web = ObjectKey::new(CrKind::VirtualLoadBalancer, "web");
+        let edge = ObjectKey::new(CrKind::VirtualRouter, "edge");
         // As the fixture says it: programmed.
-        assert!(program::check(&web, &inv).is_ok());
+        assert!(program::check(&edge, &inv).is_ok());
 
-        inv.load_balancers.get_mut("web").unwrap().spec.health_check =
-            serde_json::from_value(json!({"type": "TCP"})).unwrap();
-        let err = program::check(&web, &inv).unwrap_err();
+        inv.routers
+            .get_mut("edge")
+            .unwrap()
+            .spec
+            .uplink
+            .as_mut()
+            .unwrap()
+            .host_interface = Some("eth1".into());
+        let err = program::check(&edge, &inv).unwrap_err();
         let (why, message, next) = refusal(&err).expect("a refusal");
         assert_eq!(why, "Unsupported");
-        assert!(message.starts_with("spec.healthCheck: "), "{message}");
+        assert!(
+            message.starts_with("spec.uplink.hostInterface: "),
+            "{message}"
+        );
         assert_eq!(next, Action::await_change());
         assert_eq!(err.metric_label(), "unsupported");
         assert!(!err.is_transient());
@@ -937,11 +998,12 @@ mod tests {
     }
 
     #[test]
-    fn load_balancer_status_reports_no_member_health() {
-        let inv = crate::fixtures::topology();
+    fn load_balancer_status_reports_member_health_only_where_a_verdict_exists() {
+        let mut inv = crate::fixtures::topology();
         let key = ObjectKey::new(CrKind::VirtualLoadBalancer, "web");
+        assert_eq!(inv.load_balancers["web"].probed_load_balancer(), None);
         let t = crate::translate(&key, &inv).unwrap();
-        let applied = Applied {
+        let mut applied = Applied {
             records: t.records,
             ..Applied::default()
         };
@@ -952,6 +1014,22 @@ mod tests {
         // What is written parses as the status the CRD declares.
         let status: api::VipStatus = serde_json::from_value(facts["vips"][0].clone()).unwrap();
         assert_eq!(status.members.len(), 2);
+        assert_eq!(status.members[0].healthy, None);
+
+        // With a health check: the verdicts, by member.
+        inv.load_balancers.get_mut("web").unwrap().spec.health_check =
+            serde_json::from_value(json!({"type": "TCP"})).unwrap();
+        assert_eq!(
+            inv.load_balancers["web"].probed_load_balancer().as_deref(),
+            Some("vlb:web")
+        );
+        applied
+            .health
+            .insert("10.1.0.5:8080".parse().unwrap(), false);
+        let facts = inv.load_balancers["web"].status_facts(&applied);
+        let status: api::VipStatus = serde_json::from_value(facts["vips"][0].clone()).unwrap();
+        let health: Vec<Option<bool>> = status.members.iter().map(|m| m.healthy).collect();
+        assert_eq!(health, [Some(false), None]);
     }
 
     #[tokio::test]

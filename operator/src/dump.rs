@@ -205,11 +205,33 @@ fn line(r: &AnyRecord) -> String {
                     }
                 );
             }
+            if let Some(h) = &lb.health_check {
+                let _ = write!(
+                    s,
+                    "\n      health check {}{} every {} s, timeout {} s, rise {}, fall {}",
+                    format!("{:?}", h.kind).to_lowercase(),
+                    h.path
+                        .as_deref()
+                        .map(|p| format!(" {p}"))
+                        .unwrap_or_default(),
+                    h.interval_s,
+                    h.timeout_s,
+                    h.rise,
+                    h.fall
+                );
+            }
             s
         }
         AnyRecord::PortBinding(b) => format!("{}  host={} vport={}", b.port, b.host, b.vport),
         AnyRecord::IpLease(l) => format!("{}/{}  owner={}", l.bridge, l.ip, l.owner),
         AnyRecord::TunnelKey(k) => format!("{:#08x}  owner={}", k.key, k.owner),
+        AnyRecord::MemberHealth(h) => format!(
+            "{} {}  {} (probed from {})",
+            h.lb,
+            h.member,
+            if h.healthy { "up" } else { "down" },
+            h.host
+        ),
     }
 }
 

@@ -79,6 +79,9 @@ pub struct Applied {
     pub revision: Option<i64>,
     /// The records as now stored, with their tunnel keys.
     pub records: Vec<AnyRecord>,
+    /// For a load balancer with a health check: the verdicts the members' agents wrote,
+    /// by member address (read after the write, for the status only).
+    pub health: BTreeMap<std::net::SocketAddr, bool>,
 }
 
 impl Applied {
@@ -166,6 +169,7 @@ fn placeholder(kind: Kind, id: &str) -> AnyRecord {
             name: String::new(),
             router: None,
             vips: Vec::new(),
+            health_check: None,
         }),
     }
 }
@@ -280,6 +284,7 @@ pub async fn apply_records(
         unchanged,
         revision,
         records,
+        health: BTreeMap::new(),
     })
 }
 

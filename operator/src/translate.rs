@@ -779,7 +779,8 @@ fn load_balancer(name: &str, o: &VirtualLoadBalancer) -> Result<Vec<AnyRecord>, 
                         )?,
                         port: m.port,
                         weight: m.weight,
-                        // Health checks mark members down once they run; until then every
+                        // The agents' probes, when the load balancer has a health check,
+                        // mark a member down in a verdict of their own; until then every
                         // listed member takes traffic.
                         healthy: true,
                     })
@@ -806,8 +807,28 @@ fn load_balancer(name: &str, o: &VirtualLoadBalancer) -> Result<Vec<AnyRecord>, 
         name: name.to_owned(),
         router: s.router.as_deref().map(ids::router),
         vips,
+        health_check: s.health_check.as_ref().map(health_check),
     };
     f.finish(vec![AnyRecord::LoadBalancer(lb)])
+}
+
+/// A VirtualLoadBalancer's `healthCheck` as NSDB carries it (the schema and validation have
+/// bounded every number already).
+fn health_check(h: &api::HealthCheck) -> nsdb::HealthCheck {
+    nsdb::HealthCheck {
+        kind: match h.kind {
+            api::HealthCheckType::Tcp => nsdb::ProbeKind::Tcp,
+            api::HealthCheckType::Http => nsdb::ProbeKind::Http,
+        },
+        path: match h.kind {
+            api::HealthCheckType::Http => Some(h.path.clone().unwrap_or_else(|| "/".into())),
+            api::HealthCheckType::Tcp => None,
+        },
+        interval_s: h.interval_seconds,
+        timeout_s: h.timeout_seconds,
+        rise: h.healthy_threshold,
+        fall: h.unhealthy_threshold,
+    }
 }
 
 fn acl(name: &str, o: &AccessControlList) -> Result<Chain, Error> {

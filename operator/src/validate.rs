@@ -87,31 +87,46 @@ mod tests {
     #[test]
     fn an_unsupported_field_is_refused_before_the_semantic_check() {
         let mut inv = crate::fixtures::topology();
-        // web's members are to be probed; the rest of it is valid.
-        let web = ObjectKey::new(CrKind::VirtualLoadBalancer, "web");
-        inv.load_balancers.get_mut("web").unwrap().spec.health_check =
-            serde_json::from_value(serde_json::json!({"type": "TCP"})).unwrap();
-        let Err(Error::Unsupported { message, .. }) = validate(&web, &inv) else {
-            panic!("{:?}", validate(&web, &inv))
+        // edge's uplink is to be bound to a host interface; the rest of it is valid.
+        let edge = ObjectKey::new(CrKind::VirtualRouter, "edge");
+        let host_interface = |inv: &mut Inventory, name: Option<&str>| {
+            inv.routers
+                .get_mut("edge")
+                .unwrap()
+                .spec
+                .uplink
+                .as_mut()
+                .unwrap()
+                .host_interface = name.map(Into::into);
+        };
+        host_interface(&mut inv, Some("eth1"));
+        let Err(Error::Unsupported { message, .. }) = validate(&edge, &inv) else {
+            panic!("{:?}", validate(&edge, &inv))
         };
         assert!(
-            message.starts_with("spec.healthCheck: not supported yet"),
+            message.starts_with("spec.uplink.hostInterface: not supported yet"),
             "{message}"
         );
 
         // Also invalid: still reported as unsupported, naming only that field.
-        inv.load_balancers.get_mut("web").unwrap().spec.router = Some("nope".into());
-        let Err(Error::Unsupported { message, .. }) = validate(&web, &inv) else {
-            panic!("{:?}", validate(&web, &inv))
+        inv.routers.get_mut("edge").unwrap().spec.interfaces[0].bridge = "nope".into();
+        let Err(Error::Unsupported { message, .. }) = validate(&edge, &inv) else {
+            panic!("{:?}", validate(&edge, &inv))
         };
-        assert!(!message.contains("spec.router"), "{message}");
+        assert!(!message.contains("spec.interfaces"), "{message}");
 
         // Without the field, the semantic fault shows.
-        inv.load_balancers.get_mut("web").unwrap().spec.health_check = None;
-        let Err(Error::InvalidSpec { message, .. }) = validate(&web, &inv) else {
-            panic!("{:?}", validate(&web, &inv))
+        host_interface(&mut inv, None);
+        let Err(Error::InvalidSpec { message, .. }) = validate(&edge, &inv) else {
+            panic!("{:?}", validate(&edge, &inv))
         };
-        assert!(message.starts_with("spec.router:"), "{message}");
+        assert!(message.starts_with("spec.interfaces[0]"), "{message}");
+
+        // A health check is supported: web with one is valid.
+        let web = ObjectKey::new(CrKind::VirtualLoadBalancer, "web");
+        inv.load_balancers.get_mut("web").unwrap().spec.health_check =
+            serde_json::from_value(serde_json::json!({"type": "TCP"})).unwrap();
+        assert!(validate(&web, &inv).is_ok(), "{:?}", validate(&web, &inv));
 
         // An object that sets none and is valid passes.
         let blue = ObjectKey::new(CrKind::VirtualBridge, "blue");

@@ -730,10 +730,6 @@ const FIXES: &[(&str, &[(&str, &str)])] = &[
         &[("action: Allow", "action: Accept")],
     ),
     (
-        "unsupported-health-check.yaml",
-        &[("  healthCheck:\n    type: TCP\n", "")],
-    ),
-    (
         "unsupported-uplink-host-interface.yaml",
         &[("    hostInterface: eth1\n", "")],
     ),

@@ -349,10 +349,7 @@ async fn an_unsupported_field_is_refused_and_nsdb_keeps_the_last_programmed_spec
     assert_all_programmed(&program_all(&db, &inv).await);
     let (rev, before) = snapshot(&db).await;
 
-    // A health check on the programmed load balancer, and a host interface on the programmed
-    // router's uplink.
-    inv.load_balancers.get_mut("web").unwrap().spec.health_check =
-        serde_json::from_value(serde_json::json!({"type": "TCP"})).unwrap();
+    // A host interface on the programmed router's uplink.
     inv.routers
         .get_mut("edge")
         .unwrap()
@@ -368,20 +365,16 @@ async fn an_unsupported_field_is_refused_and_nsdb_keeps_the_last_programmed_spec
         other => panic!("{name}: {other:?}"),
     };
     assert!(
-        message(CrKind::VirtualLoadBalancer, "web").starts_with("spec.healthCheck: not supported")
-    );
-    assert!(
         message(CrKind::VirtualRouter, "edge")
             .starts_with("spec.uplink.hostInterface: not supported")
     );
-    assert_eq!(outcomes.values().filter(|o| o.is_refused()).count(), 2);
-    // web and edge keep the records of their last programmed specs.
+    assert_eq!(outcomes.values().filter(|o| o.is_refused()).count(), 1);
+    // edge keeps the records of its last programmed spec.
     let (rev2, after) = snapshot(&db).await;
     assert_eq!(rev, rev2, "nothing of the topology is touched");
     assert_eq!(before, after);
 
-    // Taking the field out programs it again, with nothing to change for web.
-    inv.load_balancers.get_mut("web").unwrap().spec.health_check = None;
+    // Taking the field out programs it again, with nothing to change.
     inv.routers
         .get_mut("edge")
         .unwrap()
@@ -391,11 +384,6 @@ async fn an_unsupported_field_is_refused_and_nsdb_keeps_the_last_programmed_spec
         .unwrap()
         .host_interface = None;
     let outcomes: BTreeMap<ObjectKey, Outcome> = program_all(&db, &inv).await.into_iter().collect();
-    let Outcome::Programmed(a) = &outcomes[&ObjectKey::new(CrKind::VirtualLoadBalancer, "web")]
-    else {
-        panic!("{outcomes:?}")
-    };
-    assert_eq!((a.written, a.deleted), (0, 0));
     let Outcome::Programmed(a) = &outcomes[&ObjectKey::new(CrKind::VirtualRouter, "edge")] else {
         panic!("{outcomes:?}")
     };
@@ -407,7 +395,7 @@ async fn the_command_refuses_an_unsupported_field_naming_it() {
     let etcd = Etcd::start();
     let bin = env!("CARGO_BIN_EXE_weft-operator");
     let ex = examples();
-    let bad = ex.join("invalid/unsupported-health-check.yaml");
+    let bad = ex.join("invalid/unsupported-uplink-host-interface.yaml");
     let ep = etcd.endpoint();
     let out = std::process::Command::new(bin)
         .args(["translate", "--etcd-endpoints", ep.as_str()])
@@ -419,7 +407,7 @@ async fn the_command_refuses_an_unsupported_field_naming_it() {
     assert_eq!(out.status.code(), Some(2), "{stdout}");
     assert!(
         stdout.contains(
-            "VirtualLoadBalancer health-check: refused, Unsupported: spec.healthCheck: not supported yet"
+            "VirtualRouter uplink-host-interface: refused, Unsupported: spec.uplink.hostInterface: not supported yet"
         ),
         "{stdout}"
     );
@@ -430,7 +418,7 @@ async fn the_command_refuses_an_unsupported_field_naming_it() {
     let (_, all) = etcd.client().await.list_all().await.unwrap();
     assert!(
         !all.iter()
-            .any(|(r, _)| r.key().contains("vlb:health-check")),
+            .any(|(r, _)| r.key().contains("vrt:uplink-host-interface")),
         "a refused object writes nothing"
     );
 }

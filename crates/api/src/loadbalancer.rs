@@ -55,8 +55,10 @@ pub struct VirtualLoadBalancerSpec {
     /// The virtual IPs served.
     #[schemars(length(min = 1, max = 1024))]
     pub vips: Vec<Vip>,
-    /// How members are probed; without it every member counts as healthy.
-    /// Not supported yet: the operator refuses an object that sets it (reason `Unsupported`).
+    /// How members are probed. The agent of each member's node probes it from the node's
+    /// port into the virtual network, and a member that fails `unhealthyThreshold` probes in
+    /// a row gets no new connection until it passes `healthyThreshold` in a row. Without it
+    /// every member counts as healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
     /// `ClientIP` keeps a client on the same member.
@@ -223,7 +225,7 @@ pub struct VipStatus {
     pub members: Vec<MemberStatus>,
 }
 
-/// A programmed member. Members are not probed, so no health is reported.
+/// A programmed member, with its health when the load balancer has a health check.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberStatus {
@@ -231,4 +233,9 @@ pub struct MemberStatus {
     pub ip: String,
     /// Member port.
     pub port: u16,
+    /// The verdict of the member's health check, as its node's agent last wrote it; absent
+    /// without a health check, before the first verdict, or once the verdict expired with
+    /// its agent (the member then takes traffic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
 }

@@ -42,13 +42,8 @@ pub const ROUTER: &[Field<VirtualRouterSpec>] = &[Field {
     },
 }];
 
-/// `VirtualLoadBalancer` fields nothing implements yet.
-pub const LOAD_BALANCER: &[Field<VirtualLoadBalancerSpec>] = &[Field {
-    path: "spec.healthCheck",
-    why: "members are not probed, so a member that stops answering would keep getting \
-          new connections",
-    set_in: |s| set(s.health_check.is_some()),
-}];
+/// `VirtualLoadBalancer` fields nothing implements yet: none.
+pub const LOAD_BALANCER: &[Field<VirtualLoadBalancerSpec>] = &[];
 
 /// `AccessControlList` fields nothing implements yet: none.
 pub const ACL: &[Field<AccessControlListSpec>] = &[];
@@ -150,7 +145,7 @@ mod tests {
     }
 
     #[test]
-    fn pod_selected_members_and_pod_attached_acls_are_supported() {
+    fn pod_selected_members_health_checks_and_pod_attached_acls_are_supported() {
         let spec = VirtualLoadBalancerSpec {
             vips: vec![vip(false, None), vip(true, Some(8080)), vip(true, None)],
             health_check: Some(HealthCheck {
@@ -163,11 +158,12 @@ mod tests {
             }),
             ..Default::default()
         };
-        let fields: Vec<String> = check(LOAD_BALANCER, &spec)
-            .into_iter()
-            .map(|i| i.field)
-            .collect();
-        assert_eq!(fields, ["spec.healthCheck"]);
+        assert!(check(LOAD_BALANCER, &spec).is_empty());
+        assert!(
+            !listed()
+                .iter()
+                .any(|(k, _)| *k == Kind::VirtualLoadBalancer)
+        );
         let acl = AccessControlListSpec {
             attach_to: crate::acl::Attachment {
                 pods: Some(PodSelector::default()),

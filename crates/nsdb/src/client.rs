@@ -222,7 +222,15 @@ impl Nsdb {
     /// Lists every record of one kind at one revision. Corrupt values are skipped,
     /// logged and counted in `weft_nsdb_corrupt_records_total`.
     pub async fn list<R: Record>(&self) -> Result<Listed<R>> {
-        let raw = self.list_raw(&R::prefix()).await?;
+        self.list_under("").await
+    }
+
+    /// [`Nsdb::list`] of the records whose id starts with `id_prefix` (all member health
+    /// verdicts of one load balancer: `"<lb>/"`).
+    pub async fn list_under<R: Record>(&self, id_prefix: &str) -> Result<Listed<R>> {
+        let raw = self
+            .list_raw(&format!("{}{id_prefix}", R::prefix()))
+            .await?;
         let mut records = Vec::with_capacity(raw.kvs.len());
         for kv in &raw.kvs {
             let key = String::from_utf8_lossy(kv.key());

@@ -90,6 +90,7 @@ pub fn decode_any(key: &str, value: &[u8]) -> Result<AnyRecord, NsdbError> {
         Kind::PortBinding => decode::<PortBinding>(key, value)?.into_any(),
         Kind::IpLease => decode::<IpLease>(key, value)?.into_any(),
         Kind::TunnelKey => decode::<TunnelKeyAlloc>(key, value)?.into_any(),
+        Kind::MemberHealth => decode::<MemberHealth>(key, value)?.into_any(),
     })
 }
 
@@ -106,6 +107,7 @@ pub fn encode_any(record: &AnyRecord) -> Result<Vec<u8>, NsdbError> {
         AnyRecord::PortBinding(r) => encode(r),
         AnyRecord::IpLease(r) => encode(r),
         AnyRecord::TunnelKey(r) => encode(r),
+        AnyRecord::MemberHealth(r) => encode(r),
     }
 }
 

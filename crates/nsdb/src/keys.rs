@@ -2,11 +2,12 @@
 //!
 //! Kinds are plural path segments. Ids are strings without `/`, except IP leases,
 //! whose id is `<bridge>/<ip>` so that all leases of one bridge share a prefix, and
+//! member health verdicts, whose id is `<load balancer>/<ip:port>`, and
 //! tunnel keys, whose id is the key zero-padded to 8 decimal digits so that keys sort
 //! numerically.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
 use crate::error::NsdbError;
@@ -27,11 +28,12 @@ pub enum Kind {
     PortBinding,
     IpLease,
     TunnelKey,
+    MemberHealth,
 }
 
 impl Kind {
     /// Every kind, in a fixed order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Host,
         Kind::Bridge,
         Kind::Router,
@@ -42,6 +44,7 @@ impl Kind {
         Kind::PortBinding,
         Kind::IpLease,
         Kind::TunnelKey,
+        Kind::MemberHealth,
     ];
 
     /// The path segment of this kind.
@@ -57,6 +60,7 @@ impl Kind {
             Kind::PortBinding => "port_bindings",
             Kind::IpLease => "leases",
             Kind::TunnelKey => "tunnel_keys",
+            Kind::MemberHealth => "member_health",
         }
     }
 
@@ -107,6 +111,9 @@ pub fn validate_id(kind: Kind, id: &str) -> Result<(), NsdbError> {
         Kind::IpLease => id
             .split_once('/')
             .is_some_and(|(b, ip)| segment_ok(b) && ip.parse::<IpAddr>().is_ok()),
+        Kind::MemberHealth => id
+            .split_once('/')
+            .is_some_and(|(lb, m)| segment_ok(lb) && m.parse::<SocketAddr>().is_ok()),
         _ => segment_ok(id),
     };
     if ok {
@@ -128,6 +135,12 @@ pub fn lease_id(bridge: &str, ip: IpAddr) -> String {
 /// `/weft/v1/leases/<bridge>/`: every lease of one bridge.
 pub fn lease_prefix(bridge: &str) -> String {
     format!("{}{bridge}/", Kind::IpLease.prefix())
+}
+
+/// The id of a member's health verdict: `<load balancer>/<ip:port>` (`[v6]:port`), so that
+/// all verdicts on one load balancer share a prefix.
+pub fn member_health_id(lb: &str, member: SocketAddr) -> String {
+    format!("{lb}/{member}")
 }
 
 /// The id of an allocated tunnel key: 8 zero-padded decimal digits.
@@ -183,5 +196,11 @@ mod tests {
         assert!(validate_id(Kind::IpLease, "b1/10.0.0.1").is_ok());
         assert!(validate_id(Kind::IpLease, "b1/not-an-ip").is_err());
         assert!(validate_id(Kind::IpLease, "b1").is_err());
+        let v6 = member_health_id("web", "[fd00::6]:8080".parse().unwrap());
+        assert_eq!(v6, "web/[fd00::6]:8080");
+        assert!(validate_id(Kind::MemberHealth, &v6).is_ok());
+        assert!(validate_id(Kind::MemberHealth, "web/10.0.0.6:80").is_ok());
+        assert!(validate_id(Kind::MemberHealth, "web/10.0.0.6").is_err());
+        assert!(validate_id(Kind::MemberHealth, "web").is_err());
     }
 }

@@ -507,6 +507,34 @@ pub struct Vip {
     pub target_port: Option<u16>,
 }
 
+impl Vip {
+    /// Every member: those listed, then each address of each of `ports` that the selector
+    /// picks, at `target_port` (or `port`), weight 1. Members of the other address family
+    /// are included; they cannot take the VIP's traffic, and users of the list skip them.
+    pub fn all_members<'a>(
+        &'a self,
+        ports: impl IntoIterator<Item = &'a Port> + 'a,
+    ) -> impl Iterator<Item = Member> + 'a {
+        let port = self.target_port.unwrap_or(self.port);
+        let selected = self.member_selector.as_ref().map(move |sel| {
+            ports
+                .into_iter()
+                .filter(move |p| sel.matches_port(p))
+                .flat_map(|p| p.addresses.iter())
+                .map(move |a| Member {
+                    ip: a.addr(),
+                    port,
+                    weight: 1,
+                    healthy: true,
+                })
+        });
+        self.members
+            .iter()
+            .cloned()
+            .chain(selected.into_iter().flatten())
+    }
+}
+
 /// An L4 load balancer, optionally attached to a router.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LoadBalancer {
@@ -516,6 +544,48 @@ pub struct LoadBalancer {
     pub router: Option<String>,
     #[serde(default)]
     pub vips: Vec<Vip>,
+    /// How the agent of each member's host probes that member; absent means members are
+    /// not probed and count as their `healthy` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// How a member is probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    /// A TCP connect that completes.
+    Tcp,
+    /// An HTTP/1.1 GET answered with a 2xx or 3xx status.
+    Http,
+}
+
+/// A load balancer's health check: each member is probed every `interval_s` seconds, a probe
+/// fails when it takes longer than `timeout_s`, `fall` consecutive failures make the member
+/// unhealthy and `rise` consecutive successes healthy again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub kind: ProbeKind,
+    /// The request path of HTTP probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub interval_s: u32,
+    pub timeout_s: u32,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+/// A health verdict on one member of a load balancer, written by the agent of the host the
+/// member's port is bound to, under that host's lease: when the agent dies, the verdict
+/// expires with it and the member counts as its `healthy` says again. Keyed
+/// `<load balancer>/<ip:port>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MemberHealth {
+    pub lb: String,
+    pub member: std::net::SocketAddr,
+    pub healthy: bool,
+    /// The host whose agent probes the member.
+    pub host: String,
 }
 
 /// An exterior port bound to a local interface on a host. Keyed by port id.
@@ -556,6 +626,7 @@ pub enum AnyRecord {
     PortBinding(PortBinding),
     IpLease(IpLease),
     TunnelKey(TunnelKeyAlloc),
+    MemberHealth(MemberHealth),
 }
 
 macro_rules! record {
@@ -597,6 +668,9 @@ record!(IpLease, IpLease, Kind::IpLease, |s| keys::lease_id(
 record!(TunnelKeyAlloc, TunnelKey, Kind::TunnelKey, |s| {
     keys::tunnel_key_id(s.key)
 });
+record!(MemberHealth, MemberHealth, Kind::MemberHealth, |s| {
+    keys::member_health_id(&s.lb, s.member)
+});
 
 impl AnyRecord {
     /// The kind of the wrapped record.
@@ -612,6 +686,7 @@ impl AnyRecord {
             AnyRecord::PortBinding(_) => Kind::PortBinding,
             AnyRecord::IpLease(_) => Kind::IpLease,
             AnyRecord::TunnelKey(_) => Kind::TunnelKey,
+            AnyRecord::MemberHealth(_) => Kind::MemberHealth,
         }
     }
 
@@ -628,6 +703,7 @@ impl AnyRecord {
             AnyRecord::PortBinding(r) => r.id(),
             AnyRecord::IpLease(r) => r.id(),
             AnyRecord::TunnelKey(r) => r.id(),
+            AnyRecord::MemberHealth(r) => r.id(),
         }
     }
 
@@ -890,6 +966,14 @@ pub(crate) mod tests {
                     session_affinity: true,
                     affinity_timeout_s: None,
                 }],
+                health_check: Some(HealthCheck {
+                    kind: ProbeKind::Http,
+                    path: Some("/healthz".into()),
+                    interval_s: 5,
+                    timeout_s: 2,
+                    rise: 2,
+                    fall: 3,
+                }),
             }
             .into_any(),
             PortBinding {
@@ -913,6 +997,13 @@ pub(crate) mod tests {
             TunnelKeyAlloc {
                 key: 0x10,
                 owner: "p1".into(),
+            }
+            .into_any(),
+            MemberHealth {
+                lb: "lb1".into(),
+                member: "[fd00::6]:8080".parse().unwrap(),
+                healthy: false,
+                host: "node-1".into(),
             }
             .into_any(),
         ]
@@ -946,6 +1037,7 @@ pub(crate) mod tests {
                 AnyRecord::PortBinding(r) => roundtrip(r),
                 AnyRecord::IpLease(r) => roundtrip(r),
                 AnyRecord::TunnelKey(r) => roundtrip(r),
+                AnyRecord::MemberHealth(r) => roundtrip(r),
             }
         }
     }

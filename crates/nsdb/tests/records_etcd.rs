@@ -86,6 +86,14 @@ fn one_of_each() -> Vec<AnyRecord> {
         }
         .into_any(),
         LoadBalancer {
+            health_check: Some(HealthCheck {
+                kind: ProbeKind::Tcp,
+                path: None,
+                interval_s: 5,
+                timeout_s: 2,
+                rise: 2,
+                fall: 3,
+            }),
             id: "lb1".into(),
             name: "svc".into(),
             router: Some("r1".into()),
@@ -121,6 +129,13 @@ fn one_of_each() -> Vec<AnyRecord> {
         TunnelKeyAlloc {
             key: tunnel_key::compose(tunnel_key::TYPE_PORT, 77).unwrap(),
             owner: "p1".into(),
+        }
+        .into_any(),
+        MemberHealth {
+            lb: "lb1".into(),
+            member: "[fd00::5]:6443".parse().unwrap(),
+            healthy: false,
+            host: "node-1".into(),
         }
         .into_any(),
     ]
@@ -161,6 +176,7 @@ async fn every_record_kind_round_trips() {
             AnyRecord::PortBinding(r) => round_trip(&db, r).await,
             AnyRecord::IpLease(r) => round_trip(&db, r).await,
             AnyRecord::TunnelKey(r) => round_trip(&db, r).await,
+            AnyRecord::MemberHealth(r) => round_trip(&db, r).await,
         }
     }
     let (_, everything) = db.list_all().await.unwrap();
@@ -401,5 +417,44 @@ async fn leased_records_live_while_kept_alive() {
         waited += 1;
         assert!(waited < 300, "leased record never expired");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_health_is_listed_per_load_balancer_and_expires_with_its_lease() {
+    common::init_logs();
+    let etcd = Etcd::start();
+    let db = etcd.client().await;
+    let verdict = |lb: &str, member: &str| MemberHealth {
+        lb: lb.into(),
+        member: member.parse().unwrap(),
+        healthy: true,
+        host: "node-1".into(),
+    };
+    // "web" is a prefix of "web2": its list must not take the other's verdicts.
+    let lease = db.grant_lease(2).await.unwrap();
+    for v in [
+        verdict("web", "10.0.0.5:80"),
+        verdict("web", "[fd00::5]:80"),
+        verdict("web2", "10.0.0.6:80"),
+    ] {
+        db.txn().put_with_lease(&v, lease).commit().await.unwrap();
+    }
+    let web = db.list_under::<MemberHealth>("web/").await.unwrap();
+    let members: Vec<String> = web
+        .records
+        .iter()
+        .map(|v| v.record.member.to_string())
+        .collect();
+    assert_eq!(members, ["10.0.0.5:80", "[fd00::5]:80"]);
+    assert_eq!(db.list::<MemberHealth>().await.unwrap().records.len(), 3);
+    // Nobody keeps the lease alive: the verdicts go with it.
+    let t0 = std::time::Instant::now();
+    while !db.list::<MemberHealth>().await.unwrap().records.is_empty() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "the verdicts outlived their lease"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }

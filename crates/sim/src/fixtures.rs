@@ -433,6 +433,7 @@ impl TopoBuilder {
         session_affinity: bool,
     ) -> Self {
         self.records.load_balancers.push(LoadBalancer {
+            health_check: None,
             id: lb.into(),
             name: lb.into(),
             router: router.map(Into::into),

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 use nsdb::{
-    AnyRecord, Bridge, Chain, DeviceRef, Host, LABEL_NAMESPACE_NAME, LoadBalancer, Member,
+    AnyRecord, Bridge, Chain, DeviceRef, Host, LABEL_NAMESPACE_NAME, LoadBalancer, MemberHealth,
     PodAttachMode, PodDirection, Port, PortBinding, PortKind, Route, Router,
 };
 
@@ -42,6 +42,8 @@ pub struct RecordSet {
     pub load_balancers: Vec<LoadBalancer>,
     /// Port bindings.
     pub bindings: Vec<PortBinding>,
+    /// Health verdicts on load balancer members, from the agents that probe them.
+    pub member_health: Vec<MemberHealth>,
 }
 
 impl RecordSet {
@@ -61,6 +63,12 @@ impl RecordSet {
                 .map(AnyRecord::LoadBalancer),
         );
         v.extend(self.bindings.iter().cloned().map(AnyRecord::PortBinding));
+        v.extend(
+            self.member_health
+                .iter()
+                .cloned()
+                .map(AnyRecord::MemberHealth),
+        );
         v
     }
 
@@ -77,6 +85,7 @@ impl RecordSet {
                 AnyRecord::Chain(x) => s.chains.push(x.clone()),
                 AnyRecord::LoadBalancer(x) => s.load_balancers.push(x.clone()),
                 AnyRecord::PortBinding(x) => s.bindings.push(x.clone()),
+                AnyRecord::MemberHealth(x) => s.member_health.push(x.clone()),
                 AnyRecord::IpLease(_) | AnyRecord::TunnelKey(_) => {}
             }
         }
@@ -848,7 +857,16 @@ impl Topology {
         let mut vip_index: FxMap<(Idx, u32, u8, u16), Idx> = FxMap::default();
         let mut vip6_index: FxMap<(Idx, u128, u8, u16), Idx> = FxMap::default();
         let mut has_global_vips = false;
+        // A probed member is down when its verdict says so; without a verdict (never
+        // probed yet, or its prober's lease expired) it counts as its record says.
+        let down: HashSet<(&str, IpAddr, u16)> = records
+            .member_health
+            .iter()
+            .filter(|h| !h.healthy)
+            .map(|h| (h.lb.as_str(), h.member.ip(), h.member.port()))
+            .collect();
         for lb in &records.load_balancers {
+            let probed = lb.health_check.is_some();
             let scope = match &lb.router {
                 None => GLOBAL,
                 Some(r) => match router_idx.get(r.as_str()) {
@@ -866,24 +884,12 @@ impl Topology {
                 let mut members = Vec::new();
                 let mut keyed: Vec<(u64, u32)> = Vec::new();
                 let mut total = 0u32;
-                // Pods picked by the VIP's selector join its listed members, weight 1, each
-                // address of the VIP's family at the target port.
-                let selected = v.member_selector.iter().flat_map(|sel| {
-                    records
-                        .ports
-                        .iter()
-                        .filter(|p| sel.matches_port(p))
-                        .flat_map(|p| p.addresses.iter())
-                        .map(|a| Member {
-                            ip: a.addr(),
-                            port: v.target_port.unwrap_or(v.port),
-                            weight: 1,
-                            healthy: true,
-                        })
-                });
-                for m in v.members.iter().cloned().chain(selected) {
+                for m in v.all_members(&records.ports) {
                     // A member of the other address family cannot take the VIP's traffic.
                     if !m.healthy || m.weight == 0 || m.ip.is_ipv4() != v.ip.is_ipv4() {
+                        continue;
+                    }
+                    if probed && down.contains(&(lb.id.as_str(), m.ip, m.port)) {
                         continue;
                     }
                     total = total.saturating_add(m.weight);

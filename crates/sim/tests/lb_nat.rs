@@ -921,3 +921,75 @@ fn a_member_reaching_its_own_service_is_answered_from_the_vip() {
         }
     }
 }
+
+#[test]
+fn a_down_verdict_takes_a_probed_member_out_and_a_load_balancer_without_a_check_ignores_it() {
+    let base = two_bridges().port("p5", "b2", "10.0.2.15").vip(
+        "lb1",
+        Some("r1"),
+        "10.96.0.10",
+        Protocol::Tcp,
+        80,
+        &[("10.0.2.14", 8080, 1, true), ("10.0.2.15", 8080, 1, true)],
+        false,
+    );
+    let (p1, gw) = (base.mac("p1"), base.mac("r1-b1"));
+    let new_conn = ct(
+        pkt::tcp(2, p1, gw, "10.0.1.11", "10.96.0.10", 40000, 80),
+        RECIRC_CT,
+        TRK | NEW,
+    );
+    let check = nsdb::HealthCheck {
+        kind: nsdb::ProbeKind::Tcp,
+        path: None,
+        interval_s: 1,
+        timeout_s: 1,
+        rise: 1,
+        fall: 1,
+    };
+    let verdict = |ip: &str, healthy: bool| nsdb::MemberHealth {
+        lb: "lb1".into(),
+        member: format!("{ip}:8080").parse().unwrap(),
+        healthy,
+        host: "h1".into(),
+    };
+    let with = |check: Option<&nsdb::HealthCheck>, verdicts: &[nsdb::MemberHealth]| {
+        let mut b = base.clone();
+        b.records.load_balancers[0].health_check = check.cloned();
+        b.records.member_health = verdicts.to_vec();
+        b.build()
+    };
+    let both = with(Some(&check), &[verdict("10.0.2.15", true)]);
+    let one_down = with(Some(&check), &[verdict("10.0.2.15", false)]);
+    let unprobed = with(None, &[verdict("10.0.2.15", false)]);
+    let all_down = with(
+        Some(&check),
+        &[verdict("10.0.2.14", false), verdict("10.0.2.15", false)],
+    );
+    let actions = |t: &sim::Topology| run(t, new_conn, &[]).actions_text();
+    assert!(
+        actions(&both).starts_with("hash("),
+        "two healthy members: chosen in the datapath: {}",
+        actions(&both)
+    );
+    assert_eq!(
+        actions(&one_down),
+        "ct(commit,zone=3,nat(dst=10.0.2.14:8080)),recirc(0x2)",
+        "the member marked down is left out"
+    );
+    assert!(
+        actions(&unprobed).starts_with("hash("),
+        "a verdict on a load balancer without a health check counts for nothing: {}",
+        actions(&unprobed)
+    );
+    let s = run(&all_down, new_conn, &[]);
+    assert_eq!(
+        s.verdict,
+        Verdict::Rejected,
+        "no member left: the VIP rejects"
+    );
+    // The verdict's change makes every bucket of the VIP stale: it stopped using buckets.
+    let mut stale = Vec::new();
+    one_down.changed_buckets(&both, |t| t == Tag::lb("lb1"), &mut stale);
+    assert_eq!(stale.len(), 64, "{stale:?}");
+}

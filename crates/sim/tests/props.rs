@@ -631,6 +631,7 @@ fn records(s: &Spec) -> (RecordSet, LocalDatapath) {
     }
     for (i, &(router, octet, members)) in s.vips.iter().enumerate() {
         r.load_balancers.push(LoadBalancer {
+            health_check: None,
             id: format!("lb{i}"),
             name: String::new(),
             router: (router < 3).then(|| format!("r{router}")),

@@ -271,6 +271,7 @@ pub fn load_balancer(
         })
         .collect();
     Ok(Some(LoadBalancer {
+        health_check: None,
         id: store::Owner::base_id(&key),
         name: format!("{}/{}", key.namespace, key.name),
         router: None,
