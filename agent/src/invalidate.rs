@@ -592,12 +592,7 @@ mod tests {
 
     /// A verdict on member 10.0.1.11:8080 of load balancer lb1.
     fn health(healthy: bool) -> AnyRecord {
-        AnyRecord::MemberHealth(nsdb::MemberHealth {
-            lb: "lb1".into(),
-            member: "10.0.1.11:8080".parse().unwrap(),
-            healthy,
-            host: "h1".into(),
-        })
+        AnyRecord::MemberHealth(sim::fixtures::verdict("lb1", "10.0.1.11:8080", healthy))
     }
 
     /// `r` (a load balancer) with `n` members on each VIP, of weights 1, 2, 3, ...

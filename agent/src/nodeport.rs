@@ -242,17 +242,11 @@ mod tests {
             .link("r1", "green", "10.20.2.1/24")
     }
 
-    fn with_subnets(mut b: TopoBuilder) -> TopoBuilder {
-        for (id, net) in [
-            ("join", "100.64.0.0/24"),
-            ("blue", "10.20.1.0/24"),
-            ("green", "10.20.2.0/24"),
-            ("alone", "10.30.0.0/24"),
-        ] {
-            let br = b.records.bridges.iter_mut().find(|x| x.id == id).unwrap();
-            br.subnet_v4 = Some(net.parse().unwrap());
-        }
-        b
+    fn with_subnets(b: TopoBuilder) -> TopoBuilder {
+        b.subnet("join", "100.64.0.0/24", None)
+            .subnet("blue", "10.20.1.0/24", None)
+            .subnet("green", "10.20.2.0/24", None)
+            .subnet("alone", "10.30.0.0/24", None)
     }
 
     #[test]

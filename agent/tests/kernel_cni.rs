@@ -46,14 +46,13 @@ fn topology() -> TopoBuilder {
         ("join", "100.64.0.0/24", "100.64.0.1", "", 0),
         ("jumbo", "10.20.3.0/24", "10.20.3.1", "jumbo", 9000),
     ] {
+        b = b.subnet(br, subnet, Some(gw));
         let r = b
             .records
             .bridges
             .iter_mut()
             .find(|x| x.id == br)
             .expect("bridge");
-        r.subnet_v4 = Some(subnet.parse().unwrap());
-        r.gateway_v4 = Some(gw.parse().unwrap());
         r.namespaces = if ns.is_empty() {
             vec![]
         } else {

@@ -824,20 +824,9 @@ fn a_health_check_takes_a_stopped_member_out_and_back_and_a_dead_agents_verdict_
     // The members' hosts probe them from their node ports, on bridge `join`.
     let mut b = lb_topology()
         .bridge("join")
-        .link("r1", "join", "100.64.0.1/24");
-    for (br, subnet, gw) in [
-        ("join", "100.64.0.0/24", "100.64.0.1"),
-        ("b2", "10.0.2.0/24", "10.0.2.1"),
-    ] {
-        let r = b
-            .records
-            .bridges
-            .iter_mut()
-            .find(|x| x.id == br)
-            .expect("bridge");
-        r.subnet_v4 = Some(subnet.parse().unwrap());
-        r.gateway_v4 = Some(gw.parse().unwrap());
-    }
+        .link("r1", "join", "100.64.0.1/24")
+        .subnet("join", "100.64.0.0/24", Some("100.64.0.1"))
+        .subnet("b2", "10.0.2.0/24", Some("10.0.2.1"));
     b.records.load_balancers[0].health_check = Some(nsdb::HealthCheck {
         kind: nsdb::ProbeKind::Tcp,
         path: None,

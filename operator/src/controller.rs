@@ -963,14 +963,7 @@ mod tests {
         // As the fixture says it: programmed.
         assert!(program::check(&edge, &inv).is_ok());
 
-        inv.routers
-            .get_mut("edge")
-            .unwrap()
-            .spec
-            .uplink
-            .as_mut()
-            .unwrap()
-            .host_interface = Some("eth1".into());
+        crate::fixtures::uplink_host_interface(&mut inv, "edge", Some("eth1"));
         let err = program::check(&edge, &inv).unwrap_err();
         let (why, message, next) = refusal(&err).expect("a refusal");
         assert_eq!(why, "Unsupported");

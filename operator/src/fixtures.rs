@@ -43,6 +43,19 @@ pub(crate) fn route(
 }
 
 /// Two bridges, a router between them with an uplink, SNAT and DNAT, an LB and two ACLs.
+/// Binds router `router`'s uplink to host interface `name` (`None` unbinds it): the one field
+/// still refused as unsupported.
+pub(crate) fn uplink_host_interface(inv: &mut Inventory, router: &str, name: Option<&str>) {
+    inv.routers
+        .get_mut(router)
+        .expect("fixture router")
+        .spec
+        .uplink
+        .as_mut()
+        .expect("fixture uplink")
+        .host_interface = name.map(Into::into);
+}
+
 pub(crate) fn topology() -> Inventory {
     let mut inv = Inventory::default();
     inv.add_bridge(vbr("blue", "10.1.0.0/24"));

@@ -89,17 +89,7 @@ mod tests {
         let mut inv = crate::fixtures::topology();
         // edge's uplink is to be bound to a host interface; the rest of it is valid.
         let edge = ObjectKey::new(CrKind::VirtualRouter, "edge");
-        let host_interface = |inv: &mut Inventory, name: Option<&str>| {
-            inv.routers
-                .get_mut("edge")
-                .unwrap()
-                .spec
-                .uplink
-                .as_mut()
-                .unwrap()
-                .host_interface = name.map(Into::into);
-        };
-        host_interface(&mut inv, Some("eth1"));
+        crate::fixtures::uplink_host_interface(&mut inv, "edge", Some("eth1"));
         let Err(Error::Unsupported { message, .. }) = validate(&edge, &inv) else {
             panic!("{:?}", validate(&edge, &inv))
         };
@@ -116,7 +106,7 @@ mod tests {
         assert!(!message.contains("spec.interfaces"), "{message}");
 
         // Without the field, the semantic fault shows.
-        host_interface(&mut inv, None);
+        crate::fixtures::uplink_host_interface(&mut inv, "edge", None);
         let Err(Error::InvalidSpec { message, .. }) = validate(&edge, &inv) else {
             panic!("{:?}", validate(&edge, &inv))
         };

@@ -55,6 +55,16 @@ pub fn rule(id: &str, action: RuleAction) -> Rule {
 }
 
 /// The MAC fixtures give the object with tunnel key `key`.
+/// A health verdict on `member` (`ip:port`) of load balancer `lb`, from host h1.
+pub fn verdict(lb: &str, member: &str, healthy: bool) -> nsdb::MemberHealth {
+    nsdb::MemberHealth {
+        lb: lb.into(),
+        member: member.parse().expect("test member address"),
+        healthy,
+        host: "h1".into(),
+    }
+}
+
 pub fn mac_of_key(key: u32) -> [u8; 6] {
     let k = key.to_be_bytes();
     [2, 0, 0, k[1], k[2], k[3]]
@@ -105,6 +115,14 @@ impl TopoBuilder {
             outbound_chain: None,
             namespaces: vec![],
         });
+        self
+    }
+
+    /// Gives a bridge its IPv4 pool: `subnet`, and `gateway` when it has one.
+    pub fn subnet(mut self, bridge: &str, subnet: &str, gateway: Option<&str>) -> Self {
+        let b = self.bridge_mut(bridge);
+        b.subnet_v4 = Some(subnet.parse().expect("test subnet"));
+        b.gateway_v4 = gateway.map(|g| g.parse().expect("test gateway"));
         self
     }
 

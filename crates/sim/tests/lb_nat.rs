@@ -947,12 +947,8 @@ fn a_down_verdict_takes_a_probed_member_out_and_a_load_balancer_without_a_check_
         rise: 1,
         fall: 1,
     };
-    let verdict = |ip: &str, healthy: bool| nsdb::MemberHealth {
-        lb: "lb1".into(),
-        member: format!("{ip}:8080").parse().unwrap(),
-        healthy,
-        host: "h1".into(),
-    };
+    let verdict =
+        |ip: &str, healthy: bool| sim::fixtures::verdict("lb1", &format!("{ip}:8080"), healthy);
     let with = |check: Option<&nsdb::HealthCheck>, verdicts: &[nsdb::MemberHealth]| {
         let mut b = base.clone();
         b.records.load_balancers[0].health_check = check.cloned();
