@@ -125,6 +125,10 @@ pub struct Config {
     /// Token bucket depth of the per-port upcall limit.
     #[arg(long, default_value_t = 4_000)]
     pub upcall_burst: u64,
+    /// The most upcalls a handler takes from its socket before it installs their flows and
+    /// executes their packets in one exchange with the kernel; 1 handles each on its own.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub upcall_batch: u16,
     /// Keep the simulation trace of each installed flow (shown by `weftctl flows --trace`).
     /// Off by default: tracing makes each simulation several times slower, and
     /// `weftctl trace` simulates any flow key with its trace on demand.
@@ -384,6 +388,24 @@ mod tests {
             .settings()
             .unwrap();
         assert_eq!(s.tunnel_udp_port, 7000);
+    }
+
+    #[test]
+    fn an_upcall_batch_outside_1_to_64_is_refused_naming_the_flag() {
+        assert_eq!(parse(&[]).upcall_batch, 64);
+        assert_eq!(parse(&["--upcall-batch", "1"]).upcall_batch, 1);
+        for bad in ["0", "65", "many"] {
+            let mut v = vec![
+                "weft-agent",
+                "--node-name",
+                "n1",
+                "--underlay-ip",
+                "192.0.2.1",
+            ];
+            v.extend(["--upcall-batch", bad]);
+            let e = Config::try_parse_from(v).expect_err("refused").to_string();
+            assert!(e.contains("--upcall-batch"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -10,7 +10,6 @@ use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use odp::dpif::{Dpif, FlowPut, PutMode};
-use odp::sock::SockError;
 use odp::upcall::{Upcall, UpcallKind, UpcallSocket};
 use sim::{DropReason, Fields, PacketContext, Simulation, Verdict};
 use tracing::{debug, warn};
@@ -44,16 +43,26 @@ pub struct HandlerCtx {
     pub trace: bool,
     /// Session-affinity choices, recalled and recorded here, aged by the flow manager.
     pub affinity: Arc<Affinity>,
+    /// The most upcalls handled as one batch (`--upcall-batch`, at most [`MAX_BATCH`]).
+    pub batch: usize,
 }
 
-/// One handler: its sockets and reusable buffers.
+/// The most upcalls a handler takes before it talks to the kernel (OVS's `UPCALL_MAX_BATCH`).
+pub const MAX_BATCH: usize = 64;
+
+/// One handler: its sockets and the batch being handled.
 #[derive(Debug)]
 pub struct Handler {
     up: UpcallSocket,
     dp: Dpif,
     ctx: HandlerCtx,
     sim: Simulation,
-    actions: Vec<u8>,
+    /// The batch's flows to put, and what to report of each once it is in.
+    puts: Vec<FlowPut>,
+    installs: Vec<Installed>,
+    /// The batch's packets to execute: the upcall's index, the packet when it is one the
+    /// simulation generated (else the upcall's own), the encoded actions.
+    execs: Vec<(usize, Option<Vec<u8>>, Vec<u8>)>,
 }
 
 impl Handler {
@@ -68,29 +77,113 @@ impl Handler {
             up,
             dp,
             ctx,
-            actions: Vec::with_capacity(256),
+            puts: Vec::with_capacity(MAX_BATCH),
+            installs: Vec::with_capacity(MAX_BATCH),
+            execs: Vec::with_capacity(MAX_BATCH),
         }
     }
 
-    /// Runs until the stop flag is set.
+    /// Runs until the stop flag is set. Upcalls are handled in batches, as ovs-vswitchd's
+    /// handlers do: after the first one arrives, those already queued are taken too (up to
+    /// the context's `batch`), and their flows and packets go to the kernel in one exchange.
     pub fn run(mut self) {
+        let max = self.ctx.batch.clamp(1, MAX_BATCH);
+        let mut batch = Vec::with_capacity(max);
         while !self.ctx.stop.load(Ordering::Relaxed) {
-            match self.up.recv_timeout(WAKE) {
-                Ok(Some(u)) => self.handle(&u),
-                Ok(None) => {}
-                Err(e) => {
-                    // A message the codec cannot read: count it and carry on.
-                    self.ctx.metrics.upcalls.inc();
-                    self.ctx.metrics.upcall_dropped("malformed");
-                    debug!(error = %e, "unreadable upcall dropped");
+            let mut wait = WAKE;
+            while batch.len() < max {
+                match self.up.recv_timeout(wait) {
+                    Ok(Some(u)) => batch.push(u),
+                    Ok(None) => break,
+                    Err(e) => {
+                        // A message the codec cannot read: count it and carry on.
+                        self.ctx.metrics.upcalls.inc();
+                        self.ctx.metrics.upcall_dropped("malformed");
+                        debug!(error = %e, "unreadable upcall dropped");
+                    }
                 }
+                // Only the first receive of a batch waits.
+                wait = Duration::ZERO;
+            }
+            if !batch.is_empty() {
+                self.handle_batch(&batch);
+                batch.clear();
             }
         }
     }
 
     /// Handles one upcall.
     pub fn handle(&mut self, u: &Upcall) {
+        self.handle_batch(std::slice::from_ref(u));
+    }
+
+    /// Handles a batch of upcalls: each is simulated, then every megaflow is installed and
+    /// every packet executed in one exchange with the kernel, flows first, and the installed
+    /// flows are reported to the flow manager.
+    pub fn handle_batch(&mut self, batch: &[Upcall]) {
         let start = Instant::now();
+        self.puts.clear();
+        self.installs.clear();
+        self.execs.clear();
+        for (i, u) in batch.iter().enumerate() {
+            self.prepare(i, u, start);
+        }
+        if self.puts.is_empty() && self.execs.is_empty() {
+            return;
+        }
+        let m = &self.ctx.metrics;
+        let executes: Vec<odp::dpif::Execute<'_>> = self
+            .execs
+            .iter()
+            .map(|(i, packet, actions)| {
+                let u = &batch[*i];
+                let packet = packet.as_deref().unwrap_or(&u.packet);
+                (packet, u.key.as_slice(), actions.as_slice())
+            })
+            .collect();
+        let (put_results, exec_results) = match self.dp.put_and_execute(
+            self.ctx.dp_ifindex,
+            &self.puts,
+            PutMode::Create,
+            &executes,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing of the batch is known to have reached the kernel.
+                m.datapath_errors.inc();
+                warn!(error = %e, upcalls = batch.len(), "a batch of flows and packets was refused");
+                return;
+            }
+        };
+        for (r, inst) in put_results.into_iter().zip(self.installs.drain(..)) {
+            match r {
+                Ok(()) => {
+                    m.flows_installed.inc();
+                    let _ = self.ctx.flows.send(FlowEvent::Installed(Box::new(inst)));
+                }
+                // Another handler installed the same megaflow first.
+                Err(EEXIST) => {}
+                Err(errno) => {
+                    m.datapath_errors.inc();
+                    warn!(errno, flow = %inst.flow, "the kernel refused a flow");
+                }
+            }
+        }
+        for r in exec_results {
+            if let Err(errno) = r {
+                m.datapath_errors.inc();
+                debug!(errno, "execute refused");
+            }
+        }
+        // Each upcall of the batch waited for the whole batch.
+        let took = start.elapsed();
+        for _ in batch {
+            m.observe_handler(took);
+        }
+    }
+
+    /// Simulates upcall `i` of a batch and queues its flow and its packets.
+    fn prepare(&mut self, i: usize, u: &Upcall, start: Instant) {
         let m = &self.ctx.metrics;
         m.upcalls.inc();
         if u.kind != UpcallKind::Miss {
@@ -134,35 +227,31 @@ impl Handler {
         if s.install {
             let flow = install::megaflow(&key, &fields, s);
             let ufid = flow.ufid.unwrap_or_default();
+            // Two upcalls of one batch can be for the same megaflow: it is put once.
+            let queued = self
+                .installs
+                .iter()
+                .any(|x| x.ufid == ufid && x.generation == snap.generation);
             match FlowPut::from_flow(&flow) {
-                Ok(put) => match self.dp.flow_put(self.ctx.dp_ifindex, &put, PutMode::Create) {
-                    Ok(()) => {
-                        m.flows_installed.inc();
-                        let kind = if in_port == snap.topo.tunnel_port() {
-                            FlowKind::Tunnel
-                        } else if matches!(s.verdict, Verdict::Drop(_)) {
-                            FlowKind::Error
-                        } else {
-                            FlowKind::Normal
-                        };
-                        let _ = self
-                            .ctx
-                            .flows
-                            .send(FlowEvent::Installed(Box::new(Installed {
-                                ufid,
-                                kind,
-                                tags: s.tags.clone(),
-                                generation: snap.generation,
-                                flow,
-                                trace: s.trace.clone(),
-                            })));
-                    }
-                    Err(SockError::Kernel { errno, .. }) if errno == EEXIST => {}
-                    Err(e) => {
-                        m.datapath_errors.inc();
-                        warn!(error = %e, flow = %flow, "the kernel refused a flow");
-                    }
-                },
+                Ok(_) if queued => {}
+                Ok(put) => {
+                    let kind = if in_port == snap.topo.tunnel_port() {
+                        FlowKind::Tunnel
+                    } else if matches!(s.verdict, Verdict::Drop(_)) {
+                        FlowKind::Error
+                    } else {
+                        FlowKind::Normal
+                    };
+                    self.puts.push(put);
+                    self.installs.push(Installed {
+                        ufid,
+                        kind,
+                        tags: s.tags.clone(),
+                        generation: snap.generation,
+                        flow,
+                        trace: s.trace.clone(),
+                    });
+                }
                 Err(e) => {
                     m.datapath_errors.inc();
                     warn!(error = %e, flow = %flow, "a flow cannot be encoded");
@@ -170,17 +259,9 @@ impl Handler {
             }
         }
         if !s.actions.is_empty() {
-            self.actions.clear();
-            match odp::encode_actions(&s.actions, &mut self.actions) {
-                Ok(()) => {
-                    if let Err(e) =
-                        self.dp
-                            .execute(self.ctx.dp_ifindex, &u.packet, &u.key, &self.actions)
-                    {
-                        m.datapath_errors.inc();
-                        debug!(error = %e, "execute refused");
-                    }
-                }
+            let mut actions = Vec::new();
+            match odp::encode_actions(&s.actions, &mut actions) {
+                Ok(()) => self.execs.push((i, None, actions)),
                 Err(e) => {
                     m.datapath_errors.inc();
                     warn!(error = %e, "actions cannot be encoded");
@@ -188,16 +269,10 @@ impl Handler {
             }
         }
         for em in &s.emit {
-            self.actions.clear();
-            if odp::encode_actions(&[odp::Action::Output(em.port)], &mut self.actions).is_ok()
-                && let Err(e) =
-                    self.dp
-                        .execute(self.ctx.dp_ifindex, &em.packet, &u.key, &self.actions)
-            {
-                m.datapath_errors.inc();
-                debug!(error = %e, port = em.port, "generated packet refused");
+            let mut actions = Vec::new();
+            if odp::encode_actions(&[odp::Action::Output(em.port)], &mut actions).is_ok() {
+                self.execs.push((i, Some(em.packet.clone()), actions));
             }
         }
-        m.observe_handler(start.elapsed());
     }
 }

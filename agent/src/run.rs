@@ -397,6 +397,7 @@ async fn run_async(cfg: Config, mut settings: Settings) -> anyhow::Result<()> {
         limiter: SharedLimiter::new(cfg.upcall_rate, cfg.upcall_burst),
         trace: cfg.trace_flows,
         affinity: affinity.clone(),
+        batch: usize::from(cfg.upcall_batch),
     };
     let mut threads = Vec::new();
     for (i, up) in sockets.into_iter().enumerate() {

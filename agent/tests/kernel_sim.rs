@@ -168,6 +168,7 @@ fn rig_with(capacity: usize, timeouts: IdleTimeouts) -> Rig {
             limiter: weft_agent::ratelimit::SharedLimiter::new(1000, 1000),
             trace: true,
             affinity,
+            batch: weft_agent::handler::MAX_BATCH,
         },
     );
     let threads = vec![
@@ -500,6 +501,7 @@ fn malformed_upcalls_and_unknown_tunnel_keys_are_counted_and_dropped() {
             limiter: weft_agent::ratelimit::SharedLimiter::new(1000, 1000),
             trace: false,
             affinity: Default::default(),
+            batch: 1,
         },
     );
     let upcall = |key: Vec<u8>, packet: Vec<u8>| odp::upcall::Upcall {

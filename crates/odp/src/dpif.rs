@@ -4,7 +4,9 @@
 
 use crate::families::{self, OVS_HEADER_LEN, OvsFamilies, dp, flow, ovs_header, packet, vport};
 use crate::nla;
-use crate::sock::{self, GenlMsg, GenlSocket, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, SockError};
+use crate::sock::{
+    self, GenlMsg, GenlSocket, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, Req, SockError,
+};
 
 /// The result type of this module.
 pub type Result<T, E = SockError> = std::result::Result<T, E>;
@@ -597,13 +599,54 @@ impl Dpif {
         flows: &[FlowPut],
         mode: PutMode,
     ) -> Result<Vec<Result<(), i32>>> {
-        let (cmd, flags) = Self::put_cmd(mode);
-        let reqs: Vec<(u8, u16, Vec<u8>)> = flows
+        let reqs: Vec<Req> = flows
             .iter()
-            .map(|f| Ok((cmd, flags, Self::flow_payload(dp_ifindex, f)?)))
+            .map(|f| self.put_req(dp_ifindex, f, mode))
             .collect::<Result<_>>()?;
-        let id = self.fam.flow.id;
-        self.sock.batch(id, flow::VERSION, &reqs)
+        self.sock.batch(&reqs)
+    }
+
+    fn put_req(&self, dp_ifindex: i32, f: &FlowPut, mode: PutMode) -> Result<Req> {
+        let (cmd, flags) = Self::put_cmd(mode);
+        Ok(Req {
+            family: self.fam.flow.id,
+            version: flow::VERSION,
+            cmd,
+            flags,
+            payload: Self::flow_payload(dp_ifindex, f)?,
+        })
+    }
+
+    fn execute_req(&self, dp_ifindex: i32, (pkt, key, actions): Execute<'_>) -> Result<Req> {
+        Ok(Req {
+            family: self.fam.packet.id,
+            version: packet::VERSION,
+            cmd: packet::CMD_EXECUTE,
+            flags: 0,
+            payload: Self::execute_payload(dp_ifindex, pkt, key, actions)?,
+        })
+    }
+
+    /// Installs `puts`, then executes `executes`, all in one exchange with the kernel (as
+    /// ovs-vswitchd's handlers do with a batch of upcalls): the flows are in place before the
+    /// packets that missed them go out. One result per flow and one per packet, in order.
+    pub fn put_and_execute(
+        &mut self,
+        dp_ifindex: i32,
+        puts: &[FlowPut],
+        mode: PutMode,
+        executes: &[Execute<'_>],
+    ) -> Result<(Vec<Outcome>, Vec<Outcome>)> {
+        let mut reqs = Vec::with_capacity(puts.len() + executes.len());
+        for f in puts {
+            reqs.push(self.put_req(dp_ifindex, f, mode)?);
+        }
+        for e in executes {
+            reqs.push(self.execute_req(dp_ifindex, *e)?);
+        }
+        let mut results = self.sock.batch(&reqs)?;
+        let executed = results.split_off(puts.len());
+        Ok((results, executed))
     }
 
     fn flow_id_payload(dp_ifindex: i32, id: &FlowId) -> Result<Vec<u8>> {
@@ -649,12 +692,19 @@ impl Dpif {
         dp_ifindex: i32,
         ids: &[FlowId],
     ) -> Result<Vec<Result<(), i32>>> {
-        let reqs: Vec<(u8, u16, Vec<u8>)> = ids
+        let reqs: Vec<Req> = ids
             .iter()
-            .map(|id| Ok((flow::CMD_DEL, 0, Self::flow_id_payload(dp_ifindex, id)?)))
+            .map(|id| {
+                Ok(Req {
+                    family: self.fam.flow.id,
+                    version: flow::VERSION,
+                    cmd: flow::CMD_DEL,
+                    flags: 0,
+                    payload: Self::flow_id_payload(dp_ifindex, id)?,
+                })
+            })
             .collect::<Result<_>>()?;
-        let fid = self.fam.flow.id;
-        self.sock.batch(fid, flow::VERSION, &reqs)
+        self.sock.batch(&reqs)
     }
 
     /// Every flow of a datapath.
@@ -722,22 +772,22 @@ impl Dpif {
     pub fn execute_batch(
         &mut self,
         dp_ifindex: i32,
-        ops: &[(&[u8], &[u8], &[u8])],
+        ops: &[Execute<'_>],
     ) -> Result<Vec<Result<(), i32>>> {
-        let reqs: Vec<(u8, u16, Vec<u8>)> = ops
+        let reqs: Vec<Req> = ops
             .iter()
-            .map(|(p, k, a)| {
-                Ok((
-                    packet::CMD_EXECUTE,
-                    0,
-                    Self::execute_payload(dp_ifindex, p, k, a)?,
-                ))
-            })
+            .map(|e| self.execute_req(dp_ifindex, *e))
             .collect::<Result<_>>()?;
-        let pid = self.fam.packet.id;
-        self.sock.batch(pid, packet::VERSION, &reqs)
+        self.sock.batch(&reqs)
     }
 }
+
+/// What the kernel answered one request of a batch: `Err(errno)` when it refused it.
+pub type Outcome = std::result::Result<(), i32>;
+
+/// A packet to execute: (packet, key with its metadata, encoded actions), as
+/// [`Dpif::execute`] takes them.
+pub type Execute<'a> = (&'a [u8], &'a [u8], &'a [u8]);
 
 /// `OVS_DP_ATTR_PER_CPU_PIDS`: one pid per possible CPU, cycling through `pids`. The kernel
 /// logs "cpu_id mismatch with handler threads" for every upcall from a CPU past the end of

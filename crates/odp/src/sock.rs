@@ -293,6 +293,21 @@ pub fn get_str(what: &str, d: &[u8]) -> Result<String> {
         .map_err(|_| SockError::Malformed(format!("{what} is not UTF-8")))
 }
 
+/// One request of a [`GenlSocket::batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Req {
+    /// The generic netlink family id.
+    pub family: u16,
+    /// The family's version.
+    pub version: u8,
+    /// The command.
+    pub cmd: u8,
+    /// Netlink flags besides `NLM_F_REQUEST` and `NLM_F_ACK`.
+    pub flags: u16,
+    /// The attributes after the family header.
+    pub payload: Vec<u8>,
+}
+
 /// A generic netlink socket with its own sequence numbers and receive buffer.
 ///
 /// It is not shared between threads: open one per thread (or per batch of work).
@@ -524,30 +539,26 @@ impl GenlSocket {
         }
     }
 
-    /// Sends many requests of one family, [`BATCH_MAX`] per `send`, each with `NLM_F_ACK`, and
-    /// collects one result per request in order: `Ok(())` or the kernel's error. Replies
-    /// (when a command produces one) are discarded.
-    pub fn batch(
-        &mut self,
-        family: u16,
-        version: u8,
-        reqs: &[(u8, u16, Vec<u8>)],
-    ) -> Result<Vec<Result<(), i32>>> {
+    /// Sends many requests, of one family or several, [`BATCH_MAX`] per `send`, each with
+    /// `NLM_F_ACK`, and collects one result per request in order: `Ok(())` or the kernel's
+    /// error. The kernel handles them in order. Replies (when a command produces one) are
+    /// discarded.
+    pub fn batch(&mut self, reqs: &[Req]) -> Result<Vec<Result<(), i32>>> {
         let mut results = Vec::with_capacity(reqs.len());
         let mut out = Vec::new();
         for chunk in reqs.chunks(BATCH_MAX) {
             out.clear();
             let first = self.seq.wrapping_add(1);
-            for (cmd, flags, payload) in chunk {
+            for r in chunk {
                 let seq = self.next_seq();
                 put_genl_msg(
                     &mut out,
-                    family,
-                    flags | NLM_F_ACK,
+                    r.family,
+                    r.flags | NLM_F_ACK,
                     seq,
-                    *cmd,
-                    version,
-                    payload,
+                    r.cmd,
+                    r.version,
+                    &r.payload,
                 );
             }
             self.send_raw(&out)?;
