@@ -362,6 +362,24 @@ proptest! {
         let _ = odp::msg::parse_dp(&b);
         let _ = odp::msg::parse_vport(&b);
         let _ = odp::msg::parse_packet(&b);
+        // What the agent reads off its sockets: the dpif replies, raw netlink buffers and
+        // upcalls.
+        let _ = odp::dpif::parse_dp(&b);
+        let _ = odp::dpif::parse_vport(&b);
+        let _ = odp::dpif::parse_flow(&b);
+        let _ = odp::sock::split_msgs(&b);
+        for cmd in [odp::families::packet::CMD_MISS, odp::families::packet::CMD_ACTION, 0] {
+            let m = odp::sock::GenlMsg {
+                family: 0,
+                flags: 0,
+                seq: 0,
+                pid: 0,
+                cmd,
+                version: 1,
+                payload: b.clone(),
+            };
+            let _ = odp::upcall::parse_upcall(&m);
+        }
     }
 
     #[test]

@@ -660,6 +660,32 @@ fn records(s: &Spec) -> (RecordSet, LocalDatapath) {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
 
+    /// What a handler does with an upcall, on corrupted input: the kernel's key bytes with
+    /// some flipped are decoded (or refused), turned into fields and simulated with arbitrary
+    /// packet bytes, and nothing panics.
+    #[test]
+    fn an_upcalls_key_and_packet_corrupted_never_panic_the_handlers_path(
+        pkt in packets(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+        bytes in prop::collection::vec(any::<u8>(), 0..128),
+    ) {
+        let t = rich();
+        let mut wire = Vec::new();
+        odp::encode_key(&pkt.to_key(), &mut wire).expect("a packet's key encodes");
+        for (i, v) in flips {
+            if !wire.is_empty() {
+                let at = i.index(wire.len());
+                wire[at] = v;
+            }
+        }
+        if let Ok(key) = odp::decode_key(&wire) {
+            let f = Fields::from_key(&key);
+            let mut s = Simulation::new();
+            simulate_into(&t, &PacketContext::with_packet(f, &bytes), &mut s);
+            prop_assert!(s.actions.len() <= 16, "{}", s.actions_text());
+        }
+    }
+
     /// Arbitrary topologies compile (problems are reported, not panicked on) and arbitrary
     /// packets walk them within the device bound.
     #[test]
