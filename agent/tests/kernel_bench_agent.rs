@@ -1001,6 +1001,34 @@ impl OvsSwitch {
         me
     }
 
+    /// [`OvsSwitch::start`], then new connections one at a time until one gets through, so
+    /// that no measurement times a switch still setting itself up. A switch that delivers
+    /// nothing within 30 s is shown (its datapath flows and log) and started again, at most
+    /// three times.
+    fn start_delivering(select: OvsSelect) -> OvsSwitch {
+        for attempt in 1..=3 {
+            let me = Self::start(select);
+            let t0 = Instant::now();
+            // Source ports below the warm-up's (2000..3000) and the measurement's.
+            for port in 1000u16..2000 {
+                if me.connect(vec![port], 1).delivered > 0 {
+                    return me;
+                }
+                if t0.elapsed() > Duration::from_secs(30) {
+                    break;
+                }
+            }
+            let log = std::fs::read_to_string(me.dir.join("ovs-vswitchd.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!(
+                "ovs-vswitchd ({select:?}, attempt {attempt}) delivered nothing in 30 s; its datapath flows:\n{}\nthe end of its log:\n{}",
+                sh_try("ovs-dpctl dump-flows ovs-system").1,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        panic!("ovs-vswitchd ({select:?}) delivered nothing in three starts");
+    }
+
     fn connect(&self, ports: Vec<u16>, window: u64) -> Blast {
         send_connections(
             "ob-c",
@@ -1141,7 +1169,7 @@ fn bench_vip_connections_against_ovs_vswitchd() {
                 OvsSelect::FieldsHash,
             ),
         ] {
-            let ovs = OvsSwitch::start(select);
+            let ovs = OvsSwitch::start_delivering(select);
             runs.push(SideRun::measure(
                 system,
                 n,
