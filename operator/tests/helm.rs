@@ -228,6 +228,7 @@ fn values_outside_the_schema_are_refused() {
         "agent.tunnel=gre",
         "agent.underlayMtu=100",
         "agent.lbMemberChoice=random",
+        "agent.nodeBridge=Not_A_Name",
         "etcd.endpoints={etcd:2379}",
         "operator.nosuchvalue=1",
         "etcd.nosuchvalue=1",
@@ -351,6 +352,19 @@ fn rendered_values_wire_tls_the_default_bridge_and_the_etcd_statefulset() {
     let agent_args = container_args(&ds["spec"]["template"]["spec"], "agent");
     assert!(
         !agent_args.iter().any(|a| a.starts_with("--default-bridge")),
+        "{agent_args:?}"
+    );
+    assert!(
+        !agent_args.iter().any(|a| a.starts_with("--node-bridge")),
+        "no node port unless asked: {agent_args:?}"
+    );
+    let mut with_node = ENDPOINTS.to_vec();
+    with_node.extend(["--set", "agent.nodeBridge=weft-join"]);
+    let docs = documents(&render(&with_node));
+    let ds = object(&docs, "DaemonSet", "weft-agent");
+    let agent_args = container_args(&ds["spec"]["template"]["spec"], "agent");
+    assert!(
+        agent_args.contains(&"--node-bridge=vbr:weft-join".to_string()),
         "{agent_args:?}"
     );
 
