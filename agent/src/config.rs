@@ -329,7 +329,7 @@ impl Config {
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Config {
+    fn try_parse(args: &[&str]) -> Result<Config, clap::Error> {
         let mut v = vec![
             "weft-agent",
             "--node-name",
@@ -338,7 +338,11 @@ mod tests {
             "192.0.2.1",
         ];
         v.extend_from_slice(args);
-        Config::try_parse_from(v).expect("parses")
+        Config::try_parse_from(v)
+    }
+
+    fn parse(args: &[&str]) -> Config {
+        try_parse(args).expect("parses")
     }
 
     #[test]
@@ -395,15 +399,9 @@ mod tests {
         assert_eq!(parse(&[]).upcall_batch, 64);
         assert_eq!(parse(&["--upcall-batch", "1"]).upcall_batch, 1);
         for bad in ["0", "65", "many"] {
-            let mut v = vec![
-                "weft-agent",
-                "--node-name",
-                "n1",
-                "--underlay-ip",
-                "192.0.2.1",
-            ];
-            v.extend(["--upcall-batch", bad]);
-            let e = Config::try_parse_from(v).expect_err("refused").to_string();
+            let e = try_parse(&["--upcall-batch", bad])
+                .expect_err("refused")
+                .to_string();
             assert!(e.contains("--upcall-batch"), "{bad}: {e}");
         }
     }
