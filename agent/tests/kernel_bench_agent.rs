@@ -1105,6 +1105,47 @@ struct SideRun {
     fast: Blast,
     /// The datapath's flow and mask lines of `ovs-dpctl show` after the replay.
     table: String,
+    /// The datapath's masks after the replay: each flow's match with its values left out,
+    /// and how many flows have it.
+    masks: BTreeMap<String, usize>,
+}
+
+/// The masks of `ovs-dpctl dump-flows` output: each flow's match keys with their values left
+/// out (a field that is masked shows its mask), counted.
+fn masks_of(dump: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for line in dump.lines() {
+        let Some((m, _)) = line.split_once(", packets:") else {
+            continue;
+        };
+        // `ipv4(src=10.0.1.11,dst=10.0.2.0/255.255.255.0,proto=17)` keeps
+        // `ipv4(src,dst/255.255.255.0,proto)`.
+        let mut shape = String::new();
+        let mut skipping = false;
+        for c in m.chars() {
+            match c {
+                '=' => skipping = true,
+                ',' | ')' | '(' => {
+                    skipping = false;
+                    shape.push(c);
+                }
+                '/' if skipping => {
+                    skipping = false;
+                    shape.push('/');
+                }
+                _ if skipping => {}
+                _ => shape.push(c),
+            }
+        }
+        // A bucket's `dp_hash(0x3/0x3f)`: its mask only.
+        if let Some(at) = shape.find("dp_hash(")
+            && let Some(slash) = shape[at..].find('/')
+        {
+            shape.replace_range(at + "dp_hash(".len()..at + slash, "");
+        }
+        *out.entry(shape).or_default() += 1;
+    }
+    out
 }
 
 /// The `flows:` and `masks:` lines of `ovs-dpctl show` output: how many megaflows and masks
@@ -1128,6 +1169,7 @@ impl SideRun {
         connect: impl Fn(Vec<u16>) -> Blast,
         misses: impl Fn() -> u64,
         show: impl Fn() -> String,
+        dump: impl Fn() -> String,
         pid: u32,
     ) -> SideRun {
         connect((2000..3000).collect());
@@ -1143,6 +1185,7 @@ impl SideRun {
             cpu_secs: c1 - c0,
             fast,
             table: flow_table_lines(&show()),
+            masks: masks_of(&dump()),
         }
     }
 }
@@ -1176,6 +1219,7 @@ fn bench_vip_connections_against_ovs_vswitchd() {
                 |ports| ovs.connect(ports, window),
                 || ovs.missed(),
                 || sh("ovs-dpctl show ovs-system"),
+                || sh("ovs-dpctl dump-flows ovs-system"),
                 ovs.vswitchd_pid(),
             ));
         }
@@ -1197,6 +1241,12 @@ fn bench_vip_connections_against_ovs_vswitchd() {
                 || {
                     sh(&format!(
                         "ip netns exec h1 ovs-dpctl show {}",
+                        h1.datapath_name()
+                    ))
+                },
+                || {
+                    sh(&format!(
+                        "ip netns exec h1 ovs-dpctl dump-flows {}",
                         h1.datapath_name()
                     ))
                 },
@@ -1244,6 +1294,11 @@ fn bench_vip_connections_against_ovs_vswitchd() {
     }
     for r in &runs {
         println!("BENCH {} datapath after the replay: {}", r.system, r.table);
+    }
+    for r in [runs[0], runs[2]] {
+        for (shape, flows) in &r.masks {
+            println!("BENCH {} mask ({flows} flows): {shape}", r.system);
+        }
     }
     let rate = |i: usize| runs[i].setup.rate();
     let cpu = |i: usize| runs[i].cpu_secs;
