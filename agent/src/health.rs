@@ -196,7 +196,11 @@ impl Prober {
                     t
                 }
             };
-            if !self.node_port {
+            // Without a node port nothing is probed: no state, so every verdict of this
+            // host is deleted below.
+            let targets = if self.node_port {
+                targets
+            } else {
                 self.metrics.members_unprobed.set(targets.len() as i64);
                 if !targets.is_empty() && !warned_unprobed {
                     warn!(
@@ -207,11 +211,6 @@ impl Prober {
                     );
                     warned_unprobed = true;
                 }
-                states.clear();
-            }
-            let targets = if self.node_port {
-                targets
-            } else {
                 Arc::default()
             };
             states.retain(|t, _| targets.contains_key(t));
