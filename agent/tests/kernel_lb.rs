@@ -818,6 +818,34 @@ fn spread(c: &Cluster, n: usize) -> BTreeMap<String, usize> {
     per
 }
 
+/// [`spread`] of `n` connections again until `done` holds of one, for at most 30 s; the last.
+fn spread_until(
+    c: &Cluster,
+    n: usize,
+    done: impl Fn(&BTreeMap<String, usize>) -> bool,
+) -> BTreeMap<String, usize> {
+    let t = Instant::now();
+    loop {
+        let s = spread(c, n);
+        if done(&s) || t.elapsed() > std::time::Duration::from_secs(30) {
+            return s;
+        }
+    }
+}
+
+/// Fails unless be1's verdict changed (`what`) within `runs` probes plus one interval, the
+/// age the last probe before the change can have.
+fn within_probes(c: &Cluster, what: &str, took: std::time::Duration, runs: u32) {
+    let bound = std::time::Duration::from_secs(u64::from(PROBE_INTERVAL_S * (runs + 1)));
+    eprintln!(
+        "lb-health: be1 {what} in {:.1} s (interval {PROBE_INTERVAL_S} s x {runs} probes, bound {bound:?})",
+        took.as_secs_f64()
+    );
+    if took > bound {
+        c.fail(&format!("be1 {what} in {took:?}, beyond {bound:?}"));
+    }
+}
+
 #[test]
 #[ignore = "needs the OVS kernel datapath: run by e2e/kernel-tests.sh inside the guest"]
 fn a_health_check_takes_a_stopped_member_out_and_back_and_a_dead_agents_verdict_expires() {
@@ -871,25 +899,9 @@ fn a_health_check_takes_a_stopped_member_out_and_back_and_a_dead_agents_verdict_
     // 2. be1's server stops: its host marks it down, and no new connection goes to it.
     drop(be1);
     let down = wait_verdict(&c, m1, Some(false), 60);
-    let bound = std::time::Duration::from_secs(u64::from(PROBE_INTERVAL_S * (FALL + 1)));
-    eprintln!(
-        "lb-health: be1 marked down {:.1} s after its server stopped (interval {PROBE_INTERVAL_S} s x fall {FALL}, bound {bound:?})",
-        down.as_secs_f64()
-    );
-    if down > bound {
-        c.fail(&format!(
-            "be1 was marked down after {down:?}, beyond {bound:?}: interval x fall plus one interval"
-        ));
-    }
-    let t = Instant::now();
-    let mut during = BTreeMap::new();
+    within_probes(&c, "marked down after its server stopped", down, FALL);
     // The verdict reaches the client's host through the watch; give it a few seconds.
-    while t.elapsed() < std::time::Duration::from_secs(30) {
-        during = spread(&c, 10);
-        if during.keys().all(|k| k == "be2") {
-            break;
-        }
-    }
+    let during = spread_until(&c, 10, |s| s.keys().all(|k| k == "be2"));
     let after = spread(&c, 40);
     eprintln!("lb-health: be1 down: {after:?}");
     if after.keys().any(|k| k != "be2") {
@@ -901,22 +913,8 @@ fn a_health_check_takes_a_stopped_member_out_and_back_and_a_dead_agents_verdict_
     // 3. be1's server is back: after `rise` probes it is up, and it serves again.
     let be1 = NamedServer::start(&c.pod("be1").ns, "be1", m1);
     let up = wait_verdict(&c, m1, Some(true), 60);
-    let bound = std::time::Duration::from_secs(u64::from(PROBE_INTERVAL_S * (RISE + 1)));
-    eprintln!(
-        "lb-health: be1 marked up {:.1} s after its server came back (bound {bound:?})",
-        up.as_secs_f64()
-    );
-    if up > bound {
-        c.fail(&format!("be1 was marked up after {up:?}, beyond {bound:?}"));
-    }
-    let t = Instant::now();
-    let mut back = BTreeMap::new();
-    while t.elapsed() < std::time::Duration::from_secs(30) {
-        back = spread(&c, 20);
-        if back.contains_key("be1") {
-            break;
-        }
-    }
+    within_probes(&c, "marked up after its server came back", up, RISE);
+    let back = spread_until(&c, 20, |s| s.contains_key("be1"));
     if !back.contains_key("be1") {
         c.fail(&format!("be1 is up again but gets no connection: {back:?}"));
     }
@@ -934,14 +932,7 @@ fn a_health_check_takes_a_stopped_member_out_and_back_and_a_dead_agents_verdict_
         Some(true),
         "be2's verdict, from a live agent, stays"
     );
-    let t = Instant::now();
-    let mut last = BTreeMap::new();
-    while t.elapsed() < std::time::Duration::from_secs(30) {
-        last = spread(&c, 20);
-        if last.contains_key("be1") && last.contains_key("be2") {
-            break;
-        }
-    }
+    let last = spread_until(&c, 20, |s| s.contains_key("be1") && s.contains_key("be2"));
     eprintln!("lb-health: h1's agent dead: {last:?}");
     if !last.contains_key("be1") {
         c.fail(&format!(
