@@ -4,7 +4,6 @@
 //! to the flow manager. Malformed upcalls and upcalls over a port's rate are counted and
 //! dropped; nothing here panics on what the kernel sends.
 
-use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -61,22 +60,9 @@ pub struct Handler {
     /// The batch's flows to put, and what to report of each once it is in.
     puts: Vec<FlowPut>,
     installs: Vec<Installed>,
-    /// The batch's packets to execute, as ranges of `bytes`.
-    execs: Vec<Exec>,
-    /// The batch's encoded actions and generated packets, back to back: one buffer reused
-    /// from batch to batch, so that queuing a packet allocates nothing once it has grown.
-    bytes: Vec<u8>,
-}
-
-/// A packet of a batch to execute.
-#[derive(Debug)]
-struct Exec {
-    /// The upcall it comes from, whose key it is executed with.
-    upcall: usize,
-    /// A packet the simulation generated, in `bytes`; `None` executes the upcall's own.
-    packet: Option<Range<usize>>,
-    /// Its encoded actions, in `bytes`.
-    actions: Range<usize>,
+    /// The batch's packets to execute: the upcall's index, the packet when it is one the
+    /// simulation generated (else the upcall's own), the encoded actions.
+    execs: Vec<(usize, Option<Vec<u8>>, Vec<u8>)>,
 }
 
 impl Handler {
@@ -94,7 +80,6 @@ impl Handler {
             puts: Vec::with_capacity(MAX_BATCH),
             installs: Vec::with_capacity(MAX_BATCH),
             execs: Vec::with_capacity(MAX_BATCH),
-            bytes: Vec::with_capacity(MAX_BATCH * 256),
         }
     }
 
@@ -140,7 +125,6 @@ impl Handler {
         self.puts.clear();
         self.installs.clear();
         self.execs.clear();
-        self.bytes.clear();
         for (i, u) in batch.iter().enumerate() {
             self.prepare(i, u, start);
         }
@@ -151,13 +135,10 @@ impl Handler {
         let executes: Vec<odp::dpif::Execute<'_>> = self
             .execs
             .iter()
-            .map(|e| {
-                let u = &batch[e.upcall];
-                let packet = match &e.packet {
-                    Some(r) => &self.bytes[r.clone()],
-                    None => &u.packet,
-                };
-                (packet, u.key.as_slice(), &self.bytes[e.actions.clone()])
+            .map(|(i, packet, actions)| {
+                let u = &batch[*i];
+                let packet = packet.as_deref().unwrap_or(&u.packet);
+                (packet, u.key.as_slice(), actions.as_slice())
             })
             .collect();
         let (put_results, exec_results) = match self.dp.put_and_execute(
@@ -278,33 +259,19 @@ impl Handler {
             }
         }
         if !s.actions.is_empty() {
-            let at = self.bytes.len();
-            match odp::encode_actions(&s.actions, &mut self.bytes) {
-                Ok(()) => self.execs.push(Exec {
-                    upcall: i,
-                    packet: None,
-                    actions: at..self.bytes.len(),
-                }),
+            let mut actions = Vec::new();
+            match odp::encode_actions(&s.actions, &mut actions) {
+                Ok(()) => self.execs.push((i, None, actions)),
                 Err(e) => {
-                    self.bytes.truncate(at);
                     m.datapath_errors.inc();
                     warn!(error = %e, "actions cannot be encoded");
                 }
             }
         }
         for em in &s.emit {
-            let at = self.bytes.len();
-            self.bytes.extend_from_slice(&em.packet);
-            let packet = at..self.bytes.len();
-            if odp::encode_actions(&[odp::Action::Output(em.port)], &mut self.bytes).is_ok() {
-                let actions = packet.end..self.bytes.len();
-                self.execs.push(Exec {
-                    upcall: i,
-                    packet: Some(packet),
-                    actions,
-                });
-            } else {
-                self.bytes.truncate(at);
+            let mut actions = Vec::new();
+            if odp::encode_actions(&[odp::Action::Output(em.port)], &mut actions).is_ok() {
+                self.execs.push((i, Some(em.packet.clone()), actions));
             }
         }
     }
