@@ -4,6 +4,7 @@
 //! to the flow manager. Malformed upcalls and upcalls over a port's rate are counted and
 //! dropped; nothing here panics on what the kernel sends.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -60,9 +61,22 @@ pub struct Handler {
     /// The batch's flows to put, and what to report of each once it is in.
     puts: Vec<FlowPut>,
     installs: Vec<Installed>,
-    /// The batch's packets to execute: the upcall's index, the packet when it is one the
-    /// simulation generated (else the upcall's own), the encoded actions.
-    execs: Vec<(usize, Option<Vec<u8>>, Vec<u8>)>,
+    /// The batch's packets to execute, as ranges of `bytes`.
+    execs: Vec<Exec>,
+    /// The batch's encoded actions and generated packets, back to back: one buffer reused
+    /// from batch to batch, so that queuing a packet allocates nothing once it has grown.
+    bytes: Vec<u8>,
+}
+
+/// A packet of a batch to execute.
+#[derive(Debug)]
+struct Exec {
+    /// The upcall it comes from, whose key it is executed with.
+    upcall: usize,
+    /// A packet the simulation generated, in `bytes`; `None` executes the upcall's own.
+    packet: Option<Range<usize>>,
+    /// Its encoded actions, in `bytes`.
+    actions: Range<usize>,
 }
 
 impl Handler {
@@ -80,6 +94,7 @@ impl Handler {
             puts: Vec::with_capacity(MAX_BATCH),
             installs: Vec::with_capacity(MAX_BATCH),
             execs: Vec::with_capacity(MAX_BATCH),
+            bytes: Vec::with_capacity(MAX_BATCH * 256),
         }
     }
 
@@ -125,6 +140,7 @@ impl Handler {
         self.puts.clear();
         self.installs.clear();
         self.execs.clear();
+        self.bytes.clear();
         for (i, u) in batch.iter().enumerate() {
             self.prepare(i, u, start);
         }
@@ -135,10 +151,13 @@ impl Handler {
         let executes: Vec<odp::dpif::Execute<'_>> = self
             .execs
             .iter()
-            .map(|(i, packet, actions)| {
-                let u = &batch[*i];
-                let packet = packet.as_deref().unwrap_or(&u.packet);
-                (packet, u.key.as_slice(), actions.as_slice())
+            .map(|e| {
+                let u = &batch[e.upcall];
+                let packet = match &e.packet {
+                    Some(r) => &self.bytes[r.clone()],
+                    None => &u.packet,
+                };
+                (packet, u.key.as_slice(), &self.bytes[e.actions.clone()])
             })
             .collect();
         let (put_results, exec_results) = match self.dp.put_and_execute(
@@ -259,9 +278,12 @@ impl Handler {
             }
         }
         if !s.actions.is_empty() {
-            let mut actions = Vec::new();
-            match odp::encode_actions(&s.actions, &mut actions) {
-                Ok(()) => self.execs.push((i, None, actions)),
+            match queue_exec(&mut self.bytes, None, &s.actions) {
+                Ok((packet, actions)) => self.execs.push(Exec {
+                    upcall: i,
+                    packet,
+                    actions,
+                }),
                 Err(e) => {
                     m.datapath_errors.inc();
                     warn!(error = %e, "actions cannot be encoded");
@@ -269,10 +291,104 @@ impl Handler {
             }
         }
         for em in &s.emit {
-            let mut actions = Vec::new();
-            if odp::encode_actions(&[odp::Action::Output(em.port)], &mut actions).is_ok() {
-                self.execs.push((i, Some(em.packet.clone()), actions));
+            let output = [odp::Action::Output(em.port)];
+            if let Ok((packet, actions)) = queue_exec(&mut self.bytes, Some(&em.packet), &output) {
+                self.execs.push(Exec {
+                    upcall: i,
+                    packet,
+                    actions,
+                });
             }
         }
+    }
+}
+
+/// Appends `packet` (when given) and then `actions`, encoded, to a batch's `bytes`, and says
+/// where each is. The actions start at a multiple of 4 bytes, since the attribute writer pads
+/// to the buffer's length: after a 42-byte ARP reply, unaligned actions would begin with the
+/// padding. On an error `bytes` is left as it was.
+fn queue_exec(
+    bytes: &mut Vec<u8>,
+    packet: Option<&[u8]>,
+    actions: &[odp::Action],
+) -> odp::Result<(Option<Range<usize>>, Range<usize>)> {
+    let start = bytes.len();
+    let packet = packet.map(|p| {
+        bytes.extend_from_slice(p);
+        start..bytes.len()
+    });
+    bytes.resize(bytes.len().next_multiple_of(4), 0);
+    let at = bytes.len();
+    match odp::encode_actions(actions, bytes) {
+        Ok(()) => Ok((packet, at..bytes.len())),
+        Err(e) => {
+            bytes.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::queue_exec;
+    use odp::Action;
+
+    /// Packets of every length and actions queued back to back in one buffer each come back
+    /// as they went in, and reusing the buffer allocates nothing once it has grown.
+    #[test]
+    fn queued_packets_and_actions_decode_whatever_came_before_them() {
+        let actions = [
+            Action::Recirc(7),
+            Action::Output(3),
+            Action::Hash {
+                alg: odp::action::HASH_ALG_L4,
+                basis: 0,
+            },
+        ];
+        let mut bytes = Vec::with_capacity(4096);
+        let cap = bytes.capacity();
+        for round in 0..2 {
+            bytes.clear();
+            let mut queued = Vec::new();
+            for len in [42usize, 60, 61, 0, 1, 3, 1500] {
+                let packet: Vec<u8> = (0..len).map(|i| i as u8).collect();
+                queued.push((
+                    len,
+                    queue_exec(&mut bytes, Some(&packet), &actions).unwrap(),
+                ));
+                queued.push((0, queue_exec(&mut bytes, None, &actions[..1]).unwrap()));
+            }
+            for (len, (packet, at)) in queued {
+                if let Some(p) = packet {
+                    assert_eq!(p.len(), len);
+                    assert!(bytes[p].iter().enumerate().all(|(i, b)| *b == i as u8));
+                    assert_eq!(
+                        odp::decode_actions(&bytes[at]).unwrap(),
+                        actions,
+                        "round {round}"
+                    );
+                } else {
+                    assert_eq!(odp::decode_actions(&bytes[at]).unwrap(), actions[..1]);
+                }
+            }
+            assert_eq!(
+                bytes.capacity(),
+                cap,
+                "round {round}: the buffer did not grow"
+            );
+        }
+    }
+
+    /// Actions the kernel would refuse to take leave the buffer as it was.
+    #[test]
+    fn actions_that_cannot_be_encoded_leave_nothing_behind() {
+        let mut bytes = vec![1, 2, 3];
+        // A clone() whose nested list overflows the 16-bit attribute length.
+        let huge = [
+            Action::Output(2),
+            Action::Clone(vec![Action::Output(1); 10_000]),
+        ];
+        assert!(queue_exec(&mut bytes, Some(&[9; 42]), &huge).is_err());
+        assert_eq!(bytes, [1, 2, 3]);
     }
 }
