@@ -315,12 +315,15 @@ impl Agent {
     }
 
     async fn status(&self) -> anyhow::Result<Reply> {
+        // The snapshot first: the flow manager answers the count after the invalidation of
+        // this generation (queued before the snapshot was published), so the generation
+        // reported is one whose stale flows are already gone from the datapath.
+        let snap = self.topo.load();
         let (tx, rx) = std::sync::mpsc::channel();
         self.flows
             .send(FlowEvent::Count(tx))
             .map_err(|_| anyhow::anyhow!("the flow manager is not running"))?;
         let flows = tokio::task::spawn_blocking(move || rx.recv()).await??;
-        let snap = self.topo.load();
         let mut ports = Vec::new();
         let vports = self.ports.snapshot();
         for b in snap.records.list::<PortBinding>() {

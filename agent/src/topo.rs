@@ -247,6 +247,17 @@ impl TopologyWatcher {
             topo.changed_buckets(&prev.topo, |t| lbs.contains(&t), &mut tags);
         }
         self.metrics.set_problems(topo.problems());
+        // The invalidation is queued before the snapshot is published, so that whoever sees
+        // this generation and then asks the flow manager anything ([`crate::service`]'s
+        // status) is answered after the flows it made stale are deleted. A handler that
+        // still simulates on the previous snapshot meanwhile reports its flow with that
+        // generation, and the flow manager deletes it as stale.
+        let _ = self.flows.send(FlowEvent::Invalidate {
+            generation,
+            tags,
+            full_flush,
+            at,
+        });
         self.shared.store(Arc::new(TopoSnap {
             generation,
             records,
@@ -254,11 +265,5 @@ impl TopologyWatcher {
         }));
         self.metrics.generation.set(generation as i64);
         self.metrics.invalidations.inc();
-        let _ = self.flows.send(FlowEvent::Invalidate {
-            generation,
-            tags,
-            full_flush,
-            at,
-        });
     }
 }

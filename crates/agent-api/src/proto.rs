@@ -350,7 +350,8 @@ pub struct Status {
     pub tunnel_udp_port: u16,
     /// The MTU pods get.
     pub pod_mtu: u16,
-    /// The topology generation in use (one per NSDB update applied).
+    /// The topology generation in use (one per NSDB update applied). The flows that the
+    /// update made stale are gone from the datapath by the time it is reported here.
     pub generation: u64,
     /// Flows the agent installed and tracks.
     pub flows: usize,
