@@ -2012,6 +2012,10 @@ impl<'t> Walker<'t, '_> {
             port.id,
             port.zone
         );
+        // Every packet here came through ct(), so it is IP: reading the Ethertype splits no
+        // flow, and the stage's flows share one mask whether they commit (which needs it) or
+        // not.
+        self.read.eth_type = !0;
         self.pass = Pass::Tracked;
         if let Some(c) = port.out_chain {
             match self.chain(c, &port.id) {

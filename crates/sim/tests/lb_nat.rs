@@ -116,6 +116,15 @@ fn vip_translates_to_a_healthy_member() {
             verdict: Verdict::Forward,
         },
         Row {
+            name: "member's delivery stage, established: output, under the same mask",
+            pkt: ct(to_member, RECIRC_DELIVERY | 6, TRK | EST),
+            bytes: vec![],
+            actions: "4",
+            mask: "recirc_id(0x40000006),ct_state(-new),eth(),eth_type(0x0800)",
+            tags: vec![Tag::port("p4")],
+            verdict: Verdict::Forward,
+        },
+        Row {
             name: "an established connection arrives already translated: routed, no commit",
             pkt: ct(to_member, RECIRC_CT, TRK | EST | 0x80),
             bytes: vec![],
