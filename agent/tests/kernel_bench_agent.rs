@@ -34,7 +34,7 @@ use std::sync::{Arc, OnceLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hosts_support::{Cluster, Host, api_call};
+use hosts_support::{Cluster, EchoServer, Host, api_call};
 use kernel_support::{sh, sh_try};
 use nix::sched::{CloneFlags, setns};
 use nsdb::{AnyRecord, Chain, PortBinding, Protocol, Record, RuleAction};
@@ -58,6 +58,9 @@ const VIP_FAR: &str = "10.96.0.12";
 /// The VIP whose members echo each datagram back.
 const VIP_ECHO: &str = "10.96.0.11";
 const ECHO_PORT: u16 = 6000;
+/// The TCP VIP, whose members echo what each connection sends.
+const VIP_TCP: &str = "10.96.0.13";
+const TCP_PORT: u16 = 7000;
 /// The agents' arguments of the benchmarks that measure the setup path: the simulation
 /// chooses each VIP connection's member, so that every new connection is an upcall.
 const PER_CONNECTION: &[&str] = &["--lb-member-choice", "simulation"];
@@ -342,6 +345,72 @@ impl Drop for UdpServer {
     }
 }
 
+/// What one run of [`tcp_connections`] did: per connection answered, the handshake (the
+/// SYN's round trip, the first packet) and the request's round trip after it.
+#[derive(Debug, Default)]
+struct TcpRun {
+    tried: u64,
+    handshakes: Vec<f64>,
+    requests: Vec<f64>,
+    elapsed: Duration,
+}
+
+impl TcpRun {
+    fn rate(&self) -> f64 {
+        self.requests.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// From pod namespace `ns`, `n` new TCP connections to `dst`, `workers` at a time: each
+/// connects, sends a 16-byte request, reads the answer and closes. A connection that is not
+/// answered within 2 s counts as failed.
+fn tcp_connections(ns: &str, dst: SocketAddrV4, n: usize, workers: usize) -> TcpRun {
+    spawn_in_netns(ns, move || {
+        let start = Instant::now();
+        // Threads started here inherit the namespace.
+        let runs: Vec<(Vec<f64>, Vec<f64>)> = std::thread::scope(|sc| {
+            let all: Vec<_> = (0..workers)
+                .map(|w| {
+                    sc.spawn(move || {
+                        let (mut hs, mut rq) = (Vec::new(), Vec::new());
+                        let mut buf = [0u8; 16];
+                        for _ in (w..n).step_by(workers) {
+                            let t0 = Instant::now();
+                            let Ok(mut c) =
+                                TcpStream::connect_timeout(&dst.into(), Duration::from_secs(2))
+                            else {
+                                continue;
+                            };
+                            let t1 = Instant::now();
+                            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                            if c.write_all(&[7; 16]).is_ok() && c.read_exact(&mut buf).is_ok() {
+                                hs.push((t1 - t0).as_secs_f64());
+                                rq.push(t1.elapsed().as_secs_f64());
+                            }
+                        }
+                        (hs, rq)
+                    })
+                })
+                .collect();
+            all.into_iter()
+                .map(|h| h.join().expect("TCP client"))
+                .collect()
+        });
+        let mut r = TcpRun {
+            tried: n as u64,
+            elapsed: start.elapsed(),
+            ..TcpRun::default()
+        };
+        for (hs, rq) in runs {
+            r.handshakes.extend(hs);
+            r.requests.extend(rq);
+        }
+        r
+    })
+    .join()
+    .expect("TCP client thread")
+}
+
 /// Sums the servers' counters.
 #[derive(Clone)]
 struct Delivered(Vec<Arc<AtomicU64>>, Vec<Arc<AtomicU64>>);
@@ -463,8 +532,8 @@ fn send_connections(
 // ---------------------------------------------------------------------------------------------
 
 /// Bridges b1 (10.0.1.0/24: client p1 on h1) and b2 (10.0.2.0/24: m1 on h1, m2 on h2) joined
-/// by router r1 (m2 on `m2_host`), which holds two VIPs balanced over m1 and m2: [`VIP_SINK`]:[`SINK_PORT`]
-/// and [`VIP_ECHO`]:[`ECHO_PORT`]. Under [`PER_CONNECTION`] the member is chosen by a hash
+/// by router r1 (m2 on `m2_host`), which holds three VIPs balanced over m1 and m2: [`VIP_SINK`]:[`SINK_PORT`],
+/// [`VIP_ECHO`]:[`ECHO_PORT`] and [`VIP_TCP`]:[`TCP_PORT`]. Under [`PER_CONNECTION`] the member is chosen by a hash
 /// of the 5-tuple, so every new source port is a new megaflow.
 fn lb_topology(m2_host: &str) -> TopoBuilder {
     Topology::test()
@@ -506,6 +575,18 @@ fn lb_topology(m2_host: &str) -> TopoBuilder {
             &[
                 ("10.0.2.21", ECHO_PORT, 1, true),
                 ("10.0.2.22", ECHO_PORT, 1, true),
+            ],
+            false,
+        )
+        .vip(
+            "lb-tcp",
+            Some("r1"),
+            VIP_TCP,
+            Protocol::Tcp,
+            TCP_PORT,
+            &[
+                ("10.0.2.21", TCP_PORT, 1, true),
+                ("10.0.2.22", TCP_PORT, 1, true),
             ],
             false,
         )
@@ -572,7 +653,7 @@ fn write_records(c: &mut Cluster, records: &RecordSet, bind: &HashSet<String>) -
 /// Starts hosts h1 and h2 (h1 alone if `one_host`: m2 is then on h1 too), writes the LB
 /// topology (with `extra_ports` more ports), attaches
 /// the pods `p1`, `m1`, `m2` and the first `attach_extra` extra ports bound to h1, starts a
-/// sink and an echo server in each member, and warms the paths up. Every agent gets
+/// sink, an echo server and a TCP server in each member, and warms the paths up. Every agent gets
 /// `agent_args`.
 fn lb_cluster(
     name: &str,
@@ -630,6 +711,7 @@ fn lb_cluster(
         UdpServer::start(&c.pod("m1").ns, m("m1", ECHO_PORT), true),
         UdpServer::start(&c.pod("m2").ns, m("m2", ECHO_PORT), true),
     ];
+    let tcp = vec![c.echo_server("m1", TCP_PORT), c.echo_server("m2", TCP_PORT)];
     // The paths to both members across the router, ARP included.
     c.wait_reachable("p1", ip("10.0.2.21"), 60);
     c.wait_reachable("p1", ip("10.0.2.22"), 60);
@@ -642,6 +724,7 @@ fn lb_cluster(
         c,
         sinks,
         _echoes: echoes,
+        _tcp: tcp,
     };
     lb.warm_up();
     lb
@@ -711,6 +794,7 @@ struct LbCluster {
     // Servers first: they stop before the pods' namespaces go.
     sinks: Vec<UdpServer>,
     _echoes: Vec<UdpServer>,
+    _tcp: Vec<EchoServer>,
     /// h1's agent when the benchmark runs its own (stopped before the cluster goes).
     _own_agent: Option<OwnAgent>,
     c: Cluster,
@@ -881,12 +965,15 @@ enum OvsSelect {
 /// datapath of the guest's root namespace, wired as [`lb_topology`] on one host: client
 /// `ob-c` (10.0.1.11/24) and members `ob-m1`, `ob-m2` (10.0.2.21, .22/24) in namespaces of
 /// their own, each on a veth into bridge `obr`, and OpenFlow rules that route between the two
-/// subnets and translate [`VIP_SINK`]:[`SINK_PORT`] as OVN does: `ct(nat)` first, then for a
-/// new connection the select group, whose buckets do `ct(commit,nat(dst=member))`.
+/// subnets and translate the VIPs [`VIP_SINK`], [`VIP_ECHO`] and [`VIP_TCP`] as OVN does:
+/// `ct(nat)` first, then for a new connection the VIP's select group, whose buckets do
+/// `ct(commit,nat(dst=member))`. The members run the same servers as [`lb_cluster`]'s.
 /// Everything is removed on drop.
 struct OvsSwitch {
     dir: std::path::PathBuf,
     sinks: Vec<UdpServer>,
+    echoes: Vec<UdpServer>,
+    tcp: Vec<EchoServer>,
 }
 
 impl OvsSwitch {
@@ -918,6 +1005,8 @@ impl OvsSwitch {
         let mut me = OvsSwitch {
             dir: dir.clone(),
             sinks: Vec::new(),
+            echoes: Vec::new(),
+            tcp: Vec::new(),
         };
         let d = dir.display();
         Self::ovs(&format!(
@@ -944,28 +1033,41 @@ impl OvsSwitch {
                 i + 1
             ));
         }
-        let bucket = |m: &str| format!("ct(commit,zone=1,nat(dst={m}:{SINK_PORT}),table=2)");
-        let method = match select {
-            OvsSelect::DpHash => "selection_method=dp_hash",
-            OvsSelect::FieldsHash => "selection_method=hash,fields(ip_src,ip_dst,udp_src,udp_dst)",
-        };
-        Self::ovs(&format!(
-            "ovs-ofctl -O OpenFlow15 add-group obr 'group_id=1,type=select,{method},\
-             bucket=bucket_id=0,weight=1,actions={},bucket=bucket_id=1,weight=1,actions={}'",
-            bucket("10.0.2.21"),
-            bucket("10.0.2.22")
-        ));
-        let flows = [
+        // One select group per VIP, as OVN makes one per load balancer VIP.
+        let vips = [
+            ("udp", VIP_SINK, SINK_PORT),
+            ("udp", VIP_ECHO, ECHO_PORT),
+            ("tcp", VIP_TCP, TCP_PORT),
+        ];
+        let mut flows = Vec::new();
+        for (g, (proto, vip, port)) in vips.into_iter().enumerate() {
+            let bucket = |m: &str| format!("ct(commit,zone=1,nat(dst={m}:{port}),table=2)");
+            let method = match select {
+                OvsSelect::DpHash => "selection_method=dp_hash".to_owned(),
+                OvsSelect::FieldsHash => {
+                    format!("selection_method=hash,fields(ip_src,ip_dst,{proto}_src,{proto}_dst)")
+                }
+            };
+            Self::ovs(&format!(
+                "ovs-ofctl -O OpenFlow15 add-group obr 'group_id={},type=select,{method},\
+                 bucket=bucket_id=0,weight=1,actions={},bucket=bucket_id=1,weight=1,actions={}'",
+                g + 1,
+                bucket("10.0.2.21"),
+                bucket("10.0.2.22")
+            ));
             // To the VIP: conntrack first; an established connection comes back translated.
-            format!(
-                "table=0,priority=100,udp,nw_dst={VIP_SINK},tp_dst={SINK_PORT},actions=ct(zone=1,nat,table=1)"
-            ),
+            flows.push(format!(
+                "table=0,priority=100,{proto},nw_dst={vip},tp_dst={port},actions=ct(zone=1,nat,table=1)"
+            ));
+            flows.push(format!(
+                "table=1,priority=100,ct_state=+new+trk,{proto},nw_dst={vip},tp_dst={port},actions=group:{}",
+                g + 1
+            ));
+        }
+        flows.extend([
             // From the members: conntrack translates replies back.
             "table=0,priority=90,ip,in_port=2,actions=ct(zone=1,nat,table=3)".into(),
             "table=0,priority=90,ip,in_port=3,actions=ct(zone=1,nat,table=3)".into(),
-            format!(
-                "table=1,priority=100,ct_state=+new+trk,udp,nw_dst={VIP_SINK},tp_dst={SINK_PORT},actions=group:1"
-            ),
             // Anything else tracked is translated already (an unreplied UDP connection's
             // later packets are still +new, with the member's address).
             "table=1,priority=90,ct_state=+trk,ip,actions=resubmit(,2)".into(),
@@ -979,24 +1081,25 @@ impl OvsSwitch {
             format!(
                 "table=3,priority=100,ip,nw_dst=10.0.1.11,actions=mod_dl_src:{OVS_MAC_GW1},mod_dl_dst:{OVS_MAC_C},dec_ttl,output:1"
             ),
-        ];
+        ]);
         let file = dir.join("flows.txt");
         std::fs::write(&file, flows.join("\n") + "\n").expect("flows file");
         Self::ovs(&format!(
             "ovs-ofctl -O OpenFlow15 add-flows obr {}",
             file.display()
         ));
+        let m = |a: &str, port: u16| SocketAddrV4::new(ip(a), port);
         me.sinks = vec![
-            UdpServer::start(
-                "ob-m1",
-                SocketAddrV4::new(ip("10.0.2.21"), SINK_PORT),
-                false,
-            ),
-            UdpServer::start(
-                "ob-m2",
-                SocketAddrV4::new(ip("10.0.2.22"), SINK_PORT),
-                false,
-            ),
+            UdpServer::start("ob-m1", m("10.0.2.21", SINK_PORT), false),
+            UdpServer::start("ob-m2", m("10.0.2.22", SINK_PORT), false),
+        ];
+        me.echoes = vec![
+            UdpServer::start("ob-m1", m("10.0.2.21", ECHO_PORT), true),
+            UdpServer::start("ob-m2", m("10.0.2.22", ECHO_PORT), true),
+        ];
+        me.tcp = vec![
+            EchoServer::start("ob-m1", m("10.0.2.21", TCP_PORT).into()),
+            EchoServer::start("ob-m2", m("10.0.2.22", TCP_PORT).into()),
         ];
         me
     }
@@ -1080,6 +1183,8 @@ impl OvsSwitch {
 impl Drop for OvsSwitch {
     fn drop(&mut self) {
         self.sinks.clear();
+        self.echoes.clear();
+        self.tcp.clear();
         Self::cleanup();
     }
 }
@@ -1096,6 +1201,101 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
+/// A system as [`bench_vip_connections_against_ovs_vswitchd`] drives it: the same client,
+/// VIPs and member servers, behind ovs-vswitchd or weft-agent.
+trait SideSystem {
+    /// New UDP connections to the sink VIP from `ports`.
+    fn udp(&self, ports: Vec<u16>, window: u64) -> Blast;
+    /// A new UDP connection to the echo VIP from each of `ports`, with a request and its
+    /// reply, then `later` more.
+    fn echo(&self, ports: Vec<u16>, later: usize) -> Rtts;
+    /// `n` new TCP connections to the TCP VIP, `workers` at a time.
+    fn tcp(&self, n: usize, workers: usize) -> TcpRun;
+    /// The kernel datapath's missed lookups so far.
+    fn missed(&self) -> u64;
+    /// `ovs-dpctl show` of the datapath.
+    fn show(&self) -> String;
+    /// `ovs-dpctl dump-flows` of the datapath.
+    fn dump(&self) -> String;
+    /// The process that serves the upcalls.
+    fn pid(&self) -> u32;
+}
+
+impl SideSystem for OvsSwitch {
+    fn udp(&self, ports: Vec<u16>, window: u64) -> Blast {
+        self.connect(ports, window)
+    }
+    fn echo(&self, ports: Vec<u16>, later: usize) -> Rtts {
+        let dst = SocketAddrV4::new(ip(VIP_ECHO), ECHO_PORT);
+        request_response("ob-c", ip("10.0.1.11"), ports, dst, later)
+    }
+    fn tcp(&self, n: usize, workers: usize) -> TcpRun {
+        tcp_connections("ob-c", SocketAddrV4::new(ip(VIP_TCP), TCP_PORT), n, workers)
+    }
+    fn missed(&self) -> u64 {
+        OvsSwitch::missed(self)
+    }
+    fn show(&self) -> String {
+        sh("ovs-dpctl show ovs-system")
+    }
+    fn dump(&self) -> String {
+        sh("ovs-dpctl dump-flows ovs-system")
+    }
+    fn pid(&self) -> u32 {
+        self.vswitchd_pid()
+    }
+}
+
+impl SideSystem for LbCluster {
+    fn udp(&self, ports: Vec<u16>, window: u64) -> Blast {
+        self.connect(VIP_SINK, ports, window)
+    }
+    fn echo(&self, ports: Vec<u16>, later: usize) -> Rtts {
+        let p1 = self.c.pod("p1");
+        let dst = SocketAddrV4::new(ip(VIP_ECHO), ECHO_PORT);
+        request_response(&p1.ns, p1.ip, ports, dst, later)
+    }
+    fn tcp(&self, n: usize, workers: usize) -> TcpRun {
+        let dst = SocketAddrV4::new(ip(VIP_TCP), TCP_PORT);
+        tcp_connections(&self.c.pod("p1").ns, dst, n, workers)
+    }
+    fn missed(&self) -> u64 {
+        self.c.host("h1").datapath_lookups().1
+    }
+    fn show(&self) -> String {
+        let h1 = self.c.host("h1");
+        sh(&format!(
+            "ip netns exec h1 ovs-dpctl show {}",
+            h1.datapath_name()
+        ))
+    }
+    fn dump(&self) -> String {
+        let h1 = self.c.host("h1");
+        sh(&format!(
+            "ip netns exec h1 ovs-dpctl dump-flows {}",
+            h1.datapath_name()
+        ))
+    }
+    fn pid(&self) -> u32 {
+        agent_pid(self.c.host("h1"))
+    }
+}
+
+/// The sizes of one [`SideRun`].
+#[derive(Debug, Clone, Copy)]
+struct SideSizes {
+    /// New UDP connections measured.
+    udp: u16,
+    /// UDP datagrams in flight at most.
+    window: u64,
+    /// New TCP connections measured, and how many at a time.
+    tcp: usize,
+    tcp_workers: usize,
+    /// New UDP connections whose round trips are measured, and later requests on each.
+    rtt: u16,
+    later: usize,
+}
+
 /// One system's run of [`bench_vip_connections_against_ovs_vswitchd`].
 struct SideRun {
     system: &'static str,
@@ -1103,6 +1303,12 @@ struct SideRun {
     misses: u64,
     cpu_secs: f64,
     fast: Blast,
+    /// Round trips of new UDP connections: the first packet and later ones.
+    rtt: Rtts,
+    /// New TCP connections, and the kernel's misses and the CPU they took.
+    tcp: TcpRun,
+    tcp_misses: u64,
+    tcp_cpu_secs: f64,
     /// The datapath's flow and mask lines of `ovs-dpctl show` after the replay.
     table: String,
     /// The datapath's masks after the replay: each flow's match with its values left out,
@@ -1161,31 +1367,36 @@ fn flow_table_lines(show: &str) -> String {
 impl SideRun {
     /// 1,000 warm-up connections from ports the measurement does not use (the shared flows,
     /// and with a kernel choice each of the 64 buckets: about 300 are expected to touch
-    /// all), then `n` new connections, then the same `n` again over the installed flows.
-    /// `misses` reads the kernel's missed lookups, `pid` is the process that serves them.
-    fn measure(
-        system: &'static str,
-        n: u16,
-        connect: impl Fn(Vec<u16>) -> Blast,
-        misses: impl Fn() -> u64,
-        show: impl Fn() -> String,
-        dump: impl Fn() -> String,
-        pid: u32,
-    ) -> SideRun {
-        connect((2000..3000).collect());
-        let ports: Vec<u16> = (20000..20000 + n).collect();
-        let (m0, c0) = (misses(), cpu_secs(pid));
-        let setup = connect(ports.clone());
-        let (m1, c1) = (misses(), cpu_secs(pid));
-        let fast = connect(ports);
+    /// all), then `z.udp` new connections, then the same again over the installed flows.
+    /// The flow table is read then. After it, the round trips of `z.rtt` new UDP connections
+    /// to the echo VIP and `z.tcp` new TCP connections, each after 1,000 of warm-up.
+    fn measure(system: &'static str, sys: &dyn SideSystem, z: SideSizes) -> SideRun {
+        sys.udp((2000..3000).collect(), z.window);
+        let ports: Vec<u16> = (20000..20000 + z.udp).collect();
+        let (m0, c0) = (sys.missed(), cpu_secs(sys.pid()));
+        let setup = sys.udp(ports.clone(), z.window);
+        let (m1, c1) = (sys.missed(), cpu_secs(sys.pid()));
+        let fast = sys.udp(ports, z.window);
+        let (table, masks) = (flow_table_lines(&sys.show()), masks_of(&sys.dump()));
+        // Every bucket of the echo VIP, as the sink's warm-up does for the sink VIP.
+        sys.echo((3000..4000).collect(), 0);
+        let rtt = sys.echo((40000..40000 + z.rtt).collect(), z.later);
+        sys.tcp(1000, z.tcp_workers);
+        let (m2, c2) = (sys.missed(), cpu_secs(sys.pid()));
+        let tcp = sys.tcp(z.tcp, z.tcp_workers);
+        let (m3, c3) = (sys.missed(), cpu_secs(sys.pid()));
         SideRun {
             system,
             setup,
             misses: m1 - m0,
             cpu_secs: c1 - c0,
             fast,
-            table: flow_table_lines(&show()),
-            masks: masks_of(&dump()),
+            rtt,
+            tcp,
+            tcp_misses: m3 - m2,
+            tcp_cpu_secs: c3 - c2,
+            table,
+            masks,
         }
     }
 }
@@ -1193,8 +1404,15 @@ impl SideRun {
 #[test]
 #[ignore = "benchmark: run by e2e/kernel-bench.sh inside the guest"]
 fn bench_vip_connections_against_ovs_vswitchd() {
-    let n: u16 = env_or("WEFT_BENCH_CONNS", 5000);
-    let window: u64 = env_or("WEFT_BENCH_WINDOW", 32);
+    let z = SideSizes {
+        udp: env_or("WEFT_BENCH_CONNS", 5000),
+        window: env_or("WEFT_BENCH_WINDOW", 32),
+        tcp: env_or("WEFT_BENCH_TCP_CONNS", 2000),
+        tcp_workers: env_or("WEFT_BENCH_TCP_WORKERS", 8),
+        rtt: env_or("WEFT_BENCH_LATENCY_FLOWS", 200),
+        later: env_or("WEFT_BENCH_LATER", 5),
+    };
+    let (n, window) = (z.udp, z.window);
     let rounds: usize = env_or("WEFT_BENCH_ROUNDS", 1);
     const NO_BATCH: &[&str] = &["--lb-member-choice", "simulation", "--upcall-batch", "1"];
     // Every system runs once per round, in turn, so that a slower stretch of the machine
@@ -1213,15 +1431,7 @@ fn bench_vip_connections_against_ovs_vswitchd() {
             ),
         ] {
             let ovs = OvsSwitch::start_delivering(select);
-            runs.push(SideRun::measure(
-                system,
-                n,
-                |ports| ovs.connect(ports, window),
-                || ovs.missed(),
-                || sh("ovs-dpctl show ovs-system"),
-                || sh("ovs-dpctl dump-flows ovs-system"),
-                ovs.vswitchd_pid(),
-            ));
+            runs.push(SideRun::measure(system, &ovs, z));
         }
         for (system, args) in [
             ("weft-agent, member chosen in the kernel", &[][..]),
@@ -1232,34 +1442,16 @@ fn bench_vip_connections_against_ovs_vswitchd() {
             ),
         ] {
             let lb = lb_cluster("bench-vs-ovs", 0, 0, None, args, true);
-            let h1 = lb.c.host("h1");
-            runs.push(SideRun::measure(
-                system,
-                n,
-                |ports| lb.connect(VIP_SINK, ports, window),
-                || h1.datapath_lookups().1,
-                || {
-                    sh(&format!(
-                        "ip netns exec h1 ovs-dpctl show {}",
-                        h1.datapath_name()
-                    ))
-                },
-                || {
-                    sh(&format!(
-                        "ip netns exec h1 ovs-dpctl dump-flows {}",
-                        h1.datapath_name()
-                    ))
-                },
-                agent_pid(h1),
-            ));
+            runs.push(SideRun::measure(system, &lb, z));
         }
         for r in &runs {
             println!(
-                "BENCH round {}: {} {:.0} connections/s, replay {:.0}/s",
+                "BENCH round {}: {} {:.0} UDP connections/s, replay {:.0}/s, {:.0} TCP connections/s",
                 rounds_of.len() + 1,
                 r.system,
                 r.setup.rate(),
-                r.fast.rate()
+                r.fast.rate(),
+                r.tcp.rate()
             );
         }
         rounds_of.push(runs);
@@ -1292,6 +1484,49 @@ fn bench_vip_connections_against_ovs_vswitchd() {
             r.fast.rate(),
         );
     }
+    println!(
+        "BENCH new TCP connections to a VIP over the same two members: {} after 1,000 of warm-up, {} at a time; each connects, sends a 16-byte request and reads the answer",
+        z.tcp, z.tcp_workers
+    );
+    println!(
+        "BENCH | system | answered/tried | connections/s | kernel misses per connection | CPU s per 1,000 connections | handshake p50 | handshake p99 | request p50 | request p99 |"
+    );
+    for r in &runs {
+        let (hs, rq) = (
+            sorted(r.tcp.handshakes.clone()),
+            sorted(r.tcp.requests.clone()),
+        );
+        println!(
+            "BENCH | {} | {}/{} | {:.0} | {:.3} | {:.3} | {} | {} | {} | {} |",
+            r.system,
+            r.tcp.requests.len(),
+            r.tcp.tried,
+            r.tcp.rate(),
+            r.tcp_misses as f64 / z.tcp as f64,
+            r.tcp_cpu_secs * 1000.0 / z.tcp as f64,
+            ms(percentile(&hs, 0.5)),
+            ms(percentile(&hs, 0.99)),
+            ms(percentile(&rq, 0.5)),
+            ms(percentile(&rq, 0.99)),
+        );
+    }
+    println!(
+        "BENCH round trips of {} new UDP connections to the echo VIP, one at a time: the first request (each one a miss when the member is chosen per connection), then {} more",
+        z.rtt, z.later
+    );
+    println!("BENCH | system | first p50 | first p99 | later p50 | later p99 | unanswered |");
+    for r in &runs {
+        let (first, later) = (sorted(r.rtt.first.clone()), sorted(r.rtt.later.clone()));
+        println!(
+            "BENCH | {} | {} | {} | {} | {} | {} |",
+            r.system,
+            ms(percentile(&first, 0.5)),
+            ms(percentile(&first, 0.99)),
+            ms(percentile(&later, 0.5)),
+            ms(percentile(&later, 0.99)),
+            r.rtt.lost
+        );
+    }
     for r in &runs {
         println!("BENCH {} datapath after the replay: {}", r.system, r.table);
     }
@@ -1302,6 +1537,14 @@ fn bench_vip_connections_against_ovs_vswitchd() {
     }
     let rate = |i: usize| runs[i].setup.rate();
     let cpu = |i: usize| runs[i].cpu_secs;
+    let tcp = |i: usize| runs[i].tcp.rate();
+    let tcp_cpu = |i: usize| runs[i].tcp_cpu_secs;
+    println!(
+        "BENCH ratio weft / ovs-vswitchd, new TCP connections/s: member chosen in the kernel {:.2}x, per connection {:.2}x; CPU per TCP connection chosen per connection {:.2}x",
+        tcp(2) / tcp(0),
+        tcp(3) / tcp(1),
+        tcp_cpu(3) / tcp_cpu(1),
+    );
     println!(
         "BENCH ratio weft / ovs-vswitchd, new connections/s: member chosen in the kernel {:.2}x (against dp_hash), per connection {:.2}x (against hash(5-tuple)); weft in the kernel / weft per connection {:.2}x; batched / one at a time {:.2}x",
         rate(2) / rate(0),
@@ -1322,6 +1565,20 @@ fn bench_vip_connections_against_ovs_vswitchd() {
             r.system,
             r.setup
         );
+        assert!(
+            r.tcp.requests.len() >= z.tcp * 9 / 10,
+            "{}: only {} of {} TCP connections answered",
+            r.system,
+            r.tcp.requests.len(),
+            z.tcp
+        );
+        assert!(
+            r.rtt.first.len() >= usize::from(z.rtt) * 9 / 10,
+            "{}: only {} of {} echo connections answered",
+            r.system,
+            r.rtt.first.len(),
+            z.rtt
+        );
     }
     for rs in &rounds_of {
         for r in [&rs[1], &rs[3], &rs[4]] {
@@ -1334,9 +1591,19 @@ fn bench_vip_connections_against_ovs_vswitchd() {
         }
         for r in [&rs[0], &rs[2]] {
             assert_eq!(
-                r.misses, 0,
-                "{}: new connections after the warm-up left the kernel",
+                (r.misses, r.tcp_misses),
+                (0, 0),
+                "{}: new UDP and TCP connections after the warm-up left the kernel",
                 r.system
+            );
+        }
+        for r in [&rs[1], &rs[3], &rs[4]] {
+            assert!(
+                r.tcp_misses as f64 >= 0.9 * z.tcp as f64,
+                "{}: {} new TCP connections missed the kernel only {} times",
+                r.system,
+                z.tcp,
+                r.tcp_misses
             );
         }
     }

@@ -1351,7 +1351,8 @@ pub struct EchoServer {
 }
 
 impl EchoServer {
-    fn start(ns: &str, addr: SocketAddr) -> EchoServer {
+    /// Starts one in network namespace `ns`, listening on `addr`.
+    pub fn start(ns: &str, addr: SocketAddr) -> EchoServer {
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU64::new(0));
         let (tx, rx) = mpsc::channel::<Result<(), String>>();
@@ -1365,7 +1366,11 @@ impl EchoServer {
                         return;
                     }
                 };
-                l.set_nonblocking(true).expect("nonblocking listener");
+                // accept(2) honours the receive timeout: a connection is taken as soon as it
+                // arrives, and the loop sees `stop` at least this often.
+                socket2::SockRef::from(&l)
+                    .set_read_timeout(Some(Duration::from_millis(100)))
+                    .expect("accept timeout");
                 let _ = tx.send(Ok(()));
                 while !s2.load(Ordering::Relaxed) {
                     match l.accept() {
@@ -1373,9 +1378,7 @@ impl EchoServer {
                             a2.fetch_add(1, Ordering::Relaxed);
                             std::thread::spawn(move || echo_conn(c));
                         }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(20))
-                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                         Err(_) => std::thread::sleep(Duration::from_millis(20)),
                     }
                 }
