@@ -38,7 +38,9 @@ async fn write(db: &Nsdb, r: &RecordSet) {
 }
 
 /// The next invalidation the watcher sends, within a generous bound that only ends a hung test.
-fn next_invalidation(rx: &Receiver<FlowEvent>) -> (u64, Vec<Tag>, bool) {
+/// The next invalidation the watcher sends, once the snapshot of its generation is
+/// published: the watcher queues the invalidation just before it publishes the snapshot.
+fn next_invalidation(rx: &Receiver<FlowEvent>, shared: &SharedTopo) -> (u64, Vec<Tag>, bool) {
     loop {
         match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(FlowEvent::Invalidate {
@@ -46,7 +48,17 @@ fn next_invalidation(rx: &Receiver<FlowEvent>) -> (u64, Vec<Tag>, bool) {
                 tags,
                 full_flush,
                 ..
-            }) => return (generation, tags, full_flush),
+            }) => {
+                let t0 = std::time::Instant::now();
+                while shared.load().generation < generation {
+                    assert!(
+                        t0.elapsed() < Duration::from_secs(20),
+                        "generation {generation} was never published"
+                    );
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                return (generation, tags, full_flush);
+            }
             Ok(_) => continue,
             Err(e) => panic!("no invalidation arrived: {e}"),
         }
@@ -113,7 +125,7 @@ async fn nsdb_writes_become_generations_with_exactly_their_invalidations() {
         })
         .unwrap();
     let rx = flows_rx;
-    let (g, tags, full) = tokio::task::block_in_place(|| next_invalidation(&rx));
+    let (g, tags, full) = tokio::task::block_in_place(|| next_invalidation(&rx, &shared));
     assert_eq!(g, 2);
     assert!(!full);
     assert!(
@@ -129,7 +141,7 @@ async fn nsdb_writes_become_generations_with_exactly_their_invalidations() {
     // The connected route to b2 is removed in NSDB: the next generation drops the traffic
     // and invalidates the route's and the router's flows, not the bridges' own.
     db.delete::<Route>("r1-b2-net").await.unwrap();
-    let (g, tags, full) = tokio::task::block_in_place(|| next_invalidation(&rx));
+    let (g, tags, full) = tokio::task::block_in_place(|| next_invalidation(&rx, &shared));
     assert_eq!(g, 3);
     assert!(!full);
     assert!(tags.contains(&Tag::route("r1-b2-net")), "{tags:?}");
@@ -154,7 +166,7 @@ async fn nsdb_writes_become_generations_with_exactly_their_invalidations() {
         .unwrap()
         .clone();
     db.put(&route).await.unwrap();
-    let (g, tags, _) = tokio::task::block_in_place(|| next_invalidation(&rx));
+    let (g, tags, _) = tokio::task::block_in_place(|| next_invalidation(&rx, &shared));
     assert_eq!(g, 4);
     assert!(tags.contains(&Tag::route("r1-b2-net")), "{tags:?}");
     assert_eq!(
@@ -183,11 +195,11 @@ async fn nsdb_writes_become_generations_with_exactly_their_invalidations() {
             .clone()
     };
     db.put(&lb(3)).await.unwrap();
-    let (g, tags, _) = tokio::task::block_in_place(|| next_invalidation(&rx));
+    let (g, tags, _) = tokio::task::block_in_place(|| next_invalidation(&rx, &shared));
     assert_eq!(g, 5);
     assert!(tags.contains(&Tag::device("r1")), "a new VIP: {tags:?}");
     db.put(&lb(2)).await.unwrap();
-    let (g, tags, _) = tokio::task::block_in_place(|| next_invalidation(&rx));
+    let (g, tags, _) = tokio::task::block_in_place(|| next_invalidation(&rx, &shared));
     assert_eq!(g, 6);
     assert!(tags.contains(&Tag::lb("web")), "{tags:?}");
     assert!(!tags.contains(&Tag::device("r1")), "{tags:?}");
@@ -256,7 +268,7 @@ async fn a_host_whose_record_expired_still_receives_its_ports_traffic() {
 
     // h2's record goes (its agent died and the lease expired): still tunnelled to h2.
     db.delete::<nsdb::Host>("h2").await.unwrap();
-    let (_, tags, _) = tokio::task::block_in_place(|| next_invalidation(&rx));
+    let (_, tags, _) = tokio::task::block_in_place(|| next_invalidation(&rx, &shared));
     assert!(tags.contains(&Tag::host("h2")), "{tags:?}");
     let (v, a) = to_p3(&shared);
     assert_eq!(v, Verdict::Forward, "{a}");
@@ -265,7 +277,7 @@ async fn a_host_whose_record_expired_still_receives_its_ports_traffic() {
     // Once no port is bound to h2, it is forgotten: a port bound there again is dropped
     // until h2 registers.
     db.delete::<nsdb::PortBinding>("p3").await.unwrap();
-    tokio::task::block_in_place(|| next_invalidation(&rx));
+    tokio::task::block_in_place(|| next_invalidation(&rx, &shared));
     let binding = b
         .records
         .bindings
@@ -274,7 +286,7 @@ async fn a_host_whose_record_expired_still_receives_its_ports_traffic() {
         .unwrap()
         .clone();
     db.put(&binding).await.unwrap();
-    tokio::task::block_in_place(|| next_invalidation(&rx));
+    tokio::task::block_in_place(|| next_invalidation(&rx, &shared));
     let (v, a) = to_p3(&shared);
     assert!(
         matches!(v, Verdict::Drop(_)),
@@ -329,7 +341,7 @@ async fn a_vport_bound_to_two_ports_is_a_problem_reported_and_counted() {
     })
     .await
     .unwrap();
-    let (g, _, _) = tokio::task::block_in_place(|| next_invalidation(&flows_rx));
+    let (g, _, _) = tokio::task::block_in_place(|| next_invalidation(&flows_rx, &shared));
     assert_eq!(g, 2);
     let text = metrics.encode();
     assert!(text.contains(problem), "{problem} missing from:\n{text}");
@@ -347,7 +359,7 @@ async fn a_vport_bound_to_two_ports_is_a_problem_reported_and_counted() {
     })
     .await
     .unwrap();
-    let (g, _, _) = tokio::task::block_in_place(|| next_invalidation(&flows_rx));
+    let (g, _, _) = tokio::task::block_in_place(|| next_invalidation(&flows_rx, &shared));
     assert_eq!(g, 3);
     assert!(!metrics.encode().contains("duplicate_binding"));
     assert_eq!(
