@@ -363,13 +363,13 @@ impl Nsdb {
     /// when it is bound elsewhere or not bound.
     async fn existing_pod_port(&self, req: &PodPortRequest) -> Result<Option<PodPort>> {
         let bridge = &req.bridge;
-        let (port, binding) = try_join!(
-            self.get::<Port>(&req.port),
-            self.get::<PortBinding>(&req.port)
-        )?;
-        let Some(Versioned { record: port, .. }) = port else {
+        // The port first, then its binding: a transaction writes both, and a read that
+        // starts after the port is seen sees the binding too. Read at once, the binding's
+        // read could come before a concurrent allocation's commit and the port's after it.
+        let Some(Versioned { record: port, .. }) = self.get::<Port>(&req.port).await? else {
             return Ok(None);
         };
+        let binding = self.get::<PortBinding>(&req.port).await?;
         let binding = match binding {
             Some(Versioned { record, .. })
                 if record.host == req.host && record.vport == req.vport =>
