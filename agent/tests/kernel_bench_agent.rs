@@ -1213,10 +1213,8 @@ trait SideSystem {
     fn tcp(&self, n: usize, workers: usize) -> TcpRun;
     /// The kernel datapath's missed lookups so far.
     fn missed(&self) -> u64;
-    /// `ovs-dpctl show` of the datapath.
-    fn show(&self) -> String;
-    /// `ovs-dpctl dump-flows` of the datapath.
-    fn dump(&self) -> String;
+    /// `ovs-dpctl <cmd>` of the datapath (`show`, `dump-flows`).
+    fn dpctl(&self, cmd: &str) -> String;
     /// The process that serves the upcalls.
     fn pid(&self) -> u32;
 }
@@ -1235,11 +1233,8 @@ impl SideSystem for OvsSwitch {
     fn missed(&self) -> u64 {
         OvsSwitch::missed(self)
     }
-    fn show(&self) -> String {
-        sh("ovs-dpctl show ovs-system")
-    }
-    fn dump(&self) -> String {
-        sh("ovs-dpctl dump-flows ovs-system")
+    fn dpctl(&self, cmd: &str) -> String {
+        sh(&format!("ovs-dpctl {cmd} ovs-system"))
     }
     fn pid(&self) -> u32 {
         self.vswitchd_pid()
@@ -1262,19 +1257,9 @@ impl SideSystem for LbCluster {
     fn missed(&self) -> u64 {
         self.c.host("h1").datapath_lookups().1
     }
-    fn show(&self) -> String {
-        let h1 = self.c.host("h1");
-        sh(&format!(
-            "ip netns exec h1 ovs-dpctl show {}",
-            h1.datapath_name()
-        ))
-    }
-    fn dump(&self) -> String {
-        let h1 = self.c.host("h1");
-        sh(&format!(
-            "ip netns exec h1 ovs-dpctl dump-flows {}",
-            h1.datapath_name()
-        ))
+    fn dpctl(&self, cmd: &str) -> String {
+        let dp = self.c.host("h1").datapath_name();
+        sh(&format!("ip netns exec h1 ovs-dpctl {cmd} {dp}"))
     }
     fn pid(&self) -> u32 {
         agent_pid(self.c.host("h1"))
@@ -1377,7 +1362,8 @@ impl SideRun {
         let setup = sys.udp(ports.clone(), z.window);
         let (m1, c1) = (sys.missed(), cpu_secs(sys.pid()));
         let fast = sys.udp(ports, z.window);
-        let (table, masks) = (flow_table_lines(&sys.show()), masks_of(&sys.dump()));
+        let table = flow_table_lines(&sys.dpctl("show"));
+        let masks = masks_of(&sys.dpctl("dump-flows"));
         // Every bucket of the echo VIP, as the sink's warm-up does for the sink VIP.
         sys.echo((3000..4000).collect(), 0);
         let rtt = sys.echo((40000..40000 + z.rtt).collect(), z.later);

@@ -37,9 +37,9 @@ async fn write(db: &Nsdb, r: &RecordSet) {
     t.commit().await.expect("write topology");
 }
 
-/// The next invalidation the watcher sends, within a generous bound that only ends a hung test.
 /// The next invalidation the watcher sends, once the snapshot of its generation is
-/// published: the watcher queues the invalidation just before it publishes the snapshot.
+/// published (the watcher queues the invalidation just before it publishes the snapshot),
+/// within a generous bound that only ends a hung test.
 fn next_invalidation(rx: &Receiver<FlowEvent>, shared: &SharedTopo) -> (u64, Vec<Tag>, bool) {
     loop {
         match rx.recv_timeout(Duration::from_secs(20)) {

@@ -369,8 +369,7 @@ impl Nsdb {
         let Some(Versioned { record: port, .. }) = self.get::<Port>(&req.port).await? else {
             return Ok(None);
         };
-        let binding = self.get::<PortBinding>(&req.port).await?;
-        let binding = match binding {
+        let binding = match self.get::<PortBinding>(&req.port).await? {
             Some(Versioned { record, .. })
                 if record.host == req.host && record.vport == req.vport =>
             {
