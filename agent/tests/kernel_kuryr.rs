@@ -1,5 +1,6 @@
-//! The Kuryr mapping end to end in the kernel guest: Namespaces, Pods and NetworkPolicies are
-//! applied with kubectl to the real kube-apiserver that e2e/kernel-tests.sh runs on the host;
+//! The Kuryr mapping end to end in the kernel guest: Namespaces, Pods and Services are applied
+//! with kubectl, and NetworkPolicies with a kube client, to the real kube-apiserver that
+//! e2e/kernel-tests.sh runs on the host;
 //! the operator (in the guest) writes NSDB; three agents, each watching its node's pods,
 //! attach the pods through weft-cni as kubelet would (cnitool, with the pods' Kubernetes
 //! names); and traffic between the pods' network namespaces is probed over TCP and UDP.
@@ -20,8 +21,10 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
 use kuryr_support::model::{CONVERGE, Model, PODS, Pair, kuryr_cluster, netns_name, pod_key};
-use kuryr_support::{Kube, PodServers, Proto, probe_all};
+use kuryr_support::{KubeClient, PodServers, Proto, probe_all};
 
 /// The differences between a probed and an expected matrix, as lines.
 fn differences(got: &BTreeMap<Pair, bool>, want: &BTreeMap<Pair, bool>) -> Vec<String> {
@@ -38,15 +41,19 @@ fn differences(got: &BTreeMap<Pair, bool>, want: &BTreeMap<Pair, bool>) -> Vec<S
         .collect()
 }
 
-/// The labels a case adds to the model's pods and namespaces: (kubectl resource args, key,
-/// value) for each label that differs from the model's own.
-fn extra_labels(case: &cases::Case) -> Vec<(Vec<String>, String, String)> {
+/// A label a case adds: the namespace of a Pod (`None` for a Namespace), its name, the key
+/// and the value.
+type ExtraLabel = (Option<String>, String, String, String);
+
+/// The labels a case adds to the model's pods and namespaces: each label that differs from
+/// the model's own.
+fn extra_labels(case: &cases::Case) -> Vec<ExtraLabel> {
     let mut out = Vec::new();
     for (ns, pod, _) in PODS {
         let base = BTreeMap::from([("pod".to_owned(), pod.to_owned())]);
         for (k, v) in case.labels_of_pod(&pod_key(ns, pod)) {
             if base.get(&k) != Some(&v) {
-                out.push((vec!["pod".into(), "-n".into(), ns.into(), pod.into()], k, v));
+                out.push((Some(ns.into()), pod.into(), k, v));
             }
         }
     }
@@ -57,25 +64,17 @@ fn extra_labels(case: &cases::Case) -> Vec<(Vec<String>, String, String)> {
         ]);
         for (k, v) in case.labels_of_namespace(ns) {
             if base.get(&k) != Some(&v) {
-                out.push((vec!["namespace".into(), ns.into()], k, v));
+                out.push((None, ns.into(), k, v));
             }
         }
     }
     out
 }
 
-/// `kubectl label` of each label (`set`), or its removal.
-fn relabel(kube: &Kube, labels: &[(Vec<String>, String, String)], set: bool) {
-    for (what, k, v) in labels {
-        let mut args: Vec<&str> = vec!["label", "--overwrite"];
-        args.extend(what.iter().map(String::as_str));
-        let arg = if set {
-            format!("{k}={v}")
-        } else {
-            format!("{k}-")
-        };
-        args.push(&arg);
-        kube.kubectl(&args);
+/// Each label set (`set`), or removed.
+fn relabel(api: &KubeClient, labels: &[ExtraLabel], set: bool) {
+    for (ns, name, k, v) in labels {
+        api.label(ns.as_deref(), name, k, set.then_some(v.as_str()));
     }
 }
 
@@ -87,36 +86,16 @@ fn proto(p: cases::Proto) -> Proto {
     }
 }
 
-/// The label of a case's objects, by which the next case's apply prunes them.
+/// The label of a case's policies, by which the next case's apply prunes them.
 const CASE_LABEL: &str = "weft.dev/netpol-case";
-/// What a case's apply prunes.
-const CASE_KINDS: &[&str] = &["networking.k8s.io/v1/NetworkPolicy", "core/v1/ConfigMap"];
-
-/// A case's policies, labelled [`CASE_LABEL`], with a ConfigMap of that label in each of the
-/// model's namespaces: kubectl prunes only in the namespaces of what it applies.
-fn case_manifest(policies: Vec<k8s_openapi::api::networking::v1::NetworkPolicy>) -> String {
-    let mut items: Vec<serde_json::Value> = ["x", "y", "z"]
-        .iter()
-        .map(|ns| {
-            serde_json::json!({
-                "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": "netpol-case", "namespace": ns, "labels": {CASE_LABEL: "1"}},
-            })
-        })
-        .collect();
-    for mut p in policies {
-        p.metadata
-            .labels
-            .get_or_insert_with(Default::default)
-            .insert(CASE_LABEL.into(), "1".into());
-        items.push(serde_json::to_value(p).expect("a policy as JSON"));
-    }
-    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
-}
 
 /// The NetworkPolicy truth tables: every case of e2e/netpol/cases.yaml, its labels set and
-/// its policies applied with kubectl, until the probed matrix matches (bounded), then undone.
+/// its policies applied through the API server, until the probed matrix matches (bounded),
+/// then undone. One client makes every change: 73 cases of kubectl processes would spend
+/// most of the test starting kubectl under the guest's emulation.
 fn network_policies(m: &Model) {
+    let api = m.kube.client();
+    let namespaces: Vec<&str> = PODS.iter().map(|(ns, _, _)| *ns).collect();
     let all = cases::load().unwrap_or_else(|e| panic!("e2e/netpol/cases.yaml: {e}"));
     let pod_ips: BTreeMap<String, IpAddr> = m
         .ips
@@ -129,11 +108,12 @@ fn network_policies(m: &Model) {
             .policies(&pod_ips)
             .unwrap_or_else(|e| panic!("{}: {e}", case.id()));
         let labels = extra_labels(case);
-        relabel(&m.kube, &labels, true);
-        // One kubectl: the case's policies, and the previous case's pruned.
-        m.kube
-            .apply_pruning(&case_manifest(policies), CASE_LABEL, CASE_KINDS);
+        let changing = Instant::now();
+        relabel(&api, &labels, true);
+        // The case's policies, and the previous case's pruned.
+        api.apply_labelled(policies, CASE_LABEL, &namespaces);
         let started = Instant::now();
+        let change = started - changing;
         let on: Vec<(Proto, u16)> = case
             .probed()
             .into_iter()
@@ -164,14 +144,13 @@ fn network_policies(m: &Model) {
         }
         eprintln!("kuryr: case {} matched", case.id());
         report.push(format!(
-            "{} ({rounds} rounds, {:.1?})",
+            "{} (changed in {change:.1?}, matched in {rounds} rounds, {:.1?})",
             case.id(),
             started.elapsed()
         ));
-        relabel(&m.kube, &labels, false);
+        relabel(&api, &labels, false);
     }
-    m.kube
-        .apply_pruning(&case_manifest(Vec::new()), CASE_LABEL, CASE_KINDS);
+    api.apply_labelled(Vec::<NetworkPolicy>::new(), CASE_LABEL, &namespaces);
     eprintln!(
         "{} NetworkPolicy cases matched:\n  {}",
         all.len(),

@@ -158,22 +158,22 @@ impl Kube {
         );
     }
 
-    /// `kubectl apply --prune` of `yaml`: the objects labelled `label=1` of `kinds` (as
-    /// kubectl's `--prune-allowlist` names them) that `yaml` no longer holds are deleted, in
-    /// the namespaces `yaml` names, in the same call.
-    pub fn apply_pruning(&self, yaml: &str, label: &str, kinds: &[&str]) {
-        let selector = format!("{label}=1");
-        let mut args = vec!["apply", "--validate=false", "--prune", "-l", &selector];
-        for k in kinds {
-            args.extend(["--prune-allowlist", k]);
-        }
-        args.extend(["-f", "-"]);
-        let out = self.kubectl_output(&args, Some(yaml));
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}\n{yaml}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    /// A client of the API server with the guest's kubeconfig, for changes made many times
+    /// over: each is a request or two on one connection, where a kubectl under the guest's
+    /// emulation spends seconds starting and discovering the API.
+    pub fn client(&self) -> KubeClient {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the kube client");
+        let client = rt
+            .block_on(async {
+                let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+                anyhow::Ok(kube::Client::try_from(cfg)?)
+            })
+            .unwrap_or_else(|e| panic!("a kube client from {}: {e:#}", self.kubeconfig.display()));
+        KubeClient { rt, client }
     }
 
     /// `kubectl delete -f -` of `yaml`, waiting for the objects to be gone.
@@ -187,6 +187,94 @@ impl Kube {
             "kubectl delete: {}\n{yaml}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+/// The API server through one kube client ([`Kube::client`]); every call is bounded by the
+/// client's timeouts and panics with the API server's answer when it fails.
+pub struct KubeClient {
+    rt: tokio::runtime::Runtime,
+    client: kube::Client,
+}
+
+/// The field manager of what [`KubeClient::apply_labelled`] applies.
+const FIELD_MANAGER: &str = "weft-e2e";
+
+impl KubeClient {
+    /// Sets (`Some`) or removes (`None`) label `key` of a Pod (`namespace` given) or of a
+    /// Namespace (`None`) named `name`.
+    pub fn label(&self, namespace: Option<&str>, name: &str, key: &str, value: Option<&str>) {
+        use k8s_openapi::api::core::v1::{Namespace, Pod};
+        use kube::api::{Api, Patch, PatchParams};
+        let patch = Patch::Merge(serde_json::json!({"metadata": {"labels": {key: value}}}));
+        let pp = PatchParams::default();
+        let r = self.rt.block_on(async {
+            match namespace {
+                Some(ns) => Api::<Pod>::namespaced(self.client.clone(), ns)
+                    .patch(name, &pp, &patch)
+                    .await
+                    .map(drop),
+                None => Api::<Namespace>::all(self.client.clone())
+                    .patch(name, &pp, &patch)
+                    .await
+                    .map(drop),
+            }
+        });
+        r.unwrap_or_else(|e| panic!("label {key}={value:?} of {namespace:?}/{name}: {e}"));
+    }
+
+    /// Server-side applies each of `objects`, labelled `label=1`, then deletes the objects
+    /// of their kind in `namespaces` that carry that label and are not among them: what
+    /// `kubectl apply --prune -l label=1` does.
+    pub fn apply_labelled<K>(&self, objects: Vec<K>, label: &str, namespaces: &[&str])
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::Serialize
+            + serde::de::DeserializeOwned,
+    {
+        use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        let mut keep = std::collections::BTreeSet::new();
+        self.rt.block_on(async {
+            for mut o in objects {
+                o.meta_mut()
+                    .labels
+                    .get_or_insert_with(Default::default)
+                    .insert(label.into(), "1".into());
+                let ns = o
+                    .meta()
+                    .namespace
+                    .clone()
+                    .expect("a namespaced object's namespace");
+                let name = o.meta().name.clone().expect("an object's name");
+                Api::<K>::namespaced(self.client.clone(), &ns)
+                    .patch(&name, &pp, &Patch::Apply(&o))
+                    .await
+                    .unwrap_or_else(|e| panic!("apply {ns}/{name}: {e}"));
+                keep.insert((ns, name));
+            }
+            let lp = ListParams::default().labels(&format!("{label}=1"));
+            for ns in namespaces {
+                let api = Api::<K>::namespaced(self.client.clone(), ns);
+                let listed = api
+                    .list(&lp)
+                    .await
+                    .unwrap_or_else(|e| panic!("list {label}=1 in {ns}: {e}"));
+                for o in listed {
+                    let name = o.meta().name.clone().unwrap_or_default();
+                    if keep.contains(&(ns.to_string(), name.clone())) {
+                        continue;
+                    }
+                    match api.delete(&name, &DeleteParams::default()).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(s)) if s.code == 404 => {}
+                        Err(e) => panic!("delete {ns}/{name}: {e}"),
+                    }
+                }
+            }
+        });
     }
 }
 
