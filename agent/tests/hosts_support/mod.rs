@@ -25,7 +25,7 @@ use weft_agent::api::client::Client;
 use weft_agent::api::{Reply, Request, Status};
 
 use crate::kernel_support::{
-    Netns, dump_flows_text, in_netns, require_kernel_datapath, sh, sh_try,
+    Netns, dump_flows_text, in_netns, ping_once, require_kernel_datapath, sh, sh_try,
 };
 
 /// The Linux bridge in the guest's root namespace that is the underlay.
@@ -1070,8 +1070,9 @@ impl Cluster {
     /// packets after pods attach, while the other hosts' agents learn the new bindings
     /// from their NSDB watch. Returns the number of tries it took.
     pub fn wait_reachable(&self, from: &str, to: Ipv4Addr, tries: u32) -> u32 {
+        let ns = &self.pod(from).ns;
         for i in 1..=tries {
-            if self.ping_args(from, to, "-c 1 -W 1").ok {
+            if ping_once(ns, to, Duration::from_secs(1)) {
                 return i;
             }
         }

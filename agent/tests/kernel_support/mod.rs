@@ -44,3 +44,52 @@ pub fn dump_flows_text(dp: &str) -> String {
         Err(e) => format!("flow dump failed: {e}"),
     }
 }
+
+/// One ICMP echo from network namespace `ns` to `to`: whether its reply came within
+/// `timeout`. A raw socket in-process, where `ping` would start two processes: fifty of those
+/// at once take seconds under the guest's emulation.
+pub fn ping_once(ns: &str, to: std::net::Ipv4Addr, timeout: std::time::Duration) -> bool {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::io::Read;
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Every echo of this process its own identifier: raw sockets see every reply.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed) ^ (std::process::id() as u16);
+    in_netns(ns, move || {
+        let Ok(s) = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)) else {
+            return false;
+        };
+        let mut req = *b"\x08\0\0\0\0\0\0\x01weft-ping";
+        req[4..6].copy_from_slice(&id.to_be_bytes());
+        let sum = !req.chunks(2).fold(0u32, |a, c| {
+            let w = u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+            let a = a + w;
+            (a & 0xffff) + (a >> 16)
+        }) as u16;
+        req[2..4].copy_from_slice(&sum.to_be_bytes());
+        let dst = std::net::SocketAddrV4::new(to, 0);
+        if s.send_to(&req, &dst.into()).is_err() {
+            return false;
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        let mut buf = [0u8; 2048];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+                return false;
+            }
+            let Ok(n) = (&s).read(&mut buf) else {
+                return false;
+            };
+            // The IPv4 header, then an echo reply (type 0) with our identifier, from `to`.
+            let ihl = usize::from(buf[0] & 0x0f) * 4;
+            if n >= ihl + 8
+                && buf[12..16] == to.octets()
+                && buf[ihl] == 0
+                && buf[ihl + 4..ihl + 6] == id.to_be_bytes()
+            {
+                return true;
+            }
+        }
+    })
+}
