@@ -532,12 +532,49 @@ pub fn probe_with(ns: &str, to: SocketAddr, proto: Proto, timeout: Duration) -> 
 pub fn probe_all<K: Ord + Clone + Send + Sync>(
     pairs: &BTreeMap<K, (String, SocketAddr, Proto)>,
 ) -> BTreeMap<K, bool> {
+    probe_all_within(pairs, PROBE_TIMEOUT)
+        .into_iter()
+        .map(|(k, took)| (k, took.is_some()))
+        .collect()
+}
+
+/// How long a probe that must be answered (a connection to a Service) waits: past TCP's
+/// first retransmission (1 s), so that a first packet held up while the emulated guest sets
+/// up a burst of new flows costs a retransmission, as it would cost a user, and not the
+/// connection.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The probes of `pairs` at once, each under [`ANSWER_TIMEOUT`]: how many were answered, and
+/// how many of those only after [`PROBE_TIMEOUT`].
+pub fn answered<K: Ord + Clone + Send + Sync>(
+    pairs: &BTreeMap<K, (String, SocketAddr, Proto)>,
+) -> (usize, usize) {
+    let took = probe_all_within(pairs, ANSWER_TIMEOUT);
+    let answered = took.values().flatten().count();
+    let slow = took
+        .values()
+        .flatten()
+        .filter(|t| **t > PROBE_TIMEOUT)
+        .count();
+    (answered, slow)
+}
+
+/// Every probe of `pairs` at once, each within `timeout`: how long each took to be answered,
+/// `None` for those that were not.
+fn probe_all_within<K: Ord + Clone + Send + Sync>(
+    pairs: &BTreeMap<K, (String, SocketAddr, Proto)>,
+    timeout: Duration,
+) -> BTreeMap<K, Option<Duration>> {
     std::thread::scope(|s| {
         let hs: Vec<_> = pairs
             .iter()
             .map(|(k, (ns, to, proto))| {
                 let (ns, to, proto) = (ns.clone(), *to, *proto);
-                (k.clone(), s.spawn(move || probe(&ns, to, proto)))
+                let probe = move || {
+                    let t = Instant::now();
+                    probe_with(&ns, to, proto, timeout).then(|| t.elapsed())
+                };
+                (k.clone(), s.spawn(probe))
             })
             .collect();
         hs.into_iter()
