@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
-use kuryr_support::model::{CONVERGE, Model, PODS, Pair, kuryr_cluster, netns_name, pod_key};
+use kuryr_support::model::{
+    CONVERGE, Model, NAMESPACES, PODS, Pair, kuryr_cluster, netns_name, pod_key,
+};
 use kuryr_support::{KubeClient, PROBE_TIMEOUT, PodServers, Proto, answered, probe_all};
 
 /// The differences between a probed and an expected matrix, as lines.
@@ -57,7 +59,7 @@ fn extra_labels(case: &cases::Case) -> Vec<ExtraLabel> {
             }
         }
     }
-    for ns in ["x", "y", "z"] {
+    for ns in NAMESPACES {
         let base = BTreeMap::from([
             ("ns".to_owned(), ns.to_owned()),
             (nsdb::LABEL_NAMESPACE_NAME.to_owned(), ns.to_owned()),
@@ -95,7 +97,6 @@ const CASE_LABEL: &str = "weft.dev/netpol-case";
 /// most of the test starting kubectl under the guest's emulation.
 fn network_policies(m: &Model) {
     let api = m.kube.client();
-    let namespaces: Vec<&str> = PODS.iter().map(|(ns, _, _)| *ns).collect();
     let all = cases::load().unwrap_or_else(|e| panic!("e2e/netpol/cases.yaml: {e}"));
     let pod_ips: BTreeMap<String, IpAddr> = m
         .ips
@@ -111,7 +112,7 @@ fn network_policies(m: &Model) {
         let changing = Instant::now();
         relabel(&api, &labels, true);
         // The case's policies, and the previous case's pruned.
-        api.apply_labelled(policies, CASE_LABEL, &namespaces);
+        api.apply_labelled(policies, CASE_LABEL, &NAMESPACES);
         let started = Instant::now();
         let change = started - changing;
         let on: Vec<(Proto, u16)> = case
@@ -150,7 +151,7 @@ fn network_policies(m: &Model) {
         ));
         relabel(&api, &labels, false);
     }
-    api.apply_labelled(Vec::<NetworkPolicy>::new(), CASE_LABEL, &namespaces);
+    api.apply_labelled(Vec::<NetworkPolicy>::new(), CASE_LABEL, &NAMESPACES);
     eprintln!(
         "{} NetworkPolicy cases matched:\n  {}",
         all.len(),

@@ -166,13 +166,13 @@ impl Kube {
             .enable_all()
             .build()
             .expect("a runtime for the kube client");
-        let client = rt
-            .block_on(async {
-                let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
-                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-                anyhow::Ok(kube::Client::try_from(cfg)?)
-            })
-            .unwrap_or_else(|e| panic!("a kube client from {}: {e:#}", self.kubeconfig.display()));
+        // The agent's own client: its kubeconfig reading and its bounded reads.
+        let source = weft_agent::config::KubeSource::Kubeconfig(self.kubeconfig.clone());
+        let client = match rt.block_on(weft_agent::podmeta::Kube::connect(&source)) {
+            Ok(Some(k)) => k.client().clone(),
+            Ok(None) => unreachable!("a kubeconfig is a source"),
+            Err(e) => panic!("a kube client: {e:#}"),
+        };
         KubeClient { rt, client }
     }
 
@@ -191,7 +191,7 @@ impl Kube {
 }
 
 /// The API server through one kube client ([`Kube::client`]); every call is bounded by the
-/// client's timeouts and panics with the API server's answer when it fails.
+/// agent's read timeout and panics with the API server's answer when it fails.
 pub struct KubeClient {
     rt: tokio::runtime::Runtime,
     client: kube::Client,

@@ -17,6 +17,9 @@ pub const SCENARIO_SECS: u64 = 2400;
 pub const CONVERGE: Duration = Duration::from_secs(90);
 
 /// The pods of the model: (namespace, pod, node). Each namespace has a pod on every node.
+/// The model's namespaces.
+pub const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+
 pub const PODS: [(&str, &str, &str); 9] = [
     ("x", "a", "h1"),
     ("x", "b", "h2"),
@@ -58,7 +61,7 @@ pub fn model_manifest() -> String {
          spec: {{subnet: \"{SUBNET}\", subnetV6: \"{SUBNET_V6}\"}}\n---\n{}",
         cluster_router(BRIDGE, GATEWAY, Some(GATEWAY_V6))
     );
-    for ns in ["x", "y", "z"] {
+    for ns in NAMESPACES {
         m.push_str(&format!(
             "---\napiVersion: v1\nkind: Namespace\n\
              metadata: {{name: \"{ns}\", labels: {{ns: \"{ns}\"}}}}\n"
