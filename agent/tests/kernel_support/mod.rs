@@ -55,17 +55,14 @@ pub fn ping_once(ns: &str, to: std::net::Ipv4Addr, timeout: std::time::Duration)
     // Every echo of this process its own identifier: raw sockets see every reply.
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let id = NEXT.fetch_add(1, Ordering::Relaxed) ^ (std::process::id() as u16);
+    let name = ns.to_owned();
     in_netns(ns, move || {
-        let Ok(s) = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)) else {
-            return false;
-        };
+        // Without a raw socket (not root) nothing is reachable: say so, not "unreachable".
+        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
+            .unwrap_or_else(|e| panic!("a raw ICMP socket in netns {name}: {e}"));
         let mut req = *b"\x08\0\0\0\0\0\0\x01weft-ping";
         req[4..6].copy_from_slice(&id.to_be_bytes());
-        let sum = !req.chunks(2).fold(0u32, |a, c| {
-            let w = u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-            let a = a + w;
-            (a & 0xffff) + (a >> 16)
-        }) as u16;
+        let sum = sim::packets::checksum(&req);
         req[2..4].copy_from_slice(&sum.to_be_bytes());
         let dst = std::net::SocketAddrV4::new(to, 0);
         if s.send_to(&req, &dst.into()).is_err() {
