@@ -18,8 +18,8 @@ pub const HASH_ALG_L4: u32 = 0;
 pub const HASH_ALG_SYM_L4: u32 = 1;
 
 /// One key attribute written by `set` / `set_masked`.
-// The tunnel variant carries its Geneve options inline (no heap), which makes it the large
-// one; that is the point: building `set(tunnel(..))` per packet must not allocate.
+// The tunnel variant is the large one (addresses, ports and flags inline, Geneve options
+// boxed): building `set(tunnel(..))` for a flow must not allocate.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -100,8 +100,9 @@ pub struct Ct {
     pub zone: Option<u16>,
     /// `OVS_CT_ATTR_MARK`: (value, mask).
     pub mark: Option<(u32, u32)>,
-    /// `OVS_CT_ATTR_LABELS`: (value, mask).
-    pub labels: Option<(u128, u128)>,
+    /// `OVS_CT_ATTR_LABELS`: (value, mask). Boxed: 32 bytes, aligned to 16, that Weft
+    /// never sets, which would otherwise make every action that much larger.
+    pub labels: Option<Box<(u128, u128)>>,
     /// `OVS_CT_ATTR_HELPER`, e.g. `ftp`.
     pub helper: Option<String>,
     /// `OVS_CT_ATTR_TIMEOUT`: name of a timeout policy.
@@ -115,7 +116,7 @@ pub struct Ct {
 }
 
 /// One datapath action.
-// `Set(SetKey::Tunnel)` is large on purpose (see `SetKey`).
+// `SetMasked` (two keys) is the largest, on purpose (see `SetKey`).
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -174,4 +175,31 @@ pub enum Action {
     Meter(u32),
     /// Any other action, verbatim (type, payload).
     Other(u16, Vec<u8>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Flows are built as `Vec<Action>` on every upcall: an action stays small. What is
+    /// rare and large (Geneve options, conntrack labels) is boxed; the largest action left
+    /// is a masked set of two keys, which holds no heap data.
+    #[test]
+    fn an_action_is_small_and_its_common_forms_hold_no_heap_data() {
+        assert!(
+            std::mem::size_of::<Action>() <= 256,
+            "{}",
+            std::mem::size_of::<Action>()
+        );
+        assert!(
+            std::mem::size_of::<Ct>() <= 160,
+            "{}",
+            std::mem::size_of::<Ct>()
+        );
+        assert_eq!(
+            std::mem::size_of::<Action>(),
+            std::mem::size_of::<(SetKey, SetKey)>(),
+            "the masked set is the largest action"
+        );
+    }
 }

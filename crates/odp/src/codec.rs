@@ -306,10 +306,9 @@ pub fn decode_tunnel(buf: &[u8]) -> Result<TunnelKey> {
                 if !d.len().is_multiple_of(4) {
                     return Err(Error::bad_len("OVS_TUNNEL_KEY_ATTR_GENEVE_OPTS", d.len()));
                 }
-                t.geneve =
-                    Some(GeneveOpts::new(d).ok_or_else(|| {
-                        Error::bad_len("OVS_TUNNEL_KEY_ATTR_GENEVE_OPTS", d.len())
-                    })?);
+                t.geneve = Some(Box::new(GeneveOpts::new(d).ok_or_else(|| {
+                    Error::bad_len("OVS_TUNNEL_KEY_ATTR_GENEVE_OPTS", d.len())
+                })?));
             }
             _ => t.other.push(RawAttr {
                 kind: at.raw_kind,
@@ -678,7 +677,7 @@ fn encode_ct(c: &Ct, w: &mut Writer<'_>) -> Result<()> {
         b[4..].copy_from_slice(&m.to_ne_bytes());
         w.put(a::MARK, &b)?;
     }
-    if let Some((v, m)) = c.labels {
+    if let Some(&(v, m)) = c.labels.as_deref() {
         let mut b = [0u8; 32];
         b[..16].copy_from_slice(&v.to_ne_bytes());
         b[16..].copy_from_slice(&m.to_ne_bytes());
@@ -1109,7 +1108,7 @@ fn decode_ct(d: &[u8]) -> Result<Ct> {
                 let mut m = [0u8; 16];
                 v.copy_from_slice(&b[..16]);
                 m.copy_from_slice(&b[16..]);
-                c.labels = Some((u128::from_ne_bytes(v), u128::from_ne_bytes(m)));
+                c.labels = Some(Box::new((u128::from_ne_bytes(v), u128::from_ne_bytes(m))));
             }
             a::HELPER => c.helper = Some(get_str("OVS_CT_ATTR_HELPER", x)?),
             a::TIMEOUT => c.timeout = Some(get_str("OVS_CT_ATTR_TIMEOUT", x)?),

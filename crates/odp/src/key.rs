@@ -342,8 +342,10 @@ pub struct TunnelKey {
     pub tp_src: Option<u16>,
     /// `OVS_TUNNEL_KEY_ATTR_TP_DST`.
     pub tp_dst: Option<u16>,
-    /// `OVS_TUNNEL_KEY_ATTR_GENEVE_OPTS`.
-    pub geneve: Option<GeneveOpts>,
+    /// `OVS_TUNNEL_KEY_ATTR_GENEVE_OPTS`. Boxed: up to 252 bytes that Weft's VXLAN tunnels
+    /// never carry, which would otherwise make every key, mask and `set` action that much
+    /// larger.
+    pub geneve: Option<Box<GeneveOpts>>,
     /// Tunnel attributes this crate does not model (VXLAN GBP, ERSPAN, ...), kept verbatim.
     pub other: Vec<RawAttr>,
 }
@@ -461,9 +463,12 @@ impl FlowKey {
                 oam: t.oam,
                 tp_src: t.tp_src.map(|_| u16::MAX),
                 tp_dst: t.tp_dst.map(|_| u16::MAX),
-                geneve: t
-                    .geneve
-                    .map(|g| GeneveOpts::new(&vec![0xff; g.as_bytes().len()]).unwrap_or_default()),
+                geneve: t.geneve.as_ref().map(|g| {
+                    Box::new(
+                        GeneveOpts::new(&[0xff; GeneveOpts::MAX][..g.as_bytes().len()])
+                            .unwrap_or_default(),
+                    )
+                }),
                 other: t
                     .other
                     .iter()

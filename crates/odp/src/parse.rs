@@ -580,7 +580,7 @@ fn parse_tunnel(c: &mut Cur<'_>) -> Result<(TunnelKey, TunnelKey)> {
             "geneve" => {
                 c.expect("(")?;
                 let (g, gm) = parse_geneve(c)?;
-                (k.geneve, m.geneve) = (Some(g), Some(gm));
+                (k.geneve, m.geneve) = (Some(Box::new(g)), Some(Box::new(gm)));
             }
             "flags" => {
                 c.expect("(")?;
@@ -1113,7 +1113,7 @@ fn parse_ct(c: &mut Cur<'_>) -> Result<Action> {
                     Some(m) => u128_hex(c, m)?,
                     None => u128::MAX,
                 };
-                ct.labels = Some((v, m));
+                ct.labels = Some(Box::new((v, m)));
             }
             "helper" => ct.helper = Some(c.clone_token().to_owned()),
             "timeout" => ct.timeout = Some(c.clone_token().to_owned()),

@@ -589,7 +589,7 @@ fn body_tunnel(s: &mut String, k: &TunnelKey, m: Option<&TunnelKey>, v: bool) {
         s.push_str("geneve(");
         let zg;
         let mg = match mm {
-            Some(m) => match &m.geneve {
+            Some(m) => match m.geneve.as_deref() {
                 Some(g) => Some(g),
                 None => {
                     zg = GeneveOpts::new(&[0u8; GeneveOpts::MAX][..g.as_bytes().len()])
@@ -1214,7 +1214,7 @@ fn format_ct(s: &mut String, c: &Ct) {
             hex_alt(s, m.into());
             s.push(',');
         }
-        if let Some((v, m)) = c.labels {
+        if let Some(&(v, m)) = c.labels.as_deref() {
             s.push_str("label=");
             format_u128(s, v, Some(m), true);
             s.push(',');

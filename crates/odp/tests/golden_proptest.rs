@@ -57,7 +57,7 @@ fn tunnel() -> impl Strategy<Value = TunnelKey> {
                 oam,
                 tp_src: ps,
                 tp_dst: pd,
-                geneve: g.map(|b| GeneveOpts::new(&b).unwrap()),
+                geneve: g.map(|b| Box::new(GeneveOpts::new(&b).unwrap())),
                 other,
             },
         )
@@ -271,7 +271,7 @@ fn ct() -> impl Strategy<Value = Ct> {
                 force_commit: force,
                 zone,
                 mark,
-                labels,
+                labels: labels.map(Box::new),
                 helper,
                 timeout,
                 nat: nat.map(
@@ -454,7 +454,7 @@ proptest! {
                 b[off + 3] = dl as u8;
                 off += 4 + dl * 4;
             }
-            *g = GeneveOpts::new(&b).unwrap();
+            **g = GeneveOpts::new(&b).unwrap();
         }
         let f = Flow { mask: k.exact_mask(), key: k, ..Flow::default() };
         let text = f.to_string();
