@@ -1,5 +1,6 @@
 //! The error type of the odp crate: decode, encode and text-parse failures, each saying
-//! which attribute or which part of the text was wrong.
+//! which attribute or which part of the text was wrong. The socket layer's error carries
+//! it for every message it could not build or read.
 
 use thiserror::Error;
 
@@ -14,6 +15,14 @@ pub enum Error {
         attr: &'static str,
         /// What was wrong, e.g. `length 11`.
         reason: String,
+    },
+    /// A message lacks an attribute it must carry.
+    #[error("{within} without {attr}")]
+    Missing {
+        /// Kernel name of the attribute, e.g. `OVS_PACKET_ATTR_KEY`.
+        attr: &'static str,
+        /// The message, e.g. `upcall`.
+        within: &'static str,
     },
     /// A value cannot be encoded for the kernel.
     #[error("cannot encode {attr}: {reason}")]
@@ -41,6 +50,10 @@ impl Error {
             attr,
             reason: reason.into(),
         }
+    }
+
+    pub(crate) fn missing(attr: &'static str, within: &'static str) -> Self {
+        Error::Missing { attr, within }
     }
 
     pub(crate) fn bad_len(attr: &'static str, len: usize) -> Self {

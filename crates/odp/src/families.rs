@@ -1,9 +1,11 @@
 //! The four OVS generic netlink families (`ovs_datapath`, `ovs_vport`, `ovs_flow`,
-//! `ovs_packet`): their command and attribute numbers from `include/uapi/linux/openvswitch.h`,
-//! and the run-time resolution of their family ids and multicast groups through `nlctrl`.
+//! `ovs_packet`): their names and versions, and the run-time resolution of their family ids
+//! and multicast groups through `nlctrl`. Their commands and attributes are in
+//! [`crate::msg`] and [`crate::nla`].
 
+use crate::error::Error;
 use crate::nla;
-use crate::sock::{self, GenlSocket, SockError};
+use crate::sock::{GenlSocket, SockError};
 
 /// `GENL_ID_CTRL`: the fixed id of the `nlctrl` family.
 pub const GENL_ID_CTRL: u16 = 0x10;
@@ -15,179 +17,42 @@ const CTRL_ATTR_MCAST_GROUPS: u16 = 7;
 const CTRL_ATTR_MCAST_GRP_NAME: u16 = 1;
 const CTRL_ATTR_MCAST_GRP_ID: u16 = 2;
 
-/// Size of `struct ovs_header` (`int dp_ifindex`).
-pub const OVS_HEADER_LEN: usize = 4;
-
-/// `ovs_datapath` family: name, multicast group, version, commands, attributes.
+/// `ovs_datapath`: family name, multicast group and version.
 pub mod dp {
-    /// `OVS_DATAPATH_FAMILY`.
+    /// Family name.
     pub const FAMILY: &str = "ovs_datapath";
-    /// `OVS_DATAPATH_MCGROUP`.
+    /// Multicast group.
     pub const MCGROUP: &str = "ovs_datapath";
     /// `OVS_DATAPATH_VERSION`.
     pub const VERSION: u8 = 2;
-    /// `OVS_DP_CMD_NEW`.
-    pub const CMD_NEW: u8 = 1;
-    /// `OVS_DP_CMD_DEL`.
-    pub const CMD_DEL: u8 = 2;
-    /// `OVS_DP_CMD_GET`.
-    pub const CMD_GET: u8 = 3;
-    /// `OVS_DP_CMD_SET`.
-    pub const CMD_SET: u8 = 4;
-    /// `OVS_DP_ATTR_NAME`.
-    pub const ATTR_NAME: u16 = 1;
-    /// `OVS_DP_ATTR_UPCALL_PID`.
-    pub const ATTR_UPCALL_PID: u16 = 2;
-    /// `OVS_DP_ATTR_STATS`.
-    pub const ATTR_STATS: u16 = 3;
-    /// `OVS_DP_ATTR_MEGAFLOW_STATS`.
-    pub const ATTR_MEGAFLOW_STATS: u16 = 4;
-    /// `OVS_DP_ATTR_USER_FEATURES`.
-    pub const ATTR_USER_FEATURES: u16 = 5;
-    /// `OVS_DP_ATTR_MASKS_CACHE_SIZE`.
-    pub const ATTR_MASKS_CACHE_SIZE: u16 = 7;
-    /// `OVS_DP_ATTR_PER_CPU_PIDS`.
-    pub const ATTR_PER_CPU_PIDS: u16 = 8;
-    /// Highest attribute number read.
-    pub const ATTR_MAX: u16 = 9;
-    /// `OVS_DP_F_UNALIGNED`.
-    pub const F_UNALIGNED: u32 = 1 << 0;
-    /// `OVS_DP_F_VPORT_PIDS`.
-    pub const F_VPORT_PIDS: u32 = 1 << 1;
-    /// `OVS_DP_F_TC_RECIRC_SHARING`.
-    pub const F_TC_RECIRC_SHARING: u32 = 1 << 2;
-    /// `OVS_DP_F_DISPATCH_UPCALL_PER_CPU`.
-    pub const F_DISPATCH_UPCALL_PER_CPU: u32 = 1 << 3;
 }
 
-/// `ovs_vport` family.
+/// `ovs_vport`: family name, multicast group and version.
 pub mod vport {
-    /// `OVS_VPORT_FAMILY`.
+    /// Family name.
     pub const FAMILY: &str = "ovs_vport";
-    /// `OVS_VPORT_MCGROUP`.
+    /// Multicast group.
     pub const MCGROUP: &str = "ovs_vport";
     /// `OVS_VPORT_VERSION`.
     pub const VERSION: u8 = 1;
-    /// `OVS_VPORT_CMD_NEW`.
-    pub const CMD_NEW: u8 = 1;
-    /// `OVS_VPORT_CMD_DEL`.
-    pub const CMD_DEL: u8 = 2;
-    /// `OVS_VPORT_CMD_GET`.
-    pub const CMD_GET: u8 = 3;
-    /// `OVS_VPORT_CMD_SET`.
-    pub const CMD_SET: u8 = 4;
-    /// `OVS_VPORT_ATTR_PORT_NO`.
-    pub const ATTR_PORT_NO: u16 = 1;
-    /// `OVS_VPORT_ATTR_TYPE`.
-    pub const ATTR_TYPE: u16 = 2;
-    /// `OVS_VPORT_ATTR_NAME`.
-    pub const ATTR_NAME: u16 = 3;
-    /// `OVS_VPORT_ATTR_OPTIONS`.
-    pub const ATTR_OPTIONS: u16 = 4;
-    /// `OVS_VPORT_ATTR_UPCALL_PID`.
-    pub const ATTR_UPCALL_PID: u16 = 5;
-    /// `OVS_VPORT_ATTR_STATS`.
-    pub const ATTR_STATS: u16 = 6;
-    /// `OVS_VPORT_ATTR_IFINDEX`.
-    pub const ATTR_IFINDEX: u16 = 8;
-    /// `OVS_VPORT_ATTR_NETNSID`.
-    pub const ATTR_NETNSID: u16 = 9;
-    /// Highest attribute number read.
-    pub const ATTR_MAX: u16 = 10;
-    /// `OVS_TUNNEL_ATTR_DST_PORT`.
-    pub const TUNNEL_ATTR_DST_PORT: u16 = 1;
-    /// `OVS_TUNNEL_ATTR_EXTENSION`.
-    pub const TUNNEL_ATTR_EXTENSION: u16 = 2;
-    /// `OVS_VPORT_TYPE_NETDEV`.
-    pub const TYPE_NETDEV: u32 = 1;
-    /// `OVS_VPORT_TYPE_INTERNAL`.
-    pub const TYPE_INTERNAL: u32 = 2;
-    /// `OVS_VPORT_TYPE_GRE`.
-    pub const TYPE_GRE: u32 = 3;
-    /// `OVS_VPORT_TYPE_VXLAN`.
-    pub const TYPE_VXLAN: u32 = 4;
-    /// `OVS_VPORT_TYPE_GENEVE`.
-    pub const TYPE_GENEVE: u32 = 5;
 }
 
-/// `ovs_flow` family.
+/// `ovs_flow`: family name, multicast group and version.
 pub mod flow {
-    /// `OVS_FLOW_FAMILY`.
+    /// Family name.
     pub const FAMILY: &str = "ovs_flow";
-    /// `OVS_FLOW_MCGROUP`.
+    /// Multicast group.
     pub const MCGROUP: &str = "ovs_flow";
     /// `OVS_FLOW_VERSION`.
     pub const VERSION: u8 = 1;
-    /// `OVS_FLOW_CMD_NEW`.
-    pub const CMD_NEW: u8 = 1;
-    /// `OVS_FLOW_CMD_DEL`.
-    pub const CMD_DEL: u8 = 2;
-    /// `OVS_FLOW_CMD_GET`.
-    pub const CMD_GET: u8 = 3;
-    /// `OVS_FLOW_CMD_SET`.
-    pub const CMD_SET: u8 = 4;
-    /// `OVS_FLOW_ATTR_KEY`.
-    pub const ATTR_KEY: u16 = 1;
-    /// `OVS_FLOW_ATTR_ACTIONS`.
-    pub const ATTR_ACTIONS: u16 = 2;
-    /// `OVS_FLOW_ATTR_STATS`.
-    pub const ATTR_STATS: u16 = 3;
-    /// `OVS_FLOW_ATTR_TCP_FLAGS`.
-    pub const ATTR_TCP_FLAGS: u16 = 4;
-    /// `OVS_FLOW_ATTR_USED`.
-    pub const ATTR_USED: u16 = 5;
-    /// `OVS_FLOW_ATTR_CLEAR`.
-    pub const ATTR_CLEAR: u16 = 6;
-    /// `OVS_FLOW_ATTR_MASK`.
-    pub const ATTR_MASK: u16 = 7;
-    /// `OVS_FLOW_ATTR_PROBE`.
-    pub const ATTR_PROBE: u16 = 8;
-    /// `OVS_FLOW_ATTR_UFID`.
-    pub const ATTR_UFID: u16 = 9;
-    /// `OVS_FLOW_ATTR_UFID_FLAGS`.
-    pub const ATTR_UFID_FLAGS: u16 = 10;
-    /// Highest attribute number read.
-    pub const ATTR_MAX: u16 = 11;
-    /// `OVS_UFID_F_OMIT_KEY`.
-    pub const UFID_F_OMIT_KEY: u32 = 1 << 0;
-    /// `OVS_UFID_F_OMIT_MASK`.
-    pub const UFID_F_OMIT_MASK: u32 = 1 << 1;
-    /// `OVS_UFID_F_OMIT_ACTIONS`.
-    pub const UFID_F_OMIT_ACTIONS: u32 = 1 << 2;
 }
 
-/// `ovs_packet` family.
+/// `ovs_packet`: family name and version.
 pub mod packet {
-    /// `OVS_PACKET_FAMILY`.
+    /// Family name.
     pub const FAMILY: &str = "ovs_packet";
     /// `OVS_PACKET_VERSION`.
     pub const VERSION: u8 = 1;
-    /// `OVS_PACKET_CMD_MISS`.
-    pub const CMD_MISS: u8 = 1;
-    /// `OVS_PACKET_CMD_ACTION`.
-    pub const CMD_ACTION: u8 = 2;
-    /// `OVS_PACKET_CMD_EXECUTE`.
-    pub const CMD_EXECUTE: u8 = 3;
-    /// `OVS_PACKET_ATTR_PACKET`.
-    pub const ATTR_PACKET: u16 = 1;
-    /// `OVS_PACKET_ATTR_KEY`.
-    pub const ATTR_KEY: u16 = 2;
-    /// `OVS_PACKET_ATTR_ACTIONS`.
-    pub const ATTR_ACTIONS: u16 = 3;
-    /// `OVS_PACKET_ATTR_USERDATA`.
-    pub const ATTR_USERDATA: u16 = 4;
-    /// `OVS_PACKET_ATTR_EGRESS_TUN_KEY`.
-    pub const ATTR_EGRESS_TUN_KEY: u16 = 5;
-    /// `OVS_PACKET_ATTR_PROBE`.
-    pub const ATTR_PROBE: u16 = 8;
-    /// `OVS_PACKET_ATTR_MRU`.
-    pub const ATTR_MRU: u16 = 9;
-    /// `OVS_PACKET_ATTR_LEN`.
-    pub const ATTR_LEN: u16 = 10;
-    /// `OVS_PACKET_ATTR_HASH`.
-    pub const ATTR_HASH: u16 = 11;
-    /// Highest attribute number read.
-    pub const ATTR_MAX: u16 = 11;
 }
 
 /// One resolved generic netlink family.
@@ -265,31 +130,33 @@ pub fn resolve_family(sock: &mut GenlSocket, name: &str) -> Result<Family, SockE
     let reply = replies.first().ok_or_else(|| SockError::NoFamily {
         family: name.to_string(),
     })?;
-    parse_family(name, &reply.payload)
+    Ok(parse_family(name, &reply.payload)?)
 }
 
 /// Decodes a `CTRL_CMD_NEWFAMILY` payload (the attributes after `genlmsghdr`).
-pub fn parse_family(name: &str, payload: &[u8]) -> Result<Family, SockError> {
-    let t = sock::attr_table(payload, CTRL_ATTR_MCAST_GROUPS)?;
+pub fn parse_family(name: &str, payload: &[u8]) -> Result<Family, Error> {
+    let t = nla::table::<{ CTRL_ATTR_MCAST_GROUPS as usize + 1 }>(payload, "CTRL_ATTR")?;
     let id = t[usize::from(CTRL_ATTR_FAMILY_ID)]
-        .ok_or_else(|| SockError::Malformed(format!("nlctrl reply for {name} has no id")))
-        .and_then(|d| sock::get_u16("CTRL_ATTR_FAMILY_ID", d))?;
+        .ok_or_else(|| Error::missing("CTRL_ATTR_FAMILY_ID", "nlctrl reply"))
+        .and_then(|d| nla::get_u16("CTRL_ATTR_FAMILY_ID", d))?;
     let version = match t[usize::from(CTRL_ATTR_VERSION)] {
-        Some(d) => sock::get_u32("CTRL_ATTR_VERSION", d)?,
+        Some(d) => nla::get_u32("CTRL_ATTR_VERSION", d)?,
         None => 0,
     };
     let mut groups = Vec::new();
     if let Some(g) = t[usize::from(CTRL_ATTR_MCAST_GROUPS)] {
-        for item in sock::attrs(g) {
-            let (_, nested) = item?;
-            let gt = sock::attr_table(nested, CTRL_ATTR_MCAST_GRP_ID)?;
+        for item in nla::attrs(g, "CTRL_ATTR_MCAST_GROUPS") {
+            let gt = nla::table::<{ CTRL_ATTR_MCAST_GRP_ID as usize + 1 }>(
+                item?.data,
+                "CTRL_ATTR_MCAST_GRP",
+            )?;
             if let (Some(n), Some(i)) = (
                 gt[usize::from(CTRL_ATTR_MCAST_GRP_NAME)],
                 gt[usize::from(CTRL_ATTR_MCAST_GRP_ID)],
             ) {
                 groups.push((
-                    sock::get_str("CTRL_ATTR_MCAST_GRP_NAME", n)?,
-                    sock::get_u32("CTRL_ATTR_MCAST_GRP_ID", i)?,
+                    nla::get_str("CTRL_ATTR_MCAST_GRP_NAME", n)?,
+                    nla::get_u32("CTRL_ATTR_MCAST_GRP_ID", i)?,
                 ));
             }
         }
@@ -300,23 +167,6 @@ pub fn parse_family(name: &str, payload: &[u8]) -> Result<Family, SockError> {
         version,
         groups,
     })
-}
-
-/// Builds the `ovs_header` that starts every OVS request.
-pub fn ovs_header(dp_ifindex: i32) -> [u8; OVS_HEADER_LEN] {
-    dp_ifindex.to_ne_bytes()
-}
-
-/// Splits an OVS reply payload into its `dp_ifindex` and its attributes.
-pub fn split_ovs_header(payload: &[u8]) -> Result<(i32, &[u8]), SockError> {
-    if payload.len() < OVS_HEADER_LEN {
-        return Err(SockError::Malformed(format!(
-            "OVS message of {} bytes has no ovs_header",
-            payload.len()
-        )));
-    }
-    let ifindex = i32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]);
-    Ok((ifindex, &payload[OVS_HEADER_LEN..]))
 }
 
 #[cfg(test)]

@@ -5,9 +5,10 @@
 //! - [`key`]: [`FlowKey`] (also the mask, [`FlowMask`]) with one optional value per
 //!   `OVS_KEY_ATTR_*`; [`action`]: [`Action`] (an empty list is drop); [`flow`]: [`Flow`].
 //! - [`codec`]: [`encode_key`]/[`decode_key`] and [`encode_actions`]/[`decode_actions`]
-//!   between those types and netlink attribute streams; [`msg`]: whole `ovs_flow`,
-//!   `ovs_datapath`, `ovs_vport` and `ovs_packet` payloads; [`nla`]: attribute framing and
-//!   the kernel's constants.
+//!   between those types and netlink attribute streams; [`msg`]: the one reader and writer
+//!   of whole `ovs_datapath`, `ovs_vport`, `ovs_flow` and `ovs_packet` payloads (replies,
+//!   upcalls, flow and execute requests); [`nla`]: attribute framing and the kernel's
+//!   constants. Every decode or encode failure is an [`enum@Error`].
 //! - [`text`]: `Display` in the exact form of `ovs-dpctl dump-flows`; [`parse`]: the same
 //!   syntax (and `ovs-dpctl add-flow`'s) back into values.
 //!

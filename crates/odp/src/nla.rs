@@ -87,6 +87,22 @@ impl<'a> Iterator for Attrs<'a> {
     }
 }
 
+/// The attributes of `buf` by type, for types below `N` (the last of a type wins; higher
+/// types are skipped). `space` names the attribute space for errors. Nothing is allocated.
+pub fn table<'a, const N: usize>(
+    buf: &'a [u8],
+    space: &'static str,
+) -> Result<[Option<&'a [u8]>; N]> {
+    let mut t = [None; N];
+    for a in attrs(buf, space) {
+        let a = a?;
+        if let Some(slot) = t.get_mut(usize::from(a.kind())) {
+            *slot = Some(a.data);
+        }
+    }
+    Ok(t)
+}
+
 /// Appends attributes to a byte buffer. Nested attributes are opened with
 /// [`Writer::begin`] and closed with [`Writer::end`], which patches their length.
 #[derive(Debug)]
@@ -400,6 +416,14 @@ pub mod dp {
     pub const PAD: u16 = 6;
     pub const MASKS_CACHE_SIZE: u16 = 7;
     pub const PER_CPU_PIDS: u16 = 8;
+    /// `OVS_DP_F_UNALIGNED`: flow keys may be unaligned.
+    pub const F_UNALIGNED: u32 = 1 << 0;
+    /// `OVS_DP_F_VPORT_PIDS`: a vport may have several upcall pids.
+    pub const F_VPORT_PIDS: u32 = 1 << 1;
+    /// `OVS_DP_F_TC_RECIRC_SHARING`.
+    pub const F_TC_RECIRC_SHARING: u32 = 1 << 2;
+    /// `OVS_DP_F_DISPATCH_UPCALL_PER_CPU`: upcalls go to the pid of the receiving CPU.
+    pub const F_DISPATCH_UPCALL_PER_CPU: u32 = 1 << 3;
 }
 
 /// `OVS_VPORT_ATTR_*`.
@@ -415,6 +439,20 @@ pub mod vport {
     pub const IFINDEX: u16 = 8;
     pub const NETNSID: u16 = 9;
     pub const UPCALL_STATS: u16 = 10;
+    /// `OVS_TUNNEL_ATTR_DST_PORT`, inside `OVS_VPORT_ATTR_OPTIONS`.
+    pub const TUNNEL_DST_PORT: u16 = 1;
+    /// `OVS_TUNNEL_ATTR_EXTENSION`, inside `OVS_VPORT_ATTR_OPTIONS`.
+    pub const TUNNEL_EXTENSION: u16 = 2;
+    /// `OVS_VPORT_TYPE_NETDEV`.
+    pub const TYPE_NETDEV: u32 = 1;
+    /// `OVS_VPORT_TYPE_INTERNAL`.
+    pub const TYPE_INTERNAL: u32 = 2;
+    /// `OVS_VPORT_TYPE_GRE`.
+    pub const TYPE_GRE: u32 = 3;
+    /// `OVS_VPORT_TYPE_VXLAN`.
+    pub const TYPE_VXLAN: u32 = 4;
+    /// `OVS_VPORT_TYPE_GENEVE`.
+    pub const TYPE_GENEVE: u32 = 5;
 }
 
 /// `OVS_PACKET_ATTR_*`.

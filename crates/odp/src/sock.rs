@@ -1,9 +1,9 @@
 //! Generic netlink transport: one `NETLINK_GENERIC` socket (neli's `NlSocket`), message framing,
-//! request/ACK and dump exchanges, batched requests, and the netlink attribute helpers the
-//! datapath families share.
+//! request/ACK and dump exchanges, and batched requests.
 //!
-//! Messages are built and parsed here as plain bytes (`nlmsghdr` + `genlmsghdr` + payload);
-//! the OVS payloads (flow keys, masks, actions) come from the codec modules.
+//! Messages are framed here as plain bytes (`nlmsghdr` + `genlmsghdr` + payload); the OVS
+//! payloads are written and read by [`crate::msg`], whose errors this layer carries as
+//! [`SockError::Codec`].
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use neli::consts::socket::{Msg, NlFamily};
 use neli::socket::NlSocket;
 use neli::utils::Groups;
+
+use crate::error::Error;
 
 /// `NLMSG_ERROR`: an error or an ACK.
 pub const NLMSG_ERROR: u16 = 2;
@@ -41,14 +43,6 @@ pub const NLM_F_CREATE: u16 = 0x400;
 pub const NLMSG_HDRLEN: usize = 16;
 /// Size of `struct genlmsghdr`.
 pub const GENL_HDRLEN: usize = 4;
-/// Size of `struct nlattr`.
-pub const NLA_HDRLEN: usize = 4;
-/// `NLA_F_NESTED`.
-pub const NLA_F_NESTED: u16 = 1 << 15;
-/// `NLA_F_NET_BYTEORDER`.
-pub const NLA_F_NET_BYTEORDER: u16 = 1 << 14;
-/// Mask of the attribute type bits.
-pub const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | NLA_F_NET_BYTEORDER);
 
 /// Receive buffer of one `recv`: a whole upcall with a 64 KiB packet, its key and its
 /// userdata, or one multi-message dump skb, always fits.
@@ -80,9 +74,12 @@ pub enum SockError {
         /// The positive errno.
         errno: i32,
     },
-    /// The kernel sent something that does not parse.
-    #[error("malformed netlink message: {0}")]
-    Malformed(String),
+    /// The kernel answered a request with nothing.
+    #[error("{what}: the kernel sent no reply")]
+    NoReply {
+        /// The request.
+        what: String,
+    },
     /// A generic netlink family is not registered (the module is not loaded and could not be).
     #[error("generic netlink family {family} is not available (is openvswitch.ko loaded?)")]
     NoFamily {
@@ -97,9 +94,10 @@ pub enum SockError {
         /// The group name.
         group: String,
     },
-    /// A request could not be encoded (an attribute longer than netlink allows).
-    #[error("cannot encode the request: {0}")]
-    Encode(#[from] crate::error::Error),
+    /// A request could not be encoded (an attribute longer than netlink allows), or a
+    /// message from the kernel could not be decoded.
+    #[error(transparent)]
+    Codec(#[from] crate::error::Error),
     /// A received message was larger than the receive buffer.
     #[error("netlink message of {len} bytes truncated to {cap}")]
     Truncated {
@@ -164,10 +162,11 @@ pub fn split_msgs(mut buf: &[u8]) -> Result<Vec<RawMsg<'_>>> {
     while buf.len() >= NLMSG_HDRLEN {
         let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
         if len < NLMSG_HDRLEN || len > buf.len() {
-            return Err(SockError::Malformed(format!(
-                "nlmsg_len {len} with {} bytes left",
-                buf.len()
-            )));
+            return Err(Error::decode(
+                "nlmsghdr",
+                format!("nlmsg_len {len} with {} bytes left", buf.len()),
+            )
+            .into());
         }
         out.push(RawMsg {
             ty: u16::from_ne_bytes([buf[4], buf[5]]),
@@ -176,36 +175,44 @@ pub fn split_msgs(mut buf: &[u8]) -> Result<Vec<RawMsg<'_>>> {
             pid: u32::from_ne_bytes([buf[12], buf[13], buf[14], buf[15]]),
             body: &buf[NLMSG_HDRLEN..len],
         });
-        buf = &buf[align4(len).min(buf.len())..];
+        buf = &buf[crate::nla::align(len).min(buf.len())..];
     }
     Ok(out)
+}
+
+impl<'a> RawMsg<'a> {
+    /// The `genlmsghdr` command and the payload after it, for a message of a generic
+    /// netlink family.
+    pub fn genl(&self) -> Result<(u8, &'a [u8])> {
+        match self.body.split_first_chunk::<GENL_HDRLEN>() {
+            Some((h, payload)) => Ok((h[0], payload)),
+            None => Err(Error::decode(
+                "genlmsghdr",
+                format!(
+                    "message of family {} has {} bytes",
+                    self.ty,
+                    self.body.len()
+                ),
+            )
+            .into()),
+        }
+    }
 }
 
 impl GenlMsg {
     /// Decodes a raw message of a generic netlink family.
     pub fn from_raw(m: &RawMsg<'_>) -> Result<Self> {
-        if m.body.len() < GENL_HDRLEN {
-            return Err(SockError::Malformed(format!(
-                "generic netlink message of family {} has {} bytes, less than genlmsghdr",
-                m.ty,
-                m.body.len()
-            )));
-        }
+        let (cmd, payload) = m.genl()?;
         Ok(GenlMsg {
             family: m.ty,
             flags: m.flags,
             seq: m.seq,
             pid: m.pid,
-            cmd: m.body[0],
+            cmd,
             version: m.body[1],
-            payload: m.body[GENL_HDRLEN..].to_vec(),
+            payload: payload.to_vec(),
         })
     }
-}
-
-/// Rounds up to the netlink alignment of 4 bytes.
-pub const fn align4(n: usize) -> usize {
-    (n + 3) & !3
 }
 
 /// Appends a whole generic netlink request to `out`.
@@ -226,71 +233,7 @@ pub fn put_genl_msg(
     out.extend_from_slice(&0u32.to_ne_bytes());
     out.extend_from_slice(&[cmd, version, 0, 0]);
     out.extend_from_slice(payload);
-    out.resize(align4(out.len()), 0);
-}
-
-/// Iterates over the attributes of a buffer as `(type, payload)`, type without the
-/// `NLA_F_NESTED`/`NLA_F_NET_BYTEORDER` bits. A malformed tail ends with an error item.
-pub fn attrs(buf: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8])>> {
-    let mut rest = buf;
-    std::iter::from_fn(move || {
-        if rest.len() < NLA_HDRLEN {
-            return None;
-        }
-        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
-        let ty = u16::from_ne_bytes([rest[2], rest[3]]) & NLA_TYPE_MASK;
-        if len < NLA_HDRLEN || len > rest.len() {
-            let err = SockError::Malformed(format!(
-                "attribute type {ty} length {len} with {} bytes left",
-                rest.len()
-            ));
-            rest = &[];
-            return Some(Err(err));
-        }
-        let data = &rest[NLA_HDRLEN..len];
-        rest = &rest[align4(len).min(rest.len())..];
-        Some(Ok((ty, data)))
-    })
-}
-
-/// Collects the attributes of a buffer into a table indexed by type (the last one wins).
-pub fn attr_table(buf: &[u8], max: u16) -> Result<Vec<Option<&[u8]>>> {
-    let mut t = vec![None; usize::from(max) + 1];
-    for a in attrs(buf) {
-        let (ty, data) = a?;
-        if let Some(slot) = t.get_mut(usize::from(ty)) {
-            *slot = Some(data);
-        }
-    }
-    Ok(t)
-}
-
-/// Reads a `u32` attribute payload.
-pub fn get_u32(what: &str, d: &[u8]) -> Result<u32> {
-    <[u8; 4]>::try_from(d)
-        .map(u32::from_ne_bytes)
-        .map_err(|_| SockError::Malformed(format!("invalid {what} length {}", d.len())))
-}
-
-/// Reads a `u64` attribute payload.
-pub fn get_u64(what: &str, d: &[u8]) -> Result<u64> {
-    <[u8; 8]>::try_from(d)
-        .map(u64::from_ne_bytes)
-        .map_err(|_| SockError::Malformed(format!("invalid {what} length {}", d.len())))
-}
-
-/// Reads a `u16` attribute payload.
-pub fn get_u16(what: &str, d: &[u8]) -> Result<u16> {
-    <[u8; 2]>::try_from(d)
-        .map(u16::from_ne_bytes)
-        .map_err(|_| SockError::Malformed(format!("invalid {what} length {}", d.len())))
-}
-
-/// Reads a NUL-terminated string attribute payload.
-pub fn get_str(what: &str, d: &[u8]) -> Result<String> {
-    let end = d.iter().position(|&b| b == 0).unwrap_or(d.len());
-    String::from_utf8(d[..end].to_vec())
-        .map_err(|_| SockError::Malformed(format!("{what} is not UTF-8")))
+    out.resize(crate::nla::align(out.len()), 0);
 }
 
 /// One request of a [`GenlSocket::batch`].
@@ -374,10 +317,13 @@ impl GenlSocket {
             .send(bytes, Msg::empty())
             .map_err(|source| SockError::Io { op: "send", source })?;
         if n != bytes.len() {
-            return Err(SockError::Malformed(format!(
-                "short netlink send: {n} of {} bytes",
-                bytes.len()
-            )));
+            return Err(SockError::Io {
+                op: "send",
+                source: io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("short netlink send: {n} of {} bytes", bytes.len()),
+                ),
+            });
         }
         Ok(())
     }
@@ -522,7 +468,9 @@ impl GenlSocket {
                         done = true;
                     }
                     NLMSG_OVERRUN => {
-                        return Err(SockError::Malformed(format!("{what}: NLMSG_OVERRUN")));
+                        return Err(
+                            Error::decode("nlmsghdr", format!("{what}: NLMSG_OVERRUN")).into()
+                        );
                     }
                     t if t == family => {
                         replies.push(GenlMsg::from_raw(m)?);
@@ -596,7 +544,7 @@ impl AsRawFd for GenlSocket {
 /// The errno (positive, 0 for an ACK) carried by an `NLMSG_ERROR` message.
 fn ack_errno(m: &RawMsg<'_>) -> Result<i32> {
     if m.body.len() < 4 {
-        return Err(SockError::Malformed("short NLMSG_ERROR".into()));
+        return Err(Error::bad_len("NLMSG_ERROR", m.body.len()).into());
     }
     let e = i32::from_ne_bytes([m.body[0], m.body[1], m.body[2], m.body[3]]);
     Ok(-e)
@@ -607,31 +555,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn attrs_round_trip_and_alignment() {
-        let b = crate::nla::build(&[], |w| {
-            w.u32(1, 7)?;
-            w.string(2, "dp0")?;
-            w.flag(3)?;
-            w.put(4, &[1, 2, 3])
-        })
-        .unwrap();
-        assert_eq!(b.len() % 4, 0);
-        let t = attr_table(&b, 4).unwrap();
-        assert_eq!(get_u32("a", t[1].unwrap()).unwrap(), 7);
-        assert_eq!(get_str("b", t[2].unwrap()).unwrap(), "dp0");
-        assert_eq!(t[3], Some(&[][..]));
-        assert_eq!(t[4], Some(&[1u8, 2, 3][..]));
-    }
-
-    #[test]
-    fn malformed_attributes_are_errors_not_panics() {
-        // length field larger than the buffer
-        let bad = [200u8, 0, 1, 0, 0, 0];
-        assert!(attrs(&bad).any(|a| a.is_err()));
-        // length below the header size
-        let bad = [2u8, 0, 1, 0];
-        assert!(attrs(&bad).any(|a| a.is_err()));
-        assert!(get_u32("x", &[1, 2]).is_err());
+    fn malformed_messages_are_errors_not_panics() {
         assert!(split_msgs(&[40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
     }
 

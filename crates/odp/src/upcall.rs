@@ -8,81 +8,13 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use crate::families::{self, OvsFamilies, packet};
-use crate::sock::{self, GenlMsg, GenlSocket, SockError};
+use crate::families::OvsFamilies;
+use crate::sock::{self, GenlSocket, RawMsg, SockError};
 
 /// The result type of this module.
 pub type Result<T, E = SockError> = std::result::Result<T, E>;
 
-/// Why a packet came up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpcallKind {
-    /// `OVS_PACKET_CMD_MISS`: no flow matched.
-    Miss,
-    /// `OVS_PACKET_CMD_ACTION`: a flow's `userspace` action sent it.
-    Action,
-}
-
-/// One upcall.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upcall {
-    /// Miss or action.
-    pub kind: UpcallKind,
-    /// The datapath it came from.
-    pub dp_ifindex: i32,
-    /// The encoded key attributes the kernel extracted (`OVS_PACKET_ATTR_KEY`).
-    pub key: Vec<u8>,
-    /// The packet (`OVS_PACKET_ATTR_PACKET`).
-    pub packet: Vec<u8>,
-    /// `OVS_PACKET_ATTR_USERDATA` of a `userspace` action.
-    pub userdata: Option<Vec<u8>>,
-    /// `OVS_PACKET_ATTR_EGRESS_TUN_KEY`, encoded.
-    pub egress_tun_key: Option<Vec<u8>>,
-    /// `OVS_PACKET_ATTR_MRU`: the size of the largest fragment of a reassembled packet.
-    pub mru: Option<u16>,
-    /// `OVS_PACKET_ATTR_LEN`: the original length of a truncated packet.
-    pub orig_len: Option<u32>,
-    /// `OVS_PACKET_ATTR_HASH`: the skb hash.
-    pub hash: Option<u64>,
-}
-
-/// Decodes one `ovs_packet` message.
-pub fn parse_upcall(m: &GenlMsg) -> Result<Upcall> {
-    let kind = match m.cmd {
-        packet::CMD_MISS => UpcallKind::Miss,
-        packet::CMD_ACTION => UpcallKind::Action,
-        c => {
-            return Err(SockError::Malformed(format!(
-                "unexpected ovs_packet command {c}"
-            )));
-        }
-    };
-    let (dp_ifindex, a) = families::split_ovs_header(&m.payload)?;
-    let t = sock::attr_table(a, packet::ATTR_MAX)?;
-    let key = t[usize::from(packet::ATTR_KEY)]
-        .ok_or_else(|| SockError::Malformed("upcall without OVS_PACKET_ATTR_KEY".into()))?
-        .to_vec();
-    let pkt = t[usize::from(packet::ATTR_PACKET)]
-        .ok_or_else(|| SockError::Malformed("upcall without OVS_PACKET_ATTR_PACKET".into()))?
-        .to_vec();
-    Ok(Upcall {
-        kind,
-        dp_ifindex,
-        key,
-        packet: pkt,
-        userdata: t[usize::from(packet::ATTR_USERDATA)].map(<[u8]>::to_vec),
-        egress_tun_key: t[usize::from(packet::ATTR_EGRESS_TUN_KEY)].map(<[u8]>::to_vec),
-        mru: t[usize::from(packet::ATTR_MRU)]
-            .map(|d| sock::get_u16("OVS_PACKET_ATTR_MRU", d))
-            .transpose()?,
-        orig_len: t[usize::from(packet::ATTR_LEN)]
-            .map(|d| sock::get_u32("OVS_PACKET_ATTR_LEN", d))
-            .transpose()?,
-        hash: t[usize::from(packet::ATTR_HASH)]
-            .map(|d| sock::get_u64("OVS_PACKET_ATTR_HASH", d))
-            .transpose()?,
-    })
-}
+pub use crate::msg::{Upcall, UpcallKind, parse_upcall};
 
 /// A socket that receives upcalls. Register [`UpcallSocket::pid`] with
 /// [`crate::dpif::Dpif::dp_create`], [`crate::dpif::Dpif::dp_set_upcall_pids`] or
@@ -141,12 +73,7 @@ impl UpcallSocket {
             }
             Err(e) => return Err(e),
         };
-        for m in sock::split_msgs(buf)? {
-            if m.ty == fam {
-                return parse_upcall(&GenlMsg::from_raw(&m)?).map(Some);
-            }
-        }
-        Ok(None)
+        first_upcall(fam, buf)
     }
 
     /// The next upcall if one is already queued, without waiting.
@@ -168,62 +95,29 @@ impl UpcallSocket {
                 }
                 Err(e) => return Err(e),
             };
-            for m in sock::split_msgs(buf)? {
-                if m.ty == fam {
-                    return parse_upcall(&GenlMsg::from_raw(&m)?).map(Some);
-                }
+            if let Some(u) = first_upcall(fam, buf)? {
+                return Ok(Some(u));
             }
         }
     }
+}
+
+/// The first message of family `fam` in a datagram, decoded as an upcall.
+fn first_upcall(fam: u16, buf: &[u8]) -> Result<Option<Upcall>> {
+    match sock::split_msgs(buf)?.iter().find(|m| m.ty == fam) {
+        Some(m) => decode(m).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn decode(m: &RawMsg<'_>) -> Result<Upcall> {
+    let (cmd, payload) = m.genl()?;
+    Ok(parse_upcall(cmd, payload)?)
 }
 
 impl AsRawFd for UpcallSocket {
     /// For registering with an event loop (the socket stays blocking).
     fn as_raw_fd(&self) -> RawFd {
         self.sock.as_raw_fd()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::families::ovs_header;
-    use crate::nla;
-
-    fn msg(cmd: u8, attrs: &[u8]) -> GenlMsg {
-        let mut payload = ovs_header(5).to_vec();
-        payload.extend_from_slice(attrs);
-        GenlMsg {
-            family: 30,
-            flags: 0,
-            seq: 0,
-            pid: 0,
-            cmd,
-            version: 1,
-            payload,
-        }
-    }
-
-    #[test]
-    fn parses_a_miss() {
-        let b = nla::build(&[], |w| {
-            w.put(packet::ATTR_PACKET, &[0xff; 60])?;
-            w.nested(packet::ATTR_KEY, &[8, 0, 3, 0, 2, 0, 0, 0])
-        })
-        .unwrap();
-        let u = parse_upcall(&msg(packet::CMD_MISS, &b)).unwrap();
-        assert_eq!(u.kind, UpcallKind::Miss);
-        assert_eq!(u.dp_ifindex, 5);
-        assert_eq!(u.packet.len(), 60);
-        assert_eq!(u.key, vec![8, 0, 3, 0, 2, 0, 0, 0]);
-        assert_eq!(u.userdata, None);
-    }
-
-    #[test]
-    fn rejects_upcalls_without_key_or_packet_and_unknown_commands() {
-        let b = nla::build(&[], |w| w.put(packet::ATTR_PACKET, &[0xff; 60])).unwrap();
-        assert!(parse_upcall(&msg(packet::CMD_MISS, &b)).is_err());
-        assert!(parse_upcall(&msg(9, &[])).is_err());
-        assert!(parse_upcall(&msg(packet::CMD_ACTION, &[1])).is_err());
     }
 }

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeSet;
 
-use odp::msg::{FlowAttr, FlowMsg};
-use odp::{Action, Flow, parse_actions, parse_flow, parse_match};
+use odp::msg::{self, FlowPut};
+use odp::{Action, Flow, decode_actions, decode_key, parse_actions, parse_flow, parse_match};
 
 const CAPTURE: &str = include_str!("golden/ovs-dpctl-3.1.0-linux-6.1.txt");
 
@@ -141,9 +141,17 @@ fn every_captured_add_flow_message_parses_and_emits_the_same_bytes() {
             continue;
         }
         assert_eq!(m.cmd, 1, "OVS_FLOW_CMD_NEW expected: {}", a.cmd_line);
-        let parsed = FlowMsg::parse(m.payload).unwrap_or_else(|e| panic!("{}: {e}", a.cmd_line));
+        let parsed = msg::parse_flow(m.payload).unwrap_or_else(|e| panic!("{}: {e}", a.cmd_line));
+        let (dp_ifindex, _) = msg::split_ovs_header(m.payload).unwrap();
+        let put = FlowPut {
+            key: parsed.key,
+            mask: parsed.mask,
+            actions: parsed.actions,
+            ufid: parsed.ufid,
+            clear: false,
+        };
         let mut emitted = Vec::new();
-        parsed.emit(&mut emitted).unwrap();
+        msg::flow_put_payload(dp_ifindex, &put, &mut emitted).unwrap();
         assert_eq!(
             emitted, m.payload,
             "re-emitted bytes differ: {}",
@@ -164,25 +172,25 @@ fn our_text_parser_agrees_with_ovs_dpctl_on_key_mask_and_actions() {
         if m.kind != fam {
             continue;
         }
-        let msg = FlowMsg::parse(m.payload).unwrap();
+        let theirs = msg::parse_flow(m.payload).unwrap();
         let (key, mask) = parse_match(&a.matched).unwrap_or_else(|e| panic!("{}: {e}", a.matched));
         let actions = parse_actions(&a.actions).unwrap_or_else(|e| panic!("{}: {e}", a.actions));
-        let mut their_key = None;
-        let mut their_mask = None;
-        let mut their_actions = None;
-        for at in &msg.attrs {
-            match at {
-                FlowAttr::Key(k) => their_key = Some(k.clone()),
-                FlowAttr::Mask(k) => their_mask = Some(k.clone()),
-                FlowAttr::Actions(x) => their_actions = Some(x.clone()),
-                _ => {}
-            }
-        }
-        assert_eq!(their_key.as_ref(), Some(&key), "key of {}", a.cmd_line);
-        assert_eq!(their_mask.as_ref(), Some(&mask), "mask of {}", a.cmd_line);
+        assert_eq!(
+            decode_key(&theirs.key),
+            Ok(key.clone()),
+            "key of {}",
+            a.cmd_line
+        );
+        let their_mask = theirs.mask.as_deref().expect("mask attribute");
+        assert_eq!(
+            decode_key(their_mask),
+            Ok(mask.clone()),
+            "mask of {}",
+            a.cmd_line
+        );
         // ovs-dpctl turns `userspace(pid=N)` without userdata into one with an all-zero
         // 48-byte OVS cookie; compare the rest.
-        let mut their_actions = their_actions.expect("actions attribute");
+        let mut their_actions = decode_actions(&theirs.actions).expect("actions decode");
         for act in &mut their_actions {
             if let Action::Userspace(u) = act
                 && u.userdata.as_deref() == Some(&[0u8; 48][..])
@@ -255,8 +263,10 @@ fn kernel_dump_replies_print_exactly_as_ovs_dpctl_dump_flows() {
                 continue;
             }
             let _ = m.header;
-            let msg = FlowMsg::parse(m.payload).unwrap_or_else(|e| panic!("dump reply: {e}"));
-            let flow: Flow = msg.to_flow(0);
+            let entry = msg::parse_flow(m.payload).unwrap_or_else(|e| panic!("dump reply: {e}"));
+            let flow: Flow = entry
+                .to_flow(0)
+                .unwrap_or_else(|e| panic!("dump reply: {e}"));
             got.insert(flow.to_string());
         }
     }

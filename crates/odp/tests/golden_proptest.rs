@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use odp::action::{Ct, Nat, NatKind, SetKey, Userspace};
 use odp::key::*;
-use odp::msg::FlowMsg;
+use odp::msg::{self, FlowPut};
 use odp::{Action, Flow, decode_actions, decode_key, encode_actions, encode_key, parse_flow};
 use proptest::prelude::*;
 
@@ -358,28 +358,17 @@ proptest! {
     fn decoders_never_panic_on_arbitrary_bytes(b in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = decode_key(&b);
         let _ = decode_actions(&b);
-        let _ = FlowMsg::parse(&b);
-        let _ = odp::msg::parse_dp(&b);
-        let _ = odp::msg::parse_vport(&b);
-        let _ = odp::msg::parse_packet(&b);
-        // What the agent reads off its sockets: the dpif replies, raw netlink buffers and
-        // upcalls.
-        let _ = odp::dpif::parse_dp(&b);
-        let _ = odp::dpif::parse_vport(&b);
-        let _ = odp::dpif::parse_flow(&b);
-        let _ = odp::sock::split_msgs(&b);
-        for cmd in [odp::families::packet::CMD_MISS, odp::families::packet::CMD_ACTION, 0] {
-            let m = odp::sock::GenlMsg {
-                family: 0,
-                flags: 0,
-                seq: 0,
-                pid: 0,
-                cmd,
-                version: 1,
-                payload: b.clone(),
-            };
-            let _ = odp::upcall::parse_upcall(&m);
+        // What the agent reads off its sockets: replies, raw netlink buffers and upcalls.
+        let _ = msg::parse_dp(&b);
+        let _ = msg::parse_vport(&b);
+        if let Ok(e) = msg::parse_flow(&b) {
+            let _ = e.to_flow(0).map(|f| f.to_string());
         }
+        let _ = odp::sock::split_msgs(&b);
+        for cmd in [msg::cmd::PACKET_MISS, msg::cmd::PACKET_ACTION, 0] {
+            let _ = msg::parse_upcall(cmd, &b);
+        }
+        let _ = odp::families::parse_family("ovs_flow", &b);
     }
 
     #[test]
@@ -390,14 +379,14 @@ proptest! {
     ) {
         let f = Flow { mask: k.exact_mask(), key: k, actions: acts, ..Flow::default() };
         let mut payload = Vec::new();
-        FlowMsg::put(1, &f).emit(&mut payload).unwrap();
+        msg::flow_put_payload(1, &FlowPut::from_flow(&f).unwrap(), &mut payload).unwrap();
         for (i, v) in flips {
             let at = i.index(payload.len());
             payload[at] = v;
         }
-        if let Ok(m) = FlowMsg::parse(&payload) {
+        if let Ok(Ok(f)) = msg::parse_flow(&payload).map(|e| e.to_flow(0)) {
             // Whatever decodes must print without panicking.
-            let _ = m.to_flow(0).to_string();
+            let _ = f.to_string();
         }
     }
 
