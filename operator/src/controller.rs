@@ -41,15 +41,15 @@ pub const FIELD_MANAGER: &str = "weft-operator";
 /// How often a programmed object is reconciled again, to repair drift in NSDB.
 pub const RESYNC: Duration = Duration::from_secs(300);
 
-/// How often a load balancer with a health check is looked at again, so its status follows
-/// its members' health.
-pub const HEALTH_RESYNC: Duration = Duration::from_secs(10);
-
 /// The bound of reading a load balancer's member health for its status.
 const HEALTH_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The reason of the Warning event of a bridge whose selector matches a namespace that another
 /// bridge serves.
 pub const NAMESPACE_CONFLICT: &str = "NamespaceConflict";
+/// The reason of the Warning event of a load balancer member found down by its health check.
+pub const MEMBER_UNHEALTHY: &str = "MemberUnhealthy";
+/// The reason of the Normal event of a load balancer member found up again.
+pub const MEMBER_HEALTHY: &str = "MemberHealthy";
 /// How often an object refused by the semantic check is checked again.
 pub const INVALID_RECHECK: Duration = Duration::from_secs(60);
 /// First and largest delay of the error backoff.
@@ -156,6 +156,8 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectKey, u32>>,
     /// The notes last published as an event, by object.
     notes: Mutex<HashMap<ObjectKey, Vec<String>>>,
+    /// The member verdicts last reported, by object, to raise an event on each change.
+    health: Mutex<HashMap<ObjectKey, BTreeMap<std::net::SocketAddr, bool>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -177,7 +179,21 @@ impl Context {
             stores,
             failures: Mutex::new(HashMap::new()),
             notes: Mutex::new(HashMap::new()),
+            health: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The verdicts of `now` that differ from those last seen for `key` (which they
+    /// replace): each member found down, and each found up after it was down. A member
+    /// whose verdict is new and up, or whose verdict expired, is no news.
+    fn health_changes(
+        &self,
+        key: &ObjectKey,
+        now: &BTreeMap<std::net::SocketAddr, bool>,
+    ) -> Vec<(std::net::SocketAddr, bool)> {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let before = h.insert(key.clone(), now.clone()).unwrap_or_default();
+        health_news(&before, now)
     }
 
     /// Whether `notes` differ from those last seen for `key` (which they replace).
@@ -204,6 +220,21 @@ impl Context {
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
     }
+}
+
+/// The verdicts of `now` worth an event after `before`: each member found down, and each
+/// found up after it was down.
+fn health_news(
+    before: &BTreeMap<std::net::SocketAddr, bool>,
+    now: &BTreeMap<std::net::SocketAddr, bool>,
+) -> Vec<(std::net::SocketAddr, bool)> {
+    now.iter()
+        .filter(|&(m, &up)| match before.get(m) {
+            Some(&was) => was != up,
+            None => !up,
+        })
+        .map(|(&m, &up)| (m, up))
+        .collect()
 }
 
 /// The recorder of the operator's events, as [`FIELD_MANAGER`] and this replica (its pod).
@@ -463,6 +494,10 @@ async fn apply<K: WeftResource>(obj: Arc<K>, ctx: &Context) -> Result<Action, Er
             if let Some(lb) = &probed {
                 applied.health = member_health(ctx, lb).await;
             }
+            let health_news = match &probed {
+                Some(_) => ctx.health_changes(&key, &applied.health),
+                None => Vec::new(),
+            };
             ctx.metrics
                 .records_changed(applied.written, applied.deleted);
             let mut msg = format!(
@@ -492,13 +527,35 @@ async fn apply<K: WeftResource>(obj: Arc<K>, ctx: &Context) -> Result<Action, Er
                     warn!(object = %key, err = %e, "cannot publish event");
                 }
             }
+            for (member, up) in health_news {
+                let (type_, reason, verdict) = if up {
+                    (
+                        EventType::Normal,
+                        MEMBER_HEALTHY,
+                        "passes its health check again",
+                    )
+                } else {
+                    (
+                        EventType::Warning,
+                        MEMBER_UNHEALTHY,
+                        "fails its health check",
+                    )
+                };
+                let event = KubeEvent {
+                    type_,
+                    reason: reason.into(),
+                    note: Some(format!("member {member} {verdict}")),
+                    action: "HealthCheck".into(),
+                    secondary: None,
+                };
+                if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+                    warn!(object = %key, err = %e, "cannot publish event");
+                }
+            }
             ctx.succeeded(&key);
-            // The members' health changes without the object: look again soon.
-            Ok(Action::requeue(if probed.is_some() {
-                HEALTH_RESYNC
-            } else {
-                RESYNC
-            }))
+            // A change of the members' health triggers the load balancer on its own
+            // ([`health_verdicts`]).
+            Ok(Action::requeue(RESYNC))
         }
         Err(err) => {
             let refused = refusal(&err).map(|(why, message, next)| (why, message.to_owned(), next));
@@ -710,6 +767,33 @@ fn coalesced(
     })
 }
 
+/// The load balancers whose member verdicts change in NSDB, from a watch of the verdicts: one
+/// reference per load balancer of each update. Verdicts on the load balancers of Kubernetes
+/// Services are not the status of any object.
+fn health_verdicts(nsdb: Nsdb) -> impl futures::Stream<Item = ObjectRef<VirtualLoadBalancer>> {
+    let prefix = nsdb::Kind::MemberHealth.prefix();
+    futures::stream::once(async move {
+        let cache = nsdb::watch::WatchCache::start_prefix(nsdb, &prefix).await;
+        let (_, updates) = cache.subscribe();
+        (cache, updates)
+    })
+    .flat_map(|state| {
+        futures::stream::unfold(state, |(cache, mut updates)| async move {
+            let update = updates.recv().await?;
+            Some((update, (cache, updates)))
+        })
+    })
+    .flat_map(|update| {
+        let names: BTreeSet<&str> = update
+            .changes
+            .iter()
+            .filter_map(|c| crate::ids::load_balancer_name(c.id.split('/').next()?))
+            .collect();
+        let refs: Vec<_> = names.into_iter().map(ObjectRef::new).collect();
+        futures::stream::iter(refs)
+    })
+}
+
 /// Whether some bridge of the store chooses namespaces by label.
 fn any_selector(bridges: &Store<VirtualBridge>) -> bool {
     bridges.state().iter().any(|b| {
@@ -858,7 +942,11 @@ pub async fn run(
             },
         )
         .shutdown_on_signal();
-    let vlb = vlb.shutdown_on_signal();
+    // A load balancer's status follows its members' health as the agents write and expire
+    // their verdicts.
+    let vlb = vlb
+        .reconcile_on(health_verdicts(ctx.nsdb.clone()))
+        .shutdown_on_signal();
     let acl = acl.shutdown_on_signal();
 
     fn log<T: Debug, E: std::error::Error>(
@@ -921,6 +1009,30 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_is_news_when_found_down_and_when_found_up_again() {
+        let (a, b): (std::net::SocketAddr, std::net::SocketAddr) = (
+            "10.0.0.1:80".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+        );
+        let map = |v: &[(std::net::SocketAddr, bool)]| v.iter().copied().collect();
+        // First verdicts: only a member down is news.
+        assert_eq!(
+            health_news(&map(&[]), &map(&[(a, true), (b, false)])),
+            [(b, false)]
+        );
+        // Nothing changed: no news.
+        let both = map(&[(a, true), (b, false)]);
+        assert_eq!(health_news(&both, &both), []);
+        // b up again, a down.
+        assert_eq!(
+            health_news(&both, &map(&[(a, false), (b, true)])),
+            [(a, false), (b, true)]
+        );
+        // A verdict that expired is no news.
+        assert_eq!(health_news(&both, &map(&[(a, true)])), []);
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

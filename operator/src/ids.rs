@@ -118,6 +118,11 @@ pub fn load_balancer(name: &str) -> String {
     format!("vlb:{name}")
 }
 
+/// The `VirtualLoadBalancer` whose NSDB id is `id` ([`load_balancer`]), if it is one.
+pub fn load_balancer_name(id: &str) -> Option<&str> {
+    id.strip_prefix("vlb:").filter(|n| !n.is_empty())
+}
+
 /// The NSDB chain id of an `AccessControlList`.
 pub fn acl_chain(name: &str) -> String {
     format!("acl:{name}")

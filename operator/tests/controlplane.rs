@@ -975,6 +975,146 @@ fn a_delete_while_the_operator_is_down_completes_once_it_is_back() {
     );
 }
 
+/// The `healthy` field of each member of web's first VIP, by `ip:port` (absent: no verdict).
+fn web_member_health(s: &Scenario) -> BTreeMap<String, Option<bool>> {
+    let web = s.object("vlb", "web").expect("web exists");
+    web["status"]["vips"][0]["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                format!("{}:{}", m["ip"].as_str().unwrap_or("?"), m["port"]),
+                m["healthy"].as_bool(),
+            )
+        })
+        .collect()
+}
+
+/// The events of web, as (type, reason, note).
+fn web_events(s: &Scenario, uid: &str) -> Vec<(String, String, String)> {
+    let events = s.get(&["events.events.k8s.io", "-A"]);
+    events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["regarding"]["uid"] == uid)
+        .map(|e| {
+            let f = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+            (f("type"), f("reason"), f("note"))
+        })
+        .collect()
+}
+
+/// A load balancer with a health check shows the agents' verdicts on its members in its
+/// status as they are written, changed and expire in NSDB, with an event when a member is
+/// found down and when it is found up again. The operator resyncs a programmed object only
+/// every 5 minutes: what moves the status within the wait is its watch of the verdicts.
+#[test]
+fn member_verdicts_in_nsdb_show_in_the_status_as_they_change_with_events() {
+    let s = Scenario::new("health");
+    let mut op = s.operator("replica-1", &[]);
+    let ex = s.manifests(
+        "health",
+        &[(
+            "loadbalancer.yaml",
+            "  sessionAffinity: ClientIP\n",
+            "  sessionAffinity: ClientIP\n  healthCheck:\n    type: TCP\n    intervalSeconds: 2\n",
+        )],
+    );
+    s.apply(&ex);
+    s.wait_ready(&[&ex], &mut [&mut op]);
+    let uid = s.object("vlb", "web").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (one, two) = ("10.10.0.11:8080", "10.20.0.11:8080");
+    let no_verdicts: BTreeMap<String, Option<bool>> =
+        [(one.to_owned(), None), (two.to_owned(), None)].into();
+    assert_eq!(web_member_health(&s), no_verdicts, "before any verdict");
+
+    let verdict = |member: &str, healthy: bool| nsdb::MemberHealth {
+        lb: "vlb:web".into(),
+        member: member.parse().unwrap(),
+        healthy,
+        host: "node-1".into(),
+    };
+    let wait_health = |what: &str, op: &mut Operator, want: &[(&str, Option<bool>)]| {
+        let want: BTreeMap<String, Option<bool>> =
+            want.iter().map(|(m, h)| ((*m).to_owned(), *h)).collect();
+        let start = Instant::now();
+        wait_for(what, REFUSAL_TIMEOUT, &mut [op], |_| {
+            let have = web_member_health(&s);
+            (have == want).then_some(()).ok_or(format!("{have:?}"))
+        });
+        eprintln!(
+            "{what}: in the status {:?} after the write",
+            start.elapsed()
+        );
+    };
+    let wait_event = |what: &str, op: &mut Operator, type_: &str, reason: &str, member: &str| {
+        wait_for(what, REFUSAL_TIMEOUT, &mut [op], |_| {
+            let events = web_events(&s, &uid);
+            events
+                .iter()
+                .any(|(t, r, n)| t == type_ && r == reason && n.contains(member))
+                .then_some(())
+                .ok_or(format!("{events:#?}"))
+        });
+    };
+
+    s.db.put(&verdict(one, false));
+    s.db.put(&verdict(two, true));
+    wait_health(
+        "one member down, the other up",
+        &mut op,
+        &[(one, Some(false)), (two, Some(true))],
+    );
+    wait_event(
+        "a Warning event for the member down",
+        &mut op,
+        "Warning",
+        "MemberUnhealthy",
+        one,
+    );
+    // A member found up at its first verdict is no news.
+    let events = web_events(&s, &uid);
+    assert!(
+        !events.iter().any(|(_, _, n)| n.contains(two)),
+        "{events:#?}"
+    );
+
+    s.db.put(&verdict(one, true));
+    wait_health(
+        "the member up again",
+        &mut op,
+        &[(one, Some(true)), (two, Some(true))],
+    );
+    wait_event(
+        "a Normal event for the member up again",
+        &mut op,
+        "Normal",
+        "MemberHealthy",
+        one,
+    );
+
+    // A verdict that expires with its agent's lease leaves the member without one.
+    s.db.delete::<nsdb::MemberHealth>(&nsdb::keys::member_health_id(
+        "vlb:web",
+        two.parse().unwrap(),
+    ));
+    wait_health(
+        "the expired verdict gone",
+        &mut op,
+        &[(one, Some(true)), (two, None)],
+    );
+    let stderr = op.stop();
+    assert!(
+        !stderr.contains("panicked"),
+        "weft-operator panicked:\n{stderr}"
+    );
+}
+
 /// The chains NSDB holds for the NetworkPolicy `namespace/name`, by id.
 fn policy_chains(db: &Db, namespace: &str, name: &str) -> BTreeMap<String, nsdb::Chain> {
     let prefix = format!("knp:{namespace}:{name}:");

@@ -96,6 +96,26 @@ impl Db {
         })
     }
 
+    /// Writes `record` as an agent would (without a lease); panics when NSDB does not take it.
+    pub fn put<R: nsdb::Record>(&self, record: &R) {
+        self.rt.block_on(async {
+            tokio::time::timeout(READ_TIMEOUT, self.client.put(record))
+                .await
+                .expect("NSDB write timed out")
+                .unwrap_or_else(|e| panic!("writing {}: {}", record.key(), nsdb::error::chain(&e)));
+        });
+    }
+
+    /// Deletes record `id` of kind `R`; panics when NSDB does not answer.
+    pub fn delete<R: nsdb::Record>(&self, id: &str) {
+        self.rt.block_on(async {
+            tokio::time::timeout(READ_TIMEOUT, self.client.delete::<R>(id))
+                .await
+                .expect("NSDB delete timed out")
+                .unwrap_or_else(|e| panic!("deleting {id}: {}", nsdb::error::chain(&e)));
+        });
+    }
+
     /// What NSDB holds; panics when it cannot be read.
     pub fn snapshot(&self) -> Snapshot {
         self.try_snapshot().unwrap_or_else(|e| panic!("{e}"))
