@@ -96,6 +96,12 @@ echo "  kubeconfig: $kubeconfig"
 say "kubectl apply -f crds/: the four kinds, with their schemas"
 kubectl apply -f crds/ | indent
 kubectl wait --for=condition=Established crd --all --timeout=60s | indent
+# Established comes before discovery serves the kinds, which kubectl apply maps through.
+for _ in $(seq 120); do
+  kubectl get virtualbridges.weft.dev,virtualrouters.weft.dev,virtualloadbalancers.weft.dev,accesscontrollists.weft.dev \
+    -o name >/dev/null 2>&1 && break
+  sleep 0.5
+done
 # The namespace of the operator's leader Lease.
 kubectl create namespace weft-system | indent
 

@@ -106,6 +106,10 @@ pub struct Model {
     pub servers: BTreeMap<String, PodServers>,
 }
 
+/// The four weft.dev kinds, as `kubectl get` takes them.
+const WEFT_KINDS: &str =
+    "virtualbridges.weft.dev,virtualrouters.weft.dev,virtualloadbalancers.weft.dev,accesscontrollists.weft.dev";
+
 /// The Kuryr side of a three-host cluster named `name`: the CRDs and the operator's Lease
 /// namespace on the host's API server, the agents watching it (through the forwarder) with
 /// `default_bridge` (an NSDB bridge id), and the operator in the guest, with `operator_args`,
@@ -130,6 +134,21 @@ pub fn kuryr_cluster(
         "--all",
         "--timeout=60s",
     ]);
+    // A CRD is Established before the API server's discovery serves its kind, and kubectl
+    // maps a manifest's kinds through discovery: wait until it serves all four.
+    let t0 = Instant::now();
+    loop {
+        let out = kube.kubectl_output(&["get", WEFT_KINDS, "-o", "name"], None);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the API server does not serve the weft.dev kinds 60 s after their CRDs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let out = kube.kubectl_output(&["create", "namespace", "weft-system"], None);
     assert!(
         out.status.success() || String::from_utf8_lossy(&out.stderr).contains("AlreadyExists"),
