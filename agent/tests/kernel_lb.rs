@@ -3,7 +3,8 @@
 //! the client only ever talks to the VIP, a weighted VIP split in the kernel with no upcall
 //! per connection, a backend removed under traffic getting no new connection while
 //! established connections carry on, a member taken out by its health check when its server
-//! stops and back when it returns (and kept when its host's agent dies), a client kept on its member by `ClientIP` session affinity until it is idle
+//! stops and back when it returns, an HTTP check telling a server that answers 2xx from one
+//! that answers 503 or speaks no HTTP (and a member kept when its host's agent dies), a client kept on its member by `ClientIP` session affinity until it is idle
 //! for the timeout (and across an agent restart), a backend reaching its own IPv6 Service
 //! (hairpin), and pods reaching an external network through the router's uplink with source
 //! NAT.
@@ -20,8 +21,8 @@ use std::time::Instant;
 use hosts_support::Cluster;
 use nsdb::{LoadBalancer, Protocol};
 use scen2_support::{
-    BackgroundExchanges, Exchange, External, HeldExchange, NamedServer, dpctl_flows, exchange,
-    exchanges, generation, wait_exchange, wait_generation,
+    BackgroundExchanges, Exchange, External, HeldExchange, HttpServer, NamedServer, dpctl_flows,
+    exchange, exchanges, generation, wait_exchange, wait_generation,
 };
 use sim::Topology;
 use sim::fixtures::TopoBuilder;
@@ -919,7 +920,46 @@ fn a_health_check_takes_a_stopped_member_out_and_back_and_a_dead_agents_verdict_
         c.fail(&format!("be1 is up again but gets no connection: {back:?}"));
     }
 
-    // 4. be1's host agent dies: its verdicts expire with its lease, and be1, which its
+    // 4. An HTTP check: a GET of /healthz must be answered 2xx or 3xx, through the virtual
+    // network from the node port, as the TCP probes were. be1 answers 503, then 200; be2's
+    // server accepts the connection but speaks no HTTP.
+    let mut lb = b.records.load_balancers[0].clone();
+    let tcp_check = lb.health_check.clone();
+    lb.health_check = Some(nsdb::HealthCheck {
+        kind: nsdb::ProbeKind::Http,
+        path: Some("/healthz".into()),
+        ..tcp_check.clone().expect("the TCP check")
+    });
+    c.put(&lb);
+    drop(be1);
+    let http = HttpServer::start(&c.pod("be1").ns, m1, "503 Service Unavailable");
+    wait_verdict(&c, m1, Some(false), 60);
+    let no_http = wait_verdict(&c, m2, Some(false), 60);
+    eprintln!(
+        "lb-health: HTTP check: be1 (503) and be2 (no HTTP) down, be2 {:.1} s after the switch",
+        no_http.as_secs_f64()
+    );
+    let seen = http.requests();
+    if seen.is_empty() || seen.iter().any(|r| r != "GET /healthz HTTP/1.1") {
+        c.fail(&format!("be1's HTTP server got {seen:?}, not GET /healthz"));
+    }
+    http.set_status("200 OK");
+    let up = wait_verdict(&c, m1, Some(true), 60);
+    within_probes(&c, "answering 200 marked up", up, RISE);
+    assert_eq!(
+        verdict(&c, m2).map(|v| v.0),
+        Some(false),
+        "be2, which speaks no HTTP, stays down"
+    );
+    // Back to the TCP check and be1's usual server.
+    lb.health_check = tcp_check;
+    c.put(&lb);
+    drop(http);
+    let be1 = NamedServer::start(&c.pod("be1").ns, "be1", m1);
+    wait_verdict(&c, m1, Some(true), 60);
+    wait_verdict(&c, m2, Some(true), 60);
+
+    // 5. be1's host agent dies: its verdicts expire with its lease, and be1, which its
     // record says is healthy, keeps serving through the datapath the agent left.
     c.kill_agent("h1");
     let gone = wait_verdict(&c, m1, None, 30);

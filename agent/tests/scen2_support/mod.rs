@@ -42,43 +42,10 @@ pub struct NamedServer {
 impl NamedServer {
     /// Listens on `addr` inside network namespace `ns`.
     pub fn start(ns: &str, name: &str, addr: SocketAddr) -> NamedServer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let accepted = Arc::new(AtomicU64::new(0));
-        let (tx, rx) = mpsc::channel::<Result<(), String>>();
-        let (s2, a2, ns2, n2) = (
-            stop.clone(),
-            accepted.clone(),
-            ns.to_string(),
-            name.to_string(),
-        );
-        let thread = std::thread::spawn(move || {
-            in_netns(&ns2, move || {
-                let l = match TcpListener::bind(addr) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = tx.send(Err(format!("bind {addr}: {e}")));
-                        return;
-                    }
-                };
-                l.set_nonblocking(true).expect("nonblocking listener");
-                let _ = tx.send(Ok(()));
-                while !s2.load(Ordering::Relaxed) {
-                    match l.accept() {
-                        Ok((c, peer)) => {
-                            a2.fetch_add(1, Ordering::Relaxed);
-                            let name = n2.clone();
-                            std::thread::spawn(move || serve_named(c, &name, peer));
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                    }
-                }
-            })
+        let n = name.to_string();
+        let (stop, accepted, thread) = listen(ns, &format!("named server {name}"), addr, {
+            move |c, peer| serve_named(c, &n, peer)
         });
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("named server {name} in {ns}: {e}"),
-            Err(e) => panic!("named server {name} in {ns} did not start: {e}"),
-        }
         NamedServer {
             stop,
             accepted,
@@ -101,6 +68,117 @@ impl Drop for NamedServer {
             let _ = t.join();
         }
     }
+}
+
+/// Accepts connections on `addr` inside namespace `ns` until the returned flag is set, and
+/// hands each to `serve` on a thread of its own; panics, naming `what`, when it cannot bind.
+fn listen(
+    ns: &str,
+    what: &str,
+    addr: SocketAddr,
+    serve: impl Fn(TcpStream, SocketAddr) + Clone + Send + 'static,
+) -> (Arc<AtomicBool>, Arc<AtomicU64>, std::thread::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = mpsc::channel::<Result<(), String>>();
+    let (s2, a2, ns2) = (stop.clone(), accepted.clone(), ns.to_string());
+    let thread = std::thread::spawn(move || {
+        in_netns(&ns2, move || {
+            let l = match TcpListener::bind(addr) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("bind {addr}: {e}")));
+                    return;
+                }
+            };
+            l.set_nonblocking(true).expect("nonblocking listener");
+            let _ = tx.send(Ok(()));
+            while !s2.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((c, peer)) => {
+                        a2.fetch_add(1, Ordering::Relaxed);
+                        let serve = serve.clone();
+                        std::thread::spawn(move || serve(c, peer));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        })
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{what} in {ns}: {e}"),
+        Err(e) => panic!("{what} in {ns} did not start: {e}"),
+    }
+    (stop, accepted, thread)
+}
+
+/// A minimal HTTP/1.1 server, as a health check sees one: it answers every request with
+/// the status line it is set to (`200 OK`, `503 Service Unavailable`, ...) and an empty
+/// body, and keeps each request's first line. Stops when dropped.
+#[derive(Debug)]
+pub struct HttpServer {
+    stop: Arc<AtomicBool>,
+    status: Arc<Mutex<String>>,
+    requests: Arc<Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// Listens on `addr` inside network namespace `ns`, answering `status`.
+    pub fn start(ns: &str, addr: SocketAddr, status: &str) -> HttpServer {
+        let status = Arc::new(Mutex::new(status.to_string()));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (st, rq) = (status.clone(), requests.clone());
+        let (stop, _, thread) =
+            listen(ns, "HTTP server", addr, move |c, _| serve_http(c, &st, &rq));
+        HttpServer {
+            stop,
+            status,
+            requests,
+            thread: Some(thread),
+        }
+    }
+
+    /// Answers `status` from now on.
+    pub fn set_status(&self, status: &str) {
+        *self.status.lock().unwrap() = status.to_string();
+    }
+
+    /// The first line of every request so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_http(mut c: TcpStream, status: &Mutex<String>, requests: &Mutex<Vec<String>>) {
+    let _ = c.set_nonblocking(false);
+    let _ = c.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = c.set_write_timeout(Some(IO_TIMEOUT));
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 * 1024 {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+    }
+    let line = String::from_utf8_lossy(&req);
+    let first = line.lines().next().unwrap_or_default().to_string();
+    requests.lock().unwrap().push(first);
+    let status = status.lock().unwrap().clone();
+    let answer = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let _ = c.write_all(answer.as_bytes());
+    let _ = c.shutdown(std::net::Shutdown::Both);
 }
 
 fn serve_named(mut c: TcpStream, name: &str, peer: SocketAddr) {
