@@ -58,8 +58,10 @@ pub struct Handler {
     dp: Dpif,
     ctx: HandlerCtx,
     sim: Simulation,
-    /// The batch's flows to put, and what to report of each once it is in.
+    /// The batch's flows to put (the first `n_puts`, encoded into values kept from batch to
+    /// batch), and what to report of each once it is in.
     puts: Vec<FlowPut>,
+    n_puts: usize,
     installs: Vec<Installed>,
     /// The batch's packets to execute, as ranges of `bytes`.
     execs: Vec<Exec>,
@@ -92,6 +94,7 @@ impl Handler {
             dp,
             ctx,
             puts: Vec::with_capacity(MAX_BATCH),
+            n_puts: 0,
             installs: Vec::with_capacity(MAX_BATCH),
             execs: Vec::with_capacity(MAX_BATCH),
             bytes: Vec::with_capacity(MAX_BATCH * 256),
@@ -103,13 +106,15 @@ impl Handler {
     /// the context's `batch`), and their flows and packets go to the kernel in one exchange.
     pub fn run(mut self) {
         let max = self.ctx.batch.clamp(1, MAX_BATCH);
-        let mut batch = Vec::with_capacity(max);
+        // Upcalls are received into the same values every time, reusing their buffers.
+        let mut batch: Vec<Upcall> = (0..max).map(|_| Upcall::default()).collect();
         while !self.ctx.stop.load(Ordering::Relaxed) {
             let mut wait = WAKE;
-            while batch.len() < max {
-                match self.up.recv_timeout(wait) {
-                    Ok(Some(u)) => batch.push(u),
-                    Ok(None) => break,
+            let mut n = 0;
+            while n < max {
+                match self.up.recv_timeout_into(wait, &mut batch[n]) {
+                    Ok(true) => n += 1,
+                    Ok(false) => break,
                     Err(e) => {
                         // A message the codec cannot read: count it and carry on.
                         self.ctx.metrics.upcalls.inc();
@@ -120,9 +125,8 @@ impl Handler {
                 // Only the first receive of a batch waits.
                 wait = Duration::ZERO;
             }
-            if !batch.is_empty() {
-                self.handle_batch(&batch);
-                batch.clear();
+            if n > 0 {
+                self.handle_batch(&batch[..n]);
             }
         }
     }
@@ -137,14 +141,14 @@ impl Handler {
     /// flows are reported to the flow manager.
     pub fn handle_batch(&mut self, batch: &[Upcall]) {
         let start = Instant::now();
-        self.puts.clear();
+        self.n_puts = 0;
         self.installs.clear();
         self.execs.clear();
         self.bytes.clear();
         for (i, u) in batch.iter().enumerate() {
             self.prepare(i, u, start);
         }
-        if self.puts.is_empty() && self.execs.is_empty() {
+        if self.n_puts == 0 && self.execs.is_empty() {
             return;
         }
         let m = &self.ctx.metrics;
@@ -162,7 +166,7 @@ impl Handler {
             .collect();
         let (put_results, exec_results) = match self.dp.put_and_execute(
             self.ctx.dp_ifindex,
-            &self.puts,
+            &self.puts[..self.n_puts],
             PutMode::Create,
             &executes,
         ) {
@@ -251,9 +255,12 @@ impl Handler {
                 .installs
                 .iter()
                 .any(|x| x.ufid == ufid && x.generation == snap.generation);
-            match FlowPut::from_flow(&flow) {
-                Ok(_) if queued => {}
-                Ok(put) => {
+            if self.n_puts == self.puts.len() {
+                self.puts.push(FlowPut::default());
+            }
+            match self.puts[self.n_puts].encode(&flow) {
+                Ok(()) if queued => {}
+                Ok(()) => {
                     let kind = if in_port == snap.topo.tunnel_port() {
                         FlowKind::Tunnel
                     } else if matches!(s.verdict, Verdict::Drop(_)) {
@@ -261,7 +268,7 @@ impl Handler {
                     } else {
                         FlowKind::Normal
                     };
-                    self.puts.push(put);
+                    self.n_puts += 1;
                     self.installs.push(Installed {
                         ufid,
                         kind,

@@ -266,19 +266,24 @@ impl FlowPut {
     /// The put of `flow`: its key, mask and actions encoded, and its UFID as the kernel
     /// keeps it ([`ufid_bytes`]).
     pub fn from_flow(flow: &crate::Flow) -> crate::Result<FlowPut> {
-        let mut key = Vec::with_capacity(256);
-        crate::encode_key(&flow.key, &mut key)?;
-        let mut mask = Vec::with_capacity(256);
-        crate::encode_key(&flow.mask, &mut mask)?;
-        let mut actions = Vec::with_capacity(64);
-        crate::encode_actions(&flow.actions, &mut actions)?;
-        Ok(FlowPut {
-            key,
-            mask: Some(mask),
-            actions,
-            ufid: flow.ufid.map(ufid_bytes),
-            clear: false,
-        })
+        let mut put = FlowPut::default();
+        put.encode(flow)?;
+        Ok(put)
+    }
+
+    /// Makes this the put of `flow` ([`FlowPut::from_flow`]), reusing its buffers: once they
+    /// have grown, nothing is allocated. After an error it holds no flow worth putting.
+    pub fn encode(&mut self, flow: &crate::Flow) -> crate::Result<()> {
+        self.key.clear();
+        crate::encode_key(&flow.key, &mut self.key)?;
+        let mask = self.mask.get_or_insert_with(Vec::new);
+        mask.clear();
+        crate::encode_key(&flow.mask, mask)?;
+        self.actions.clear();
+        crate::encode_actions(&flow.actions, &mut self.actions)?;
+        self.ufid = flow.ufid.map(ufid_bytes);
+        self.clear = false;
+        Ok(())
     }
 }
 
@@ -362,16 +367,18 @@ impl FlowEntry {
 }
 
 /// Why a packet came up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum UpcallKind {
     /// `OVS_PACKET_CMD_MISS`: no flow matched.
+    #[default]
     Miss,
     /// `OVS_PACKET_CMD_ACTION`: a flow's `userspace` action sent it.
     Action,
 }
 
-/// One upcall.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One upcall. A receiver that decodes each upcall into the same value
+/// ([`parse_upcall_into`]) reuses its buffers and allocates nothing once they are grown.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Upcall {
     /// Miss or action.
     pub kind: UpcallKind,
@@ -544,7 +551,15 @@ pub fn parse_flow(payload: &[u8]) -> Result<FlowEntry> {
 
 /// Decodes an upcall: an `ovs_packet` message of command `cmd` (miss or action).
 pub fn parse_upcall(cmd: u8, payload: &[u8]) -> Result<Upcall> {
-    let kind = match cmd {
+    let mut u = Upcall::default();
+    parse_upcall_into(cmd, payload, &mut u)?;
+    Ok(u)
+}
+
+/// [`parse_upcall`] into `u`, whose buffers are cleared and reused. After an error `u` holds
+/// no upcall worth reading.
+pub fn parse_upcall_into(cmd: u8, payload: &[u8], u: &mut Upcall) -> Result<()> {
+    u.kind = match cmd {
         cmd::PACKET_MISS => UpcallKind::Miss,
         cmd::PACKET_ACTION => UpcallKind::Action,
         c => {
@@ -560,23 +575,36 @@ pub fn parse_upcall(cmd: u8, payload: &[u8]) -> Result<Upcall> {
         .ok_or_else(|| Error::missing("OVS_PACKET_ATTR_KEY", "upcall"))?;
     let pkt = t[usize::from(packet::PACKET)]
         .ok_or_else(|| Error::missing("OVS_PACKET_ATTR_PACKET", "upcall"))?;
-    Ok(Upcall {
-        kind,
-        dp_ifindex,
-        key: key.to_vec(),
-        packet: pkt.to_vec(),
-        userdata: t[usize::from(packet::USERDATA)].map(<[u8]>::to_vec),
-        egress_tun_key: t[usize::from(packet::EGRESS_TUN_KEY)].map(<[u8]>::to_vec),
-        mru: t[usize::from(packet::MRU)]
-            .map(|d| nla::get_u16("OVS_PACKET_ATTR_MRU", d))
-            .transpose()?,
-        orig_len: t[usize::from(packet::LEN)]
-            .map(|d| nla::get_u32("OVS_PACKET_ATTR_LEN", d))
-            .transpose()?,
-        hash: t[usize::from(packet::HASH)]
-            .map(|d| nla::get_u64("OVS_PACKET_ATTR_HASH", d))
-            .transpose()?,
-    })
+    u.dp_ifindex = dp_ifindex;
+    refill(&mut u.key, key);
+    refill(&mut u.packet, pkt);
+    refill_opt(&mut u.userdata, t[usize::from(packet::USERDATA)]);
+    refill_opt(
+        &mut u.egress_tun_key,
+        t[usize::from(packet::EGRESS_TUN_KEY)],
+    );
+    u.mru = t[usize::from(packet::MRU)]
+        .map(|d| nla::get_u16("OVS_PACKET_ATTR_MRU", d))
+        .transpose()?;
+    u.orig_len = t[usize::from(packet::LEN)]
+        .map(|d| nla::get_u32("OVS_PACKET_ATTR_LEN", d))
+        .transpose()?;
+    u.hash = t[usize::from(packet::HASH)]
+        .map(|d| nla::get_u64("OVS_PACKET_ATTR_HASH", d))
+        .transpose()?;
+    Ok(())
+}
+
+fn refill(v: &mut Vec<u8>, d: &[u8]) {
+    v.clear();
+    v.extend_from_slice(d);
+}
+
+fn refill_opt(v: &mut Option<Vec<u8>>, d: Option<&[u8]>) {
+    match d {
+        Some(d) => refill(v.get_or_insert_with(Vec::new), d),
+        None => *v = None,
+    }
 }
 
 /// Appends the `OVS_FLOW_CMD_NEW`/`SET` payload of `f` to `buf` as ovs-vswitchd writes it:

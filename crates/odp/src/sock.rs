@@ -157,27 +157,36 @@ pub struct RawMsg<'a> {
 }
 
 /// Splits a datagram into netlink messages.
-pub fn split_msgs(mut buf: &[u8]) -> Result<Vec<RawMsg<'_>>> {
-    let mut out = Vec::new();
-    while buf.len() >= NLMSG_HDRLEN {
+pub fn split_msgs(buf: &[u8]) -> Result<Vec<RawMsg<'_>>> {
+    msgs(buf).collect()
+}
+
+/// The netlink messages of a datagram, in order, without collecting them; a malformed
+/// header ends the iteration with an error.
+pub fn msgs(mut buf: &[u8]) -> impl Iterator<Item = Result<RawMsg<'_>>> {
+    std::iter::from_fn(move || {
+        if buf.len() < NLMSG_HDRLEN {
+            return None;
+        }
         let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
         if len < NLMSG_HDRLEN || len > buf.len() {
-            return Err(Error::decode(
+            let err = Error::decode(
                 "nlmsghdr",
                 format!("nlmsg_len {len} with {} bytes left", buf.len()),
-            )
-            .into());
+            );
+            buf = &[];
+            return Some(Err(err.into()));
         }
-        out.push(RawMsg {
+        let m = RawMsg {
             ty: u16::from_ne_bytes([buf[4], buf[5]]),
             flags: u16::from_ne_bytes([buf[6], buf[7]]),
             seq: u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]),
             pid: u32::from_ne_bytes([buf[12], buf[13], buf[14], buf[15]]),
             body: &buf[NLMSG_HDRLEN..len],
-        });
+        };
         buf = &buf[crate::nla::align(len).min(buf.len())..];
-    }
-    Ok(out)
+        Some(Ok(m))
+    })
 }
 
 impl<'a> RawMsg<'a> {

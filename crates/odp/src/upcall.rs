@@ -9,12 +9,12 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::families::OvsFamilies;
-use crate::sock::{self, GenlSocket, RawMsg, SockError};
+use crate::sock::{self, GenlSocket, SockError};
 
 /// The result type of this module.
 pub type Result<T, E = SockError> = std::result::Result<T, E>;
 
-pub use crate::msg::{Upcall, UpcallKind, parse_upcall};
+pub use crate::msg::{Upcall, UpcallKind, parse_upcall, parse_upcall_into};
 
 /// A socket that receives upcalls. Register [`UpcallSocket::pid`] with
 /// [`crate::dpif::Dpif::dp_create`], [`crate::dpif::Dpif::dp_set_upcall_pids`] or
@@ -73,7 +73,8 @@ impl UpcallSocket {
             }
             Err(e) => return Err(e),
         };
-        first_upcall(fam, buf)
+        let mut u = Upcall::default();
+        Ok(first_upcall(fam, buf, &mut u)?.then_some(u))
     }
 
     /// The next upcall if one is already queued, without waiting.
@@ -83,36 +84,45 @@ impl UpcallSocket {
 
     /// Waits up to `timeout` for the next upcall; `Ok(None)` when none came.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Upcall>> {
+        let mut u = Upcall::default();
+        Ok(self.recv_timeout_into(timeout, &mut u)?.then_some(u))
+    }
+
+    /// [`UpcallSocket::recv_timeout`] into `u`, whose buffers are reused: a handler that
+    /// receives into the same values allocates nothing per upcall once they have grown.
+    /// `Ok(false)` when none came.
+    pub fn recv_timeout_into(&mut self, timeout: Duration, u: &mut Upcall) -> Result<bool> {
         let deadline = Instant::now() + timeout;
         loop {
             let fam = self.packet_family;
             let buf = match self.sock.recv_raw_until(deadline) {
                 Ok(Some(b)) => b,
-                Ok(None) => return Ok(None),
+                Ok(None) => return Ok(false),
                 Err(e) if is_overrun(&e) => {
                     self.overruns += 1;
                     continue;
                 }
                 Err(e) => return Err(e),
             };
-            if let Some(u) = first_upcall(fam, buf)? {
-                return Ok(Some(u));
+            if first_upcall(fam, buf, u)? {
+                return Ok(true);
             }
         }
     }
 }
 
-/// The first message of family `fam` in a datagram, decoded as an upcall.
-fn first_upcall(fam: u16, buf: &[u8]) -> Result<Option<Upcall>> {
-    match sock::split_msgs(buf)?.iter().find(|m| m.ty == fam) {
-        Some(m) => decode(m).map(Some),
-        None => Ok(None),
+/// Decodes the first message of family `fam` in a datagram into `u`; false when the
+/// datagram holds none.
+fn first_upcall(fam: u16, buf: &[u8], u: &mut Upcall) -> Result<bool> {
+    for m in sock::msgs(buf) {
+        let m = m?;
+        if m.ty == fam {
+            let (cmd, payload) = m.genl()?;
+            parse_upcall_into(cmd, payload, u)?;
+            return Ok(true);
+        }
     }
-}
-
-fn decode(m: &RawMsg<'_>) -> Result<Upcall> {
-    let (cmd, payload) = m.genl()?;
-    Ok(parse_upcall(cmd, payload)?)
+    Ok(false)
 }
 
 impl AsRawFd for UpcallSocket {
