@@ -65,6 +65,8 @@ pub struct Handler {
     installs: Vec<Installed>,
     /// The batch's packets to execute, as ranges of `bytes`.
     execs: Vec<Exec>,
+    /// What the kernel answered each put, then each execute, of the batch.
+    outcomes: Vec<odp::dpif::Outcome>,
     /// The batch's encoded actions and generated packets, back to back: one buffer reused
     /// from batch to batch, so that queuing a packet allocates nothing once it has grown.
     bytes: Vec<u8>,
@@ -97,6 +99,7 @@ impl Handler {
             n_puts: 0,
             installs: Vec::with_capacity(MAX_BATCH),
             execs: Vec::with_capacity(MAX_BATCH),
+            outcomes: Vec::with_capacity(2 * MAX_BATCH),
             bytes: Vec::with_capacity(MAX_BATCH * 256),
         }
     }
@@ -152,25 +155,26 @@ impl Handler {
             return;
         }
         let m = &self.ctx.metrics;
-        let executes: Vec<odp::dpif::Execute<'_>> = self
-            .execs
-            .iter()
-            .map(|e| {
-                let u = &batch[e.upcall];
-                let packet = match &e.packet {
-                    Some(r) => &self.bytes[r.clone()],
-                    None => &u.packet,
-                };
-                (packet, u.key.as_slice(), &self.bytes[e.actions.clone()])
-            })
-            .collect();
-        let (put_results, exec_results) = match self.dp.put_and_execute(
+        let (execs, bytes) = (&self.execs, &self.bytes);
+        let exec = |i: usize| {
+            let e = &execs[i];
+            let u = &batch[e.upcall];
+            let packet = match &e.packet {
+                Some(r) => &bytes[r.clone()],
+                None => &u.packet[..],
+            };
+            (packet, &u.key[..], &bytes[e.actions.clone()])
+        };
+        self.outcomes.clear();
+        match self.dp.put_and_execute_into(
             self.ctx.dp_ifindex,
             &self.puts[..self.n_puts],
             PutMode::Create,
-            &executes,
+            execs.len(),
+            exec,
+            &mut self.outcomes,
         ) {
-            Ok(r) => r,
+            Ok(()) => {}
             Err(e) => {
                 // Nothing of the batch is known to have reached the kernel.
                 m.datapath_errors.inc();
@@ -178,7 +182,8 @@ impl Handler {
                 return;
             }
         };
-        for (r, inst) in put_results.into_iter().zip(self.installs.drain(..)) {
+        let (put_results, exec_results) = self.outcomes.split_at(self.n_puts);
+        for (&r, inst) in put_results.iter().zip(self.installs.drain(..)) {
             match r {
                 Ok(()) => {
                     m.flows_installed.inc();
@@ -193,7 +198,7 @@ impl Handler {
             }
         }
         for r in exec_results {
-            if let Err(errno) = r {
+            if let Err(errno) = *r {
                 m.datapath_errors.inc();
                 debug!(errno, "execute refused");
             }

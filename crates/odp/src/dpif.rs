@@ -7,7 +7,10 @@
 use crate::families::{self, OvsFamilies};
 use crate::msg::{self, cmd, ovs_header, parse_dp, parse_flow, parse_vport};
 use crate::nla::{self, dp, vport};
-use crate::sock::{GenlMsg, GenlSocket, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, Req, SockError};
+pub use crate::sock::Outcome;
+use crate::sock::{
+    GenlMsg, GenlSocket, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, ReqHeader, ReqOut, SockError,
+};
 
 /// The result type of this module.
 pub type Result<T, E = SockError> = std::result::Result<T, E>;
@@ -329,33 +332,11 @@ impl Dpif {
         dp_ifindex: i32,
         flows: &[FlowPut],
         mode: PutMode,
-    ) -> Result<Vec<Result<(), i32>>> {
-        let reqs: Vec<Req> = flows
-            .iter()
-            .map(|f| self.put_req(dp_ifindex, f, mode))
-            .collect::<Result<_>>()?;
-        self.sock.batch(&reqs)
-    }
-
-    fn put_req(&self, dp_ifindex: i32, f: &FlowPut, mode: PutMode) -> Result<Req> {
-        let (cmd, flags) = Self::put_cmd(mode);
-        Ok(Req {
-            family: self.fam.flow.id,
-            version: families::flow::VERSION,
-            cmd,
-            flags,
-            payload: Self::flow_payload(dp_ifindex, f)?,
-        })
-    }
-
-    fn execute_req(&self, dp_ifindex: i32, (pkt, key, actions): Execute<'_>) -> Result<Req> {
-        Ok(Req {
-            family: self.fam.packet.id,
-            version: families::packet::VERSION,
-            cmd: cmd::PACKET_EXECUTE,
-            flags: 0,
-            payload: Self::execute_payload(dp_ifindex, pkt, key, actions)?,
-        })
+    ) -> Result<Vec<Outcome>> {
+        let mut results = Vec::with_capacity(flows.len());
+        let none: Execute<'_> = (&[], &[], &[]);
+        self.put_and_execute_into(dp_ifindex, flows, mode, 0, |_| none, &mut results)?;
+        Ok(results)
     }
 
     /// Installs `puts`, then executes `executes`, all in one exchange with the kernel (as
@@ -368,16 +349,66 @@ impl Dpif {
         mode: PutMode,
         executes: &[Execute<'_>],
     ) -> Result<(Vec<Outcome>, Vec<Outcome>)> {
-        let mut reqs = Vec::with_capacity(puts.len() + executes.len());
-        for f in puts {
-            reqs.push(self.put_req(dp_ifindex, f, mode)?);
-        }
-        for e in executes {
-            reqs.push(self.execute_req(dp_ifindex, *e)?);
-        }
-        let mut results = self.sock.batch(&reqs)?;
+        let mut results = Vec::with_capacity(puts.len() + executes.len());
+        self.put_and_execute_into(
+            dp_ifindex,
+            puts,
+            mode,
+            executes.len(),
+            |i| executes[i],
+            &mut results,
+        )?;
         let executed = results.split_off(puts.len());
         Ok((results, executed))
+    }
+
+    /// [`Dpif::put_and_execute`] of `n_exec` packets, packet `i` being `exec(i)`, the
+    /// outcomes appended to `results` (the puts', then the packets'). Each request is written
+    /// straight into the socket's buffer: nothing is allocated once the buffers and `results`
+    /// have grown.
+    pub fn put_and_execute_into<'a>(
+        &mut self,
+        dp_ifindex: i32,
+        puts: &[FlowPut],
+        mode: PutMode,
+        n_exec: usize,
+        exec: impl Fn(usize) -> Execute<'a>,
+        results: &mut Vec<Outcome>,
+    ) -> Result<()> {
+        let put = self.put_header(mode);
+        let execute = self.execute_header();
+        self.sock.batch_with(
+            puts.len() + n_exec,
+            |i, o: ReqOut<'_>| match puts.get(i) {
+                Some(f) => o.put(put, |b| msg::flow_put_payload(dp_ifindex, f, b)),
+                None => {
+                    let (pkt, key, actions) = exec(i - puts.len());
+                    o.put(execute, |b| {
+                        msg::execute_payload(dp_ifindex, pkt, key, actions, b)
+                    })
+                }
+            },
+            results,
+        )
+    }
+
+    fn put_header(&self, mode: PutMode) -> ReqHeader {
+        let (cmd, flags) = Self::put_cmd(mode);
+        ReqHeader {
+            family: self.fam.flow.id,
+            version: families::flow::VERSION,
+            cmd,
+            flags,
+        }
+    }
+
+    fn execute_header(&self) -> ReqHeader {
+        ReqHeader {
+            family: self.fam.packet.id,
+            version: families::packet::VERSION,
+            cmd: cmd::PACKET_EXECUTE,
+            flags: 0,
+        }
     }
 
     fn flow_id_payload(dp_ifindex: i32, id: &FlowId) -> Result<Vec<u8>> {
@@ -417,24 +448,20 @@ impl Dpif {
     }
 
     /// Deletes many flows on this socket; one result per flow, in order.
-    pub fn flow_del_batch(
-        &mut self,
-        dp_ifindex: i32,
-        ids: &[FlowId],
-    ) -> Result<Vec<Result<(), i32>>> {
-        let reqs: Vec<Req> = ids
-            .iter()
-            .map(|id| {
-                Ok(Req {
-                    family: self.fam.flow.id,
-                    version: families::flow::VERSION,
-                    cmd: cmd::DEL,
-                    flags: 0,
-                    payload: Self::flow_id_payload(dp_ifindex, id)?,
-                })
-            })
-            .collect::<Result<_>>()?;
-        self.sock.batch(&reqs)
+    pub fn flow_del_batch(&mut self, dp_ifindex: i32, ids: &[FlowId]) -> Result<Vec<Outcome>> {
+        let del = ReqHeader {
+            family: self.fam.flow.id,
+            version: families::flow::VERSION,
+            cmd: cmd::DEL,
+            flags: 0,
+        };
+        let mut results = Vec::with_capacity(ids.len());
+        self.sock.batch_with(
+            ids.len(),
+            |i, o| o.put(del, |b| msg::flow_id_payload(dp_ifindex, &ids[i], b)),
+            &mut results,
+        )?;
+        Ok(results)
     }
 
     /// Every flow of a datapath.
@@ -499,21 +526,19 @@ impl Dpif {
     }
 
     /// Executes many packets on this socket; one result per packet.
-    pub fn execute_batch(
-        &mut self,
-        dp_ifindex: i32,
-        ops: &[Execute<'_>],
-    ) -> Result<Vec<Result<(), i32>>> {
-        let reqs: Vec<Req> = ops
-            .iter()
-            .map(|e| self.execute_req(dp_ifindex, *e))
-            .collect::<Result<_>>()?;
-        self.sock.batch(&reqs)
+    pub fn execute_batch(&mut self, dp_ifindex: i32, ops: &[Execute<'_>]) -> Result<Vec<Outcome>> {
+        let mut results = Vec::with_capacity(ops.len());
+        self.put_and_execute_into(
+            dp_ifindex,
+            &[],
+            PutMode::Create,
+            ops.len(),
+            |i| ops[i],
+            &mut results,
+        )?;
+        Ok(results)
     }
 }
-
-/// What the kernel answered one request of a batch: `Err(errno)` when it refused it.
-pub type Outcome = std::result::Result<(), i32>;
 
 /// A packet to execute: (packet, key with its metadata, encoded actions), as
 /// [`Dpif::execute`] takes them.

@@ -234,31 +234,91 @@ pub fn put_genl_msg(
     version: u8,
     payload: &[u8],
 ) {
-    let len = NLMSG_HDRLEN + GENL_HDRLEN + payload.len();
-    out.extend_from_slice(&(len as u32).to_ne_bytes());
-    out.extend_from_slice(&family.to_ne_bytes());
-    out.extend_from_slice(&(flags | NLM_F_REQUEST).to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes());
-    out.extend_from_slice(&[cmd, version, 0, 0]);
-    out.extend_from_slice(payload);
-    out.resize(crate::nla::align(out.len()), 0);
+    let h = ReqHeader {
+        family,
+        version,
+        cmd,
+        flags,
+    };
+    // Copying bytes cannot fail, and the length is checked when the socket sends.
+    let _ = put_genl_msg_with(out, h, seq, |b| {
+        b.extend_from_slice(payload);
+        Ok(())
+    });
 }
 
-/// One request of a [`GenlSocket::batch`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Req {
+/// Appends a whole generic netlink request to `out` whose payload `payload` writes in place.
+/// On an error (the payload's, or a message longer than netlink allows) `out` is left as it
+/// was.
+pub fn put_genl_msg_with(
+    out: &mut Vec<u8>,
+    h: ReqHeader,
+    seq: u32,
+    payload: impl FnOnce(&mut Vec<u8>) -> crate::Result<()>,
+) -> Result<()> {
+    let start = out.len();
+    out.extend_from_slice(&0u32.to_ne_bytes());
+    out.extend_from_slice(&h.family.to_ne_bytes());
+    out.extend_from_slice(&(h.flags | NLM_F_REQUEST).to_ne_bytes());
+    out.extend_from_slice(&seq.to_ne_bytes());
+    out.extend_from_slice(&0u32.to_ne_bytes());
+    out.extend_from_slice(&[h.cmd, h.version, 0, 0]);
+    if let Err(e) = payload(out) {
+        out.truncate(start);
+        return Err(e.into());
+    }
+    let Ok(len) = u32::try_from(out.len() - start) else {
+        let n = out.len() - start;
+        out.truncate(start);
+        return Err(Error::Encode {
+            attr: "nlmsghdr",
+            reason: format!("a message of {n} bytes"),
+        }
+        .into());
+    };
+    out[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+    out.resize(crate::nla::align(out.len()), 0);
+    Ok(())
+}
+
+/// What precedes a request's payload: its family, version, command and flags (besides
+/// `NLM_F_REQUEST`, and `NLM_F_ACK`, which a batch adds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReqHeader {
     /// The generic netlink family id.
     pub family: u16,
     /// The family's version.
     pub version: u8,
     /// The command.
     pub cmd: u8,
-    /// Netlink flags besides `NLM_F_REQUEST` and `NLM_F_ACK`.
+    /// Netlink flags.
     pub flags: u16,
-    /// The attributes after the family header.
-    pub payload: Vec<u8>,
 }
+
+/// Where a request of [`GenlSocket::batch_with`] is written.
+#[derive(Debug)]
+pub struct ReqOut<'a> {
+    out: &'a mut Vec<u8>,
+    seq: u32,
+}
+
+impl ReqOut<'_> {
+    /// Appends the request: `h`, with `NLM_F_ACK`, then the payload `payload` writes.
+    pub fn put(
+        self,
+        h: ReqHeader,
+        payload: impl FnOnce(&mut Vec<u8>) -> crate::Result<()>,
+    ) -> Result<()> {
+        let h = ReqHeader {
+            flags: h.flags | NLM_F_ACK,
+            ..h
+        };
+        put_genl_msg_with(self.out, h, self.seq, payload)
+    }
+}
+
+/// What the kernel answered one request of a batch: `Err(errno)` when it refused it.
+pub type Outcome = std::result::Result<(), i32>;
 
 /// A generic netlink socket with its own sequence numbers and receive buffer.
 ///
@@ -268,6 +328,10 @@ pub struct GenlSocket {
     pid: u32,
     seq: u32,
     buf: Vec<u8>,
+    /// The requests of a batch being sent, and their outcomes as they come: kept from batch
+    /// to batch so that a batch allocates nothing once they have grown.
+    out: Vec<u8>,
+    got: Vec<Option<Outcome>>,
 }
 
 impl std::fmt::Debug for GenlSocket {
@@ -296,6 +360,8 @@ impl GenlSocket {
             pid,
             seq: 1,
             buf: vec![0; RECV_BUF_LEN],
+            out: Vec::new(),
+            got: Vec::new(),
         })
     }
 
@@ -496,34 +562,55 @@ impl GenlSocket {
         }
     }
 
-    /// Sends many requests, of one family or several, [`BATCH_MAX`] per `send`, each with
-    /// `NLM_F_ACK`, and collects one result per request in order: `Ok(())` or the kernel's
-    /// error. The kernel handles them in order. Replies (when a command produces one) are
-    /// discarded.
-    pub fn batch(&mut self, reqs: &[Req]) -> Result<Vec<Result<(), i32>>> {
-        let mut results = Vec::with_capacity(reqs.len());
-        let mut out = Vec::new();
-        for chunk in reqs.chunks(BATCH_MAX) {
+    /// Sends `n` requests, of one family or several, [`BATCH_MAX`] per `send`, each with
+    /// `NLM_F_ACK` and written in place by `write(i, ..)`, and appends one outcome per request
+    /// to `results`, in order: `Ok(())` or the kernel's error. The kernel handles them in
+    /// order. Replies (when a command produces one) are discarded. Nothing is allocated once
+    /// the socket's buffers and `results` have grown.
+    pub fn batch_with(
+        &mut self,
+        n: usize,
+        mut write: impl FnMut(usize, ReqOut<'_>) -> Result<()>,
+        results: &mut Vec<Outcome>,
+    ) -> Result<()> {
+        let mut out = std::mem::take(&mut self.out);
+        let mut got = std::mem::take(&mut self.got);
+        let r = self.batch_chunks(n, &mut write, &mut out, &mut got, results);
+        self.out = out;
+        self.got = got;
+        r
+    }
+
+    fn batch_chunks(
+        &mut self,
+        n: usize,
+        write: &mut impl FnMut(usize, ReqOut<'_>) -> Result<()>,
+        out: &mut Vec<u8>,
+        got: &mut Vec<Option<Outcome>>,
+        results: &mut Vec<Outcome>,
+    ) -> Result<()> {
+        for chunk in (0..n).step_by(BATCH_MAX) {
+            let end = (chunk + BATCH_MAX).min(n);
             out.clear();
             let first = self.seq.wrapping_add(1);
-            for r in chunk {
+            for i in chunk..end {
                 let seq = self.next_seq();
-                put_genl_msg(
-                    &mut out,
-                    r.family,
-                    r.flags | NLM_F_ACK,
-                    seq,
-                    r.cmd,
-                    r.version,
-                    &r.payload,
-                );
+                write(
+                    i,
+                    ReqOut {
+                        out: &mut *out,
+                        seq,
+                    },
+                )?;
             }
-            self.send_raw(&out)?;
-            let mut got: Vec<Option<Result<(), i32>>> = vec![None; chunk.len()];
-            let mut pending = chunk.len();
+            self.send_raw(out)?;
+            got.clear();
+            got.resize(end - chunk, None);
+            let mut pending = end - chunk;
             while pending > 0 {
                 let buf = self.recv_raw()?;
-                for m in split_msgs(buf)? {
+                for m in msgs(buf) {
+                    let m = m?;
                     if m.ty != NLMSG_ERROR {
                         continue;
                     }
@@ -538,9 +625,9 @@ impl GenlSocket {
                     }
                 }
             }
-            results.extend(got.into_iter().map(|r| r.unwrap_or(Err(libc::EIO))));
+            results.extend(got.iter().map(|r| r.unwrap_or(Err(libc::EIO))));
         }
-        Ok(results)
+        Ok(())
     }
 }
 
