@@ -25,7 +25,9 @@ use crate::tags::TagIndex;
 /// How many recent invalidations the manager remembers for late install reports.
 const INVALIDATION_LOG: usize = 4096;
 
-/// A flow a handler installed (or the agent adopted on restart).
+/// A flow a handler installed (or the agent adopted on restart): what the manager needs to
+/// invalidate, expire and show it. The flow itself is read back from the kernel when it is
+/// shown.
 #[derive(Debug, Clone)]
 pub struct Installed {
     pub ufid: u128,
@@ -33,8 +35,6 @@ pub struct Installed {
     pub tags: Vec<Tag>,
     /// The topology generation it was simulated against.
     pub generation: u64,
-    /// The flow as installed (for display).
-    pub flow: odp::Flow,
     /// The simulation trace, if kept.
     pub trace: String,
 }
@@ -43,7 +43,7 @@ pub struct Installed {
 #[derive(Debug)]
 pub enum FlowEvent {
     /// A flow is in the kernel.
-    Installed(Box<Installed>),
+    Installed(Installed),
     /// Topology generation `generation` is in use; delete the flows it invalidates.
     Invalidate {
         generation: u64,
@@ -63,7 +63,6 @@ pub enum FlowEvent {
 struct Record {
     kind: FlowKind,
     generation: u64,
-    flow: odp::Flow,
     trace: String,
 }
 
@@ -145,7 +144,7 @@ impl FlowManager {
 
     fn handle(&mut self, ev: FlowEvent) {
         match ev {
-            FlowEvent::Installed(f) => self.installed(*f),
+            FlowEvent::Installed(f) => self.installed(f),
             FlowEvent::Invalidate {
                 generation,
                 tags,
@@ -184,7 +183,6 @@ impl FlowManager {
             Record {
                 kind: f.kind,
                 generation: f.generation,
-                flow: f.flow,
                 trace: f.trace,
             },
         );
@@ -313,12 +311,10 @@ impl FlowManager {
             .records
             .iter()
             .map(|(u, r)| {
-                let flow = match stats.get(u) {
-                    Some(e) => match e.to_flow(now) {
-                        Ok(f) => e.dump_line(&f, false),
-                        Err(_) => r.flow.to_string(),
-                    },
-                    None => r.flow.to_string(),
+                let flow = match stats.get(u).map(|e| (e, e.to_flow(now))) {
+                    Some((e, Ok(f))) => e.dump_line(&f, false),
+                    Some((_, Err(e))) => format!("(undecodable: {e})"),
+                    None => "(not in the datapath)".into(),
                 };
                 FlowInfo {
                     ufid: ufid_text(*u),
@@ -381,7 +377,7 @@ pub fn now_ms() -> u64 {
 
 /// A tracked UFID as `ovs-dpctl dump-flows -m` prints it: the table's number is the one
 /// the kernel's bytes stand for ([`odp::msg::ufid_bytes`]).
-fn ufid_text(u: u128) -> String {
+pub(crate) fn ufid_text(u: u128) -> String {
     let mut s = String::new();
     odp::text::format_ufid(&mut s, u);
     s

@@ -63,6 +63,8 @@ pub struct Handler {
     puts: Vec<FlowPut>,
     n_puts: usize,
     installs: Vec<Installed>,
+    /// The megaflow being put, built in place upcall after upcall.
+    megaflow: odp::Flow,
     /// The batch's packets to execute, as ranges of `bytes`.
     execs: Vec<Exec>,
     /// What the kernel answered each put, then each execute, of the batch.
@@ -98,6 +100,7 @@ impl Handler {
             puts: Vec::with_capacity(MAX_BATCH),
             n_puts: 0,
             installs: Vec::with_capacity(MAX_BATCH),
+            megaflow: odp::Flow::default(),
             execs: Vec::with_capacity(MAX_BATCH),
             outcomes: Vec::with_capacity(2 * MAX_BATCH),
             bytes: Vec::with_capacity(MAX_BATCH * 256),
@@ -187,13 +190,13 @@ impl Handler {
             match r {
                 Ok(()) => {
                     m.flows_installed.inc();
-                    let _ = self.ctx.flows.send(FlowEvent::Installed(Box::new(inst)));
+                    let _ = self.ctx.flows.send(FlowEvent::Installed(inst));
                 }
                 // Another handler installed the same megaflow first.
                 Err(EEXIST) => {}
                 Err(errno) => {
                     m.datapath_errors.inc();
-                    warn!(errno, flow = %inst.flow, "the kernel refused a flow");
+                    warn!(errno, ufid = %crate::flows::ufid_text(inst.ufid), "the kernel refused a flow");
                 }
             }
         }
@@ -253,7 +256,8 @@ impl Handler {
             m.tunnel_drops.inc();
         }
         if s.install {
-            let flow = install::megaflow(&key, &fields, s);
+            let flow = &mut self.megaflow;
+            install::megaflow_into(&key, &fields, s, flow);
             let ufid = flow.ufid.unwrap_or_default();
             // Two upcalls of one batch can be for the same megaflow: it is put once.
             let queued = self
@@ -263,7 +267,7 @@ impl Handler {
             if self.n_puts == self.puts.len() {
                 self.puts.push(FlowPut::default());
             }
-            match self.puts[self.n_puts].encode(&flow) {
+            match self.puts[self.n_puts].encode(flow) {
                 Ok(()) if queued => {}
                 Ok(()) => {
                     let kind = if in_port == snap.topo.tunnel_port() {
@@ -279,7 +283,6 @@ impl Handler {
                         kind,
                         tags: s.tags.clone(),
                         generation: snap.generation,
-                        flow,
                         trace: s.trace.clone(),
                     });
                 }

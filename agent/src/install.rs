@@ -15,13 +15,23 @@ use sim::{Fields, Simulation};
 /// from the masked key and the mask, so every packet that the megaflow covers names the same
 /// flow.
 pub fn megaflow(upcall_key: &odp::FlowKey, fields: &Fields, sim: &Simulation) -> odp::Flow {
-    odp::Flow {
-        key: upcall_key.clone(),
-        mask: sim.mask.clone(),
-        actions: sim.actions.clone(),
-        ufid: Some(ufid(fields, sim)),
-        stats: odp::FlowStats::default(),
-    }
+    let mut flow = odp::Flow::default();
+    megaflow_into(upcall_key, fields, sim, &mut flow);
+    flow
+}
+
+/// [`megaflow`] into `flow`, reusing its action list: nothing is allocated once it has grown.
+pub fn megaflow_into(
+    upcall_key: &odp::FlowKey,
+    fields: &Fields,
+    sim: &Simulation,
+    flow: &mut odp::Flow,
+) {
+    flow.key.clone_from(upcall_key);
+    flow.mask.clone_from(&sim.mask);
+    flow.actions.clone_from(&sim.actions);
+    flow.ufid = Some(ufid(fields, sim));
+    flow.stats = odp::FlowStats::default();
 }
 
 /// The UFID of the megaflow of packet `fields`: a stable 128-bit hash of the masked key (as

@@ -38,8 +38,7 @@ pub fn check(e: &FlowEntry, snap: &TopoSnap, sim: &mut Simulation) -> Option<Ins
     if !sim.install || sim.actions != actions {
         return None;
     }
-    let flow = install::megaflow(&key, &fields, sim);
-    if flow.ufid != Some(ufid) {
+    if install::ufid(&fields, sim) != ufid {
         return None;
     }
     let kind = if key.in_port == Some(snap.topo.tunnel_port()) {
@@ -54,7 +53,6 @@ pub fn check(e: &FlowEntry, snap: &TopoSnap, sim: &mut Simulation) -> Option<Ins
         kind,
         tags: sim.tags.clone(),
         generation: snap.generation,
-        flow,
         trace: sim.trace.clone(),
     })
 }
