@@ -107,8 +107,7 @@ pub struct Model {
 }
 
 /// The four weft.dev kinds, as `kubectl get` takes them.
-const WEFT_KINDS: &str =
-    "virtualbridges.weft.dev,virtualrouters.weft.dev,virtualloadbalancers.weft.dev,accesscontrollists.weft.dev";
+const WEFT_KINDS: &str = "virtualbridges.weft.dev,virtualrouters.weft.dev,virtualloadbalancers.weft.dev,accesscontrollists.weft.dev";
 
 /// The Kuryr side of a three-host cluster named `name`: the CRDs and the operator's Lease
 /// namespace on the host's API server, the agents watching it (through the forwarder) with
