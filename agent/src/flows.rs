@@ -32,14 +32,53 @@ const INVALIDATION_LOG: usize = 4096;
 pub struct Installed {
     pub ufid: u128,
     pub kind: FlowKind,
-    pub tags: Vec<Tag>,
+    pub tags: FlowTags,
     /// The topology generation it was simulated against.
     pub generation: u64,
     /// The simulation trace, if kept.
     pub trace: String,
 }
 
+/// How many tags a report carries without allocating: more than a flow through a router, its
+/// ACL chains and a load balancer collects.
+pub const INLINE_TAGS: usize = 24;
+
+/// The tags of a reported flow: inline up to [`INLINE_TAGS`], so that reporting a flow
+/// allocates nothing, and on the heap beyond.
+#[derive(Debug, Clone)]
+pub enum FlowTags {
+    /// The first `.0` of the array.
+    Inline(usize, [Tag; INLINE_TAGS]),
+    /// More than fit inline.
+    Heap(Vec<Tag>),
+}
+
+impl From<&[Tag]> for FlowTags {
+    fn from(tags: &[Tag]) -> Self {
+        if tags.len() <= INLINE_TAGS {
+            let mut a = [Tag(0); INLINE_TAGS];
+            a[..tags.len()].copy_from_slice(tags);
+            FlowTags::Inline(tags.len(), a)
+        } else {
+            FlowTags::Heap(tags.to_vec())
+        }
+    }
+}
+
+impl std::ops::Deref for FlowTags {
+    type Target = [Tag];
+    fn deref(&self) -> &[Tag] {
+        match self {
+            FlowTags::Inline(n, a) => &a[..*n],
+            FlowTags::Heap(v) => v,
+        }
+    }
+}
+
 /// What the manager is told.
+// `Installed` is the event of every new flow, and the large one: it is not boxed, so that
+// reporting a flow allocates nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum FlowEvent {
     /// A flow is in the kernel.
@@ -386,6 +425,21 @@ pub(crate) fn ufid_text(u: u128) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flows_tags_are_inline_up_to_the_bound_and_on_the_heap_beyond() {
+        let tags: Vec<Tag> = (0..30).map(|i| Tag::port(&format!("p{i}"))).collect();
+        let few = FlowTags::from(&tags[..3]);
+        assert!(matches!(few, FlowTags::Inline(3, _)));
+        assert_eq!(&*few, &tags[..3]);
+        let full = FlowTags::from(&tags[..INLINE_TAGS]);
+        assert!(matches!(full, FlowTags::Inline(INLINE_TAGS, _)));
+        assert_eq!(&*full, &tags[..INLINE_TAGS]);
+        let many = FlowTags::from(&tags[..]);
+        assert!(matches!(many, FlowTags::Heap(_)));
+        assert_eq!(&*many, &tags[..]);
+        assert!(FlowTags::from(&[][..]).is_empty());
+    }
     use crate::ctl::dpflow;
 
     #[test]

@@ -281,7 +281,7 @@ impl Handler {
                     self.installs.push(Installed {
                         ufid,
                         kind,
-                        tags: s.tags.clone(),
+                        tags: s.tags.as_slice().into(),
                         generation: snap.generation,
                         trace: s.trace.clone(),
                     });

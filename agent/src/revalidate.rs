@@ -51,7 +51,7 @@ pub fn check(e: &FlowEntry, snap: &TopoSnap, sim: &mut Simulation) -> Option<Ins
     Some(Installed {
         ufid,
         kind,
-        tags: sim.tags.clone(),
+        tags: sim.tags.as_slice().into(),
         generation: snap.generation,
         trace: sim.trace.clone(),
     })

@@ -1,7 +1,9 @@
 //! Kernel datapath: the agent's upcall handler and flow manager, on a real datapath with pods
 //! in network namespaces. The flows the simulation produces are accepted by the kernel and
 //! forward pods' traffic across a bridge and across a router; later packets stay in the
-//! kernel; an invalidation deletes exactly the flows carrying its tag.
+//! kernel; an invalidation deletes exactly the flows carrying its tag; and a handler's path
+//! from a miss to its reported flow allocates nothing once warm, bar the report channel's
+//! blocks. The test binary counts heap allocations for that.
 
 mod kernel_support;
 
@@ -28,6 +30,10 @@ use weft_agent::topo::{SharedTopo, TopoSnap};
 
 const DP: &str = "wsim";
 
+/// Counts the process's heap allocations, for the handler's allocation test.
+#[global_allocator]
+static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
+
 fn mac_text(m: [u8; 6]) -> String {
     m.iter()
         .map(|x| format!("{x:02x}"))
@@ -53,14 +59,22 @@ struct Rig {
     _pods: Vec<Netns>,
 }
 
-impl Drop for Rig {
-    fn drop(&mut self) {
+impl Rig {
+    /// Stops the rig's handler and flow manager (and waits for them): a test that handles
+    /// upcalls itself has the datapath alone.
+    fn stop_threads(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         let (tx, _) = std::sync::mpsc::channel();
         self.flows = tx;
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.stop_threads();
         for v in ["wf-p1", "wf-p2", "wf-p4"] {
             let _ = sh_try(&format!("ip link del {v} 2>/dev/null"));
         }
@@ -561,4 +575,113 @@ fn malformed_upcalls_and_unknown_tunnel_keys_are_counted_and_dropped() {
     drop(h);
     r.ping("p1", "10.0.1.12", 2);
     let _ = &mut d;
+}
+
+/// From a miss to its reported flow, a handler allocates nothing once its buffers are warm:
+/// the upcall received into a kept value, its key decoded, the packet simulated, the
+/// megaflow built and encoded in place and put with the packet's execute in one exchange,
+/// and the flow reported with its tags inline. What is left is the report channel's own
+/// block, one per 31 reports.
+#[test]
+#[ignore = "needs the OVS kernel datapath: run by e2e/kernel-tests.sh inside the guest"]
+fn a_handler_allocates_nothing_per_upcall_once_warm() {
+    let mut r = rig();
+    // No other thread of this process runs while a round is counted.
+    r.stop_threads();
+    let mut d = Dpif::open().unwrap();
+    // This test's own socket takes the datapath's upcalls from the rig's handler.
+    let mut up = UpcallSocket::open(d.families()).unwrap();
+    let info = d.dp_get(DP).unwrap();
+    match info.upcall_mode() {
+        odp::dpif::UpcallMode::PerCpu => {
+            d.dp_set_upcall_pids(DP, &[up.pid()]).unwrap();
+        }
+        odp::dpif::UpcallMode::PerVport => {
+            d.vport_set_upcall_pids(r.ifindex, r.b.dp("p1"), &[up.pid()])
+                .unwrap();
+        }
+    }
+    d.flow_flush(r.ifindex).unwrap();
+    // p1 knows p2's MAC: its first packet to p2 is the UDP datagram, not an ARP request.
+    sh(&format!(
+        "ip -n ks-p1 neigh replace 10.0.1.12 lladdr {} dev eth0 nud permanent",
+        mac_text(r.b.mac("p2"))
+    ));
+    in_netns("ks-p1", || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:40000").unwrap();
+        s.send_to(b"weft", "10.0.1.12:9").unwrap();
+    });
+    let mut miss = odp::upcall::Upcall::default();
+    let got = up
+        .recv_timeout_into(Duration::from_secs(10), &mut miss)
+        .unwrap();
+    assert!(got, "no upcall for p1's datagram");
+
+    let metrics = Arc::new(Metrics::new());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut h = Handler::new(
+        up,
+        Dpif::open().unwrap(),
+        HandlerCtx {
+            dp_ifindex: r.ifindex,
+            topo: r.shared.clone(),
+            flows: tx,
+            metrics: metrics.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            limiter: weft_agent::ratelimit::SharedLimiter::new(1_000_000, 1_000_000),
+            trace: false,
+            affinity: Default::default(),
+            batch: 1,
+        },
+    );
+    // Another thread deletes the flow after each round, so that every round puts it and
+    // reports it again; the rendezvous channels allocate nothing per message.
+    let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel::<()>(0);
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<()>(0);
+    let ifindex = r.ifindex;
+    let flusher = std::thread::spawn(move || {
+        let mut d = Dpif::open().unwrap();
+        while flush_rx.recv().is_ok() {
+            d.flow_flush(ifindex).unwrap();
+            done_tx.send(()).unwrap();
+        }
+    });
+    // Handles the upcall and returns the allocations it made, then has the flow deleted.
+    let round = |h: &mut Handler| {
+        let counted = stats_alloc::Region::new(GLOBAL);
+        h.handle(&miss);
+        let c = counted.change();
+        flush_tx.send(()).unwrap();
+        done_rx.recv().unwrap();
+        c.allocations + c.reallocations
+    };
+    for _ in 0..64 {
+        round(&mut h);
+    }
+    const ROUNDS: usize = 620;
+    let n: usize = (0..ROUNDS).map(|_| round(&mut h)).sum();
+    let reports = rx.try_iter().count();
+    eprintln!("kernel_sim: {n} allocations in {ROUNDS} upcalls, {reports} flows reported");
+    let installed = metrics
+        .encode()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("weft_agent_flows_installed_total ")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        })
+        .unwrap_or(0);
+    assert_eq!(
+        installed,
+        64 + ROUNDS,
+        "every round put its flow:\n{}",
+        metrics.encode()
+    );
+    assert_eq!(reports, 64 + ROUNDS, "every round reported its flow");
+    // The unbounded report channel allocates a block of 31 slots per 31 messages.
+    assert!(
+        n <= ROUNDS / 31 + 1,
+        "{n} allocations in {ROUNDS} upcalls: more than the report channel's blocks"
+    );
+    drop(flush_tx);
+    let _ = flusher.join();
 }
