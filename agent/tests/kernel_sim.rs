@@ -60,6 +60,31 @@ struct Rig {
 }
 
 impl Rig {
+    /// A handler of the rig's datapath and topology that the test drives itself: upcalls
+    /// from `up`, one at a time, reports to `flows`, counters in `metrics`, no tracing.
+    fn handler(
+        &self,
+        up: UpcallSocket,
+        flows: Sender<FlowEvent>,
+        metrics: &Arc<Metrics>,
+    ) -> Handler {
+        Handler::new(
+            up,
+            Dpif::open().expect("handler's socket"),
+            HandlerCtx {
+                dp_ifindex: self.ifindex,
+                topo: self.shared.clone(),
+                flows,
+                metrics: metrics.clone(),
+                stop: Arc::new(AtomicBool::new(false)),
+                limiter: weft_agent::ratelimit::SharedLimiter::new(1_000_000, 1_000_000),
+                trace: false,
+                affinity: Default::default(),
+                batch: 1,
+            },
+        )
+    }
+
     /// Stops the rig's handler and flow manager (and waits for them): a test that handles
     /// upcalls itself has the datapath alone.
     fn stop_threads(&mut self) {
@@ -503,21 +528,7 @@ fn malformed_upcalls_and_unknown_tunnel_keys_are_counted_and_dropped() {
     let up = UpcallSocket::open(d.families()).unwrap();
     let metrics = Arc::new(Metrics::new());
     let (tx, _rx) = std::sync::mpsc::channel();
-    let mut h = Handler::new(
-        up,
-        Dpif::open().unwrap(),
-        HandlerCtx {
-            dp_ifindex: r.ifindex,
-            topo: r.shared.clone(),
-            flows: tx,
-            metrics: metrics.clone(),
-            stop: Arc::new(AtomicBool::new(false)),
-            limiter: weft_agent::ratelimit::SharedLimiter::new(1000, 1000),
-            trace: false,
-            affinity: Default::default(),
-            batch: 1,
-        },
-    );
+    let mut h = r.handler(up, tx, &metrics);
     let upcall = |key: Vec<u8>, packet: Vec<u8>| odp::upcall::Upcall {
         kind: odp::upcall::UpcallKind::Miss,
         dp_ifindex: r.ifindex,
@@ -619,21 +630,7 @@ fn a_handler_allocates_nothing_per_upcall_once_warm() {
 
     let metrics = Arc::new(Metrics::new());
     let (tx, rx) = std::sync::mpsc::channel();
-    let mut h = Handler::new(
-        up,
-        Dpif::open().unwrap(),
-        HandlerCtx {
-            dp_ifindex: r.ifindex,
-            topo: r.shared.clone(),
-            flows: tx,
-            metrics: metrics.clone(),
-            stop: Arc::new(AtomicBool::new(false)),
-            limiter: weft_agent::ratelimit::SharedLimiter::new(1_000_000, 1_000_000),
-            trace: false,
-            affinity: Default::default(),
-            batch: 1,
-        },
-    );
+    let mut h = r.handler(up, tx, &metrics);
     // Another thread deletes the flow after each round, so that every round puts it and
     // reports it again; the rendezvous channels allocate nothing per message.
     let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel::<()>(0);
