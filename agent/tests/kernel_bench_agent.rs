@@ -1201,6 +1201,49 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
+/// CPU seconds (user and system) each kind of thread of process `pid` has used so far: the
+/// threads' names with their numbers left out (`weft-handler-3` and `handler12` count as
+/// `weft-handler` and `handler`).
+fn cpu_secs_by_thread(pid: u32) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        panic!("/proc/{pid}/task: the process is gone");
+    };
+    for t in tasks.flatten() {
+        let dir = t.path();
+        // A thread that exits between the listing and the reads is left out.
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue;
+        };
+        let kind = comm
+            .trim()
+            .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
+        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+        *out.entry(kind.to_string()).or_default() += ticks as f64 / 100.0;
+    }
+    out
+}
+
+/// What each kind of thread used between two [`cpu_secs_by_thread`] readings, most first.
+fn thread_cpu_delta(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> Vec<(String, f64)> {
+    let mut d: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect();
+    d.sort_by(|a, b| b.1.total_cmp(&a.1));
+    d
+}
+
 /// A system as [`bench_vip_connections_against_ovs_vswitchd`] drives it: the same client,
 /// VIPs and member servers, behind ovs-vswitchd or weft-agent.
 trait SideSystem {
@@ -1287,6 +1330,8 @@ struct SideRun {
     setup: Blast,
     misses: u64,
     cpu_secs: f64,
+    /// The CPU of [`SideRun::cpu_secs`] by kind of thread, most first.
+    threads: Vec<(String, f64)>,
     fast: Blast,
     /// Round trips of new UDP connections: the first packet and later ones.
     rtt: Rtts,
@@ -1358,9 +1403,17 @@ impl SideRun {
     fn measure(system: &'static str, sys: &dyn SideSystem, z: SideSizes) -> SideRun {
         sys.udp((2000..3000).collect(), z.window);
         let ports: Vec<u16> = (20000..20000 + z.udp).collect();
-        let (m0, c0) = (sys.missed(), cpu_secs(sys.pid()));
+        let (m0, c0, t0) = (
+            sys.missed(),
+            cpu_secs(sys.pid()),
+            cpu_secs_by_thread(sys.pid()),
+        );
         let setup = sys.udp(ports.clone(), z.window);
-        let (m1, c1) = (sys.missed(), cpu_secs(sys.pid()));
+        let (m1, c1, t1) = (
+            sys.missed(),
+            cpu_secs(sys.pid()),
+            cpu_secs_by_thread(sys.pid()),
+        );
         let fast = sys.udp(ports, z.window);
         let table = flow_table_lines(&sys.dpctl("show"));
         let masks = masks_of(&sys.dpctl("dump-flows"));
@@ -1376,6 +1429,7 @@ impl SideRun {
             setup,
             misses: m1 - m0,
             cpu_secs: c1 - c0,
+            threads: thread_cpu_delta(&t0, &t1),
             fast,
             rtt,
             tcp,
@@ -1468,6 +1522,18 @@ fn bench_vip_connections_against_ovs_vswitchd() {
             r.misses as f64 / f64::from(n),
             r.cpu_secs * 1000.0 / f64::from(n),
             r.fast.rate(),
+        );
+    }
+    for r in &runs {
+        let by: Vec<String> = r
+            .threads
+            .iter()
+            .map(|(k, v)| format!("{k} {:.3}", v * 1000.0 / f64::from(n)))
+            .collect();
+        println!(
+            "BENCH {} CPU s per 1,000 UDP connections by thread: {}",
+            r.system,
+            by.join(", ")
         );
     }
     println!(
