@@ -285,7 +285,7 @@ impl FlowManager {
     /// Reads the kernel's `used` times, then deletes flows idle too long and flows nobody
     /// reported for two sweeps.
     fn sweep(&mut self) {
-        let entries = match self.dp.flow_dump(self.ifindex) {
+        let entries = match self.dp.flow_stats_dump(self.ifindex) {
             Ok(e) => e,
             Err(e) => {
                 warn!(error = %e, "flow dump failed; expiry skipped this round");

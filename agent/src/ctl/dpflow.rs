@@ -126,7 +126,7 @@ fn decode(e: &FlowEntry, now_ms: u64) -> Result<Flow> {
 
 /// The kernel's clock, in milliseconds.
 fn now_ms() -> Result<u64> {
-    odp::dpif::monotonic_ms().context("reading /proc/uptime")
+    odp::dpif::monotonic_ms().context("reading the monotonic clock")
 }
 
 /// Parses `ufid:xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (the `ufid:` prefix is optional).

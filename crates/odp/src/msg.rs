@@ -637,6 +637,17 @@ pub fn flow_id_payload(dp_ifindex: i32, id: &FlowId, buf: &mut Vec<u8>) -> Resul
     }
 }
 
+/// Appends an `OVS_FLOW_CMD_GET` dump request's payload to `buf`: the header and, unless
+/// `omit` is 0, the [`ufid_flags`] that leave those parts out of every reply of a flow that
+/// has a UFID (a terse dump, as ovs-vswitchd's revalidators ask for).
+pub fn flow_dump_payload(dp_ifindex: i32, omit: u32, buf: &mut Vec<u8>) -> Result<()> {
+    buf.extend_from_slice(&ovs_header(dp_ifindex));
+    if omit != 0 {
+        Writer::new(buf).u32(flow::UFID_FLAGS, omit)?;
+    }
+    Ok(())
+}
+
 /// Appends the `OVS_PACKET_CMD_EXECUTE` payload to `buf`: the packet, the key with its
 /// metadata and the encoded actions (without `NLA_F_NESTED`, as ovs-vswitchd writes them).
 pub fn execute_payload(

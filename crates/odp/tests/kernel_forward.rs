@@ -125,11 +125,16 @@ fn two_namespaces_ping_through_flows_installed_by_odp() {
     let mut d = Dpif::open().unwrap();
     let p = setup("kfwd", "kf", 1, 0, &mut d);
     let (a, b) = p.ports;
+    // The IPv4 flows carry UFIDs, the ARP flows none.
+    let with_ufid = |mut f: FlowPut, u: u8| {
+        f.ufid = Some([u; 16]);
+        f
+    };
     let flows = vec![
         l2_flow(a, 0x0806, b),
         l2_flow(b, 0x0806, a),
-        l2_flow(a, 0x0800, b),
-        l2_flow(b, 0x0800, a),
+        with_ufid(l2_flow(a, 0x0800, b), 1),
+        with_ufid(l2_flow(b, 0x0800, a), 2),
     ];
     let res = d
         .flow_put_batch(p.ifindex, &flows, PutMode::Create)
@@ -154,6 +159,45 @@ fn two_namespaces_ping_through_flows_installed_by_odp() {
         ipv4_pkts >= 6,
         "3 echo requests and 3 replies went through the ipv4 flows, counted {ipv4_pkts}"
     );
+    // A stats dump leaves out the key, mask and actions of the flows with a UFID, with the
+    // same counters; a flow without one keeps its key, which names it.
+    let terse = d.flow_stats_dump(p.ifindex).unwrap();
+    assert_eq!(terse.len(), 4);
+    for t in &terse {
+        match t.ufid {
+            Some(u) => {
+                assert!(
+                    t.key.is_empty() && t.mask.is_none() && t.actions.is_empty(),
+                    "a stats dump carried more than the UFID and counters: {t:?}"
+                );
+                let full = dumped
+                    .iter()
+                    .find(|f| f.ufid == Some(u))
+                    .expect("same UFID");
+                assert_eq!(
+                    t.stats.packets, full.stats.packets,
+                    "{t:?} against {full:?}"
+                );
+            }
+            None => assert!(
+                !t.key.is_empty() && t.actions.is_empty(),
+                "a flow without a UFID must keep its key only: {t:?}"
+            ),
+        }
+    }
+    assert_eq!(terse.iter().filter(|t| t.ufid.is_some()).count(), 2);
+    // The flows' `used` stamps are on the clock odp reads: the pings were just now.
+    let now = odp::dpif::monotonic_ms().unwrap();
+    for f in dumped.iter().filter(|f| f.ufid.is_some()) {
+        let used = f
+            .stats
+            .used_ms
+            .expect("a flow that forwarded has been used");
+        assert!(
+            used <= now && now - used < 10_000,
+            "used {used} ms against monotonic_ms {now}"
+        );
+    }
     // Creating an existing flow fails; create-or-modify replaces it.
     let again = d
         .flow_put(p.ifindex, &flows[0], PutMode::Create)
