@@ -172,11 +172,14 @@ fn vip_spreads_many_connections_over_backends_on_two_hosts_and_the_client_sees_o
     );
 }
 
-/// The flows of the VIP's bucket stage on `host` (recirculation id 3, one per bucket).
+/// The flows of the VIP's bucket stage on `host` (under the VIP's own recirculation id, one
+/// per bucket).
 fn bucket_flows(c: &Cluster, host: &str) -> usize {
+    let key = sim::Tag::vip_key("web", ip(VIP).into(), 6, VIP_PORT);
+    let id = format!("recirc_id({:#x}),", sim::vip_recirc(key));
     dpctl_flows(c, host)
         .iter()
-        .filter(|f| f.matched.starts_with("recirc_id(0x3)"))
+        .filter(|f| f.matched.starts_with(&id))
         .count()
 }
 

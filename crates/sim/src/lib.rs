@@ -39,5 +39,5 @@ pub use topology::{
 };
 pub use walk::{
     MAX_DEVICES, MAX_JUMPS, MAX_RULE_STEPS, RECIRC_CT, RECIRC_DELIVERY, RECIRC_LB, RECIRC_NAT,
-    simulate, simulate_into,
+    RECIRC_VIP, simulate, simulate_into, vip_recirc,
 };

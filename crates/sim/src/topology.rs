@@ -312,6 +312,9 @@ pub struct Topology {
     pub(crate) nd_table: FxMap<(Idx, u128), ([u8; 6], bool)>,
     pub(crate) vip_index: FxMap<(Idx, u32, u8, u16), Idx>,
     pub(crate) vip6_index: FxMap<(Idx, u128, u8, u16), Idx>,
+    /// VIPs with buckets by their own bucket-stage recirculation id ([`crate::vip_recirc`]),
+    /// for the ids no other such VIP shares.
+    pub(crate) vip_by_recirc: FxMap<u32, Idx>,
     pub(crate) has_global_vips: bool,
     pub(crate) global_nat_ips: PrefixTable<u32, ()>,
     pub(crate) global_nat_ips6: PrefixTable<u128, ()>,
@@ -933,6 +936,20 @@ impl Topology {
                 });
             }
         }
+        // Each VIP with buckets recirculates to its own id, so that its bucket flows need not
+        // name it again; ids that two VIPs share are not used (they take RECIRC_LB).
+        let mut vip_by_recirc: FxMap<u32, Idx> = FxMap::default();
+        let mut shared_ids = std::collections::HashSet::new();
+        for (i, v) in vips.iter().enumerate() {
+            if v.buckets.is_empty() {
+                continue;
+            }
+            let id = crate::walk::vip_recirc(v.bucket_key);
+            if vip_by_recirc.insert(id, i as Idx).is_some() {
+                shared_ids.insert(id);
+            }
+        }
+        vip_by_recirc.retain(|id, _| !shared_ids.contains(id));
         let mut global_ips = Vec::new();
         let mut router_ips: Vec<Vec<(u32, u8, ())>> = routers
             .iter()
@@ -1023,6 +1040,7 @@ impl Topology {
             nd_table,
             vip_index,
             vip6_index,
+            vip_by_recirc,
             has_global_vips,
             global_nat_ips,
             global_nat_ips6,

@@ -11,6 +11,11 @@
 //!   a `+new` connection is committed in the ingress zone.
 //! - [`RECIRC_NAT`]: after a VIP or DNAT rule chose a destination, the walk emitted
 //!   `ct(commit,zone,nat(dst=...)),recirc(2)`; it restarts with the translated header.
+//! - [`vip_recirc`] of a VIP whose member the datapath chooses: after the tracked pass's
+//!   `hash(l4(0))`, one flow per bucket matches only the id, the ingress port and `dp_hash`,
+//!   and emits `ct(commit,zone,nat(dst=member)),recirc(2)`. A sender that may be a member
+//!   (a hairpin) and a VIP whose id another shares take [`RECIRC_LB`] instead, where the walk
+//!   runs again from the ingress port.
 //! - [`RECIRC_DELIVERY`]` | key`: the stage of the destination port with that tunnel key,
 //!   after `ct(zone=<its zone>,nat)`. It runs that port's outbound chain, commits new
 //!   connections (with source NAT on a SNAT uplink) and outputs. Packets arriving from the
@@ -89,11 +94,25 @@ pub const MAX_RULE_STEPS: u32 = 20_000;
 pub const RECIRC_CT: u32 = 1;
 /// Recirculation id of the pass after a VIP or DNAT translation.
 pub const RECIRC_NAT: u32 = 2;
-/// Recirculation id of the pass after a VIP's `hash(l4(0))`: its flows match the bucket
+/// Recirculation id of the pass after a VIP's `hash(l4(0))` when the VIP has no id of its
+/// own ([`vip_recirc`]) or the sender may be one of its members: the walk runs again from
+/// the ingress port, finds the VIP by the packet's headers, and its flows match the bucket
 /// (`dp_hash`) and translate to the bucket's member.
 pub const RECIRC_LB: u32 = 3;
+/// Flag of a VIP's own bucket-stage recirculation id; the low 24 bits come from the VIP's
+/// key ([`vip_recirc`]).
+pub const RECIRC_VIP: u32 = 0x2000_0000;
 /// Flag of the delivery stage's recirculation id; the low 24 bits are the port's tunnel key.
 pub const RECIRC_DELIVERY: u32 = 0x4000_0000;
+
+/// The bucket-stage recirculation id of the VIP whose key ([`Tag::vip_key`]) is `key`. Its
+/// flows match only this id, the ingress port and the bucket: the tracked pass that sent
+/// the packet there already found the VIP and made sure the sender is none of its members.
+/// Stable across restarts and snapshots; an id that two VIPs of one snapshot share is used
+/// by neither.
+pub fn vip_recirc(key: u64) -> u32 {
+    RECIRC_VIP | (key as u32 & 0x00ff_ffff)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pass {
@@ -381,6 +400,15 @@ impl<'t> Walker<'t, '_> {
             RECIRC_CT => Pass::Tracked,
             RECIRC_LB => Pass::Bucket,
             RECIRC_NAT => Pass::Nat,
+            id if id & RECIRC_VIP != 0 => match self.t.vip_by_recirc.get(&id) {
+                Some(&v) => {
+                    self.in_port = p;
+                    self.bucket_stage(v);
+                    return;
+                }
+                // The id is shared now, or its VIP is gone: find the VIP by the headers.
+                None => Pass::Bucket,
+            },
             _ => {
                 self.drop_(DropReason::UnknownRecirc);
                 return;
@@ -1459,9 +1487,16 @@ impl<'t> Walker<'t, '_> {
         }
         if !vip.buckets.is_empty() {
             if self.pass == Pass::Tracked {
+                // A member that reaches its own VIP may be picked and need a hairpin, which
+                // the bucket stage then decides from the source: such a sender takes the
+                // walk again (RECIRC_LB).
+                let id = vip_recirc(vip.bucket_key);
+                let own = self.t.vip_by_recirc.get(&id) == Some(&v)
+                    && !vip.members.iter().any(|m| self.is_sender(m.ip));
+                let id = if own { id } else { RECIRC_LB };
                 note!(
                     self,
-                    "  new connection: hash(l4(0)), recirculate to the VIP's {} buckets",
+                    "  new connection: hash(l4(0)), recirculate to the VIP's {} buckets ({id:#x})",
                     vip.buckets.len()
                 );
                 self.sim.actions.clear();
@@ -1469,7 +1504,7 @@ impl<'t> Walker<'t, '_> {
                     alg: odp::action::HASH_ALG_L4,
                     basis: 0,
                 });
-                self.sim.actions.push(odp::Action::Recirc(RECIRC_LB));
+                self.sim.actions.push(odp::Action::Recirc(id));
                 self.sim.verdict = Verdict::Recirculate;
                 return Ok(Next::Stop);
             }
@@ -1515,6 +1550,35 @@ impl<'t> Walker<'t, '_> {
             });
         }
         Ok(self.translate(m, vip.ip))
+    }
+
+    /// The bucket stage of VIP `v` under its own recirculation id ([`vip_recirc`]): the
+    /// bucket's member, by `dp_hash` and the ingress port's zone alone. The tracked pass
+    /// judged everything else, so nothing else is read.
+    fn bucket_stage(&mut self, v: Idx) {
+        let port = &self.t.ports[self.in_port as usize];
+        self.tag(port.tag);
+        if !port.admin_up {
+            self.drop_(DropReason::PortDown);
+            return;
+        }
+        // ct() is valid only on a flow that matches an IP Ethertype.
+        self.read.eth_type = !0;
+        let vip = &self.t.vips[v as usize];
+        let n = vip.buckets.len() as u32 - 1;
+        self.read.dp_hash |= n;
+        let b = self.pkt.dp_hash & n;
+        self.tag(Tag::lb_bucket(vip.bucket_key, b as usize));
+        let m = &vip.members[vip.buckets[b as usize] as usize];
+        note!(
+            self,
+            "VIP {}:{} bucket {b}: member {}:{}",
+            vip.ip,
+            vip.port,
+            m.ip,
+            m.port
+        );
+        self.nat_dst(m.ip, Some(m.port));
     }
 
     /// The connection to `vip` goes to member `m`: destination NAT, or a hairpin when `m` is

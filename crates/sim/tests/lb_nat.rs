@@ -415,8 +415,17 @@ fn eight_member_pool_chosen_in_the_datapath_splits_buckets_by_weight() {
         "one flow for all connections: {tracked:?}"
     );
     let (actions, mask) = tracked.pop_first().unwrap();
-    assert_eq!(actions, "hash(l4(0)),recirc(0x3)");
+    // The VIP's own bucket stage, so that its flows need not name the VIP again.
+    let own = sim::vip_recirc(sim::Tag::vip_key(
+        "lb8",
+        "10.96.0.10".parse().unwrap(),
+        6,
+        80,
+    ));
+    assert_eq!(actions, format!("hash(l4(0)),recirc({own:#x})"));
     assert!(!mask.contains("tcp(src"), "{mask}");
+    // Telling the client from every member reads its address only as far as they differ.
+    assert!(mask.contains("ipv4(src=10.0.0.0/255.255.254.0,"), "{mask}");
 
     // The bucket stage: one flow per bucket, matching dp_hash only in its low six bits.
     let mut per_member = std::collections::BTreeMap::new();
@@ -437,6 +446,38 @@ fn eight_member_pool_chosen_in_the_datapath_splits_buckets_by_weight() {
         );
         *per_member.entry(text).or_insert(0u32) += 1;
     }
+    // Under the VIP's own id, each bucket's flow reads the id, the ingress port, the
+    // Ethertype and the bucket, nothing else, and picks the member the full walk picks.
+    for h in 0..64u32 {
+        let full = Fields {
+            recirc_id: RECIRC_LB,
+            dp_hash: h,
+            ..new(40000)
+        };
+        let f = Fields {
+            recirc_id: own,
+            ..full
+        };
+        let s = run(&t, f, &[]);
+        assert_eq!(
+            s.actions_text(),
+            run(&t, full, &[]).actions_text(),
+            "bucket {h}"
+        );
+        assert_eq!(
+            s.fields_mask,
+            Fields {
+                recirc_id: !0,
+                dp_hash: 63,
+                in_port: !0,
+                eth_type: !0,
+                ..Fields::default()
+            },
+            "bucket {h}: {}",
+            s.match_text(&f)
+        );
+        assert!(s.tags.contains(&Tag::lb_bucket(key_of_lb8(), h as usize)));
+    }
     // Weight 4 of 11 of 64 buckets: 23; each of the others 5 or 6.
     assert_eq!(per_member.len(), 8, "{per_member:?}");
     for (k, v) in &per_member {
@@ -447,6 +488,182 @@ fn eight_member_pool_chosen_in_the_datapath_splits_buckets_by_weight() {
         };
         assert!(want.contains(v), "{per_member:?}");
     }
+}
+
+fn key_of_lb8() -> u64 {
+    sim::Tag::vip_key("lb8", "10.96.0.10".parse().unwrap(), 6, 80)
+}
+
+/// A sender that may be picked itself (a hairpin), and VIPs whose own recirculation ids
+/// collide, take the bucket stage that finds the VIP again by the headers; a packet under an
+/// id no VIP owns any more is still judged by its headers.
+#[test]
+fn a_possible_hairpin_and_a_shared_id_take_the_bucket_stage_that_reads_the_headers() {
+    // On b2 with the eight-member pool: p9 is one of its members, p8 is not.
+    let b = eight_member_vip(two_bridges(), "lb8", "10.96.0.10", false)
+        .port("p8", "b2", "10.0.2.99")
+        .port("p9", "b2", "10.0.2.103");
+    let t = b.build();
+    let tracked = |from: &str, src: &str| {
+        let f = ct(
+            pkt::tcp(
+                b.dp(from),
+                b.mac(from),
+                b.mac("r1-b2"),
+                src,
+                "10.96.0.10",
+                40000,
+                80,
+            ),
+            RECIRC_CT,
+            TRK | NEW,
+        );
+        let s = run(&t, f, &[]);
+        (s.actions_text(), s.match_text(&f))
+    };
+    let own = sim::vip_recirc(key_of_lb8());
+    let (actions, mask) = tracked("p9", "10.0.2.103");
+    assert_eq!(actions, "hash(l4(0)),recirc(0x3)", "a member may hairpin");
+    assert!(mask.contains("ipv4(src=10.0.2.103,"), "{mask}");
+    let (actions, mask) = tracked("p8", "10.0.2.99");
+    assert_eq!(
+        actions,
+        format!("hash(l4(0)),recirc({own:#x})"),
+        "not a member"
+    );
+    // 10.0.2.99 is told from every member by its first 30 bits.
+    assert!(
+        mask.contains("ipv4(src=10.0.2.96/255.255.255.252,"),
+        "{mask}"
+    );
+
+    // Two VIPs whose own ids collide.
+    let (va, vb): (std::net::IpAddr, std::net::IpAddr) =
+        ("10.96.0.10".parse().unwrap(), "10.96.0.11".parse().unwrap());
+    let id = |lb, ip, port| sim::vip_recirc(sim::Tag::vip_key(lb, ip, 6, port));
+    let ids: std::collections::HashMap<u32, u16> =
+        (1..=u16::MAX).map(|p| (id("lba", va, p), p)).collect();
+    let (pa, pb) = (1..=u16::MAX)
+        .find_map(|q| ids.get(&id("lbb", vb, q)).map(|&p| (p, q)))
+        .expect("two sets of 65,535 ids in 2^24 share some");
+    let members = [("10.0.2.100", 8080, 1, true), ("10.0.2.101", 8080, 1, true)];
+    let b = two_bridges()
+        .vip(
+            "lba",
+            Some("r1"),
+            "10.96.0.10",
+            Protocol::Tcp,
+            pa,
+            &members,
+            false,
+        )
+        .vip(
+            "lbb",
+            Some("r1"),
+            "10.96.0.11",
+            Protocol::Tcp,
+            pb,
+            &members,
+            false,
+        );
+    let t = b.build();
+    let (p1, gw) = (b.mac("p1"), b.mac("r1-b1"));
+    for (vip, port) in [("10.96.0.10", pa), ("10.96.0.11", pb)] {
+        let f = ct(
+            pkt::tcp(2, p1, gw, "10.0.1.11", vip, 40000, port),
+            RECIRC_CT,
+            TRK | NEW,
+        );
+        assert_eq!(
+            run(&t, f, &[]).actions_text(),
+            "hash(l4(0)),recirc(0x3)",
+            "{vip}:{port}"
+        );
+        // A flow made when the id was one VIP's alone may still send packets under it:
+        // they are judged by their headers, as under RECIRC_LB.
+        let shared = id("lba", va, pa);
+        for h in 0..64u32 {
+            let under = |recirc_id| {
+                let s = run(
+                    &t,
+                    Fields {
+                        recirc_id,
+                        dp_hash: h,
+                        ..f
+                    },
+                    &[],
+                );
+                assert_ne!(s.fields_mask.ipv4_dst, 0, "{vip}:{port} bucket {h}");
+                s.actions_text()
+            };
+            assert_eq!(under(shared), under(RECIRC_LB), "{vip}:{port} bucket {h}");
+        }
+    }
+}
+
+/// An IPv6 VIP's bucket stage under its own id: the same short flows, with the IPv6
+/// Ethertype and an IPv6 destination NAT.
+#[test]
+fn an_ipv6_vips_own_bucket_stage_translates_to_an_ipv6_member() {
+    let b = two_bridges()
+        .addr("p1", "fd00:1::11/128")
+        .addr("p4", "fd00:2::14/128")
+        .port("p5", "b2", "10.0.2.15")
+        .addr("p5", "fd00:2::15/128")
+        .link6("r1", "b1", "fd00:1::1/64")
+        .link6("r1", "b2", "fd00:2::1/64")
+        .vip(
+            "lb6",
+            Some("r1"),
+            "fd00:96::10",
+            Protocol::Tcp,
+            80,
+            &[("fd00:2::14", 8080, 1, true), ("fd00:2::15", 8080, 1, true)],
+            false,
+        );
+    let t = b.build();
+    let f = ct(
+        pkt::tcp6(
+            2,
+            b.mac("p1"),
+            b.mac("r1-b1"),
+            "fd00:1::11",
+            "fd00:96::10",
+            40000,
+            80,
+        ),
+        RECIRC_CT,
+        TRK | NEW,
+    );
+    let own = sim::vip_recirc(sim::Tag::vip_key(
+        "lb6",
+        "fd00:96::10".parse().unwrap(),
+        6,
+        80,
+    ));
+    assert_eq!(
+        run(&t, f, &[]).actions_text(),
+        format!("hash(l4(0)),recirc({own:#x})")
+    );
+    let mut members = std::collections::BTreeSet::new();
+    for h in 0..64u32 {
+        let g = Fields {
+            recirc_id: own,
+            dp_hash: h,
+            ..f
+        };
+        let s = run(&t, g, &[]);
+        assert_eq!(s.fields_mask.eth_type, !0, "bucket {h}");
+        assert_eq!(s.fields_mask.ipv6_dst, 0, "bucket {h}");
+        let text = s.actions_text();
+        assert!(
+            text.starts_with("ct(commit,zone=3,nat(dst=[fd00:2::1")
+                && text.ends_with("]:8080)),recirc(0x2)"),
+            "bucket {h}: {text}"
+        );
+        members.insert(text);
+    }
+    assert_eq!(members.len(), 2, "{members:?}");
 }
 
 /// A memory of earlier choices that recalls one member for every client, and counts asks.
@@ -566,9 +783,10 @@ fn a_remembered_member_is_kept_while_it_serves_and_replaced_once_it_goes() {
     let plain = sim_with(to("10.96.0.13"), &asks);
     assert_eq!(asks.1.load(std::sync::atomic::Ordering::Relaxed), 0);
     assert!(plain.affinity.is_none());
+    let own = sim::vip_recirc(sim::Tag::vip_key("plain", ip("10.96.0.13"), 17, 53));
     assert_eq!(
         plain.actions_text(),
-        "hash(l4(0)),recirc(0x3)",
+        format!("hash(l4(0)),recirc({own:#x})"),
         "chosen in the datapath"
     );
     assert_eq!(plain.fields_mask.tp_src, 0, "not per connection");
