@@ -1587,6 +1587,55 @@ fn bench_vip_connections_against_ovs_vswitchd() {
             println!("BENCH {} mask ({flows} flows): {shape}", r.system);
         }
     }
+    // The same ratios within each round, where the two systems ran minutes apart, and their
+    // median: a slow stretch of the machine then weighs on both sides of a ratio.
+    let paired = |f: &dyn Fn(&[SideRun]) -> f64| -> (Vec<f64>, f64) {
+        let mut of: Vec<f64> = rounds_of.iter().map(|r| f(r)).collect();
+        let each = of.clone();
+        of.sort_by(f64::total_cmp);
+        (each, of[of.len() / 2])
+    };
+    for (what, f) in [
+        (
+            "new UDP connections/s, member chosen in the kernel against dp_hash",
+            &(|r: &[SideRun]| r[2].setup.rate() / r[0].setup.rate()) as &dyn Fn(&[SideRun]) -> f64,
+        ),
+        (
+            "replay over installed flows, member chosen in the kernel against dp_hash",
+            &|r: &[SideRun]| r[2].fast.rate() / r[0].fast.rate(),
+        ),
+        (
+            "new TCP connections/s, member chosen in the kernel against dp_hash",
+            &|r: &[SideRun]| r[2].tcp.rate() / r[0].tcp.rate(),
+        ),
+        (
+            "new UDP connections/s, per connection against hash(5-tuple)",
+            &|r: &[SideRun]| r[3].setup.rate() / r[1].setup.rate(),
+        ),
+        (
+            "CPU per UDP connection, per connection against hash(5-tuple)",
+            &|r: &[SideRun]| r[3].cpu_secs / r[1].cpu_secs,
+        ),
+        (
+            "replay over installed flows, per connection against hash(5-tuple)",
+            &|r: &[SideRun]| r[3].fast.rate() / r[1].fast.rate(),
+        ),
+        (
+            "new TCP connections/s, per connection against hash(5-tuple)",
+            &|r: &[SideRun]| r[3].tcp.rate() / r[1].tcp.rate(),
+        ),
+        (
+            "CPU per TCP connection, per connection against hash(5-tuple)",
+            &|r: &[SideRun]| r[3].tcp_cpu_secs / r[1].tcp_cpu_secs,
+        ),
+    ] {
+        let (each, median) = paired(f);
+        let each: Vec<String> = each.iter().map(|x| format!("{x:.2}")).collect();
+        println!(
+            "BENCH paired ratio weft / ovs-vswitchd, {what}: median {median:.2}x of rounds [{}]",
+            each.join(", ")
+        );
+    }
     let rate = |i: usize| runs[i].setup.rate();
     let cpu = |i: usize| runs[i].cpu_secs;
     let tcp = |i: usize| runs[i].tcp.rate();
