@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::time::{Duration, Instant};
 
 use odp::dpif::{Dpif, FlowId};
@@ -30,6 +30,17 @@ const INVALIDATION_LOG: usize = 4096;
 /// wakeup per handler batch (at most 1/GATHER wakeups a second under load, none when idle).
 /// An invalidation or a query that arrives meanwhile waits at most this long.
 const GATHER: Duration = Duration::from_millis(5);
+
+/// How many events wait for the flow manager at most. Its queue is bounded so that sending a
+/// report allocates nothing (an unbounded channel allocates a block per 31 messages); 4,096
+/// reports are what handlers install in far more than [`GATHER`] at any rate they reach.
+pub const QUEUE: usize = 4096;
+
+/// The flow manager's queue: handlers report with `try_send` and never wait on it; the
+/// topology watcher and the API wait for room.
+pub fn channel() -> (SyncSender<FlowEvent>, Receiver<FlowEvent>) {
+    std::sync::mpsc::sync_channel(QUEUE)
+}
 
 /// A flow a handler installed (or the agent adopted on restart): what the manager needs to
 /// invalidate, expire and show it. The flow itself is read back from the kernel when it is

@@ -7,7 +7,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use odp::dpif::{Dpif, FlowPut, PutMode};
@@ -35,7 +35,8 @@ const WAKE: Duration = Duration::from_millis(500);
 pub struct HandlerCtx {
     pub dp_ifindex: i32,
     pub topo: SharedTopo,
-    pub flows: Sender<FlowEvent>,
+    /// The flow manager's queue ([`crate::flows::channel`]).
+    pub flows: SyncSender<FlowEvent>,
     pub metrics: Arc<Metrics>,
     pub stop: Arc<AtomicBool>,
     /// The per-port upcall rate limit, shared by all the handlers.
@@ -186,11 +187,20 @@ impl Handler {
             }
         };
         let (put_results, exec_results) = self.outcomes.split_at(self.n_puts);
+        // Flows put whose report found the manager's queue full.
+        let mut unreported = Vec::new();
         for (&r, inst) in put_results.iter().zip(self.installs.drain(..)) {
             match r {
                 Ok(()) => {
                     m.flows_installed.inc();
-                    let _ = self.ctx.flows.send(FlowEvent::Installed(inst));
+                    match self.ctx.flows.try_send(FlowEvent::Installed(inst)) {
+                        Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+                        Err(TrySendError::Full(ev)) => {
+                            if let FlowEvent::Installed(inst) = ev {
+                                unreported.push(odp::dpif::FlowId::ufid(inst.ufid));
+                            }
+                        }
+                    }
                 }
                 // Another handler installed the same megaflow first.
                 Err(EEXIST) => {}
@@ -204,6 +214,20 @@ impl Handler {
             if let Err(errno) = *r {
                 m.datapath_errors.inc();
                 debug!(errno, "execute refused");
+            }
+        }
+        if !unreported.is_empty() {
+            // The manager is thousands of reports behind. A flow it does not know no
+            // invalidation would find, so it does not stay: its next packet upcalls again.
+            warn!(
+                flows = unreported.len(),
+                "the flow manager's queue is full; flows deleted"
+            );
+            match self.dp.flow_del_batch(self.ctx.dp_ifindex, &unreported) {
+                Ok(results) => {
+                    m.deleted("unreported", results.iter().filter(|r| r.is_ok()).count());
+                }
+                Err(e) => warn!(error = %e, "deleting unreported flows failed"),
             }
         }
         // Each upcall of the batch waited for the whole batch.

@@ -357,7 +357,7 @@ async fn run_async(cfg: Config, mut settings: Settings) -> anyhow::Result<()> {
         &ports,
     )?;
     metrics.generation.set(1);
-    let (flows_tx, flows_rx) = std::sync::mpsc::channel();
+    let (flows_tx, flows_rx) = crate::flows::channel();
     let affinity = Arc::new(Affinity::default());
     let mut manager = FlowManager::new(
         Dpif::open()?,

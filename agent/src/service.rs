@@ -30,7 +30,7 @@ pub struct Agent {
     pub topo: SharedTopo,
     pub ports: Arc<LocalPorts>,
     pub local: mpsc::UnboundedSender<LocalChange>,
-    pub flows: std::sync::mpsc::Sender<FlowEvent>,
+    pub flows: std::sync::mpsc::SyncSender<FlowEvent>,
     /// Session-affinity choices, so that a trace shows the member a client really gets.
     pub affinity: Arc<crate::affinity::Affinity>,
     /// What this agent attached (the state directory's record).

@@ -116,7 +116,7 @@ pub struct TopologyWatcher {
     pub member_choice: sim::MemberChoice,
     pub shared: SharedTopo,
     pub ports: Arc<LocalPorts>,
-    pub flows: std::sync::mpsc::Sender<FlowEvent>,
+    pub flows: std::sync::mpsc::SyncSender<FlowEvent>,
     pub metrics: Arc<Metrics>,
     /// Set when an update could not be compiled: its changes were never invalidated, so the
     /// next topology that compiles deletes every flow.

@@ -97,7 +97,7 @@ async fn nsdb_writes_become_generations_with_exactly_their_invalidations() {
         TopologyWatcher::initial("h1", TUNNEL_PORT, MemberChoice::default(), first, &ports)
             .expect("compiles");
     assert_eq!(shared.load().generation, 1);
-    let (flows_tx, flows_rx) = std::sync::mpsc::channel();
+    let (flows_tx, flows_rx) = weft_agent::flows::channel();
     let (local_tx, local_rx) = mpsc::unbounded_channel();
     let watcher = TopologyWatcher {
         host: "h1".into(),
@@ -235,7 +235,7 @@ async fn a_host_whose_record_expired_still_receives_its_ports_traffic() {
     let shared =
         TopologyWatcher::initial("h1", TUNNEL_PORT, MemberChoice::default(), first, &ports)
             .expect("compiles");
-    let (flows_tx, rx) = std::sync::mpsc::channel();
+    let (flows_tx, rx) = weft_agent::flows::channel();
     let (_local_tx, local_rx) = mpsc::unbounded_channel();
     let watcher = TopologyWatcher {
         host: "h1".into(),
@@ -312,7 +312,7 @@ async fn a_vport_bound_to_two_ports_is_a_problem_reported_and_counted() {
         TopologyWatcher::initial("h1", TUNNEL_PORT, MemberChoice::default(), first, &ports)
             .expect("compiles");
     let metrics = Arc::new(Metrics::new());
-    let (flows_tx, flows_rx) = std::sync::mpsc::channel();
+    let (flows_tx, flows_rx) = weft_agent::flows::channel();
     let (local_tx, local_rx) = mpsc::unbounded_channel();
     let watcher = TopologyWatcher {
         host: "h1".into(),
