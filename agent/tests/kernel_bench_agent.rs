@@ -1456,34 +1456,59 @@ fn bench_vip_connections_against_ovs_vswitchd() {
     let rounds: usize = env_or("WEFT_BENCH_ROUNDS", 1);
     const NO_BATCH: &[&str] = &["--lb-member-choice", "simulation", "--upcall-batch", "1"];
     // Every system runs once per round, in turn, so that a slower stretch of the machine
-    // touches them all alike; the table gives each system's median round.
+    // touches them all alike; the table gives each system's median round. Odd rounds run
+    // ovs-vswitchd first and even rounds weft-agent, so that what a run leaves behind in the
+    // kernel (conntrack entries waiting for their timeout) does not always weigh on the same
+    // side. Each round's runs are kept in the same order whichever side ran first.
+    let ovs_systems = [
+        (
+            "ovs-vswitchd, select group dp_hash (OVN)",
+            OvsSelect::DpHash,
+        ),
+        (
+            "ovs-vswitchd, select group hash(5-tuple)",
+            OvsSelect::FieldsHash,
+        ),
+    ];
+    let weft_systems = [
+        ("weft-agent, member chosen in the kernel", &[][..]),
+        ("weft-agent, member chosen per connection", PER_CONNECTION),
+        (
+            "weft-agent, member chosen per connection, one upcall at a time (--upcall-batch 1)",
+            NO_BATCH,
+        ),
+    ];
+    let ovs_side = || -> Vec<SideRun> {
+        ovs_systems
+            .iter()
+            .map(|&(system, select)| {
+                let ovs = OvsSwitch::start_delivering(select);
+                SideRun::measure(system, &ovs, z)
+            })
+            .collect()
+    };
+    let weft_side = || -> Vec<SideRun> {
+        weft_systems
+            .iter()
+            .map(|&(system, args)| {
+                let lb = lb_cluster("bench-vs-ovs", 0, 0, None, args, true);
+                SideRun::measure(system, &lb, z)
+            })
+            .collect()
+    };
     let mut rounds_of: Vec<Vec<SideRun>> = Vec::new();
-    for _ in 0..rounds.max(1) {
-        let mut runs = Vec::new();
-        for (system, select) in [
-            (
-                "ovs-vswitchd, select group dp_hash (OVN)",
-                OvsSelect::DpHash,
-            ),
-            (
-                "ovs-vswitchd, select group hash(5-tuple)",
-                OvsSelect::FieldsHash,
-            ),
-        ] {
-            let ovs = OvsSwitch::start_delivering(select);
-            runs.push(SideRun::measure(system, &ovs, z));
-        }
-        for (system, args) in [
-            ("weft-agent, member chosen in the kernel", &[][..]),
-            ("weft-agent, member chosen per connection", PER_CONNECTION),
-            (
-                "weft-agent, member chosen per connection, one upcall at a time (--upcall-batch 1)",
-                NO_BATCH,
-            ),
-        ] {
-            let lb = lb_cluster("bench-vs-ovs", 0, 0, None, args, true);
-            runs.push(SideRun::measure(system, &lb, z));
-        }
+    for round in 0..rounds.max(1) {
+        let runs: Vec<SideRun> = if round % 2 == 0 {
+            let mut runs = ovs_side();
+            runs.extend(weft_side());
+            runs
+        } else {
+            println!("BENCH round {}: weft-agent runs first", round + 1);
+            let weft = weft_side();
+            let mut runs = ovs_side();
+            runs.extend(weft);
+            runs
+        };
         for r in &runs {
             println!(
                 "BENCH round {}: {} {:.0} UDP connections/s, replay {:.0}/s, {:.0} TCP connections/s",
