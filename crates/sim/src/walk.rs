@@ -1508,12 +1508,7 @@ impl<'t> Walker<'t, '_> {
                 self.sim.verdict = Verdict::Recirculate;
                 return Ok(Next::Stop);
             }
-            let n = vip.buckets.len() as u32 - 1;
-            self.read.dp_hash |= n;
-            let b = self.pkt.dp_hash & n;
-            self.tag(Tag::lb_bucket(vip.bucket_key, b as usize));
-            let m = &vip.members[vip.buckets[b as usize] as usize];
-            note!(self, "  bucket {b}: member {}:{}", m.ip, m.port);
+            let m = self.bucket_member(vip);
             return Ok(self.translate(m, vip.ip));
         }
         let key = vip.affinity.then(|| self.affinity_key(vip));
@@ -1565,20 +1560,22 @@ impl<'t> Walker<'t, '_> {
         // ct() is valid only on a flow that matches an IP Ethertype.
         self.read.eth_type = !0;
         let vip = &self.t.vips[v as usize];
+        note!(self, "VIP {}:{}", vip.ip, vip.port);
+        let m = self.bucket_member(vip);
+        self.nat_dst(m.ip, Some(m.port));
+    }
+
+    /// The member of `vip`'s bucket that the packet's `dp_hash` selects. Reads the bucket
+    /// bits of `dp_hash` and tags the flow with the bucket, so that a member change deletes
+    /// only the flows of the buckets it moves.
+    fn bucket_member(&mut self, vip: &'t crate::topology::VipC) -> &'t crate::topology::MemberC {
         let n = vip.buckets.len() as u32 - 1;
         self.read.dp_hash |= n;
         let b = self.pkt.dp_hash & n;
         self.tag(Tag::lb_bucket(vip.bucket_key, b as usize));
         let m = &vip.members[vip.buckets[b as usize] as usize];
-        note!(
-            self,
-            "VIP {}:{} bucket {b}: member {}:{}",
-            vip.ip,
-            vip.port,
-            m.ip,
-            m.port
-        );
-        self.nat_dst(m.ip, Some(m.port));
+        note!(self, "  bucket {b}: member {}:{}", m.ip, m.port);
+        m
     }
 
     /// The connection to `vip` goes to member `m`: destination NAT, or a hairpin when `m` is
