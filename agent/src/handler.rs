@@ -193,13 +193,11 @@ impl Handler {
             match r {
                 Ok(()) => {
                     m.flows_installed.inc();
-                    match self.ctx.flows.try_send(FlowEvent::Installed(inst)) {
-                        Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-                        Err(TrySendError::Full(ev)) => {
-                            if let FlowEvent::Installed(inst) = ev {
-                                unreported.push(odp::dpif::FlowId::ufid(inst.ufid));
-                            }
-                        }
+                    let ufid = inst.ufid;
+                    if let Err(TrySendError::Full(_)) =
+                        self.ctx.flows.try_send(FlowEvent::Installed(inst))
+                    {
+                        unreported.push(odp::dpif::FlowId::ufid(ufid));
                     }
                 }
                 // Another handler installed the same megaflow first.
