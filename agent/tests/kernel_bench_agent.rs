@@ -1193,6 +1193,11 @@ impl Drop for OvsSwitch {
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
+    stat_cpu_secs(&stat)
+}
+
+/// The CPU seconds (user and system) of a `/proc/.../stat` line, a process's or a thread's.
+fn stat_cpu_secs(stat: &str) -> f64 {
     // The fields after the command name, which is in parentheses and may hold spaces:
     // utime and stime are the 12th and 13th of them, in USER_HZ (100 on Linux).
     let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
@@ -1221,11 +1226,7 @@ fn cpu_secs_by_thread(pid: u32) -> BTreeMap<String, f64> {
         let kind = comm
             .trim()
             .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
-        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 =
-            f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
-        *out.entry(kind.to_string()).or_default() += ticks as f64 / 100.0;
+        *out.entry(kind.to_string()).or_default() += stat_cpu_secs(&stat);
     }
     out
 }
@@ -1498,17 +1499,15 @@ fn bench_vip_connections_against_ovs_vswitchd() {
     };
     let mut rounds_of: Vec<Vec<SideRun>> = Vec::new();
     for round in 0..rounds.max(1) {
-        let runs: Vec<SideRun> = if round % 2 == 0 {
-            let mut runs = ovs_side();
-            runs.extend(weft_side());
-            runs
+        let (mut runs, weft) = if round % 2 == 0 {
+            let ovs = ovs_side();
+            (ovs, weft_side())
         } else {
             println!("BENCH round {}: weft-agent runs first", round + 1);
             let weft = weft_side();
-            let mut runs = ovs_side();
-            runs.extend(weft);
-            runs
+            (ovs_side(), weft)
         };
+        runs.extend(weft);
         for r in &runs {
             println!(
                 "BENCH round {}: {} {:.0} UDP connections/s, replay {:.0}/s, {:.0} TCP connections/s",
@@ -1614,7 +1613,8 @@ fn bench_vip_connections_against_ovs_vswitchd() {
     }
     // The same ratios within each round, where the two systems ran minutes apart, and their
     // median: a slow stretch of the machine then weighs on both sides of a ratio.
-    let paired = |f: &dyn Fn(&[SideRun]) -> f64| -> (Vec<f64>, f64) {
+    type Ratio = fn(&[SideRun]) -> f64;
+    let paired = |f: Ratio| -> (Vec<f64>, f64) {
         let mut of: Vec<f64> = rounds_of.iter().map(|r| f(r)).collect();
         let each = of.clone();
         of.sort_by(f64::total_cmp);
@@ -1623,35 +1623,35 @@ fn bench_vip_connections_against_ovs_vswitchd() {
     for (what, f) in [
         (
             "new UDP connections/s, member chosen in the kernel against dp_hash",
-            &(|r: &[SideRun]| r[2].setup.rate() / r[0].setup.rate()) as &dyn Fn(&[SideRun]) -> f64,
+            (|r: &[SideRun]| r[2].setup.rate() / r[0].setup.rate()) as Ratio,
         ),
         (
             "replay over installed flows, member chosen in the kernel against dp_hash",
-            &|r: &[SideRun]| r[2].fast.rate() / r[0].fast.rate(),
+            |r: &[SideRun]| r[2].fast.rate() / r[0].fast.rate(),
         ),
         (
             "new TCP connections/s, member chosen in the kernel against dp_hash",
-            &|r: &[SideRun]| r[2].tcp.rate() / r[0].tcp.rate(),
+            |r: &[SideRun]| r[2].tcp.rate() / r[0].tcp.rate(),
         ),
         (
             "new UDP connections/s, per connection against hash(5-tuple)",
-            &|r: &[SideRun]| r[3].setup.rate() / r[1].setup.rate(),
+            |r: &[SideRun]| r[3].setup.rate() / r[1].setup.rate(),
         ),
         (
             "CPU per UDP connection, per connection against hash(5-tuple)",
-            &|r: &[SideRun]| r[3].cpu_secs / r[1].cpu_secs,
+            |r: &[SideRun]| r[3].cpu_secs / r[1].cpu_secs,
         ),
         (
             "replay over installed flows, per connection against hash(5-tuple)",
-            &|r: &[SideRun]| r[3].fast.rate() / r[1].fast.rate(),
+            |r: &[SideRun]| r[3].fast.rate() / r[1].fast.rate(),
         ),
         (
             "new TCP connections/s, per connection against hash(5-tuple)",
-            &|r: &[SideRun]| r[3].tcp.rate() / r[1].tcp.rate(),
+            |r: &[SideRun]| r[3].tcp.rate() / r[1].tcp.rate(),
         ),
         (
             "CPU per TCP connection, per connection against hash(5-tuple)",
-            &|r: &[SideRun]| r[3].tcp_cpu_secs / r[1].tcp_cpu_secs,
+            |r: &[SideRun]| r[3].tcp_cpu_secs / r[1].tcp_cpu_secs,
         ),
     ] {
         let (each, median) = paired(f);
