@@ -54,8 +54,9 @@ cd "$ROOT"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 CARGO=${CARGO:-cargo}
 echo "==> building weftctl, weft-agent and the kernel test binaries" >&2
-$CARGO build --locked -p weft-agent --bin weftctl --bin weft-agent -p weft-cni --bin weft-cni \
-  -p weft-operator --bin weft-operator >&2
+# The whole workspace, as `make build` and `make unit-test` build it: a narrower selection
+# of packages unifies other features and compiles the workspace's crates again.
+$CARGO build --locked --workspace >&2
 WEFT_OPERATOR_BIN=$CARGO_TARGET_DIR/debug/weft-operator
 WEFT_CTL_BIN=$CARGO_TARGET_DIR/debug/weftctl
 WEFT_AGENT_BIN=$CARGO_TARGET_DIR/debug/weft-agent
@@ -67,27 +68,28 @@ export WEFT_CNI_BIN
 [ -x "$WEFT_CTL_BIN" ] || { echo "kernel-tests: weftctl was not built at $WEFT_CTL_BIN" >&2; exit 1; }
 [ -x "$WEFT_AGENT_BIN" ] || { echo "kernel-tests: weft-agent was not built at $WEFT_AGENT_BIN" >&2; exit 1; }
 # kernel_bench*.rs are benchmarks: e2e/kernel-bench.sh runs them.
-kernel_tests() { # PACKAGE DIR: cargo --test arguments for DIR/kernel*.rs
+kernel_tests() { # DIR: cargo --test arguments for DIR/kernel*.rs
   local f args=()
-  for f in "$2"/kernel*.rs; do
+  for f in "$1"/kernel*.rs; do
     [ -f "$f" ] || continue
     case $(basename "$f") in kernel_bench*) continue ;; esac
     args+=(--test "$(basename "$f" .rs)")
   done
-  [ ${#args[@]} -gt 0 ] || { echo "kernel-tests: no $2/kernel*.rs" >&2; exit 1; }
+  [ ${#args[@]} -gt 0 ] || { echo "kernel-tests: no $1/kernel*.rs" >&2; exit 1; }
   printf '%s\n' "${args[@]}"
 }
 work=$(mktemp -d "${TMPDIR:-/tmp}/weft-kernel-tests.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 : >"$work/bins"
-for pkg_dir in odp:crates/odp/tests weft-agent:agent/tests; do
-  pkg=${pkg_dir%%:*} dir=${pkg_dir#*:}
-  mapfile -t tests < <(kernel_tests "$pkg" "$dir")
-  [ ${#tests[@]} -gt 0 ] || exit 1
-  # Only the test targets: building a package's tests also reports its binaries (weftctl).
-  $CARGO test --locked -p "$pkg" "${tests[@]}" --no-run --message-format=json |
-    grep -F '"kind":["test"]' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' >>"$work/bins"
+tests=()
+for dir in crates/odp/tests agent/tests; do
+  mapfile -t more < <(kernel_tests "$dir")
+  [ ${#more[@]} -gt 0 ] || exit 1
+  tests+=("${more[@]}")
 done
+# Only the test targets: building tests also reports binaries (weftctl).
+$CARGO test --locked --workspace "${tests[@]}" --no-run --message-format=json |
+  grep -F '"kind":["test"]' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' >>"$work/bins"
 [ -s "$work/bins" ] || { echo "kernel-tests: cargo produced no test binary" >&2; exit 1; }
 export WEFT_CTL_BIN WEFT_AGENT_BIN WEFT_OPERATOR_BIN
 . "$HERE/guest-controlplane.sh"
