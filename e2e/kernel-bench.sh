@@ -11,7 +11,8 @@
 # measured in the same run. FILTER arguments are passed to the benchmark binaries
 # (substring match on benchmark names, e.g. `bench_invalidation`).
 #
-# Sizes: WEFT_BENCH_FLOWS, WEFT_BENCH_DPCTL, WEFT_BENCH_PACKETS (odp); WEFT_BENCH_CONNS,
+# Sizes: WEFT_BENCH_FLOWS, WEFT_BENCH_DPCTL, WEFT_BENCH_PACKETS (odp); WEFT_BENCH_CONNS, WEFT_BENCH_PAIRS,
+# WEFT_BENCH_PAIR_CONNS, WEFT_BENCH_PAIR_TCP_CONNS,
 # WEFT_BENCH_WINDOW, WEFT_BENCH_ROUNDS, WEFT_BENCH_LATENCY_FLOWS, WEFT_BENCH_RSS_FLOWS, WEFT_BENCH_RSS_PORTS,
 # WEFT_BENCH_CHANGES (agent), WEFT_BENCH_PODS (CNI). The guest runs under TCG, so absolute figures are far below
 # real hardware; the ratios are what compare.

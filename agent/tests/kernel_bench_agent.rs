@@ -10,6 +10,8 @@
 //!   and the same generator: the member chosen in the kernel (weft's buckets, an OpenFlow
 //!   select group with `dp_hash`) and per connection (weft's simulation, batched and one
 //!   upcall at a time, against a select group hashing the 5-tuple);
+//! - the same with the member chosen in the kernel, both systems up at once and taking turns
+//!   in short blasts, so that each ratio is measured within seconds;
 //! - the round trip of the first packet of a new connection against its later packets;
 //! - the agent's resident memory with 10,000 installed flows and 1,000 NSDB ports, against the
 //!   same agent idle;
@@ -19,7 +21,8 @@
 //!   cluster.
 //!
 //! Sizes come from `WEFT_BENCH_CONNS`, `WEFT_BENCH_WINDOW`, `WEFT_BENCH_ROUNDS` (the side by
-//! side runs, median reported), `WEFT_BENCH_LATENCY_FLOWS`,
+//! side runs, median reported), `WEFT_BENCH_PAIRS`, `WEFT_BENCH_PAIR_CONNS` and
+//! `WEFT_BENCH_PAIR_TCP_CONNS` (the interleaved runs), `WEFT_BENCH_LATENCY_FLOWS`,
 //! `WEFT_BENCH_RSS_FLOWS`, `WEFT_BENCH_RSS_PORTS` and `WEFT_BENCH_CHANGES`.
 
 mod hosts_support;
@@ -64,6 +67,8 @@ const TCP_PORT: u16 = 7000;
 /// The agents' arguments of the benchmarks that measure the setup path: the simulation
 /// chooses each VIP connection's member, so that every new connection is an upcall.
 const PER_CONNECTION: &[&str] = &["--lb-member-choice", "simulation"];
+/// The unit of procfs's CPU times: USER_HZ, 100 on Linux.
+const USER_HZ: f64 = 100.0;
 /// Without progress for this long, the datagrams in flight are counted as lost.
 const STALL: Duration = Duration::from_secs(1);
 
@@ -1199,11 +1204,11 @@ fn cpu_secs(pid: u32) -> f64 {
 /// The CPU seconds (user and system) of a `/proc/.../stat` line, a process's or a thread's.
 fn stat_cpu_secs(stat: &str) -> f64 {
     // The fields after the command name, which is in parentheses and may hold spaces:
-    // utime and stime are the 12th and 13th of them, in USER_HZ (100 on Linux).
+    // utime and stime are the 12th and 13th of them, in USER_HZ.
     let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
-    ticks as f64 / 100.0
+    ticks as f64 / USER_HZ
 }
 
 /// CPU seconds (user and system) each kind of thread of process `pid` has used so far: the
@@ -1261,6 +1266,8 @@ trait SideSystem {
     fn dpctl(&self, cmd: &str) -> String;
     /// The process that serves the upcalls.
     fn pid(&self) -> u32;
+    /// Deletes every conntrack entry of the datapath's network namespace.
+    fn flush_conntrack(&self);
 }
 
 impl SideSystem for OvsSwitch {
@@ -1282,6 +1289,9 @@ impl SideSystem for OvsSwitch {
     }
     fn pid(&self) -> u32 {
         self.vswitchd_pid()
+    }
+    fn flush_conntrack(&self) {
+        sh("ovs-dpctl flush-conntrack ovs-system");
     }
 }
 
@@ -1307,6 +1317,10 @@ impl SideSystem for LbCluster {
     }
     fn pid(&self) -> u32 {
         agent_pid(self.c.host("h1"))
+    }
+    fn flush_conntrack(&self) {
+        let dp = self.c.host("h1").datapath_name();
+        sh(&format!("ip netns exec h1 ovs-dpctl flush-conntrack {dp}"));
     }
 }
 
@@ -1733,6 +1747,204 @@ fn bench_vip_connections_against_ovs_vswitchd() {
             );
         }
     }
+}
+
+/// The guest's busy CPU seconds so far, all CPUs together: every state of `/proc/stat`'s
+/// `cpu` line except idle and iowait, softirq (where the datapath runs) included.
+fn guest_busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let line = stat.lines().next().expect("the cpu line of /proc/stat");
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().expect("a /proc/stat counter"))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy = f[0] + f[1] + f[2] + f[5] + f[6] + f.get(7).copied().unwrap_or(0);
+    busy as f64 / USER_HZ
+}
+
+/// One blast of [`bench_vip_connections_interleaved_against_ovs_vswitchd`]: connections per
+/// second, the guest's CPU seconds per connection, and the kernel's misses.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    rate: f64,
+    cpu_per_conn: f64,
+    misses: u64,
+}
+
+impl Pace {
+    /// Runs `blast` on a conntrack table emptied first, and returns its pace with the
+    /// connections it made.
+    fn of(sys: &dyn SideSystem, blast: impl FnOnce() -> (f64, u64)) -> (Pace, u64) {
+        sys.flush_conntrack();
+        let (m0, c0) = (sys.missed(), guest_busy_secs());
+        let (rate, made) = blast();
+        let (m1, c1) = (sys.missed(), guest_busy_secs());
+        let pace = Pace {
+            rate,
+            cpu_per_conn: (c1 - c0) / made.max(1) as f64,
+            misses: m1 - m0,
+        };
+        (pace, made)
+    }
+}
+
+/// The median and the quartiles of `v`.
+fn quartiles(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (
+        percentile(&v, 0.25),
+        percentile(&v, 0.5),
+        percentile(&v, 0.75),
+    )
+}
+
+/// New connections to a VIP with the member chosen in the kernel, weft-agent against
+/// ovs-vswitchd's `dp_hash` select group, both up at once on the same kernel (weft's
+/// datapath in host namespace h1, vswitchd's in the root namespace) and driven by the same
+/// generator. Instead of one long run per system minutes apart, the two take turns in short
+/// blasts, the order swapped every pair, each blast on a conntrack table emptied first. Each
+/// pair gives a ratio measured within seconds, so a slower stretch of the emulated machine
+/// weighs on both sides of it; the benchmark reports their median and quartiles, for new UDP
+/// connections and for new TCP connections (connect, a 16-byte request, its answer), in
+/// connections per second and in the guest's CPU per connection.
+///
+/// Sizes: `WEFT_BENCH_PAIRS` (30), `WEFT_BENCH_PAIR_CONNS` (1,000 UDP connections per
+/// blast), `WEFT_BENCH_PAIR_TCP_CONNS` (200 per blast), `WEFT_BENCH_WINDOW`,
+/// `WEFT_BENCH_TCP_WORKERS`.
+#[test]
+#[ignore = "benchmark: run by e2e/kernel-bench.sh inside the guest"]
+fn bench_vip_connections_interleaved_against_ovs_vswitchd() {
+    let pairs: usize = env_or("WEFT_BENCH_PAIRS", 30);
+    let n: u16 = env_or("WEFT_BENCH_PAIR_CONNS", 1000);
+    let tcp_n: usize = env_or("WEFT_BENCH_PAIR_TCP_CONNS", 200);
+    let window: u64 = env_or("WEFT_BENCH_WINDOW", 32);
+    let workers: usize = env_or("WEFT_BENCH_TCP_WORKERS", 8);
+    let ovs = OvsSwitch::start_delivering(OvsSelect::DpHash);
+    let lb = lb_cluster("bench-interleaved", 0, 0, None, &[], true);
+    let sides: [(&str, &dyn SideSystem); 2] = [
+        ("ovs-vswitchd, select group dp_hash (OVN)", &ovs),
+        ("weft-agent, member chosen in the kernel", &lb),
+    ];
+    // Every bucket of both VIPs, and the shared flows, before anything is timed.
+    for (_, sys) in sides {
+        sys.udp((2000..3000).collect(), window);
+        sys.tcp(500, workers);
+    }
+    let ports: Vec<u16> = (20000..20000 + n).collect();
+    // [pair][side] = (UDP, TCP)
+    let mut runs: Vec<[(Pace, Pace); 2]> = Vec::new();
+    for pair in 0..pairs {
+        let mut got = [None, None];
+        let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let sys = sides[i].1;
+            let (udp, delivered) = Pace::of(sys, || {
+                let b = sys.udp(ports.clone(), window);
+                (b.rate(), b.delivered)
+            });
+            assert!(
+                delivered >= u64::from(n) * 9 / 10,
+                "{}, pair {}: only {delivered} of {n} datagrams delivered",
+                sides[i].0,
+                pair + 1
+            );
+            let (tcp, answered) = Pace::of(sys, || {
+                let t = sys.tcp(tcp_n, workers);
+                (t.rate(), t.requests.len() as u64)
+            });
+            assert!(
+                answered as usize >= tcp_n * 9 / 10,
+                "{}, pair {}: only {answered} of {tcp_n} TCP connections answered",
+                sides[i].0,
+                pair + 1
+            );
+            got[i] = Some((udp, tcp));
+        }
+        let [Some(o), Some(w)] = got else {
+            unreachable!("both sides ran")
+        };
+        println!(
+            "BENCH pair {}{}: UDP {:.0}/s against {:.0}/s ({:.2}x), TCP {:.0}/s against {:.0}/s ({:.2}x)",
+            pair + 1,
+            if pair % 2 == 0 {
+                ""
+            } else {
+                " (weft-agent first)"
+            },
+            w.0.rate,
+            o.0.rate,
+            w.0.rate / o.0.rate,
+            w.1.rate,
+            o.1.rate,
+            w.1.rate / o.1.rate
+        );
+        runs.push([o, w]);
+    }
+    println!(
+        "BENCH new connections to a VIP over two members, weft-agent (member chosen in the kernel) and ovs-vswitchd (dp_hash) up at once, taking turns: {pairs} pairs of blasts of {n} UDP and {tcp_n} TCP connections each ({workers} at a time), conntrack emptied before each blast"
+    );
+    println!(
+        "BENCH | system | UDP connections/s, median [quartiles] | guest CPU ms per UDP connection | UDP misses per connection | TCP connections/s | guest CPU ms per TCP connection | TCP misses per connection |"
+    );
+    for (i, (system, _)) in sides.iter().enumerate() {
+        let of = |f: fn(&(Pace, Pace)) -> f64| quartiles(runs.iter().map(|r| f(&r[i])).collect());
+        let (u25, u50, u75) = of(|r| r.0.rate);
+        let (_, ucpu, _) = of(|r| r.0.cpu_per_conn * 1e3);
+        let (t25, t50, t75) = of(|r| r.1.rate);
+        let (_, tcpu, _) = of(|r| r.1.cpu_per_conn * 1e3);
+        let umiss: u64 = runs.iter().map(|r| r[i].0.misses).sum();
+        let tmiss: u64 = runs.iter().map(|r| r[i].1.misses).sum();
+        println!(
+            "BENCH | {system} | {u50:.0} [{u25:.0}, {u75:.0}] | {ucpu:.3} | {:.4} | {t50:.0} [{t25:.0}, {t75:.0}] | {tcpu:.3} | {:.4} |",
+            umiss as f64 / (pairs as f64 * f64::from(n)),
+            tmiss as f64 / (pairs * tcp_n) as f64,
+        );
+    }
+    type PairRatio = fn(&[(Pace, Pace); 2]) -> f64;
+    for (what, f) in [
+        (
+            "new UDP connections/s",
+            (|r: &[(Pace, Pace); 2]| r[1].0.rate / r[0].0.rate) as PairRatio,
+        ),
+        ("guest CPU per UDP connection", |r: &[(Pace, Pace); 2]| {
+            r[1].0.cpu_per_conn / r[0].0.cpu_per_conn
+        }),
+        ("new TCP connections/s", |r: &[(Pace, Pace); 2]| {
+            r[1].1.rate / r[0].1.rate
+        }),
+        ("guest CPU per TCP connection", |r: &[(Pace, Pace); 2]| {
+            r[1].1.cpu_per_conn / r[0].1.cpu_per_conn
+        }),
+    ] {
+        let each: Vec<f64> = runs.iter().map(f).collect();
+        let above = each.iter().filter(|&&x| x >= 1.0).count();
+        let (q25, q50, q75) = quartiles(each);
+        println!(
+            "BENCH interleaved ratio weft / ovs-vswitchd, {what}: median {q50:.2}x, quartiles [{q25:.2}, {q75:.2}], at or above 1.0 in {above} of {pairs} pairs"
+        );
+    }
+    // What each datapath does with a new connection: every flow, with one bucket flow of
+    // each VIP's group standing for the rest.
+    for (system, sys) in sides {
+        let dump = sys.dpctl("dump-flows");
+        let mut buckets_seen = HashSet::new();
+        for line in dump.lines() {
+            // A bucket flow starts with its group's `recirc_id(...)`.
+            let recirc = line.split(',').next().unwrap_or_default();
+            if line.contains("dp_hash(") && !buckets_seen.insert(recirc.to_owned()) {
+                continue;
+            }
+            println!("BENCH {system} flow: {line}");
+        }
+    }
+    // The member is chosen in the kernel: after the warm-up, no new connection leaves it.
+    let weft_misses: u64 = runs.iter().map(|r| r[1].0.misses + r[1].1.misses).sum();
+    assert_eq!(
+        weft_misses, 0,
+        "weft-agent: new connections after the warm-up missed the kernel"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
