@@ -1291,7 +1291,7 @@ impl SideSystem for OvsSwitch {
         self.vswitchd_pid()
     }
     fn flush_conntrack(&self) {
-        sh("ovs-dpctl flush-conntrack ovs-system");
+        sh("ovs-dpctl flush-conntrack");
     }
 }
 
@@ -1319,8 +1319,9 @@ impl SideSystem for LbCluster {
         agent_pid(self.c.host("h1"))
     }
     fn flush_conntrack(&self) {
-        let dp = self.c.host("h1").datapath_name();
-        sh(&format!("ip netns exec h1 ovs-dpctl flush-conntrack {dp}"));
+        // The namespace's only datapath: ovs-dpctl takes no datapath name before a flush's
+        // fields.
+        sh("ip netns exec h1 ovs-dpctl flush-conntrack");
     }
 }
 
@@ -1749,9 +1750,9 @@ fn bench_vip_connections_against_ovs_vswitchd() {
     }
 }
 
-/// The guest's busy CPU seconds so far, all CPUs together: every state of `/proc/stat`'s
-/// `cpu` line except idle and iowait, softirq (where the datapath runs) included.
-fn guest_busy_secs() -> f64 {
+/// The guest's busy CPU seconds so far, all CPUs together, from `/proc/stat`'s `cpu` line:
+/// user (with nice), system (with irq and steal) and softirq, where the datapath runs.
+fn guest_cpu_secs() -> [f64; 3] {
     let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
     let line = stat.lines().next().expect("the cpu line of /proc/stat");
     let f: Vec<u64> = line
@@ -1760,34 +1761,109 @@ fn guest_busy_secs() -> f64 {
         .map(|v| v.parse().expect("a /proc/stat counter"))
         .collect();
     // user nice system idle iowait irq softirq steal ...
-    let busy = f[0] + f[1] + f[2] + f[5] + f[6] + f.get(7).copied().unwrap_or(0);
-    busy as f64 / USER_HZ
+    let steal = f.get(7).copied().unwrap_or(0);
+    [f[0] + f[1], f[2] + f[5] + steal, f[6]].map(|t| t as f64 / USER_HZ)
 }
 
+/// How long [`Pace::of`] waits between emptying conntrack and a blast.
+const SETTLE: Duration = Duration::from_secs(1);
+
 /// One blast of [`bench_vip_connections_interleaved_against_ovs_vswitchd`]: connections per
-/// second, the guest's CPU seconds per connection, and the kernel's misses.
+/// second, the CPU seconds per connection (the guest's: user, system and softirq; and the
+/// system's own process: weft-agent or ovs-vswitchd), and the kernel's misses.
 #[derive(Debug, Clone, Copy)]
 struct Pace {
     rate: f64,
-    cpu_per_conn: f64,
+    cpu_per_conn: [f64; 3],
+    daemon_per_conn: f64,
+    /// The benchmark's own process: the generator and the member servers.
+    harness_per_conn: f64,
     misses: u64,
 }
 
 impl Pace {
     /// Runs `blast` on a conntrack table emptied first, and returns its pace with the
-    /// connections it made.
-    fn of(sys: &dyn SideSystem, blast: impl FnOnce() -> (f64, u64)) -> (Pace, u64) {
+    /// connections it made. `daemon` is the system's process. The CPU counters are read
+    /// just around the blast: the commands that flush conntrack and read the datapath's
+    /// misses run outside it, and the kernel workers that the flush wakes (freeing its
+    /// entries) get [`SETTLE`] to finish first. Also returns the processes that used the most
+    /// CPU during the blast.
+    fn of(
+        sys: &dyn SideSystem,
+        daemon: u32,
+        blast: impl FnOnce() -> (f64, u64),
+    ) -> (Pace, u64, String) {
         sys.flush_conntrack();
-        let (m0, c0) = (sys.missed(), guest_busy_secs());
+        let m0 = sys.missed();
+        std::thread::sleep(SETTLE);
+        let me = std::process::id();
+        let procs = all_processes_cpu();
+        let (c0, d0, h0) = (guest_cpu_secs(), cpu_secs(daemon), cpu_secs(me));
         let (rate, made) = blast();
-        let (m1, c1) = (sys.missed(), guest_busy_secs());
+        let (c1, d1, h1) = (guest_cpu_secs(), cpu_secs(daemon), cpu_secs(me));
+        let top = top_processes(&procs, &all_processes_cpu(), 8);
+        let m1 = sys.missed();
+        let per = |x: f64| x / made.max(1) as f64;
         let pace = Pace {
             rate,
-            cpu_per_conn: (c1 - c0) / made.max(1) as f64,
+            cpu_per_conn: [0, 1, 2].map(|i| per(c1[i] - c0[i])),
+            daemon_per_conn: per(d1 - d0),
+            harness_per_conn: per(h1 - h0),
             misses: m1 - m0,
         };
-        (pace, made)
+        (pace, made, top)
     }
+
+    /// The guest's CPU seconds per connection, all of it.
+    fn cpu(&self) -> f64 {
+        self.cpu_per_conn.iter().sum()
+    }
+}
+
+/// CPU seconds (user and system) of every process of the guest so far, kernel threads
+/// included, by pid and name.
+fn all_processes_cpu() -> BTreeMap<(u32, String), f64> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        // A process may end between the listing and the read.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let comm = stat
+            .split_once('(')
+            .and_then(|(_, r)| r.rsplit_once(')'))
+            .map_or(String::new(), |(c, _)| c.to_owned());
+        out.insert((pid, comm), stat_cpu_secs(&stat));
+    }
+    out
+}
+
+/// The processes that used the most CPU between two [`all_processes_cpu`] snapshots, as
+/// `name[pid] seconds`, most first.
+fn top_processes(
+    before: &BTreeMap<(u32, String), f64>,
+    after: &BTreeMap<(u32, String), f64>,
+    n: usize,
+) -> String {
+    let mut d: Vec<(f64, String)> = after
+        .iter()
+        .map(|(k, v)| {
+            (
+                v - before.get(k).copied().unwrap_or(0.0),
+                format!("{}[{}]", k.1, k.0),
+            )
+        })
+        .filter(|(d, _)| *d > 0.0)
+        .collect();
+    d.sort_by(|a, b| b.0.total_cmp(&a.0));
+    d.iter()
+        .take(n)
+        .map(|(d, k)| format!("{k} {d:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The median and the quartiles of `v`.
@@ -1808,7 +1884,9 @@ fn quartiles(mut v: Vec<f64>) -> (f64, f64, f64) {
 /// pair gives a ratio measured within seconds, so a slower stretch of the emulated machine
 /// weighs on both sides of it; the benchmark reports their median and quartiles, for new UDP
 /// connections and for new TCP connections (connect, a 16-byte request, its answer), in
-/// connections per second and in the guest's CPU per connection.
+/// connections per second and in the guest's CPU per connection (by state, and the
+/// system's own process), with the processes that used the most CPU in the last pairs'
+/// UDP blasts. The datapath's misses are counted; weft-agent must have none.
 ///
 /// Sizes: `WEFT_BENCH_PAIRS` (30), `WEFT_BENCH_PAIR_CONNS` (1,000 UDP connections per
 /// blast), `WEFT_BENCH_PAIR_TCP_CONNS` (200 per blast), `WEFT_BENCH_WINDOW`,
@@ -1827,6 +1905,7 @@ fn bench_vip_connections_interleaved_against_ovs_vswitchd() {
         ("ovs-vswitchd, select group dp_hash (OVN)", &ovs),
         ("weft-agent, member chosen in the kernel", &lb),
     ];
+    let daemons = sides.map(|(_, sys)| sys.pid());
     // Every bucket of both VIPs, and the shared flows, before anything is timed.
     for (_, sys) in sides {
         sys.udp((2000..3000).collect(), window);
@@ -1840,17 +1919,25 @@ fn bench_vip_connections_interleaved_against_ovs_vswitchd() {
         let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
             let sys = sides[i].1;
-            let (udp, delivered) = Pace::of(sys, || {
+            let (udp, delivered, top) = Pace::of(sys, daemons[i], || {
                 let b = sys.udp(ports.clone(), window);
                 (b.rate(), b.delivered)
             });
+            if pair + 2 >= pairs {
+                println!(
+                    "BENCH pair {}, {}: CPU s of the UDP blast by process: {}",
+                    pair + 1,
+                    sides[i].0,
+                    top
+                );
+            }
             assert!(
                 delivered >= u64::from(n) * 9 / 10,
                 "{}, pair {}: only {delivered} of {n} datagrams delivered",
                 sides[i].0,
                 pair + 1
             );
-            let (tcp, answered) = Pace::of(sys, || {
+            let (tcp, answered, _) = Pace::of(sys, daemons[i], || {
                 let t = sys.tcp(tcp_n, workers);
                 (t.rate(), t.requests.len() as u64)
             });
@@ -1886,19 +1973,35 @@ fn bench_vip_connections_interleaved_against_ovs_vswitchd() {
         "BENCH new connections to a VIP over two members, weft-agent (member chosen in the kernel) and ovs-vswitchd (dp_hash) up at once, taking turns: {pairs} pairs of blasts of {n} UDP and {tcp_n} TCP connections each ({workers} at a time), conntrack emptied before each blast"
     );
     println!(
-        "BENCH | system | UDP connections/s, median [quartiles] | guest CPU ms per UDP connection | UDP misses per connection | TCP connections/s | guest CPU ms per TCP connection | TCP misses per connection |"
+        "BENCH | system | UDP connections/s, median [quartiles] | guest CPU ms per UDP connection: all (user, system, softirq; the system's process; the generator and servers) | UDP misses per connection | TCP connections/s | guest CPU ms per TCP connection: all (user, system, softirq; the system's process; the generator and servers) | TCP misses per connection |"
     );
     for (i, (system, _)) in sides.iter().enumerate() {
         let of = |f: fn(&(Pace, Pace)) -> f64| quartiles(runs.iter().map(|r| f(&r[i])).collect());
         let (u25, u50, u75) = of(|r| r.0.rate);
-        let (_, ucpu, _) = of(|r| r.0.cpu_per_conn * 1e3);
         let (t25, t50, t75) = of(|r| r.1.rate);
-        let (_, tcpu, _) = of(|r| r.1.cpu_per_conn * 1e3);
+        // Median milliseconds per connection: all, by state, and the system's process.
+        let cpu_ms = |udp: bool| -> String {
+            let pick = |r: &(Pace, Pace)| if udp { r.0 } else { r.1 };
+            let med = |g: &dyn Fn(&Pace) -> f64| {
+                quartiles(runs.iter().map(|r| g(&pick(&r[i])) * 1e3).collect()).1
+            };
+            format!(
+                "{:.3} ({:.3}, {:.3}, {:.3}; {:.3}; {:.3})",
+                med(&|p| p.cpu()),
+                med(&|p| p.cpu_per_conn[0]),
+                med(&|p| p.cpu_per_conn[1]),
+                med(&|p| p.cpu_per_conn[2]),
+                med(&|p| p.daemon_per_conn),
+                med(&|p| p.harness_per_conn),
+            )
+        };
         let umiss: u64 = runs.iter().map(|r| r[i].0.misses).sum();
         let tmiss: u64 = runs.iter().map(|r| r[i].1.misses).sum();
         println!(
-            "BENCH | {system} | {u50:.0} [{u25:.0}, {u75:.0}] | {ucpu:.3} | {:.4} | {t50:.0} [{t25:.0}, {t75:.0}] | {tcpu:.3} | {:.4} |",
+            "BENCH | {system} | {u50:.0} [{u25:.0}, {u75:.0}] | {} | {:.4} | {t50:.0} [{t25:.0}, {t75:.0}] | {} | {:.4} |",
+            cpu_ms(true),
             umiss as f64 / (pairs as f64 * f64::from(n)),
+            cpu_ms(false),
             tmiss as f64 / (pairs * tcp_n) as f64,
         );
     }
@@ -1909,13 +2012,13 @@ fn bench_vip_connections_interleaved_against_ovs_vswitchd() {
             (|r: &[(Pace, Pace); 2]| r[1].0.rate / r[0].0.rate) as PairRatio,
         ),
         ("guest CPU per UDP connection", |r: &[(Pace, Pace); 2]| {
-            r[1].0.cpu_per_conn / r[0].0.cpu_per_conn
+            r[1].0.cpu() / r[0].0.cpu()
         }),
         ("new TCP connections/s", |r: &[(Pace, Pace); 2]| {
             r[1].1.rate / r[0].1.rate
         }),
         ("guest CPU per TCP connection", |r: &[(Pace, Pace); 2]| {
-            r[1].1.cpu_per_conn / r[0].1.cpu_per_conn
+            r[1].1.cpu() / r[0].1.cpu()
         }),
     ] {
         let each: Vec<f64> = runs.iter().map(f).collect();
