@@ -54,9 +54,11 @@ cd "$ROOT"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 CARGO=${CARGO:-cargo}
 echo "==> building weftctl, weft-agent and the kernel test binaries" >&2
-# The whole workspace, as `make build` and `make unit-test` build it: a narrower selection
-# of packages unifies other features and compiles the workspace's crates again.
-$CARGO build --locked --workspace >&2
+# The binaries (weft-agent, weftctl, weft-cni, weft-operator) and every test, as `make
+# unit-test` builds them: the same features, so after it nothing is compiled again. A
+# narrower selection of packages, or `cargo build`, unifies other features and compiles the
+# workspace's crates once more.
+$CARGO test --locked --workspace --no-run >&2
 WEFT_OPERATOR_BIN=$CARGO_TARGET_DIR/debug/weft-operator
 WEFT_CTL_BIN=$CARGO_TARGET_DIR/debug/weftctl
 WEFT_AGENT_BIN=$CARGO_TARGET_DIR/debug/weft-agent
