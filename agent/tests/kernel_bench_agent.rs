@@ -1774,6 +1774,8 @@ const SETTLE: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy)]
 struct Pace {
     rate: f64,
+    /// Connections delivered (UDP) or answered (TCP).
+    made: u64,
     cpu_per_conn: [f64; 3],
     daemon_per_conn: f64,
     /// The benchmark's own process: the generator and the member servers.
@@ -1782,17 +1784,12 @@ struct Pace {
 }
 
 impl Pace {
-    /// Runs `blast` on a conntrack table emptied first, and returns its pace with the
-    /// connections it made. `daemon` is the system's process. The CPU counters are read
+    /// Runs `blast` on a conntrack table emptied first, and returns its pace. `daemon` is the system's process. The CPU counters are read
     /// just around the blast: the commands that flush conntrack and read the datapath's
     /// misses run outside it, and the kernel workers that the flush wakes (freeing its
     /// entries) get [`SETTLE`] to finish first. Also returns the processes that used the most
     /// CPU during the blast.
-    fn of(
-        sys: &dyn SideSystem,
-        daemon: u32,
-        blast: impl FnOnce() -> (f64, u64),
-    ) -> (Pace, u64, String) {
+    fn of(sys: &dyn SideSystem, daemon: u32, blast: impl FnOnce() -> (f64, u64)) -> (Pace, String) {
         sys.flush_conntrack();
         let m0 = sys.missed();
         std::thread::sleep(SETTLE);
@@ -1806,12 +1803,13 @@ impl Pace {
         let per = |x: f64| x / made.max(1) as f64;
         let pace = Pace {
             rate,
+            made,
             cpu_per_conn: [0, 1, 2].map(|i| per(c1[i] - c0[i])),
             daemon_per_conn: per(d1 - d0),
             harness_per_conn: per(h1 - h0),
             misses: m1 - m0,
         };
-        (pace, made, top)
+        (pace, top)
     }
 
     /// The guest's CPU seconds per connection, all of it.
@@ -1867,8 +1865,8 @@ fn top_processes(
 }
 
 /// The median and the quartiles of `v`.
-fn quartiles(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
+fn quartiles(v: Vec<f64>) -> (f64, f64, f64) {
+    let v = sorted(v);
     (
         percentile(&v, 0.25),
         percentile(&v, 0.5),
@@ -1919,7 +1917,7 @@ fn bench_vip_connections_interleaved_against_ovs_vswitchd() {
         let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
             let sys = sides[i].1;
-            let (udp, delivered, top) = Pace::of(sys, daemons[i], || {
+            let (udp, top) = Pace::of(sys, daemons[i], || {
                 let b = sys.udp(ports.clone(), window);
                 (b.rate(), b.delivered)
             });
@@ -1932,20 +1930,22 @@ fn bench_vip_connections_interleaved_against_ovs_vswitchd() {
                 );
             }
             assert!(
-                delivered >= u64::from(n) * 9 / 10,
-                "{}, pair {}: only {delivered} of {n} datagrams delivered",
+                udp.made >= u64::from(n) * 9 / 10,
+                "{}, pair {}: only {} of {n} datagrams delivered",
                 sides[i].0,
-                pair + 1
+                pair + 1,
+                udp.made
             );
-            let (tcp, answered, _) = Pace::of(sys, daemons[i], || {
+            let (tcp, _) = Pace::of(sys, daemons[i], || {
                 let t = sys.tcp(tcp_n, workers);
                 (t.rate(), t.requests.len() as u64)
             });
             assert!(
-                answered as usize >= tcp_n * 9 / 10,
-                "{}, pair {}: only {answered} of {tcp_n} TCP connections answered",
+                tcp.made as usize >= tcp_n * 9 / 10,
+                "{}, pair {}: only {} of {tcp_n} TCP connections answered",
                 sides[i].0,
-                pair + 1
+                pair + 1,
+                tcp.made
             );
             got[i] = Some((udp, tcp));
         }
